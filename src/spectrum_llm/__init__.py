@@ -1,0 +1,35 @@
+"""spectrum-llm: train only the most informative weight matrices of an LLM (Spectrum, arXiv 2406.06623).
+
+The pipeline, one module per step:
+checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scan``)
+-> selection (``selection``) -> exports / frozen model (``exports``, ``freeze``) -> training (``training``).
+
+Names are imported lazily so that ``import spectrum_llm`` stays fast and does not pull in torch.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_API = {
+    "SpectrumError": "errors",
+    "ModuleScore": "results",
+    "ScanResult": "results",
+    "load_scan": "results",
+    "scan": "scan",
+    "select": "selection",
+    "Selection": "selection",
+    "freeze": "freeze",
+    "FreezeSummary": "freeze",
+    "train": "training",
+    "TrainConfig": "training",
+    "report": "report",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'spectrum_llm' has no attribute {name!r}")

@@ -1,0 +1,122 @@
+"""From a checkpoint tensor name to the module, its type, layer, expert and kind.
+
+``model.layers.12.self_attn.q_proj.weight`` is module ``model.layers.12.self_attn.q_proj``, type
+``self_attn.q_proj``, layer 12. Expert indices are taken out of the type so that all experts of a
+layer position form one type (``mlp.experts.7.down_proj`` -> ``mlp.experts.down_proj``). GGUF files
+use llama.cpp names, which are mapped to the Hugging Face ones first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SUFFIXES = (".weight", ".bias")
+_BLOCK = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer|block|decoder_layers))\.(?P<layer>\d+)\.(?P<rest>.+)$")
+_EXPERT = re.compile(r"(?:^|\.)experts\.(?P<expert>\d+)\.")
+_QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_scale", ".weight_scale_inv", ".SCB", ".CB",
+                   ".absmax", ".quant_map", ".quant_state", ".input_scale", ".weight_zero_point")
+
+
+@dataclass(frozen=True)
+class TensorName:
+    """What a tensor name says about the module it belongs to."""
+
+    param: str
+    module: str
+    type: str
+    layer: int | None
+    expert: int | None
+    kind: str  # linear | embedding | lm_head | norm | bias | other
+
+
+def module_of(param: str) -> str:
+    for s in _SUFFIXES:
+        if param.endswith(s):
+            return param[: -len(s)]
+    return param
+
+
+def parse(param: str, ndim: int = 2) -> TensorName:
+    """Name, type, layer, expert and kind of a Hugging Face parameter name."""
+    module = module_of(param)
+    m = _BLOCK.match(module)
+    if m:
+        layer: int | None = int(m.group("layer"))
+        type_ = m.group("rest")
+    else:
+        layer = None
+        type_ = module.removeprefix("model.").removeprefix("transformer.")
+    expert = None
+    e = _EXPERT.search(type_)
+    if e:
+        expert = int(e.group("expert"))
+        type_ = type_[: e.start("expert")] + type_[e.end("expert") + 1 :]
+    return TensorName(param, module, type_, layer, expert, _kind(param, module, ndim))
+
+
+def _kind(param: str, module: str, ndim: int) -> str:
+    low = module.lower()
+    leaf = low.rsplit(".", 1)[-1]
+    if param.endswith(".bias"):
+        return "bias"
+    if ndim <= 1:
+        return "norm" if ("norm" in low or leaf.startswith("ln")) else "bias" if "bias" in leaf else "norm"
+    if any(k in leaf for k in ("embed", "wte", "wpe", "word_embeddings", "tok_embeddings")):
+        return "embedding"
+    if leaf in ("lm_head", "output", "embed_out") or low.endswith("lm_head"):
+        return "lm_head"
+    return "linear"
+
+
+def is_quantization_aux(param: str) -> bool:
+    """Tensors that only make sense together with a quantized weight (GPTQ, AWQ, bitsandbytes, fp8)."""
+    return param.endswith(_QUANT_SUFFIXES)
+
+
+# llama.cpp tensor names -> Hugging Face names (Llama-family layout, which SmolLM2, Qwen2 and Mistral use).
+_GGUF_GLOBAL = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_GGUF_BLOCK = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_exps": "mlp.experts.gate_proj",
+    "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+}
+_GGUF_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+
+
+def gguf_to_hf(name: str) -> str:
+    """Map a llama.cpp tensor name to its Hugging Face name; unknown names pass through unchanged."""
+    m = _GGUF_NAME.match(name)
+    if m:
+        layer, part, suffix = m.groups()
+        hf = _GGUF_BLOCK.get(part)
+        if hf is None:
+            return name
+        joiner = "" if hf.startswith("mlp.experts.") and suffix == "weight" else f".{suffix}"
+        return f"model.layers.{layer}.{hf}{joiner}"
+    base, _, suffix = name.rpartition(".")
+    if base in _GGUF_GLOBAL:
+        return f"{_GGUF_GLOBAL[base]}.{suffix}"
+    return name

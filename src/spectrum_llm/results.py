@@ -1,0 +1,224 @@
+"""Scan results: the dataclasses that cross from scanning to selection, and their files.
+
+Three layouts are read: ours (``{"modules": [...]}``) and the reference tool's two
+(flat ``{name: {"snr", "type"}}`` and grouped ``{type: {name: snr}}``). Writes are atomic so
+an interrupted program never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import SpectrumError
+
+FORMAT = "spectrum-llm/scan"
+FORMAT_VERSION = 1
+
+#: kinds of module; only "linear" (weight matrices inside the blocks) is ranked by default.
+RANKED_KINDS = ("linear",)
+
+
+@dataclass
+class ModuleScore:
+    """The score of one weight matrix (or one expert of a 3-D expert tensor, or one part of a fused one).
+
+    ``param`` is the checkpoint tensor this score was computed from. ``rows`` is set when the score
+    covers only a slice ``param[rows[0]:rows[1]]`` along dimension ``dim`` (an expert of a 3-D tensor,
+    or the q/k/v or gate/up part of a fused projection).
+    """
+
+    name: str
+    type: str
+    layer: int | None
+    shape: list[int]
+    snr: float | None
+    kind: str = "linear"
+    param: str = ""
+    expert: int | None = None
+    part: str | None = None
+    rows: list[int] | None = None
+    dim: int = 0
+    numel: int = 0
+    skipped: str | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ranked(self) -> bool:
+        return self.snr is not None and self.skipped is None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v not in (None, {}) or k in ("snr", "layer")}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModuleScore":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ScanResult:
+    """Every module's score for one checkpoint and one estimator."""
+
+    model: str
+    estimator: str
+    modules: list[ModuleScore]
+    fingerprint: str = ""
+    version: str = ""
+    layout: str = "spectrum-llm"
+    modules_regex: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def ranked(self) -> list[ModuleScore]:
+        return [m for m in self.modules if m.ranked]
+
+    def types(self) -> list[str]:
+        """Module types in first-seen order."""
+        return list(dict.fromkeys(m.type for m in self.modules))
+
+    def by_type(self) -> dict[str, list[ModuleScore]]:
+        out: dict[str, list[ModuleScore]] = {}
+        for m in self.modules:
+            out.setdefault(m.type, []).append(m)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.model,
+            "estimator": self.estimator,
+            "fingerprint": self.fingerprint,
+            "version": self.version,
+            "modules_regex": self.modules_regex,
+            "config": self.config,
+            "modules": [m.to_json() for m in self.modules],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json_atomic(path, self.to_json())
+
+    def to_reference_json(self) -> dict[str, Any]:
+        """The reference tool's flat layout. Skipped modules are left out rather than written as NaN."""
+        return {m.name: {"snr": m.snr, "type": m.type} for m in self.modules if m.ranked}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ScanResult":
+        return load_scan(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON to a temp file beside ``path`` and rename it over, so readers never see half a file."""
+    text = json.dumps(data, indent=2, allow_nan=False)
+    return write_text_atomic(path, text + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def _layer_of(name: str) -> int | None:
+    m = _LAYER.search(name + ".")
+    return int(m.group(1)) if m else None
+
+
+def _reference_kind(name: str, type_: str) -> str:
+    low = name.lower()
+    if "embed" in low or "wte" in low:
+        return "embedding"
+    if "lm_head" in low:
+        return "lm_head"
+    if "norm" in low or "ln_" in low:
+        return "norm"
+    return "linear"
+
+
+def _finite_or_none(v: Any, name: str, path: Path) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise SpectrumError(f"{path}: the score of {name!r} is {v!r}, not a number. Re-run the scan.") from None
+    return f if not math.isnan(f) else None
+
+
+def _from_reference(data: dict[str, Any], path: Path) -> ScanResult:
+    """Read the reference tool's flat or grouped layout, keeping its types and file order."""
+    first = next(iter(data.values()))
+    modules: list[ModuleScore] = []
+    if isinstance(first, dict) and "snr" in first:
+        layout = "reference-flat"
+        items: Iterable[tuple[str, str, Any]] = ((n, v.get("type", ""), v.get("snr")) for n, v in data.items())
+    else:
+        layout = "reference-grouped"
+        items = ((n, t, s) for t, group in data.items() for n, s in group.items())
+    for name, type_, raw in items:
+        snr = _finite_or_none(raw, name, path)
+        skipped = None
+        if snr is None:
+            skipped = "the scan recorded no score (NaN)"
+        modules.append(
+            ModuleScore(name=name, type=type_, layer=_layer_of(name), shape=[], snr=snr,
+                        kind=_reference_kind(name, type_), param=name + ".weight", skipped=skipped)
+        )
+    model = path.stem.removeprefix("snr_results_")
+    return ScanResult(model=model, estimator="reference", modules=modules, layout=layout)
+
+
+def load_scan(path: str | os.PathLike) -> ScanResult:
+    """Load a scan in our layout or either reference layout, with a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpectrumError(f"Scan file {path} does not exist. Run `spectrum scan MODEL -o {path}` first.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpectrumError(f"{path} is not valid JSON ({e}). Re-run the scan or check the file.") from None
+    if not isinstance(data, dict) or not data:
+        raise SpectrumError(f"{path} holds no scan results (empty or not a JSON object).")
+    if data.get("format") == FORMAT:
+        mods = data.get("modules")
+        if not isinstance(mods, list):
+            raise SpectrumError(f"{path}: 'modules' is missing or not a list; the file is damaged. Re-run the scan.")
+        return ScanResult(
+            model=data.get("model", ""),
+            estimator=data.get("estimator", ""),
+            modules=[ModuleScore.from_json(m) for m in mods],
+            fingerprint=data.get("fingerprint", ""),
+            version=data.get("version", ""),
+            modules_regex=data.get("modules_regex"),
+            config=data.get("config") or {},
+        )
+    values = list(data.values())
+    flat = all(isinstance(v, dict) and "snr" in v for v in values)
+    grouped = all(isinstance(v, dict) and all(not isinstance(x, dict) for x in v.values()) for v in values)
+    if not (flat or grouped):
+        raise SpectrumError(
+            f"{path} is JSON but not a scan: expected spectrum-llm's layout or the reference tool's "
+            "flat ({name: {snr, type}}) or grouped ({type: {name: snr}}) layout."
+        )
+    return _from_reference(data, path)
