@@ -1,0 +1,63 @@
+"""Write a Selection in the form a trainer reads, chosen by the output file's extension.
+
+``.yaml``: Axolotl's ``unfrozen_parameters:`` list (with ``# <type> layers`` comments, the layout
+of the reference tool); ``.json``: our selection file (modules, types, scores, parameter counts and
+the rule); ``.txt``: one pattern per line. ``-`` writes YAML to stdout. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import SpectrumError
+from .results import write_text_atomic
+from .selection import Selection
+
+FORMATS = (".yaml", ".yml", ".json", ".txt")
+
+
+def to_yaml(sel: Selection) -> str:
+    """Axolotl YAML. Written by hand (not yaml.dump) to match the reference tool's bytes exactly."""
+    lines = ["unfrozen_parameters:"]
+    lines += [f"- {p}" for p in sel.extras]
+    listed = set(sel.extras)
+    for t, ts in sel.types.items():
+        lines.append(f"# {t} layers")
+        lines += [f"- {p}" for p in ts.patterns]
+        listed.update(ts.patterns)
+    lines += [f"- {p}" for p in sel.patterns if p not in listed]
+    return "\n".join(lines) + "\n"
+
+
+def to_txt(sel: Selection) -> str:
+    return "".join(p + "\n" for p in sel.patterns)
+
+
+def to_json(sel: Selection) -> str:
+    return json.dumps(sel.to_json(), indent=2, allow_nan=False) + "\n"
+
+
+def render(sel: Selection, fmt: str) -> str:
+    fmt = fmt.lower() if fmt.startswith(".") else "." + fmt.lower()
+    if fmt in (".yaml", ".yml"):
+        return to_yaml(sel)
+    if fmt == ".json":
+        return to_json(sel)
+    if fmt == ".txt":
+        return to_txt(sel)
+    raise SpectrumError(f"Unknown output format {fmt!r}: name the file .yaml (Axolotl), .json (spectrum-llm) or "
+                        ".txt (one pattern per line), or use - for stdout.")
+
+
+def write_selection(sel: Selection, path: str | os.PathLike, fmt: str | None = None) -> Path | None:
+    """Write ``sel`` to ``path`` in the format its extension names (``-``: stdout, YAML unless ``fmt``)."""
+    if str(path) == "-":
+        sys.stdout.write(render(sel, fmt or ".yaml"))
+        sys.stdout.flush()
+        return None
+    path = Path(path)
+    text = render(sel, fmt or path.suffix or "(none)")
+    return write_text_atomic(path, text)
