@@ -41,7 +41,7 @@ def scan(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Score every weight matrix of a checkpoint by its signal-to-noise ratio."""
-    from .scan import scan as run_scan
+    from .scanner import scan as run_scan
 
     result = run_scan(model, output=output, estimator=estimator, device=device, modules=modules,
                       reference_json=reference_json, resume=resume, progress=progress)
@@ -50,6 +50,47 @@ def scan(
                   f"({result.estimator}) -> {output}")
     for m in skipped:
         console.print(f"[yellow]skipped[/] {m.name}: {m.skipped}")
+
+
+@app.command()
+def select(
+    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    output: str = typer.Option(..., "-o", "--output", help="Output file: .yaml (Axolotl), .json (spectrum-llm), "
+                               ".txt (one pattern per line), or - for YAML on stdout."),
+    top_percent: float = typer.Option(50.0, "--top-percent", "-p", help="Percent of modules kept, in (0, 100]."),
+    rule: str = typer.Option("per-type", help="per-type (Spectrum-n), global (scale-invariant scores only) "
+                             "or budget."),
+    budget: Optional[str] = typer.Option(None, help="Trainable-parameter budget: a fraction (0.25) or a count "
+                                         "(500M); implies --rule budget."),
+    include: Optional[str] = typer.Option(None, help="Only rank modules whose name matches this regex."),
+    exclude: Optional[str] = typer.Option(None, help="Never select modules whose name matches this regex."),
+    train_embeddings: bool = typer.Option(True, help="Train the input embeddings."),
+    train_lm_head: bool = typer.Option(True, help="Train the output head."),
+    train_norms: bool = typer.Option(False, help="Train every norm weight."),
+    parts: bool = typer.Option(False, help="Rank the parts of fused projections (q/k/v, gate/up) separately."),
+    compat: bool = typer.Option(False, help="Reproduce the reference tool's YAML exactly."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder: print the freeze summary for it "
+                                         "(built on the meta device) and take parameter counts from it."),
+):
+    """Choose the modules to train from a scan and write them for a trainer."""
+    from .exports import write_selection
+    from .freeze import freeze, load_meta_model
+    from .selection import select as run_select
+
+    meta = load_meta_model(model) if model is not None else None
+    sel = run_select(scan_file, top_percent=top_percent, rule=rule, budget=budget, include=include,
+                     exclude=exclude, train_embeddings=train_embeddings, train_lm_head=train_lm_head,
+                     train_norms=train_norms, parts=parts, compat=compat, model=meta)
+    summary = freeze(meta, sel) if meta is not None else None
+    write_selection(sel, output)
+    where = "stdout" if output == "-" else output
+    console.print(f"[green]Selected[/] {len(sel.modules)} modules + {len(sel.extras)} extra patterns "
+                  f"({sel.rule.get('rule')}) -> {where}")
+    if sel.trainable_params and sel.total_params:
+        console.print(f"trainable {sel.trainable_params:,} of {sel.total_params:,} parameters "
+                      f"({100 * sel.trainable_params / sel.total_params:.2f}%)")
+    if summary is not None:
+        console.print(str(summary))
 
 
 @app.callback()

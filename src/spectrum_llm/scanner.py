@@ -249,8 +249,9 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
     flat = [m for p in sorted(results, key=_natural_key) for m in results[p]]
     result = ScanResult(model=str(model), estimator=estimator, modules=flat, fingerprint=fingerprint,
                         version=__version__, modules_regex=modules, config=_config_summary(ckpt))
-    if out is not None and rank == 0:
-        result.save(out)
+    if rank == 0:
+        if out is not None:
+            result.save(out)
         _write_reference(result, reference_json)
     if journal is not None:
         if world > 1:
