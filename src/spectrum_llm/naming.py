@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_SUFFIXES = (".weight", ".bias")
 _BLOCK = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer|block|decoder_layers))\.(?P<layer>\d+)\.(?P<rest>.+)$")
 _EXPERT = re.compile(r"(?:^|\.)experts\.(?P<expert>\d+)\.")
 _QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_scale", ".weight_scale_inv", ".SCB", ".CB",
@@ -31,10 +30,8 @@ class TensorName:
 
 
 def module_of(param: str) -> str:
-    for s in _SUFFIXES:
-        if param.endswith(s):
-            return param[: -len(s)]
-    return param
+    """The module a weight belongs to; a bias keeps its suffix so it never shares a name with its weight."""
+    return param.removesuffix(".weight")
 
 
 def parse(param: str, ndim: int = 2) -> TensorName:
