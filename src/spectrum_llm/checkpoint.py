@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import SpectrumError
@@ -234,7 +235,7 @@ def _gguf_tensor(reader, key: str) -> torch.Tensor:
 
     t = next(t for t in reader.tensors if t.name == key)
     arr = gguf.quants.dequantize(t.data, t.tensor_type)
-    return torch.from_numpy(arr.astype("float32", copy=False).reshape(tuple(int(x) for x in reversed(t.shape))))
+    return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(tuple(int(x) for x in reversed(t.shape))))
 
 
 def _gguf_config(reader) -> dict[str, Any]:

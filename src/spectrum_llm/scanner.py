@@ -25,7 +25,7 @@ from .naming import is_quantization_aux, parse
 from .results import ModuleScore, ScanResult, write_json_atomic
 from .spectra import resolve_device, singular_values
 
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16"}
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
 _GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
                        "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS")
 
@@ -63,6 +63,12 @@ def fused_parts(name: str, shape: tuple[int, ...], config: dict) -> list[tuple[s
     return parts
 
 
+def _readable(info: TensorInfo) -> bool:
+    """Float weights, or GGUF blocks that dequantize exactly to what llama.cpp computes with."""
+    return not is_quantization_aux(info.name) and (info.dtype.upper() in _FLOAT_DTYPES
+                                                   or info.dtype in _GGUF_DEQUANTIZABLE)
+
+
 def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
     p = parse(info.name, len(info.shape))
     return [ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
@@ -91,8 +97,7 @@ def _score_matrix(w: torch.Tensor, estimator: str, device, method: str) -> tuple
 def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict,
                  device: str = "cpu", method: str = "auto") -> list[ModuleScore]:
     """All module scores one checkpoint tensor yields: one matrix, one per expert, plus fused parts."""
-    if is_quantization_aux(info.name) or (info.dtype.upper() not in _FLOAT_DTYPES
-                                          and info.dtype not in _GGUF_DEQUANTIZABLE):
+    if not _readable(info):
         return _skip(info, f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
                            "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model.")
     if len(info.shape) <= 1:
@@ -268,7 +273,7 @@ def _run(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Jour
     import time
 
     def fetch(info: TensorInfo):
-        if len(info.shape) <= 1 or info.dtype.upper() not in _FLOAT_DTYPES and info.dtype not in _GGUF_DEQUANTIZABLE:
+        if len(info.shape) <= 1 or not _readable(info):
             return None
         return ckpt.load(info)
 
