@@ -1,0 +1,52 @@
+"""Synthetic scans and Axolotl's unfreeze rule, written out independently of spectrum_llm.freeze."""
+
+from __future__ import annotations
+
+import re
+
+from spectrum_llm.results import ModuleScore, ScanResult
+
+LLAMA_TYPES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def synthetic_scan(scores: dict[str, list[float | None]], numel: int | dict[str, int] = 100,
+                   estimator: str = "mp", extras: bool = True) -> ScanResult:
+    """A Llama-like scan: ``scores[type][layer]`` is the SNR of ``model.layers.<layer>.<type>``."""
+    mods: list[ModuleScore] = []
+    if extras:
+        mods.append(ModuleScore("model.embed_tokens", "embed_tokens", None, [10, 10], 1.0, "embedding",
+                                "model.embed_tokens.weight", numel=100))
+    layers = max(len(v) for v in scores.values())
+    for layer in range(layers):
+        for t, vals in scores.items():
+            if layer < len(vals):
+                n = numel if isinstance(numel, int) else numel[t]
+                mods.append(ModuleScore(f"model.layers.{layer}.{t}", t, layer, [10, 10], vals[layer], "linear",
+                                        f"model.layers.{layer}.{t}.weight", numel=n))
+    if extras:
+        mods.append(ModuleScore("lm_head", "lm_head", None, [10, 10], 1.0, "lm_head", "lm_head.weight", numel=100))
+    return ScanResult(model="synthetic", estimator=estimator, modules=mods)
+
+
+def axolotl_unfrozen(named_parameters, patterns: list[str]) -> dict[str, list[tuple[int, int]] | None]:
+    """Axolotl's freeze_layers_except, restated: which names it unfreezes, and their row ranges (None: all rows)."""
+    out: dict[str, list[tuple[int, int]] | None] = {}
+    parsed = []
+    for p in patterns:
+        m = re.match(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$", p)
+        rng = None
+        if m:
+            p, a, b = m.groups()
+            rng = (int(a), int(a) + 1) if b is None and a.isdecimal() else (int(a or 0), int(b) if b else None)
+        parsed.append((re.compile(re.sub(r"\.(?!\+)", "\\.", p)), rng))
+    for name, param in named_parameters:
+        hit, ranges = False, []
+        for rx, rng in parsed:
+            if rx.match(name):
+                hit = True
+                if rng is not None:
+                    ranges.append((rng[0], rng[1] if rng[1] is not None else len(param)))
+        if hit:
+            out[name] = sorted(ranges) or None
+    return out
