@@ -178,3 +178,24 @@ def test_callback_freezes_at_the_end_of_trainer_init(tmp_path):
             callbacks=[cb])
     assert cb.summary is not None
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"model.layers.1.mlp.down_proj.weight"}
+
+
+def test_qwen2_moe_scan_select_freeze_end_to_end(tmp_path):
+    """A checkpoint keeps per-expert keys; transformers 5 loads fused experts: counts must still agree."""
+    import spectrum_llm
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
+                         shared_expert_intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, num_experts=4, num_experts_per_tok=2)
+    Qwen2MoeForCausalLM(cfg).save_pretrained(tmp_path)
+    sel = select(spectrum_llm.scan(tmp_path, progress=False), top_percent=50)
+    assert any(".experts.3." in m or ".experts.0." in m for m in sel.modules)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    summary = freeze(model, sel)
+    assert summary.mapped and all("experts.gate_up_proj[" in v or "experts.down_proj[" in v
+                                  for v in summary.mapped.values())
+    assert "model.layers.0.self_attn.q_proj.bias" in summary.trainable or \
+        "model.layers.1.self_attn.q_proj.bias" in summary.trainable
+    assert (summary.trainable_params, summary.total_params) == (sel.trainable_params, sel.total_params)

@@ -269,6 +269,16 @@ def _numel_of(m: ModuleScore, by_param: dict[str, int] | None) -> int:
     return sum(n for p, n in by_param.items() if p == m.param or p.startswith(m.name + "."))
 
 
+def _bias_numel(m: ModuleScore, biases: dict[str, int], by_param: dict[str, int] | None) -> int:
+    """A whole module's pattern ``^<module>.(weight|bias)$`` also trains its bias: count it."""
+    if m.rows is not None or m.param != m.name + ".weight":
+        return 0
+    if not m.numel:
+        return 0  # _numel_of summed every parameter under the module from the model already
+    bias = m.name + ".bias"
+    return biases.get(bias) or (by_param or {}).get(bias, 0)
+
+
 def select(
     scan: ScanResult | str | os.PathLike,
     *,
@@ -338,7 +348,8 @@ def select(
     for m in cands:
         groups.setdefault(m.type, []).append(m)
     ranked = {t: rank(ms) for t, ms in groups.items()}
-    numel = {m.name: _numel_of(m, by_param) for m in cands}
+    biases = {m.param: m.numel for m in scan.modules if m.kind == "bias"}
+    numel = {m.name: _numel_of(m, by_param) + _bias_numel(m, biases, by_param) for m in cands}
 
     extras, extra_numel = _extras(scan, train_embeddings, train_lm_head, train_norms, by_param)
     chosen: set[str]
