@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_llama
 from helpers_selection import axolotl_unfrozen
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.freeze import freeze, load_meta_model
+from spectrum_llm.freezing import freeze, load_meta_model
 from spectrum_llm.selection import select
 
 

@@ -19,14 +19,16 @@ _API = {
     "scan": "scanner",
     "select": "selection",
     "Selection": "selection",
-    "freeze": "freeze",
-    "FreezeSummary": "freeze",
+    "freeze": "freezing",
+    "FreezeSummary": "freezing",
     "load_selection": "selection",
     "write_selection": "exports",
     "SpectrumCallback": "integrations",
     "train": "training",
     "TrainConfig": "training",
     "report": "report",
+    "compare": "compare",
+    "ScanDiff": "compare",
 }
 
 __all__ = ["__version__", *_API]

@@ -74,7 +74,7 @@ def select(
 ):
     """Choose the modules to train from a scan and write them for a trainer."""
     from .exports import write_selection
-    from .freeze import freeze, load_meta_model
+    from .freezing import freeze, load_meta_model
     from .selection import select as run_select
 
     meta = load_meta_model(model) if model is not None else None
@@ -91,6 +91,119 @@ def select(
                       f"({100 * sel.trainable_params / sel.total_params:.2f}%)")
     if summary is not None:
         console.print(str(summary))
+
+
+@app.command()
+def show(
+    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    top: Optional[int] = typer.Option(None, "--top", "-n", help="Show only the N highest-scoring modules."),
+    type_: Optional[str] = typer.Option(None, "--type", "-t", help="Only this module type (e.g. self_attn.v_proj; "
+                                        "mlp.experts.down_proj matches every expert)."),
+    all_kinds: bool = typer.Option(False, "--all", help="Also list embeddings, lm_head and norms."),
+):
+    """Print a scan's modules sorted by score, highest first."""
+    from .report import as_scan, scan_table
+
+    Console().print(scan_table(as_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
+
+
+@app.command()
+def compare(
+    scan_a: Path = typer.Argument(..., metavar="SCAN_A", help="First scan (e.g. the base model)."),
+    scan_b: Path = typer.Argument(..., metavar="SCAN_B", help="Second scan (e.g. the instruct model)."),
+    png: Optional[Path] = typer.Option(None, "--png", "-o", help="Write the heatmap of the difference (PNG)."),
+    top: int = typer.Option(20, "--top", "-n", help="Rows in the table of largest changes."),
+    relative: bool = typer.Option(True, "--relative/--absolute", help="Changes as B / A - 1 (default) or B - A."),
+):
+    """Show where two scans of the same architecture differ: a table and a difference heatmap."""
+    from .compare import compare as run_compare
+    from .compare import diff_table
+
+    result = run_compare(scan_a, scan_b, png=png, relative=relative)
+    Console().print(diff_table(result, top, relative))
+    if result.png is not None:
+        console.print(f"[green]Wrote[/] {result.png}")
+
+
+@app.command()
+def report(
+    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    selection: Optional[str] = typer.Option(None, "--selection", "-s", help="A selection (.yaml/.json/.txt) to "
+                                            "mark on the heatmap and count by type."),
+    output: Optional[Path] = typer.Option(Path("report.html"), "-o", "--output",
+                                          help="The HTML report (one self-contained file)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write the heatmap alone as PNG."),
+    module: Optional[str] = typer.Option(None, "--module", help="Draw this module's singular-value spectrum "
+                                         "against the Marchenko-Pastur law (needs --model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The checkpoint the scan was made from."),
+):
+    """Write an HTML report of a scan (heatmap, spectrum, trainable parameters by type)."""
+    from .report import report as run_report
+
+    files = run_report(scan_file, selection=selection, output=output, png=png, module=module, model=model)
+    for path in (files.html, files.png):
+        if path is not None:
+            console.print(f"[green]Wrote[/] {path}")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of train settings (keys as the "
+                                          "flags, dashes or underscores); flags given here win."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder (or a hub id in the local cache)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Training data: .jsonl/.json/.parquet/.txt or a "
+                                       "datasets save_to_disk folder."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Where the model, checkpoints, "
+                                             "selection and train_summary.json go."),
+    method: Optional[str] = typer.Option(None, "--method", help="spectrum (default), full or lora."),
+    task: Optional[str] = typer.Option(None, "--task", help="cpt (text, packed; default) or sft (chat messages or "
+                                       "prompt/completion; loss on answers only)."),
+    text_field: Optional[str] = typer.Option(None, "--text-field", help="The text column for cpt (default text)."),
+    selection: Optional[str] = typer.Option(None, "--selection", "-s", help="Selection file (.yaml/.json/.txt)."),
+    top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Select this percent per module type "
+                                                "from a scan (run and cached when needed; default 50)."),
+    scan: Optional[str] = typer.Option(None, "--scan", help="Scan file to select from (written there if absent)."),
+    estimator: Optional[str] = typer.Option(None, "--estimator", help="Estimator for a scan run here (mp)."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank (default 16)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length in tokens (default 512)."),
+    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack examples into full blocks "
+                                           "(default: on for cpt, off for sft)."),
+    eval_split: Optional[float] = typer.Option(None, "--eval-split", help="Fraction of the data held out for eval."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Separate eval data file."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-device batch size (default 4)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default 1)."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate "
+                                                  "(default 2e-5; lora 2e-4)."),
+    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="Schedule: cosine (default), linear, "
+                                               "constant, ..."),
+    warmup_steps: Optional[float] = typer.Option(None, "--warmup-steps", help="Warmup steps (a value < 1 is a "
+                                                 "fraction of the run)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs (default 1)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (overrides "
+                                            "--epochs)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 42)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (the model's dtype; default), bf16, "
+                                            "fp16 or fp32."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-"
+                                                          "checkpointing", help="Recompute activations to save "
+                                                          "memory."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps (default 500)."),
+    logging_steps: Optional[int] = typer.Option(None, "--logging-steps", help="Log every N steps (default 10)."),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint "
+                                          "in --output-dir."),
+    deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="DeepSpeed config JSON (see examples/)."),
+    fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="Shard with FSDP2 (under torchrun)."),
+):
+    """Train only the selected modules (or --method full / lora on the same data and schedule)."""
+    from .training import TrainConfig, train as run_train
+
+    flags = {k: v for k, v in locals().items() if k not in ("config", "TrainConfig", "run_train") and v is not None}
+    cfg = TrainConfig.from_yaml(config, **flags) if config else TrainConfig.from_dict(flags, "the flags")
+    summary = run_train(cfg)
+    console.print(f"[green]Trained[/] {summary.method}: {summary.trainable_params:,} of {summary.total_params:,} "
+                  f"parameters, {summary.steps} steps, loss {summary.train_loss}"
+                  + (f", eval loss {summary.eval_loss:.4f}" if summary.eval_loss is not None else "")
+                  + f" -> {summary.output_dir}")
 
 
 @app.callback()

@@ -19,7 +19,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .errors import SpectrumError
-from .freeze import FreezeSummary, freeze
+from .freezing import FreezeSummary, freeze
 from .selection import Selection, load_selection
 
 LOG = logging.getLogger(__name__)

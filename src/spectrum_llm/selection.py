@@ -253,7 +253,7 @@ def _candidates(scan: ScanResult, parts: bool, compat: bool) -> list[ModuleScore
 def _model_numel(model: Any) -> dict[str, int]:
     """Parameter sizes by name, from a module or a model folder (built on the meta device: no weights read)."""
     if isinstance(model, (str, os.PathLike)):
-        from .freeze import load_meta_model
+        from .freezing import load_meta_model
 
         model = load_meta_model(model)
     return {n: p.numel() for n, p in model.named_parameters(remove_duplicate=False)}
@@ -477,7 +477,7 @@ def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
 
 def selected_params(selection: Selection, names: Iterable[str]) -> list[str]:
     """Which of ``names`` the selection's patterns unfreeze, by Axolotl's rule (see freeze.AxolotlPattern)."""
-    from .freeze import AxolotlPattern
+    from .freezing import AxolotlPattern
 
     pats = [AxolotlPattern(p) for p in selection.patterns]
     return [n for n in names if any(p.match(n) for p in pats)]

@@ -399,7 +399,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
     orig_dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     if cfg.method == "spectrum":
-        from .freeze import freeze
+        from .freezing import freeze
 
         freeze(model, selection)
     elif cfg.method == "lora":
