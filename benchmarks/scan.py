@@ -138,7 +138,7 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         llama = synthetic_llama(args.work / f"llama-{'x'.join(map(str, shape))}-{dtype}", *shape, dtype)
         size_gb = sum(f.stat().st_size for f in llama.glob("*.safetensors")) / 2**30
-        label = f"Llama {shape[0]}L h{shape[1]} {dtype[:4]}, {size_gb:.2f} GB sharded"
+        label = f"Llama {shape[0]}L h{shape[1]} {dict(float32='fp32', bfloat16='bf16')[dtype]}, {size_gb:.2f} GB sharded"
         rows.append((label, measure(REFERENCE_CODE, [str(llama)]), measure(OURS_CODE, [str(llama)])))
     big = None
     if args.big_gb:
