@@ -158,6 +158,7 @@ class TrainSummary:
     peak_memory_bytes: int
     memory_kind: str
     world_size: int
+    engine: str
     dtype: str
     precision: str
     resumed_from: str | None
@@ -331,6 +332,16 @@ def _training_args(cfg: TrainConfig, precision: str):
         raise SpectrumError(f"Invalid training settings: {e}") from None
 
 
+def _engine(trainer) -> str:
+    """What actually ran: accelerate 1.15 turns multi-process CPU jobs into DDP even when FSDP is asked for."""
+    if trainer.is_deepspeed_enabled:
+        stage = trainer.accelerator.state.deepspeed_plugin.zero_stage
+        return f"deepspeed-zero{stage}"
+    if trainer.is_fsdp_enabled:
+        return f"fsdp{getattr(trainer.accelerator.state.fsdp_plugin, 'fsdp_version', 1)}"
+    return "ddp" if trainer.args.world_size > 1 else "single"
+
+
 def _peak_memory() -> tuple[int, str]:
     import torch
 
@@ -423,6 +434,13 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                       callbacks=list(callbacks or []))
+    engine = _engine(trainer)
+    if args.process_index == 0 and cfg.fsdp and not engine.startswith("fsdp"):
+        print(f"[spectrum] warning: FSDP was asked for but accelerate runs this job as {engine} (it enables FSDP "
+              "only on GPUs and other accelerators).", flush=True)
+    if args.process_index == 0 and engine == "fsdp1":
+        print("[spectrum] warning: FSDP1 allocates gradients for whole flattened units, so frozen modules save "
+              "little memory there; set fsdp_config version: 2 (FSDP2).", flush=True)
     t0 = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.monotonic() - t0
@@ -441,7 +459,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
         train_loss=float(result.training_loss) if result.training_loss is not None and
         math.isfinite(result.training_loss) else None,
         losses=losses, eval_loss=eval_loss, tokens=tokens, tokens_per_second=tokens / runtime if runtime else 0.0,
-        runtime_s=runtime, peak_memory_bytes=peak, memory_kind=kind, world_size=args.world_size,
+        runtime_s=runtime, peak_memory_bytes=peak, memory_kind=kind, world_size=args.world_size, engine=engine,
         dtype=str(dtype).removeprefix("torch."), precision=precision, resumed_from=resume_from,
         selection=str(Path(cfg.output_dir) / SELECTION_FILE) if selection is not None else None,
         selected_modules=len(selection.modules) if selection is not None else None,
