@@ -1,0 +1,153 @@
+import math
+
+import pytest
+
+from spectrum_llm.cli import main
+from spectrum_llm.compare import compare
+from spectrum_llm.errors import SpectrumError
+from spectrum_llm.report import top_modules
+from spectrum_llm.results import ModuleScore, ScanResult, load_scan
+
+from helpers_report import assert_sane_png, synthetic_scan
+
+BASE = "snr_results_meta-llama-Meta-Llama-3.1-8B.json"
+INSTRUCT = "snr_results_meta-llama-Meta-Llama-3.1-8B-Instruct.json"
+LLAMA3 = "snr_results_meta-llama-Meta-Llama-3-8B.json"
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        main(list(map(str, argv)))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --------------------------------------------------------------------------------------------- show
+
+
+def test_top_modules_sorted_high_to_low_inf_first_skipped_last():
+    mods = top_modules(synthetic_scan())
+    assert mods[0].name == "model.layers.0.self_attn.k_proj" and math.isinf(mods[0].snr)
+    scores = [m.snr for m in mods if m.ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert [m.ranked for m in mods[-2:]] == [False, False]
+    assert all(m.kind == "linear" for m in mods)
+
+
+def test_top_and_type_filter():
+    mods = top_modules(synthetic_scan(), top=2, type="mlp.experts.down_proj")
+    assert [m.name for m in mods] == ["model.layers.2.mlp.experts.3.down_proj", "model.layers.2.mlp.experts.2.down_proj"]
+
+
+def test_type_filter_matches_reference_per_expert_types(reference_dir):
+    scan = load_scan(reference_dir / "snr_results_Qwen-Qwen2-MoE-57B-A14B.json")
+    mods = top_modules(scan, type="mlp.experts.down_proj")
+    assert len({m.type for m in mods}) == 64 and all(".experts." in m.name for m in mods)
+
+
+def test_unknown_type_and_bad_top_are_refused():
+    with pytest.raises(SpectrumError, match="No module of type 'mlp.nope'"):
+        top_modules(synthetic_scan(), type="mlp.nope")
+    with pytest.raises(SpectrumError, match="positive"):
+        top_modules(synthetic_scan(), top=0)
+
+
+def test_show_cli_prints_sorted_table(reference_dir, capsys):
+    code, out, _ = _run(capsys, "show", reference_dir / INSTRUCT, "--top", "3", "--type", "self_attn.v_proj")
+    assert code == 0
+    rows = [ln for ln in out.splitlines() if "model.layers." in ln]
+    assert len(rows) == 3 and all("v_proj" in r for r in rows)
+    scores = [float(r.split()[-1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_show_cli_missing_file_is_a_one_line_error(tmp_path, capsys):
+    code, _, err = _run(capsys, "show", tmp_path / "missing.json")
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+
+def test_compare_base_and_instruct(reference_dir, tmp_path):
+    result = compare(reference_dir / BASE, reference_dir / INSTRUCT, png=tmp_path / "diff.png")
+    assert_sane_png(result.png)
+    assert len(result.modules) == 291
+    changes = [abs(d.relative) for d in result.modules if d.relative is not None]
+    assert changes == sorted(changes, reverse=True)
+    assert result.modules[0].name == "model.layers.3.self_attn.v_proj"
+    assert result.grid.values.shape == (32, 7)
+
+
+def test_compare_absolute_sorts_by_difference():
+    a = synthetic_scan()
+    b = synthetic_scan()
+    b.modules[1].snr += 5.0
+    b.modules[20].snr += 0.5
+    result = compare(a, b, relative=False)
+    assert [d.name for d in result.top(2)] == [a.modules[1].name, a.modules[20].name]
+    assert result.top(1)[0].diff == pytest.approx(5.0)
+
+
+def test_compare_refuses_different_module_sets(reference_dir):
+    with pytest.raises(SpectrumError, match="different modules .*67 only in B"):
+        compare(reference_dir / LLAMA3, reference_dir / INSTRUCT)
+
+
+def test_compare_refuses_different_shapes():
+    a = synthetic_scan()
+    b = synthetic_scan()
+    b.modules[1].shape = [32, 16]
+    with pytest.raises(SpectrumError, match=r"shape \[16, 16\] in A but \[32, 16\] in B"):
+        compare(a, b)
+
+
+def test_compare_refuses_different_estimators():
+    b = synthetic_scan()
+    b.estimator = "reference"
+    with pytest.raises(SpectrumError, match="--estimator mp"):
+        compare(synthetic_scan(), b)
+
+
+def test_compare_masks_inf_differences():
+    a = synthetic_scan()
+    result = compare(a, synthetic_scan())
+    inf = next(d for d in result.modules if d.name == "model.layers.0.self_attn.k_proj")
+    assert inf.diff is None and result.modules[-1].diff is None
+    assert result.grid.masked().sum() == 2
+
+
+def test_compare_cli_table_and_png(reference_dir, tmp_path, capsys):
+    code, out, err = _run(capsys, "compare", reference_dir / BASE, reference_dir / INSTRUCT, "-n", "4",
+                          "-o", tmp_path / "d.png")
+    assert code == 0 and "model.layers.3.self_attn.v_proj" in out and "+2.34%" in out
+    assert_sane_png(tmp_path / "d.png")
+
+
+def test_compare_cli_mismatch_exits_2(reference_dir, capsys):
+    code, _, err = _run(capsys, "compare", reference_dir / LLAMA3, reference_dir / INSTRUCT)
+    assert code == 2 and "different modules" in err
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def test_report_cli_writes_html_and_png(reference_dir, tmp_path, capsys):
+    stem = INSTRUCT.removesuffix(".json")
+    code, _, err = _run(capsys, "report", reference_dir / INSTRUCT, "--selection",
+                        reference_dir / f"{stem}_unfrozenparameters_50percent.yaml", "-o", tmp_path / "r.html",
+                        "--png", tmp_path / "h.png")
+    assert code == 0, err
+    assert_sane_png(tmp_path / "h.png")
+    assert "Trainable by type" in (tmp_path / "r.html").read_text()
+
+
+def test_report_cli_module_without_model_exits_2(tmp_path, capsys):
+    scan = ScanResult("m", "mp", [ModuleScore("model.layers.0.mlp.down_proj", "mlp.down_proj", 0, [4, 4], 1.0)])
+    path = scan.save(tmp_path / "scan.json")
+    code, _, err = _run(capsys, "report", path, "--module", "model.layers.0.mlp.down_proj", "-o", tmp_path / "r.html")
+    assert code == 2 and "--model" in err
+    assert not (tmp_path / "r.html").exists()
