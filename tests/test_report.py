@@ -48,6 +48,8 @@ def test_colour_scale_ignores_non_finite_and_goes_log_for_wide_ranges():
     assert scale == "log" and 0.05 <= norm.vmin and norm.vmax <= 2000.0
     norm, scale = colour_norm(np.array([0.0, 0.5, 1.0]))
     assert scale == "linear" and math.isfinite(norm.vmax)
+    norm, scale = colour_norm(np.array([0.0, 0.0, 0.1, 1.0, 5.0, 40.0]))
+    assert scale.startswith("log above") and norm.vmin == 0.0 and np.isfinite(norm(np.array([0.0]))).all()
     norm, _ = colour_norm(np.array([np.inf, np.nan]))
     assert (norm.vmin, norm.vmax) == (0.0, 1.0)
 

@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PatchCollection
-from matplotlib.colors import ListedColormap, LogNorm, Normalize, TwoSlopeNorm
+from matplotlib.colors import ListedColormap, LogNorm, Normalize, SymLogNorm, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -124,10 +124,11 @@ def score_grid(scan: ScanResult, selected: Iterable[str] = (), kinds: tuple[str,
 def colour_norm(values: np.ndarray, diverging: bool = False) -> tuple[Normalize, str]:
     """A colour scale fitted to the finite values, robust to heavy tails; and how it was made.
 
-    Scores span many decades (0.03 to 1e27 in the reference Qwen2-MoE scan), so scores that are all
-    positive and spread over more than a factor of 20 get a log scale (a zero keeps the scale linear, as
-    a log scale could not show it). Limits are the 1st and 99th percentiles
-    so that one outlier cannot flatten every other cell; the colour bar shows arrows beyond them.
+    Scores span many decades (0.03 to 1e27 in the reference Qwen2-MoE scan), so non-negative scores
+    spread over more than a factor of 20 get a log scale; when some are 0 (the mp estimator's "no signal
+    above the edge") it is a symmetric-log scale, linear near 0, so that zeros are drawn, not masked.
+    Limits are the 1st and 99th percentiles so that one outlier cannot flatten every other cell; the
+    colour bar shows arrows beyond them.
     """
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -136,8 +137,12 @@ def colour_norm(values: np.ndarray, diverging: bool = False) -> tuple[Normalize,
         span = float(np.percentile(np.abs(finite), 99)) or 1.0
         return TwoSlopeNorm(0.0, -span, span), "linear, centred on 0"
     lo, hi = (float(x) for x in np.percentile(finite, [1, 99]))
-    if float(finite.min()) > 0 and hi / lo > 20:
-        return LogNorm(lo, hi), "log"
+    positive = finite[finite > 0]
+    if float(finite.min()) >= 0 and positive.size and hi / float(np.percentile(positive, 1)) > 20:
+        if lo > 0:
+            return LogNorm(lo, hi), "log"
+        linthresh = float(np.percentile(positive, 5))
+        return SymLogNorm(linthresh, vmin=0.0, vmax=hi, base=10), f"log above {linthresh:.2g}, linear below"
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     return Normalize(lo, hi), "linear"
@@ -442,13 +447,19 @@ class ReportFiles:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Like ``results.write_text_atomic``, for images."""
+    """Like ``results.write_text_atomic``, for images; readable like any file the user creates.
+
+    ``mkstemp`` makes its file private (0600); an image is meant to be shared, so the umask decides.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
