@@ -7,7 +7,7 @@ import pytest
 
 import spectrum_llm
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.report import (colour_norm, column_type, heatmap_png, mp_density, report, score_grid,
+from spectrum_llm.reporting import (colour_norm, column_type, heatmap_png, mp_density, report, score_grid,
                                  trainable_by_type)
 from spectrum_llm.results import ModuleScore, ScanResult, load_scan
 
@@ -148,7 +148,7 @@ def test_report_of_a_tiny_model_scan_with_its_spectrum(llama_dir, tmp_path):
 
 
 def test_spectrum_of_a_module_matches_its_scan_score(llama_dir):
-    from spectrum_llm.report import module_spectrum
+    from spectrum_llm.reporting import module_spectrum
 
     scan = spectrum_llm.scan(llama_dir, estimator="mp")
     m = next(x for x in scan.modules if x.name == "model.layers.0.self_attn.q_proj")
@@ -181,3 +181,33 @@ def test_reference_selection_marks_half_of_each_type(reference_dir):
     scan = load_scan(reference_dir / f"{LLAMA_31}.json")
     files = report(scan, selection=reference_dir / f"{LLAMA_31}_unfrozenparameters_50percent.yaml", output=None)
     assert (files.grid.selected > 0).sum(axis=0).tolist() == [16] * 7
+
+
+def test_package_names_stay_functions_after_the_modules_are_imported():
+    import spectrum_llm.comparison  # noqa: F401
+    import spectrum_llm.reporting  # noqa: F401
+
+    assert callable(spectrum_llm.report) and callable(spectrum_llm.report)
+    assert callable(spectrum_llm.compare) and callable(spectrum_llm.compare)
+
+
+def test_spectrum_of_an_expert_and_of_a_fused_part_is_cut_from_its_tensor(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from spectrum_llm.reporting import module_spectrum
+
+    torch.manual_seed(0)
+    experts, qkv = torch.randn(3, 16, 24), torch.randn(48, 16)
+    save_file({"model.layers.0.mlp.experts.down_proj": experts, "model.layers.0.self_attn.qkv_proj.weight": qkv},
+              tmp_path / "model.safetensors")
+    mods = [ModuleScore("model.layers.0.mlp.experts.1.down_proj", "mlp.experts.down_proj", 0, [16, 24], 1.0,
+                        param="model.layers.0.mlp.experts.down_proj", expert=1, rows=[1, 2]),
+            ModuleScore("model.layers.0.self_attn.qkv_proj.k", "self_attn.qkv_proj.k", 0, [16, 16], 1.0,
+                        param="model.layers.0.self_attn.qkv_proj.weight", part="k", rows=[16, 32])]
+    scan = ScanResult("fused", "mp", mods)
+    sp = module_spectrum(scan, mods[0].name, tmp_path)
+    assert sp.shape == (16, 24)
+    np.testing.assert_allclose(sp.values, torch.linalg.svdvals(experts[1].double()).numpy(), rtol=1e-6)
+    sp = module_spectrum(scan, mods[1].name, tmp_path)
+    np.testing.assert_allclose(sp.values, torch.linalg.svdvals(qkv[16:32].double()).numpy(), rtol=1e-6)

@@ -3,9 +3,9 @@ import math
 import pytest
 
 from spectrum_llm.cli import main
-from spectrum_llm.compare import compare
+from spectrum_llm.comparison import compare
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.report import top_modules
+from spectrum_llm.reporting import top_modules
 from spectrum_llm.results import ModuleScore, ScanResult, load_scan
 
 from helpers_report import assert_sane_png, synthetic_scan

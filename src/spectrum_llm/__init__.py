@@ -26,9 +26,9 @@ _API = {
     "SpectrumCallback": "integrations",
     "train": "training",
     "TrainConfig": "training",
-    "report": "report",
-    "compare": "compare",
-    "ScanDiff": "compare",
+    "report": "reporting",
+    "compare": "comparison",
+    "ScanDiff": "comparison",
 }
 
 __all__ = ["__version__", *_API]

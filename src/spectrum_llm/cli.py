@@ -102,7 +102,7 @@ def show(
     all_kinds: bool = typer.Option(False, "--all", help="Also list embeddings, lm_head and norms."),
 ):
     """Print a scan's modules sorted by score, highest first."""
-    from .report import as_scan, scan_table
+    from .reporting import as_scan, scan_table
 
     Console().print(scan_table(as_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
 
@@ -116,8 +116,8 @@ def compare(
     relative: bool = typer.Option(True, "--relative/--absolute", help="Changes as B / A - 1 (default) or B - A."),
 ):
     """Show where two scans of the same architecture differ: a table and a difference heatmap."""
-    from .compare import compare as run_compare
-    from .compare import diff_table
+    from .comparison import compare as run_compare
+    from .comparison import diff_table
 
     result = run_compare(scan_a, scan_b, png=png, relative=relative)
     Console().print(diff_table(result, top, relative))
@@ -138,7 +138,7 @@ def report(
     model: Optional[str] = typer.Option(None, "--model", help="The checkpoint the scan was made from."),
 ):
     """Write an HTML report of a scan (heatmap, spectrum, trainable parameters by type)."""
-    from .report import report as run_report
+    from .reporting import report as run_report
 
     files = run_report(scan_file, selection=selection, output=output, png=png, module=module, model=model)
     for path in (files.html, files.png):

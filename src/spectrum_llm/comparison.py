@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpectrumError
-from .report import ScoreGrid, _png, as_scan, diff_figure, score_grid, write_bytes_atomic
+from .reporting import ScoreGrid, _png, as_scan, diff_figure, score_grid, write_bytes_atomic
 from .results import ModuleScore, ScanResult
 
 
@@ -114,7 +114,7 @@ def diff_table(result: ScanDiff, top: int | None = 20, relative: bool = True):
     """A rich Table of the largest changes."""
     from rich.table import Table
 
-    from .report import _fmt
+    from .reporting import _fmt
 
     rows = result.top(top)
     table = Table(title=f"A = {result.model_a}  B = {result.model_b}  ({result.estimator} estimator)", box=None,
