@@ -415,7 +415,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
         freeze(model, selection)
     elif cfg.method == "lora":
         model = _apply_lora(model, cfg)
-    if precision != "fp32" and not cfg.deepspeed:
+    if precision != "fp32" and getattr(args, "deepspeed_plugin", None) is None:
         _upcast_trainable(model)  # DeepSpeed keeps its own fp32 master copies
     trainable, total = count_params(model)
     if trainable == 0:
