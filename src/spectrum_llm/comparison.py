@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpectrumError
-from .reporting import ScoreGrid, _png, as_scan, diff_figure, score_grid, write_bytes_atomic
+from .reporting import ScoreGrid, _png, as_scan, diff_figure, score_grid
+from .results import write_bytes_atomic
 from .results import ModuleScore, ScanResult
 
 

@@ -16,7 +16,6 @@ import io
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -30,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .errors import SpectrumError
-from .results import RANKED_KINDS, ModuleScore, ScanResult, load_scan, write_text_atomic
+from .results import RANKED_KINDS, ModuleScore, ScanResult, load_scan, write_bytes_atomic, write_text_atomic
 
 _EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
 MASK_COLOUR = "#d0d0d0"
@@ -444,28 +443,6 @@ class ReportFiles:
     png: Path | None
     grid: ScoreGrid
     selected: list[str]
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Like ``results.write_text_atomic``, for images; readable like any file the user creates.
-
-    ``mkstemp`` makes its file private (0600); an image is meant to be shared, so the umask decides.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _check_image_path(path: str | os.PathLike | None) -> None:
