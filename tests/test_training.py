@@ -210,3 +210,15 @@ def test_two_process_cpu_run_keeps_ranks_identical_and_frozen_untouched(work, tm
         assert r["dtypes"]["model.layers.0.self_attn.q_proj.weight"] == "torch.float32"  # fp32 master copy
         assert r["dtypes"]["model.layers.0.self_attn.k_proj.weight"] == "torch.bfloat16"  # frozen stays bf16
     assert _changed(work["bf16"], out) == SELECTED
+
+
+def test_row_range_selection_keeps_the_other_rows_bit_identical(work, tmp_path):
+    (tmp_path / "rows.txt").write_text("^model.layers.0.self_attn.q_proj.weight$[0:8]\n")
+    out = tmp_path / "rows"
+    summary = train(_cfg(work["bf16"], work["cpt"], out, selection=str(tmp_path / "rows.txt"), max_steps=3))
+    assert summary.trainable_params == 8 * 32
+    assert _changed(work["bf16"], out) == {"model.layers.0.self_attn.q_proj.weight"}
+    before = load_file(str(work["bf16"] / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+    after = load_file(str(out / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+    assert torch.equal(before[8:].view(torch.int16), after[8:].view(torch.int16))
+    assert not torch.equal(before[:8].view(torch.int16), after[:8].view(torch.int16))

@@ -412,12 +412,18 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     if cfg.method == "spectrum":
         from .freezing import freeze
 
-        freeze(model, selection)
+        frozen = freeze(model, selection)
+        if frozen.partial and cfg.weight_decay and args.process_index == 0:
+            print("[spectrum] warning: the selection trains only some rows of "
+                  f"{', '.join(frozen.partial)}; weight decay still shrinks their frozen rows. Set weight_decay: 0 "
+                  "(the default) to keep them bit-identical.", flush=True)
     elif cfg.method == "lora":
         model = _apply_lora(model, cfg)
     if precision != "fp32" and getattr(args, "deepspeed_plugin", None) is None:
         _upcast_trainable(model)  # DeepSpeed keeps its own fp32 master copies
     trainable, total = count_params(model)
+    if cfg.method == "spectrum":
+        trainable = frozen.trainable_params  # partial tensors count only their trainable rows
     if trainable == 0:
         raise SpectrumError("No parameter is trainable: the selection matches nothing in this model. Check that "
                             "the selection was made for this model (or pass --top-percent to select anew).")
