@@ -76,7 +76,7 @@ class Settings:
 
 
 MODES = {
-    "quick": Settings(seq_len=128, batch_size=2, steps=8, train_convs=200, eval_convs=40, eval_blocks=8,
+    "quick": Settings(seq_len=128, batch_size=2, steps=10, train_convs=200, eval_convs=40, eval_blocks=8,
                       general_blocks=8, learning_rate=1e-4, lora_learning_rate=1e-3),
     "full": Settings(seq_len=256, batch_size=4, steps=60, train_convs=1000, eval_convs=100, eval_blocks=48,
                      general_blocks=48, learning_rate=1e-4, lora_learning_rate=1e-3),
@@ -474,7 +474,8 @@ def worker(spec_path: Path, result_path: Path) -> None:
     print(f"[bench] trained and evaluated at {time.monotonic() - t0:.1f} s", flush=True)
     res = {"name": spec["name"], "trainable_params": summary.trainable_params, "total_params": summary.total_params,
            "steps": summary.steps, "losses": summary.losses, "step_times_s": probe.times,
-           "median_step_s": median(probe.times[1:] or probe.times), "train_runtime_s": summary.runtime_s,
+           "median_step_s": median(probe.times[1:] or probe.times),
+           "min_step_s": min(probe.times[1:] or probe.times), "train_runtime_s": summary.runtime_s,
            "tokens": summary.tokens, "peak_memory_bytes_self": summary.peak_memory_bytes,
            "memory_kind_self": summary.memory_kind, **probe.evals}
     if cuda:
@@ -519,14 +520,17 @@ def table(rows: list[dict], baseline: dict) -> str:
     def rel(v, ref):
         return "" if not full or v is None or ref in (None, 0) or v is ref else f" ({100 * (v / ref - 1):+.0f}%)"
 
-    head = ["method", "trainable params", "median step s", "peak RssAnon MiB"] + (["peak CUDA MiB"] if cuda else []) \
+    head = ["method", "trainable params", "median step s", "fastest step s", "peak RssAnon MiB"] + (["peak CUDA MiB"] if cuda else []) \
         + ["task loss", "general loss", "final train loss"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| before training | - | - | - |" + (" - |" if cuda else "")
+    lines.append("| before training | - | - | - | - |" + (" - |" if cuda else "")
                  + f" {baseline['task_loss']:.4f} | {baseline['general_loss']:.4f} | - |")
     for r in rows:
-        cells = [r["name"], f"{r['trainable_params'] / 1e6:.2f}M ({100 * r['trainable_params'] / r['total_params']:.1f}%)",
+        # percent of the base model: LoRA's total also counts its adapters
+        base = r["total_params"] - (r["trainable_params"] if r.get("group") == "lora" else 0)
+        cells = [r["name"], f"{r['trainable_params'] / 1e6:.2f}M ({100 * r['trainable_params'] / base:.1f}%)",
                  f"{r['median_step_s']:.3f}" + rel(r["median_step_s"], full and full["median_step_s"]),
+                 f"{r['min_step_s']:.3f}" + rel(r["min_step_s"], full and full["min_step_s"]),
                  _mib(r["peak_rss_anon_bytes"]) + rel(r["peak_rss_anon_bytes"], full and full["peak_rss_anon_bytes"])]
         if cuda:
             cells.append(_mib(r.get("cuda_peak_bytes")) + rel(r.get("cuda_peak_bytes"), full and full.get("cuda_peak_bytes")))
@@ -537,7 +541,18 @@ def table(rows: list[dict], baseline: dict) -> str:
     return "\n".join(lines)
 
 
-def plots(rows: list[dict], baseline: dict, mode: str, device: str) -> list[str]:
+def loss_gaps(rows: list[dict]) -> str:
+    """Mean over steps of each method's training loss minus full fine-tuning's on the same batch."""
+    full = next((r["losses"] for r in rows if r["name"] == "full"), None)
+    if not full:
+        return ""
+    gaps = [(r["name"], sum(a - b for a, b in zip(r["losses"], full)) / max(len(full), 1))
+            for r in rows if r["name"] != "full"]
+    return "mean training-loss gap to full fine-tuning (same batches): " + ", ".join(
+        f"{n} {g:+.4f}" for n, g in gaps)
+
+
+def plots(rows: list[dict], baseline: dict, mode: str, device: str, tag: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -545,18 +560,28 @@ def plots(rows: list[dict], baseline: dict, mode: str, device: str) -> list[str]
     from matplotlib.ticker import MaxNLocator
 
     IMAGES.mkdir(parents=True, exist_ok=True)
-    suffix = f"{mode}" + ("" if device == "cpu" else f"-{device}")
+    suffix = f"{mode}" + ("" if device == "cpu" else f"-{device}") + (f"-{tag}" if tag else "")
     colors = {"full": "black", "spectrum25": "tab:blue", "spectrum50": "tab:green", "random25": "tab:gray",
               "last-layers": "tab:orange", "lora": "tab:red"}
     out = []
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    full = next((r["losses"] for r in rows if r["name"] == "full"), None)
+    fig, axes = plt.subplots(1, 2 if full else 1, figsize=(13 if full else 8, 4.5), squeeze=False)
     for r in rows:
-        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=r["name"], color=colors.get(r["group"], None),
-                linestyle="--" if r["name"].endswith("-ref") else "-", alpha=0.6 if r["group"] == "random25" else 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title(f"SmolLM2-135M-Instruct on ShareGPT, {mode} mode ({device})")
-    ax.legend(fontsize=8, ncol=2)
+        style = dict(label=r["name"], color=colors.get(r["group"], None),
+                     linestyle="--" if r["name"].endswith("-ref") else "-",
+                     alpha=0.6 if r["group"] == "random25" else 1)
+        axes[0][0].plot(range(1, len(r["losses"]) + 1), r["losses"], **style)
+        if full and r["name"] != "full":
+            axes[0][1].plot(range(1, len(r["losses"]) + 1), [a - b for a, b in zip(r["losses"], full)], **style)
+    axes[0][0].set_ylabel("training loss (answer tokens)")
+    axes[0][0].set_title(f"SmolLM2-135M-Instruct on ShareGPT, {mode} mode ({device})", fontsize=10)
+    axes[0][0].legend(fontsize=8, ncol=2)
+    if full:
+        axes[0][1].axhline(0, color="black", linewidth=0.8)
+        axes[0][1].set_ylabel("loss minus full fine-tuning's loss")
+        axes[0][1].set_title("the same batches, relative to full fine-tuning", fontsize=10)
+    for ax in axes[0]:
+        ax.set_xlabel("step")
     fig.tight_layout()
     p = IMAGES / f"bench-train-{suffix}-loss.png"
     fig.savefig(p, dpi=110)
@@ -597,11 +622,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", help="comma-separated subset of methods or groups (default: all)")
     ap.add_argument("--steps", type=int, help="override the mode's number of optimizer steps")
     ap.add_argument("--tag", default="", help="suffix for the results file (e.g. a machine name)")
+    ap.add_argument("--replot", metavar="RESULTS_JSON", help="print the table and redraw the plots of a results file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         worker(Path(a.worker), Path(a.result))
+        return
+
+    if a.replot:
+        rep = json.loads(Path(a.replot).read_text())
+        print(table(rep["methods"], rep["baseline"]))
+        print(loss_gaps(rep["methods"]))
+        print(plots(rep["methods"], rep["baseline"], rep["mode"], rep["device"], a.tag))
         return
 
     import torch
@@ -640,7 +673,7 @@ def main(argv: list[str] | None = None) -> None:
               f"general {r['general_loss_after']:.4f}  ({r['wall_s']:.0f} s)", flush=True)
 
     md = table(rows, baseline)
-    images = plots(rows, baseline, mode, device) if rows else []
+    images = plots(rows, baseline, mode, device, a.tag) if rows else []
     total = time.monotonic() - t_start
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"train-{mode}{'-' + device if device != 'cpu' else ''}{'-' + a.tag if a.tag else ''}.json"
@@ -658,6 +691,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json_atomic(RESULTS / name, report)
     print()
     print(md)
+    print(loss_gaps(rows))
     print(f"\n[bench] {len(rows)} methods in {total:.0f} s -> {RESULTS / name}; plots: {', '.join(images)}")
 
 
