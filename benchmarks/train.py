@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -520,8 +520,8 @@ def table(rows: list[dict], baseline: dict) -> str:
     def rel(v, ref):
         return "" if not full or v is None or ref in (None, 0) or v is ref else f" ({100 * (v / ref - 1):+.0f}%)"
 
-    head = ["method", "trainable params", "median step s", "fastest step s", "peak RssAnon MiB"] + (["peak CUDA MiB"] if cuda else []) \
-        + ["task loss", "general loss", "final train loss"]
+    head = ["method", "trainable params", "median step s", "fastest step s", "peak RssAnon MiB"] \
+        + (["peak CUDA MiB"] if cuda else []) + ["task loss", "general loss", "final train loss"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| before training | - | - | - | - |" + (" - |" if cuda else "")
                  + f" {baseline['task_loss']:.4f} | {baseline['general_loss']:.4f} | - |")
@@ -533,7 +533,8 @@ def table(rows: list[dict], baseline: dict) -> str:
                  f"{r['min_step_s']:.3f}" + rel(r["min_step_s"], full and full["min_step_s"]),
                  _mib(r["peak_rss_anon_bytes"]) + rel(r["peak_rss_anon_bytes"], full and full["peak_rss_anon_bytes"])]
         if cuda:
-            cells.append(_mib(r.get("cuda_peak_bytes")) + rel(r.get("cuda_peak_bytes"), full and full.get("cuda_peak_bytes")))
+            cells.append(_mib(r.get("cuda_peak_bytes"))
+                         + rel(r.get("cuda_peak_bytes"), full and full.get("cuda_peak_bytes")))
         cells += [f"{r['task_loss_after']:.4f}",
                   f"{r['general_loss_after']:.4f} ({r['general_loss_after'] - baseline['general_loss']:+.4f})",
                   f"{r['losses'][-1]:.4f}" if r["losses"] else "-"]
