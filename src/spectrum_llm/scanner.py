@@ -225,7 +225,7 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
     fingerprint = ckpt.fingerprint()
     out = Path(output) if output else None
     header = {"fingerprint": fingerprint, "estimator": estimator, "modules_regex": modules,
-              "method": method if method != "auto" else "auto"}
+              "method": method}
     if out is not None and resume and out.is_file():
         cached = _cached(out, header)
         if cached is not None:
