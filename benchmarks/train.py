@@ -196,35 +196,13 @@ def check_packages() -> dict[str, Path]:
 
 
 def convert_model(work: Path, dtype: str) -> Path:
-    """The GGUF model as an ordinary safetensors folder, converted once and cached.
+    """The GGUF model as an ordinary safetensors folder, converted once and cached (spectrum_llm.convert)."""
+    from spectrum_llm.convert import gguf_to_folder
 
-    ``save_pretrained`` refuses a GGUF-loaded model (it carries a quantization config), so the model is
-    rebuilt from its config without it and the dequantized state dict is loaded into it.
-    """
     out = work / f"smollm2-135m-{dtype}"
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
-        return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from spectrum_llm.checkpoint import resolve
-
-    gguf = resolve("builtin:smollm2-135m")
-    print(f"[bench] converting {gguf.name} to {dtype} safetensors (once) ...", flush=True)
-    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    cfg = src.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
-    model.load_state_dict(src.state_dict())
-    model.tie_weights()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    if not (out / "config.json").exists():
+        print(f"[bench] converting the default model to {dtype} safetensors (once) ...", flush=True)
+    return gguf_to_folder("builtin:smollm2-135m", out, dtype)
 
 
 def prepare_data(work: Path, pkgs: dict[str, Path], s: Settings) -> dict[str, Path]:

@@ -150,7 +150,8 @@ def report(
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of train settings (keys as the "
                                           "flags, dashes or underscores); flags given here win."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder (or a hub id in the local cache)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder, a hub id in the local cache, or a "
+                                        "GGUF file / builtin:smollm2-135m (converted once, cached)."),
     data: Optional[str] = typer.Option(None, "--data", help="Training data: .jsonl/.json/.parquet/.txt or a "
                                        "datasets save_to_disk folder."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Where the model, checkpoints, "
@@ -204,6 +205,19 @@ def train(
                   f"parameters, {summary.steps} steps, loss {summary.train_loss}"
                   + (f", eval loss {summary.eval_loss:.4f}" if summary.eval_loss is not None else "")
                   + f" -> {summary.output_dir}")
+
+
+@app.command()
+def convert(
+    model: str = typer.Argument(..., help="A .gguf file or builtin:smollm2-135m."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (default: the cache, "
+                                          "$SPECTRUM_CACHE/models or ~/.cache/spectrum-llm/models)."),
+    dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
+):
+    """Convert a GGUF model into a transformers safetensors folder (config, weights, tokenizer) for training."""
+    from .convert import gguf_to_folder
+
+    console.print(f"[green]Wrote[/] {gguf_to_folder(model, output, dtype)}")
 
 
 @app.callback()

@@ -384,6 +384,10 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     """
     cfg = config
     cfg.validate()
+    from .convert import gguf_to_folder, is_gguf
+
+    if is_gguf(cfg.model):
+        cfg = dataclasses.replace(cfg, model=str(gguf_to_folder(cfg.model)))
     resume_from = _check_output_dir(cfg)
     model_cfg = _load_model_config(cfg.model)
     check_seq_len(cfg.seq_len, getattr(model_cfg, "max_position_embeddings", None), cfg.model)
