@@ -222,3 +222,12 @@ def test_row_range_selection_keeps_the_other_rows_bit_identical(work, tmp_path):
     after = load_file(str(out / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
     assert torch.equal(before[8:].view(torch.int16), after[8:].view(torch.int16))
     assert not torch.equal(before[:8].view(torch.int16), after[:8].view(torch.int16))
+
+
+def test_tied_embeddings_are_saved_once_like_the_input(tmp_path):
+    model = build_tiny_llama(tmp_path / "tied", dtype="float32", tie_word_embeddings=True)
+    data = write_cpt_data(tmp_path / "d.jsonl")
+    train(_cfg(model, data, tmp_path / "out", method="full", max_steps=1))
+    before = load_file(str(model / "model.safetensors"))
+    after = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert "lm_head.weight" not in before and after.keys() == before.keys()

@@ -358,6 +358,13 @@ def _final_state_dict(trainer, orig_dtypes: dict[str, Any]):
     return {k: v.to(orig_dtypes[k]) if k in orig_dtypes and v.dtype != orig_dtypes[k] else v for k, v in sd.items()}
 
 
+def _without_tied(model, sd: dict[str, Any]) -> dict[str, Any]:
+    """Drop the aliases of tied weights (``lm_head.weight`` when it is the embedding), as the input stored them."""
+    own = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    aliases = set(model.state_dict()) - own
+    return {k: v for k, v in sd.items() if k not in aliases}
+
+
 def _save_outputs(trainer, cfg: TrainConfig, orig_dtypes, lora: bool) -> None:
     out = Path(cfg.output_dir)
     acc = trainer.accelerator
@@ -370,11 +377,11 @@ def _save_outputs(trainer, cfg: TrainConfig, orig_dtypes, lora: bool) -> None:
             merged = model.merge_and_unload()
             sd = {k: v.to(orig_dtypes[k]) if k in orig_dtypes and v.dtype != orig_dtypes[k] else v
                   for k, v in merged.state_dict().items()}
-            merged.save_pretrained(out, state_dict=sd)
+            merged.save_pretrained(out, state_dict=_without_tied(merged, sd))
         return
     sd = _final_state_dict(trainer, orig_dtypes)
     if acc.is_main_process:
-        model.save_pretrained(out, state_dict=sd)
+        model.save_pretrained(out, state_dict=_without_tied(model, sd))
 
 
 def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
