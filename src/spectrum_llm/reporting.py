@@ -557,7 +557,7 @@ def render_html(scan: ScanResult, grid: ScoreGrid, heat_png: bytes, selected: li
         sel_amount, total = sum(r[1] for r in rows), sum(r[2] for r in rows)
         share = f"{100 * sel_amount / total:.1f}%" if total else "–"
         parts.append(f"<h2>Trainable by type</h2><p>{len(selected)} modules selected: {sel_amount:,} of "
-                     f"{total:,} {esc(unit)} ({share}).</p>"
+                     f"{total:,} {esc(unit)} in the types charted ({share}).</p>"
                      + _img(_png(params_figure(rows, unit)), "trainable parameters by type"))
     if grid.outside:
         names = ", ".join(esc(m.name) for m in grid.outside[:12])
