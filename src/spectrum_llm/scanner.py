@@ -178,13 +178,18 @@ def _dist():
     return dist.get_rank(), dist.get_world_size()
 
 
+def _cost(t: TensorInfo) -> int:
+    """Work to score a tensor: the Gram product costs about numel * min(rows, cols)."""
+    return _numel(t.shape) * (min(t.shape[-2:]) if len(t.shape) > 1 else 1)
+
+
 def _share(tensors: list[TensorInfo], rank: int, world: int) -> list[TensorInfo]:
-    """Largest tensors first, each to the rank with the least work so far (cost ~ numel * min dim)."""
+    """Costliest tensors first, each to the rank with the least work so far."""
     load = [0] * world
     mine = []
-    for t in sorted(tensors, key=lambda t: -_numel(t.shape) * (min(t.shape[-2:]) if len(t.shape) > 1 else 1)):
+    for t in sorted(tensors, key=_cost, reverse=True):
         r = load.index(min(load))
-        load[r] += _numel(t.shape) * (min(t.shape[-2:]) if len(t.shape) > 1 else 1)
+        load[r] += _cost(t)
         if r == rank:
             mine.append(t)
     return mine
