@@ -1,0 +1,252 @@
+"""The study's pure logic: the task, budget matching, seeding, resume keys, exact match and statistics."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+study = _load("study")
+report = _load("study_report")
+stats = _load("stats")
+
+
+def _modules(layers=4):
+    types = (("self_attn.q_proj", (8, 8)), ("mlp.up_proj", (16, 8)))
+    return [{"name": f"model.layers.{i}.{t}", "type": t, "layer": i, "shape": list(shape),
+             "numel": shape[0] * shape[1], "pattern": f"^model.layers.{i}.{t}.(weight|bias)$"}
+            for i in range(layers) for t, shape in types]
+
+
+# ------------------------------------------------------------------------------------------ the task
+
+
+def test_facts_are_seeded_and_every_name_is_unique():
+    a, b = study.make_facts(30, seed=1), study.make_facts(30, seed=1)
+    assert a == b and a != study.make_facts(30, seed=2)
+    names = [f["answer"] for f in a] + list({f["entity"] for f in a})
+    assert len(names) == len(set(names)) == 90 + 30
+    assert [f["attribute"] for f in a[:3]] == list(study.ATTRIBUTES)
+
+
+def test_phrasings_split_into_disjoint_train_val_test():
+    for fid in range(10):
+        train, val, test = study.split_phrasings(fid)
+        assert sorted(train + [val, test]) == list(range(study.PHRASINGS)) and val != test
+
+
+def test_every_test_phrasing_is_trained_on_other_facts_never_on_its_own():
+    facts = study.make_facts(10, seed=0)
+    rows = study.task_rows(facts, seed=0)
+    train_prompts = {r["prompt"] for r in rows["train"]}
+    assert len(rows["train"]) == 3 * len(facts)
+    assert len(rows["test"]) == len(rows["val"]) == len(rows["seen"]) == len(facts)
+    assert {r["prompt"] for r in rows["seen"]} <= train_prompts
+    assert not train_prompts & {r["prompt"] for r in rows["test"] + rows["val"]}
+    for f in facts:
+        template = study.ATTRIBUTES[f["attribute"]][study.split_phrasings(f["id"])[2]]
+        others = {template.format(e=g["entity"]) for g in facts if g["attribute"] == f["attribute"]
+                  and g["entity"] != f["entity"]}
+        assert any(study.prompt(q) in train_prompts for q in others)
+
+
+def test_training_order_is_seeded():
+    facts = study.make_facts(5, seed=0)
+    assert study.task_rows(facts, seed=3) == study.task_rows(facts, seed=3)
+    assert study.task_rows(facts, seed=3)["train"] != study.task_rows(facts, seed=4)["train"]
+
+
+# ------------------------------------------------------------------------------------------ budgets and keys
+
+
+def test_random_draws_keep_the_per_type_counts_and_differ_by_seed():
+    mods = _modules(layers=8)
+    kept = {"self_attn.q_proj": 2, "mlp.up_proj": 3}
+    draws = [study.random_patterns(mods, kept, seed) for seed in range(5)]
+    for d in draws:
+        assert sum("q_proj" in p for p in d) == 2 and sum("up_proj" in p for p in d) == 3
+    assert len({tuple(d) for d in draws}) > 1
+    assert study.random_patterns(mods, kept, 0) == draws[0]
+
+
+def test_global_percent_reproduces_the_closest_budget():
+    mods = _modules(layers=4)  # q: 64 params each, up: 128 each; 8 modules
+    scores = {m["name"]: float(i) for i, m in enumerate(mods)}  # later modules score higher
+    pct, numel = study.matched_global_percent(mods, scores, target=300)
+    k = int(len(mods) * pct / 100)
+    top = sorted(mods, key=lambda m: -scores[m["name"]])[:k]
+    assert sum(m["numel"] for m in top) == numel
+    assert abs(numel - 300) == min(abs(sum(m["numel"] for m in sorted(mods, key=lambda m: -scores[m["name"]])[:j])
+                                       - 300) for j in range(1, 9))
+
+
+def _settings(**kw):
+    return study.Settings(**{**study.MODES["quick"].__dict__, **kw})
+
+
+def test_run_key_is_stable_and_covers_the_whole_configuration():
+    s = _settings()
+    arm = study.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^a$", "^b$"], seed=0)
+    key = study.run_key(s, arm, "fp")
+    assert key == study.run_key(s, study.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^b$", "^a$"]), "fp")
+    assert key != study.run_key(s, study.Arm("x", "partial", "random25", "spectrum", 3e-4, ["^a$", "^b$"]), "fp")
+    assert key != study.run_key(s, study.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^a$"]), "fp")
+    assert key != study.run_key(_settings(steps=7), arm, "fp")
+    assert key != study.run_key(s, arm, "other-model")
+    # which arms run (grid, number of draws) is not part of a run: a later session can add draws
+    assert key == study.run_key(_settings(arms=None, random25_seeds=20, lr_grid={"full": (1.0,)}), arm, "fp")
+
+
+def test_best_rates_use_validation_only():
+    rows = [{"sweep": True, "family": "full", "lr": 1e-4, "val_exact_match": 0.5, "val_loss": 1.0,
+             "test_exact_match": 0.9},
+            {"sweep": True, "family": "full", "lr": 3e-4, "val_exact_match": 0.6, "val_loss": 2.0,
+             "test_exact_match": 0.1},
+            {"sweep": True, "family": "lora", "lr": 1e-3, "val_exact_match": 0.2, "val_loss": 1.5},
+            {"sweep": True, "family": "lora", "lr": 3e-3, "val_exact_match": 0.2, "val_loss": 1.2}]
+    assert study.best_rates(rows) == {"full": 3e-4, "lora": 3e-3}
+
+
+def test_a_stored_run_is_never_run_again(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_child(script, spec, work, name):
+        calls.append(name)
+        ev = {"val": {"hits": "10", "nll": [1.0, 2.0], "tokens": [2, 2]},
+              "test": {"hits": "01", "nll": [1.0, 1.0], "tokens": [2, 2]},
+              "general": {"nll": [4.0], "tokens": [2]}, "chat": {"nll": [2.0], "tokens": [2]}}
+        return {"trainable_params": 1, "total_params": 2, "median_step_s": 0.1, "eval": ev, **study.summarise(ev)}
+
+    monkeypatch.setattr(study, "run_child", fake_child)
+    store = study.Store(tmp_path / "runs")
+    ctx = {"work": tmp_path, "model": "m", "files": {}, "fingerprint": "fp"}
+    arm = study.Arm("full", "full", "full", "full", 1e-4, sweep=True)
+    first = study.execute(arm, _settings(), ctx, store)
+    again = study.execute(arm, _settings(), ctx, store)
+    assert len(calls) == 1 and first == again and first["test_exact_match"] == 0.5
+    study.execute(study.Arm("full", "full", "full", "full", 3e-4, sweep=True), _settings(), ctx, store)
+    assert len(calls) == 2
+
+
+# ------------------------------------------------------------------------------------------ exact match
+
+
+def test_teacher_forced_exact_match_equals_greedy_decoding():
+    from conftest import tiny_llama
+
+    model = tiny_llama(vocab_size=64).eval()
+    torch.manual_seed(1)
+    items = []
+    for i in range(6):
+        p = torch.randint(0, 64, (1, 5 + i))
+        gen = model.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=3, do_sample=False,
+                             pad_token_id=0)[0, p.shape[1]:].tolist()
+        answer = gen if i % 2 == 0 else gen[:-1] + [(gen[-1] + 1) % 64]  # odd items: last token not greedy
+        items.append({"id": i, "prompt_ids": p[0].tolist(), "answer_ids": answer})
+    scores = study.answer_scores(model, items, batch_size=4)
+    assert [s["hit"] for s in scores] == [True, False] * 3
+    assert all(s["nll"] > 0 and s["tokens"] == 3 for s in scores)
+
+
+def test_block_losses_are_token_weighted_and_ignore_masked_labels():
+    from conftest import tiny_llama
+
+    model = tiny_llama(vocab_size=64).eval()
+    ids = list(range(10))
+    full = study.block_losses(model, [{"input_ids": ids, "labels": ids}])[0]
+    half = study.block_losses(model, [{"input_ids": ids, "labels": [-100] * 5 + ids[5:]}])[0]
+    assert full["tokens"] == 9 and half["tokens"] == 5 and half["nll"] < full["nll"]
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def test_paired_interval_of_identical_arms_is_zero():
+    a = np.array([1, 0, 1, 1, 0], dtype=float)
+    iv = stats.paired_diff(a, a)
+    assert (iv.estimate, iv.low, iv.high) == (0.0, 0.0, 0.0) and not iv.excludes_zero
+
+
+def test_paired_interval_excludes_zero_for_a_clear_gain():
+    rng = np.random.default_rng(0)
+    b = rng.random(300) < 0.3
+    a = b | (rng.random(300) < 0.4)
+    iv = stats.paired_diff(a, b)
+    assert iv.excludes_zero and iv.low > 0 and iv.low <= iv.estimate <= iv.high
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0, 10), min_size=2, max_size=30), st.floats(-2, 2))
+def test_paired_interval_brackets_the_estimate(xs, shift):
+    a = np.array(xs)
+    iv = stats.paired_diff(a + shift, a, n_boot=500)
+    assert iv.low - 1e-9 <= iv.estimate <= iv.high + 1e-9
+    assert iv.estimate == pytest.approx(shift)
+
+
+def test_ratio_diff_is_token_weighted():
+    iv = stats.ratio_diff([2.0, 10.0], [1.0, 1.0], [1, 9])
+    assert iv.estimate == pytest.approx((12 - 2) / 10)
+
+
+def test_empirical_p_and_rank():
+    draws = [0.1, 0.2, 0.3, 0.4]
+    assert stats.empirical_p(0.5, draws) == pytest.approx(1 / 5)
+    assert stats.empirical_p(0.25, draws) == pytest.approx(3 / 5)
+    assert stats.rank_among(0.5, draws) == 1 and stats.rank_among(0.25, draws) == 3
+    assert stats.empirical_p(0.05, draws, higher_is_better=False) == pytest.approx(1 / 5)
+
+
+def test_diff_to_population_covers_items_and_draws():
+    rng = np.random.default_rng(1)
+    draws = (rng.random((6, 200)) < 0.3).astype(float)
+    a = (rng.random(200) < 0.6).astype(float)
+    iv = stats.diff_to_population(a, draws, n_boot=1000)
+    assert iv.estimate == pytest.approx(a.mean() - draws.mean()) and iv.excludes_zero
+    with pytest.raises(ValueError):
+        stats.diff_to_population(a, draws[:1])
+
+
+def _row(name, group, hits, general=4.0, family="partial", lr=1e-3, sweep=False):
+    ev = {"val": {"hits": hits, "nll": [1.0] * len(hits), "tokens": [2] * len(hits)},
+          "test": {"hits": hits, "nll": [1.0] * len(hits), "tokens": [2] * len(hits)},
+          "general": {"nll": [general * 3, general * 3], "tokens": [3, 3]},
+          "chat": {"nll": [3.0, 3.0], "tokens": [3, 3]}}
+    return {"name": name, "group": group, "family": family, "lr": lr, "sweep": sweep, "method": "spectrum",
+            "trainable_params": 10, "total_params": 100, "median_step_s": 1.0, "eval": ev, **study.summarise(ev)}
+
+
+def test_statistics_rank_a_pick_among_random_draws_and_pair_arms():
+    base = _row("baseline", "base", "0000", general=3.0)
+    rows = [_row("full", "full", "1111", family="full", lr=1e-4, sweep=True),
+            _row("full", "full", "0000", family="full", lr=3e-4, sweep=True),
+            _row("spectrum25-mp", "spectrum25", "1110", sweep=True),
+            _row("lora", "lora", "1000", family="lora", sweep=True),
+            _row("spectrum25-ref", "spectrum25", "1100")]
+    rows += [_row(f"random25-s{i}", "random25", h, general=4.5) for i, h in enumerate(["1000", "1100", "0100"])]
+    rates = study.best_rates(rows)
+    assert rates == {"full": 1e-4, "partial": 1e-3, "lora": 1e-3}
+    st_ = report.statistics(base, rows, rates)
+    v = st_["vs_random"]["spectrum25-mp"]
+    assert v["rank_exact_match"] == 1 and v["p_exact_match"] == pytest.approx(1 / 4)
+    assert v["rank_forgetting"] == 1
+    full_pair = next(p for p in st_["pairs"] if (p["a"], p["b"]) == ("spectrum25-mp", "full"))
+    assert full_pair["exact_match"]["estimate"] == pytest.approx(-0.25)
+    assert st_["forgetting_vs_base"]["full"]["general"]["estimate"] == pytest.approx(1.0)
+    assert "| spectrum25-mp | 3 |" in report.claims_table(st_)
