@@ -364,8 +364,8 @@ class _Stager:
         return False
 
     def _work(self) -> None:
-        stream = torch.cuda.Stream(self.device) if self.cuda else None
         try:
+            stream = torch.cuda.Stream(self.device) if self.cuda else None
             for info in self.todo:
                 if self.stop.is_set():
                     return
