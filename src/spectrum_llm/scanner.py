@@ -23,7 +23,7 @@ from .errors import SpectrumError
 from .estimators import ESTIMATORS, score, unscorable
 from .naming import is_quantization_aux, parse
 from .results import ModuleScore, ScanResult, write_json_atomic
-from .spectra import resolve_device, singular_values
+from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
 _GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
@@ -82,52 +82,62 @@ def _numel(shape: Iterable[int]) -> int:
     return n
 
 
-def _score_matrix(w: torch.Tensor, estimator: str, device, method: str) -> tuple[float | None, dict, str | None]:
-    m, n = w.shape
-    if min(m, n) < 2:
-        return None, {}, f"{m}x{n} matrix: too few singular values for a noise estimate"
-    s = singular_values(w, device, method)
+def _fill(mod: ModuleScore, s: torch.Tensor, estimator: str) -> ModuleScore:
+    """Put the score of a matrix with singular values ``s`` (or why it has none) into ``mod``."""
+    m, n = mod.shape
     why = unscorable(s, m, n, estimator)
     if why:
-        return None, {}, why
+        mod.skipped = why
+        return mod
     sc = score(s, m, n, estimator)
-    return sc.snr, sc.stats(), None
+    mod.snr, mod.stats = sc.snr, sc.stats()
+    return mod
+
+
+def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
+                config: dict) -> list[tuple[ModuleScore, torch.Tensor | None]]:
+    """The modules one checkpoint tensor yields (one matrix, one per expert, plus fused parts), each with the
+    matrix to decompose, or None where the module is skipped (the reason is already in it)."""
+    if not _readable(info):
+        return [(m, None) for m in _skip(info, f"quantized or integer tensor ({info.dtype}): its values cannot be "
+                                             "read exactly. Scan the unquantized (bf16/fp16/fp32) checkpoint of "
+                                             "this model.")]
+    if len(info.shape) <= 1:
+        return [(m, None) for m in _skip(info, "1-D weight (norm or bias): not ranked")]
+    if len(info.shape) > 3:
+        return [(m, None) for m in _skip(info, f"{len(info.shape)}-D tensor: not a weight matrix")]
+    assert w is not None
+    if not torch.isfinite(w).all():
+        bad = int((~torch.isfinite(w)).sum())
+        return [(m, None) for m in _skip(info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; "
+                                               "re-download or re-convert it")]
+    p = parse(info.name, len(info.shape))
+    out: list[tuple[ModuleScore, torch.Tensor | None]] = []
+    if len(info.shape) == 3:
+        base, leaf = p.module.rsplit(".", 1)
+        for e in range(info.shape[0]):
+            out.append((ModuleScore(f"{base}.{e}.{leaf}", p.type, p.layer, list(info.shape[1:]), None, p.kind,
+                                    info.name, e, rows=[e, e + 1], numel=_numel(info.shape[1:])), w[e]))
+    else:
+        out.append((ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
+                                numel=_numel(info.shape)), w))
+        for part, dim, a, b in fused_parts(info.name, info.shape, config):
+            piece = w[a:b] if dim == 0 else w[:, a:b]
+            out.append((ModuleScore(f"{p.module}.{part}", f"{p.type}.{part}", p.layer, list(piece.shape), None,
+                                    p.kind, info.name, p.expert, part=part, rows=[a, b], dim=dim,
+                                    numel=piece.numel()), piece))
+    for mod, mat in out:
+        if min(mod.shape) < 2:
+            mod.skipped = f"{mod.shape[0]}x{mod.shape[1]} matrix: too few singular values for a noise estimate"
+    return [(mod, None if mod.skipped else mat) for mod, mat in out]
 
 
 def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict,
                  device: str = "cpu", method: str = "auto") -> list[ModuleScore]:
     """All module scores one checkpoint tensor yields: one matrix, one per expert, plus fused parts."""
-    if not _readable(info):
-        return _skip(info, f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
-                           "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model.")
-    if len(info.shape) <= 1:
-        return _skip(info, "1-D weight (norm or bias): not ranked")
-    assert w is not None
-    if not torch.isfinite(w).all():
-        bad = int((~torch.isfinite(w)).sum())
-        return _skip(info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; "
-                           "re-download or re-convert it")
-    p = parse(info.name, len(info.shape))
-    if len(info.shape) == 3:
-        out = []
-        base, leaf = p.module.rsplit(".", 1)
-        for e in range(info.shape[0]):
-            snr, stats, why = _score_matrix(w[e], estimator, device, method)
-            out.append(ModuleScore(f"{base}.{e}.{leaf}", p.type, p.layer, list(info.shape[1:]), snr, p.kind,
-                                   info.name, e, rows=[e, e + 1], numel=_numel(info.shape[1:]), skipped=why,
-                                   stats=stats))
-        return out
-    if len(info.shape) > 3:
-        return _skip(info, f"{len(info.shape)}-D tensor: not a weight matrix")
-    snr, stats, why = _score_matrix(w, estimator, device, method)
-    out = [ModuleScore(p.module, p.type, p.layer, list(info.shape), snr, p.kind, info.name, p.expert,
-                       numel=_numel(info.shape), skipped=why, stats=stats)]
-    for part, dim, a, b in fused_parts(info.name, info.shape, config):
-        piece = w[a:b] if dim == 0 else w[:, a:b]
-        snr, stats, why = _score_matrix(piece, estimator, device, method)
-        out.append(ModuleScore(f"{p.module}.{part}", f"{p.type}.{part}", p.layer, list(piece.shape), snr, p.kind,
-                               info.name, p.expert, part=part, rows=[a, b], dim=dim, numel=piece.numel(),
-                               skipped=why, stats=stats))
+    out = []
+    for mod, mat in plan_tensor(info, w, config):
+        out.append(mod if mat is None else _fill(mod, singular_values(mat, device, method), estimator))
     return out
 
 
@@ -238,6 +248,8 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
             return cached
 
     rank, world = _dist()
+    if world > 1 and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank under torchrun
     mine = _share(tensors, rank, world) if world > 1 else tensors
     journal = None
     done: dict[str, list[dict]] = {}
@@ -248,7 +260,7 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         journal.start(done)
     results: dict[str, list[ModuleScore]] = {p: [ModuleScore.from_json(m) for m in ms] for p, ms in done.items()}
     todo = [t for t in mine if t.name not in results]
-    _run(ckpt, todo, results, journal, estimator, device, method, progress and rank == 0, len(mine))
+    _runner(device)(ckpt, todo, results, journal, estimator, device, method, progress and rank == 0, len(mine))
 
     if world > 1:
         import torch.distributed as dist
@@ -300,6 +312,186 @@ def _run(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Jour
                 journal.append(info.name, scores)
             rate = (i + 1) / max(time.monotonic() - start, 1e-9)
             bar.update(task, advance=1, rate=f"{rate:.1f}/s")
+
+
+_STAGED_DEVICES = ("cuda",)
+_STAGE_DEPTH = 2
+_BUCKET_BYTES = 256 * 2**20
+_MAX_OPEN = 32
+
+
+class _Stager:
+    """Reads tensors on a thread and copies them to the device through pinned memory, ``depth`` tensors ahead.
+
+    Each item is (info, tensor on the device or None, failure message or None). The copy runs on its own
+    CUDA stream; the consumer waits on its event, so reading, the host-to-device copy and the maths overlap.
+    """
+
+    def __init__(self, ckpt: Checkpoint, todo: list[TensorInfo], device: torch.device, depth: int = _STAGE_DEPTH):
+        import queue
+        import threading
+
+        self.ckpt, self.todo, self.device = ckpt, todo, device
+        self.cuda = device.type == "cuda"
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="spectrum-stager", daemon=True)
+
+    def __enter__(self) -> "_Stager":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import queue
+
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            stream = torch.cuda.Stream(self.device) if self.cuda else None
+            for info in self.todo:
+                if self.stop.is_set():
+                    return
+                w, event, failure = None, None, None
+                try:
+                    if len(info.shape) > 1 and _readable(info):
+                        w = self.ckpt.load(info)
+                except SpectrumError as e:
+                    failure = str(e)
+                if w is not None and self.cuda:
+                    host = w.contiguous().pin_memory()
+                    with torch.cuda.stream(stream):
+                        w = host.to(self.device, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    del host
+                if not self._put((info, w, event, failure)):
+                    return
+        except BaseException as e:  # surfaces in the consumer, never lost in the thread
+            self._put(e)
+            return
+        self._put(None)
+
+    def __iter__(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            info, w, event, failure = item
+            if event is not None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(event)
+                w.record_stream(current)
+            yield info, w, failure
+
+
+class _Solver:
+    """Forms each Gram matrix on the device as its tensor arrives and eigensolves equal-sized ones together.
+
+    Small matrices (k_proj, v_proj, experts) then cost one batched eigensolver call instead of one each.
+    A batch is solved once its Gram matrices fill ``bucket_bytes``, or when ``max_open`` tensors wait.
+    ``add`` and ``flush`` return the tensors whose modules are all scored.
+    """
+
+    def __init__(self, device: torch.device, method: str, estimator: str, bucket_bytes: int = _BUCKET_BYTES,
+                 max_open: int = _MAX_OPEN):
+        self.device, self.method, self.estimator = device, method, estimator
+        self.bucket_bytes, self.max_open = bucket_bytes, max_open
+        self.buckets: dict[int, list[tuple[str, ModuleScore, torch.Tensor]]] = {}
+        self.left: dict[str, int] = {}
+
+    def add(self, key: str, jobs: list[tuple[ModuleScore, torch.Tensor]]) -> list[str]:
+        self.left[key] = len(jobs)
+        for mod, mat in jobs:
+            if self.method == "svd":
+                _fill(mod, singular_values(mat, self.device, "svd"), self.estimator)
+                self.left[key] -= 1
+                continue
+            g = gram(mat, self.device)
+            n = g.shape[0]
+            bucket = self.buckets.setdefault(n, [])
+            bucket.append((key, mod, g))
+            if len(bucket) * n * n * 8 >= self.bucket_bytes:
+                self._solve(n)
+        if len(self.left) > self.max_open:
+            return self.flush()
+        return self._finished()
+
+    def flush(self) -> list[str]:
+        for n in list(self.buckets):
+            self._solve(n)
+        return self._finished()
+
+    def _solve(self, n: int) -> None:
+        bucket = self.buckets.pop(n)
+        grams = torch.stack([g for _, _, g in bucket]) if len(bucket) > 1 else bucket[0][2].unsqueeze(0)
+        svs = singular_values_from_gram(grams).cpu()
+        for (key, mod, _), s in zip(bucket, svs):
+            _fill(mod, s, self.estimator)
+            self.left[key] -= 1
+
+    def _finished(self) -> list[str]:
+        done = [k for k, v in self.left.items() if v == 0]
+        for k in done:
+            del self.left[k]
+        return done
+
+
+def _run_staged(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Journal | None, estimator: str,
+                device: str, method: str, show: bool, total: int) -> None:
+    """The GPU scan: tensors staged ahead through pinned memory, Gram and eigensolver on the device, batched."""
+    import sys
+    import time
+
+    dev = resolve_device(device)
+    note = float64_note(dev)
+    if note and show:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    solver = _Solver(dev, method, estimator)
+    mods: dict[str, list[ModuleScore]] = {}
+    start, finished = time.monotonic(), 0
+    with _progress(show) as bar, _Stager(ckpt, todo, dev) as stager:
+        task = bar.add_task("scan", total=total, completed=total - len(todo), rate="")
+
+        def record(keys: list[str]) -> None:
+            nonlocal finished
+            for key in keys:
+                scores = mods.pop(key)
+                results[key] = scores
+                if journal is not None:
+                    journal.append(key, scores)
+                finished += 1
+                bar.update(task, advance=1, rate=f"{finished / max(time.monotonic() - start, 1e-9):.1f}/s")
+
+        for info, w, failure in stager:
+            plan = [(m, None) for m in _skip(info, failure)] if failure else plan_tensor(info, w, ckpt.config)
+            mods[info.name] = [m for m, _ in plan]
+            record(solver.add(info.name, [(m, mat) for m, mat in plan if mat is not None]))
+            del w, plan
+        record(solver.flush())
+
+
+def _runner(device: str):
+    return _run_staged if torch.device(device).type in _STAGED_DEVICES else _run
 
 
 def _cached(out: Path, header: dict) -> ScanResult | None:
