@@ -126,7 +126,8 @@ def test_full_and_lora_run_on_the_same_data(work, method):
 
 def test_resume_continues_from_the_last_checkpoint(work):
     out = work["root"] / "resume"
-    first = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, save_steps=2))
+    first = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, save_steps=2,
+                       keep_checkpoints=True))
     assert first.steps == 2 and (out / "checkpoint-2").is_dir()
     with pytest.raises(SpectrumError, match="--resume"):
         train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=4, save_steps=2))
@@ -157,7 +158,7 @@ def test_cli_reads_a_config_file_and_flags_win(work, tmp_path):
 @pytest.mark.parametrize("case,match", [
     ("missing-data", "does not exist"),
     ("seq-len", "beyond .* maximum of 128"),
-    ("output-not-writable", "not writable"),
+    ("output-not-writable", "is a file, not a folder"),
     ("no-space", "Not enough space"),
     ("other-model-selection", "match no parameter"),
     ("selection-with-full", "only apply to --method spectrum"),
@@ -188,13 +189,12 @@ def test_bad_input_fails_before_training(work, tmp_path, monkeypatch, case, matc
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
-def test_two_process_cpu_run_keeps_ranks_identical_and_frozen_untouched(work, tmp_path, engine):
+def test_two_process_cpu_run_keeps_ranks_identical_and_frozen_untouched(work, tmp_path, engine, free_port):
     out = tmp_path / engine
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000
-                                                                                         + (engine == "fsdp2")),
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port),
                            str(Path(__file__).with_name("helpers_training_dist.py")), str(work["bf16"]),
                            str(work["cpt"]), str(out), engine, str(work["sel"])],
                           env=env, capture_output=True, text=True, timeout=300)
