@@ -31,8 +31,22 @@ def is_gguf(model: str | os.PathLike) -> bool:
     return text.startswith("builtin:") or text.endswith(".gguf")
 
 
+def _cached_name(path: Path, fingerprint: str, dtype: str) -> Path:
+    return cache_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
+
+
 def _complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def cached_folder(model: str | os.PathLike, dtype: str = "bfloat16") -> Path | None:
+    """The cache's finished conversion of this GGUF model, or None when it still has to be made."""
+    try:
+        path = resolve(model)
+        out = _cached_name(path, open_checkpoint(path).fingerprint(), dtype)
+    except SpectrumError:
+        return None
+    return out if _complete(out) else None
 
 
 def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = None,
@@ -48,7 +62,7 @@ def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = 
     if path.suffix != ".gguf":
         raise SpectrumError(f"{path} is not a GGUF file; only GGUF models need converting.")
     fingerprint = open_checkpoint(path).fingerprint()
-    out = Path(output) if output else cache_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
+    out = Path(output) if output else _cached_name(path, fingerprint, dtype)
     if _complete(out):
         return out
     check_writable(out, folder=True)

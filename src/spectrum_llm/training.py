@@ -276,8 +276,16 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
 
     result = scan(source if is_gguf(source) else cfg.model, output=cfg.scan, estimator=cfg.estimator, resume=True,
                   progress=cfg.progress)
-    return select(result, top_percent=cfg.top_percent if cfg.top_percent is not None else DEFAULT_TOP_PERCENT,
-                  train_embeddings=cfg.train_embeddings, train_lm_head=cfg.train_lm_head)
+    sel = select(result, top_percent=cfg.top_percent if cfg.top_percent is not None else DEFAULT_TOP_PERCENT,
+                 train_embeddings=cfg.train_embeddings, train_lm_head=cfg.train_lm_head)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from .reporting import rule_text
+        from .selection import extras_text, tied_embeddings
+
+        print(f"[spectrum] selected {len(sel.modules)} ranked modules{extras_text(sel, tied_embeddings(result))} by "
+              f"{rule_text(sel)}, from the {'cached ' if result.cached else ''}{result.estimator} scan of {source}",
+              flush=True)
+    return sel
 
 
 def _apply_lora(model, cfg: TrainConfig):
@@ -410,6 +418,9 @@ def _quiet(verbose: bool):
     if datasets.utils.logging.is_progress_bar_enabled():
         datasets.disable_progress_bars()
         stack.callback(datasets.enable_progress_bars)
+    if transformers.utils.logging.is_progress_bar_enabled():  # GGUF loading, weight loading, shard writing
+        transformers.utils.logging.disable_progress_bar()
+        stack.callback(transformers.utils.logging.enable_progress_bar)
     for lib in (datasets.utils.logging, transformers.utils.logging):
         level = lib.get_verbosity()
         lib.set_verbosity_error()
@@ -470,6 +481,10 @@ def _remove_checkpoints(out: Path) -> None:
             shutil.rmtree(ckpt, ignore_errors=True)
 
 
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def _fmt_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
@@ -495,13 +510,15 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
 
 def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     cfg = config
-    from .convert import gguf_to_folder, is_gguf
+    from .convert import cached_folder, gguf_to_folder, is_gguf
 
+    main = int(os.environ.get("RANK", "0")) == 0
     if is_gguf(cfg.model):
+        if main and cached_folder(cfg.model) is None:
+            print(f"[spectrum] converting {cfg.model} into a transformers folder (once; it is cached)", flush=True)
         cfg = dataclasses.replace(cfg, model=str(gguf_to_folder(cfg.model)))
     resume_from = _check_output_dir(cfg)
     model_cfg = _load_model_config(cfg.model)
-    main = int(os.environ.get("RANK", "0")) == 0
     max_positions = getattr(model_cfg, "max_position_embeddings", None)
     cfg = dataclasses.replace(cfg, seq_len=_resolve_seq_len(cfg, max_positions, main))
     dtype = _model_dtype(model_cfg)
@@ -616,7 +633,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
         loss = f"loss {summary.losses[-1]:.4g}" if summary.losses else "no loss logged"
         print(f"[spectrum] done: {summary.steps} steps, {loss}"
               + (f", eval loss {eval_loss:.4g}" if eval_loss is not None else "")
-              + f", {summary.tokens_per_second:,.0f} tokens/s, peak {kind} memory {_fmt_bytes(peak)}, "
+              + f", {_fmt_rate(summary.tokens_per_second)} tokens/s, peak {kind} memory {_fmt_bytes(peak)}, "
               f"{summary.runtime_s:.0f} s -> {cfg.output_dir}", flush=True)
     return summary
 
