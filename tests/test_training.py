@@ -278,6 +278,7 @@ def test_cli_train_is_quiet_one_bar_one_start_and_one_summary_line(work, tmp_pat
     assert [ln.split()[1] for ln in lines] == ["selected", "spectrum:", "done:"], lines
     assert re.search(r"done: 3 steps, loss \d\.\d{1,3}(e-?\d+)?, ", lines[-1]), lines[-1]
     assert cap.err.count("train ") == 1  # one progress bar, drawn once when the output is not a terminal
+    assert re.search(r"scan .* 21/21 tensors", cap.err)  # the scan before training shows its progress too
 
 
 def test_embeddings_that_dominate_the_trainable_parameters_are_named(work, tmp_path, capsys):

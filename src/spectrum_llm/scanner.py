@@ -201,12 +201,13 @@ def _share(tensors: list[TensorInfo], rank: int, world: int) -> list[TensorInfo]
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     return Progress(TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"),
                     TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("left"),
-                    TimeRemainingColumn(), disable=not enabled)
+                    TimeRemainingColumn(), disable=not enabled, console=Console(stderr=True))
 
 
 def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLike | None = None,
