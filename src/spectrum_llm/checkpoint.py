@@ -226,7 +226,9 @@ def _list_tensors(handle, file: Path, fmt: str) -> list[TensorInfo]:
             raise SpectrumError(f"{file} does not hold a state dict (found {type(handle).__name__}).")
         return [TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), str(file), k)
                 for k, v in handle.items() if isinstance(v, torch.Tensor)]
-    return [TensorInfo(gguf_to_hf(t.name), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name,
+    arch_field = handle.fields.get("general.architecture")
+    arch = arch_field.contents() if arch_field is not None else ""
+    return [TensorInfo(gguf_to_hf(t.name, arch), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name,
                        str(file), t.name) for t in handle.tensors]
 
 

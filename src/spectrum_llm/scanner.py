@@ -17,12 +17,12 @@ from typing import Iterable
 
 import torch
 
-from . import __version__
+from . import __version__, cache
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
 from .estimators import ESTIMATORS, score, unscorable
 from .naming import is_quantization_aux, parse
-from .results import ModuleScore, ScanResult, write_json_atomic
+from .results import ModuleScore, ScanResult, check_writable, output_error, write_json_atomic
 from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
@@ -177,6 +177,11 @@ class _Journal:
             f.flush()
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone), without starting a process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _dist():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -206,12 +211,13 @@ def _share(tensors: list[TensorInfo], rank: int, world: int) -> list[TensorInfo]
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     return Progress(TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"),
                     TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("left"),
-                    TimeRemainingColumn(), disable=not enabled)
+                    TimeRemainingColumn(), disable=not enabled, console=Console(stderr=True))
 
 
 def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLike | None = None,
@@ -239,13 +245,24 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         raise SpectrumError(f"--modules {modules!r} matches none of the {len(ckpt.tensors)} tensors in {model}.")
     fingerprint = ckpt.fingerprint()
     out = Path(output) if output else None
+    if out is not None:
+        check_writable(out)
+    if reference_json is not None:
+        check_writable(reference_json, folder=True)
     header = {"fingerprint": fingerprint, "estimator": estimator, "modules_regex": modules,
               "method": method}
-    if out is not None and resume and out.is_file():
-        cached = _cached(out, header)
-        if cached is not None:
+    key = cache.source_fingerprint(ckpt.root) if ckpt.format == "safetensors" else None
+    cache_file = cache.scan_path(key or fingerprint, estimator, method) if modules is None else None
+    cached = _cached(out, header) if out is not None and resume and out.is_file() else None
+    if cached is None and resume and cache_file is not None and cache_file.is_file():
+        cached = _cached(cache_file, header, key)
+        if cached is not None and out is not None and _rank() == 0:
+            cached.save(out)
+    if cached is not None:
+        cached.cached = True
+        if _rank() == 0:
             _write_reference(cached, reference_json)
-            return cached
+        return cached
 
     rank, world = _dist()
     if world > 1 and device == "cuda":
@@ -253,11 +270,17 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
     mine = _share(tensors, rank, world) if world > 1 else tensors
     journal = None
     done: dict[str, list[dict]] = {}
-    if out is not None:
+    base = out if out is not None else cache_file  # a scan without an output still resumes, from the cache
+    if base is not None:
         suffix = f".rank{rank}.partial" if world > 1 else ".partial"
-        journal = _Journal(out.with_name(out.name + suffix), header)
+        journal = _Journal(base.with_name(base.name + suffix), header)
         done = journal.load() if resume else {}
-        journal.start(done)
+        try:
+            journal.start(done)
+        except OSError as e:
+            if out is not None:
+                raise output_error(journal.path, e) from None
+            journal, done = None, {}  # an unwritable cache: scan without a journal
     results: dict[str, list[ModuleScore]] = {p: [ModuleScore.from_json(m) for m in ms] for p, ms in done.items()}
     todo = [t for t in mine if t.name not in results]
     _runner(device)(ckpt, todo, results, journal, estimator, device, method, progress and rank == 0, len(mine))
@@ -275,6 +298,11 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         if out is not None:
             result.save(out)
         _write_reference(result, reference_json)
+        if cache_file is not None and cache_file != out:
+            try:
+                result.save(cache_file)
+            except SpectrumError:
+                pass  # the cache is a convenience: a read-only home must not fail the scan
     if journal is not None:
         if world > 1:
             import torch.distributed as dist
@@ -494,12 +522,13 @@ def _runner(device: str):
     return _run_staged if torch.device(device).type in _STAGED_DEVICES else _run
 
 
-def _cached(out: Path, header: dict) -> ScanResult | None:
+def _cached(out: Path, header: dict, source: str | None = None) -> ScanResult | None:
+    """The scan in ``out`` if it was made from these weights (or from the GGUF they were converted from)."""
     try:
         data = json.loads(out.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
-    same = (data.get("fingerprint") == header["fingerprint"] and data.get("estimator") == header["estimator"]
+    same = (data.get("fingerprint") in (header["fingerprint"], source) and data.get("estimator") == header["estimator"]
             and data.get("modules_regex") == header["modules_regex"])
     return ScanResult.load(out) if same else None
 
