@@ -19,7 +19,7 @@ Arms share the data order and schedule; only what trains and the learning rate d
     lora                   PEFT LoRA on all linear modules, rank matched to Spectrum-25's linear budget
     spectrum25-mp-noemb, random25-noemb-sN   the same with the (tied, 21%) embedding frozen
 
-Learning rates: full and Spectrum-25 (for every partial-freeze arm) try four rates, LoRA three; each
+Learning rates: full (four rates), Spectrum-25 (five; used by every partial-freeze arm) and LoRA (three) are swept; each
 family then uses the rate with the best validation exact match. The test split decides nothing.
 
 Every run is one subprocess (peak RssAnon is its own) whose result is stored under a hash of its whole
@@ -85,7 +85,7 @@ class Settings:
 
 MODES = {
     "full": Settings(countries=70, steps=100, batch_size=24, warmup=0.1, general_blocks=32, chat_blocks=16,
-                     block_len=128, lr_grid={"full": (3e-5, 1e-4, 3e-4, 1e-3), "partial": (1e-4, 3e-4, 1e-3, 3e-3),
+                     block_len=128, lr_grid={"full": (3e-5, 1e-4, 3e-4, 1e-3), "partial": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
                                              "lora": (3e-4, 1e-3, 3e-3)},
                      random25_seeds=10, random50_seeds=5, noemb_seeds=5),
     "quick": Settings(countries=10, steps=6, batch_size=8, warmup=0.1, general_blocks=4, chat_blocks=4,
