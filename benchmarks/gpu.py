@@ -681,11 +681,11 @@ def parse(argv: list[str] | None):
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu.json and gpu.md")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (seconds): checks the script")
     ap.add_argument("--device", default=None, help="cuda (default), cuda:N, or cpu (the default with --tiny)")
-    ap.add_argument("--parts", default="scan,train", help="comma list of: scan, train")
+    ap.add_argument("--parts", default="scan,train", help="comma list of: scan, train (run in this order)")
     ap.add_argument("--work", type=Path, default=None, help="local disk for the synthetic checkpoint (default /tmp)")
     ap.add_argument("--budget-s", type=float, default=None, help="skip parts that would end after this many seconds (420; 900 with --tiny)")
     ap.add_argument("--scan-layers", type=int, default=None, help="decoder layers in the scan checkpoint (4)")
-    ap.add_argument("--scan-timeout-s", type=float, default=None, help="limit for each scan process (150 s)")
+    ap.add_argument("--scan-timeout-s", type=float, default=None, help="limit for each scan process (120 s)")
     ap.add_argument("--models", default="1b,3b", help="comma list of: 1b, 3b, 8b")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of: {', '.join(METHODS)}")
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (1024)")
@@ -704,7 +704,7 @@ def parse(argv: list[str] | None):
                     seq_len=32 if tiny else 1024,
                     micro_batch=2 if tiny else 4, steps=2 if tiny else 3, max_batch=4 if tiny else 64,
                     search_s=10 if tiny else 15, train_min_s=5 if tiny else 35,
-                    scan_timeout_s=300 if tiny else 150, train_timeout_s=300 if tiny else 75)
+                    scan_timeout_s=300 if tiny else 120, train_timeout_s=300 if tiny else 75)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -739,10 +739,8 @@ def main(argv: list[str] | None = None) -> None:
     report = Report(args.out, settings, env)
     report.save()
     say(f"parts {', '.join(args.parts)}; budget {args.budget_s:.0f} s; results -> {args.out}")
-    if "scan" in args.parts:
-        part_scan(args, report, deadline)
-    if "train" in args.parts:
-        part_train(args, report, deadline)
+    for part in args.parts:  # in the order given
+        {"scan": part_scan, "train": part_train}[part](args, report, deadline)
     report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report.data["total_s"] = round(time.monotonic() - start, 1)
     report.save()

@@ -94,6 +94,12 @@ def _fill(mod: ModuleScore, s: torch.Tensor, estimator: str) -> ModuleScore:
     return mod
 
 
+def _finite(w: torch.Tensor, chunk: int = 2**22) -> bool:
+    """No NaN or Inf in ``w``, checked in chunks so the boolean mask never costs a quarter of the tensor."""
+    flat = w.reshape(-1)
+    return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
 def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
                 config: dict) -> list[tuple[ModuleScore, torch.Tensor | None]]:
     """The modules one checkpoint tensor yields (one matrix, one per expert, plus fused parts), each with the
@@ -107,7 +113,7 @@ def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
     if len(info.shape) > 3:
         return [(m, None) for m in _skip(info, f"{len(info.shape)}-D tensor: not a weight matrix")]
     assert w is not None
-    if not torch.isfinite(w).all():
+    if not _finite(w):
         bad = int((~torch.isfinite(w)).sum())
         return [(m, None) for m in _skip(info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; "
                                                "re-download or re-convert it")]
