@@ -41,6 +41,7 @@ def scan(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Score every weight matrix of a checkpoint by its signal-to-noise ratio."""
+    from .results import storage_summary
     from .scanner import scan as run_scan
 
     result = run_scan(model, output=output, estimator=estimator, device=device, modules=modules,
@@ -48,6 +49,8 @@ def scan(
     skipped = [m for m in result.modules if m.skipped and m.kind == "linear"]
     console.print(f"[green]Scanned[/] {len(result.ranked())} modules of {result.model} "
                   f"({result.estimator}) -> {output}")
+    if storage_summary(result):
+        console.print(storage_summary(result))
     for m in skipped:
         console.print(f"[yellow]skipped[/] {m.name}: {m.skipped}")
 
