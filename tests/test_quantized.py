@@ -191,13 +191,14 @@ def test_a_scan_dequantizes_one_block_at_a_time(layout, monkeypatch):
 
     monkeypatch.setattr(spectra, "_BLOCK_BYTES", 2**16)  # Gram blocks of 8192 values
     largest = []
-    real = QuantizedTensor.materialize
+    real = QuantizedTensor._map
 
-    def record(self):
-        largest.append(self.numel())
-        return real(self)
+    def record(self, fn, dtype):
+        if dtype != torch.bool:  # torch.isfinite's mask, computed a chunk at a time
+            largest.append(self.numel())
+        return real(self, fn, dtype)
 
-    monkeypatch.setattr(QuantizedTensor, "materialize", record)
+    monkeypatch.setattr(QuantizedTensor, "_map", record)
     assert len(spectrum_llm.scan(layout["folder"], modules=r"layers\.0\.").ranked()) >= 6
     assert largest and max(largest) <= 8192
 
@@ -275,3 +276,28 @@ def test_fp8_scale_grid_that_does_not_tile_the_weight_is_skipped(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8"}}))
     [m] = spectrum_llm.scan(tmp_path).modules
     assert "does not tile" in m.skipped and "bf16" in m.skipped
+
+
+def test_compressed_tensors_block_strategy_takes_its_block_from_the_config(tmp_path):
+    from transformers.integrations.finegrained_fp8 import _dequantize_fp8_weight
+
+    q, s = fp8_block_quantize(torch.randn(300, 260), (64, 128))
+    save_file({"model.layers.0.mlp.up_proj.weight": q, "model.layers.0.mlp.up_proj.weight_scale": s.bfloat16()},
+              tmp_path / "model.safetensors")
+    weights = {"num_bits": 8, "type": "float", "strategy": "block", "block_structure": [64, 128]}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "compressed-tensors", "format": "float-quantized",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}}}))
+    ckpt = open_checkpoint(tmp_path)
+    [info] = ckpt.tensors
+    assert info.scheme.label == "fp8 block 64x128" and info.dequantizable
+    ref = _dequantize_fp8_weight(q, s.bfloat16(), [64, 128], torch.float32)
+    assert torch.equal(ckpt.load(info).materialize(), ref)
+
+
+def test_e8m0_scales_as_bytes_or_float8_e8m0fnu_are_powers_of_two():
+    q = _fp8((256, 256))
+    exps = torch.tensor([[120, 127], [128, 135]], dtype=torch.uint8)
+    ref = q.float() * torch.exp2(exps.float() - 127).repeat_interleave(128, 0).repeat_interleave(128, 1)
+    assert torch.equal(dequantize_fp8(q, exps, (128, 128)), ref)
+    assert torch.equal(dequantize_fp8(q, exps.view(torch.float8_e8m0fnu), (128, 128)), ref)

@@ -35,7 +35,7 @@ _AUX = re.compile(r"\.(weight_scale_inv|weight_scale|weight_zero_point|weight_g_
                   r"weight_shape|input_scale|input_global_scale|input_zero_point|activation_scale|output_scale|"
                   r"k_scale|v_scale|q_scale|qzeros|scales|g_idx|SCB|weight_format|absmax|quant_map|nested_absmax|"
                   r"nested_quant_map|quant_state(\..+)?)$")
-_CHUNK = 2**22  # values dequantized at a time when a whole tensor is asked for (16 MiB of float32)
+_CHUNK = 2**20  # values dequantized at a time (4 MiB of float32), written straight into the output
 _METHODS = {"gptq": "GPTQ", "awq": "AWQ", "bitsandbytes": "bitsandbytes", "hqq": "HQQ", "aqlm": "AQLM",
             "quanto": "quanto", "eetq": "EETQ", "higgs": "HIGGS", "vptq": "VPTQ", "bitnet": "BitNet",
             "torchao": "torchao", "fp_quant": "FP-Quant", "quark": "Quark", "spqr": "SpQR", "auto-round": "AutoRound",
@@ -217,6 +217,13 @@ class QuantizedTensor:
         return self._map(lambda x: x, torch.float32)
 
     def to(self, *args, **kwargs) -> torch.Tensor:
+        """Like Tensor.to. A float dtype on the CPU is written chunk by chunk, with no float32 copy in between
+        (the Gram product asks for float64 blocks)."""
+        dtype = kwargs.get("dtype", next((a for a in args if isinstance(a, torch.dtype)), None))
+        device = kwargs.get("device", next((a for a in args if isinstance(a, (str, torch.device))), "cpu"))
+        rest = [k for k in kwargs if k not in ("dtype", "device")]
+        if dtype is not None and dtype.is_floating_point and torch.device(device).type == "cpu" and not rest:
+            return self._map(lambda x: x, dtype)
         return self.materialize().to(*args, **kwargs)
 
     @classmethod
