@@ -4,12 +4,12 @@ A synthetic DeepSeek-layout checkpoint (float8_e4m3fn weights, float32 ``weight_
 block): Llama-3-8B layers at full size (q/o 4096 x 4096, k/v 1024 x 4096, gate/up 14336 x 4096, down
 4096 x 14336), whose largest dequantized tensor is a 14336 x 4096 float32 matrix (224 MiB), then wide
 256 x 65536 fp8 matrices (cheap to score, as in benchmarks/scan.py's 16 GB checkpoint) until the files pass
-1 GB. The first layer is also written in bf16 and scanned the same way, side by side: peak memory depends on
-the largest tensor, not on how many there are. Each scan is a fresh process; the parent samples
+1 GB. The first layer is also written in bf16 and scanned the same way, at the same time in a second process:
+peak memory depends on the largest tensor, not on how many there are. Each scan is a fresh process; the parent samples
 its /proc status every 20 ms for peak RssAnon (memory it owns; memory-mapped file pages are not counted), as
 benchmarks/scan.py does.
 
-    python benchmarks/quantized_memory.py              # 1 full layer + 52 wide matrices: 1.07 GB of fp8
+    python benchmarks/quantized_memory.py              # 1 full layer + 51 wide matrices: 1.07 GB of fp8
     python benchmarks/quantized_memory.py --layers 5   # 5 full layers (1.1 GB), about 4x the compute
 """
 
@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -94,10 +95,12 @@ def main() -> None:
     fp8, bf16 = build(args.work, args.layers)
     print(f"checkpoints ready in {time.monotonic() - start:.0f} s", flush=True)
     largest = max(m * n for m, n in SHAPES.values()) * 4 / 2**20
+    runs = ((f"fp8 block 128x128, {args.layers}L + wide", fp8), ("bf16, the same layer 0", bf16))
+    with ThreadPoolExecutor(len(runs)) as pool:  # two processes side by side; each is sampled on its own
+        results = list(pool.map(lambda run: measure(SCAN_CODE, [str(run[1])]), runs))
     rows = []
-    for label, path in ((f"fp8 block 128x128, {args.layers}L + wide", fp8), ("bf16, the same layer 0", bf16)):
+    for (label, path), r in zip(runs, results):
         gb = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**30
-        r = measure(SCAN_CODE, [str(path)])
         rows.append({"checkpoint": label, "size_gb": round(gb, 2), **r})
         print(f"{label:30} {gb:5.2f} GB  wall {r['wall_s']:7.1f} s  peak RssAnon {r['peak_anon_mib']:7.0f} MiB  "
               f"peak RSS {r['peak_rss_mib']:7.0f} MiB  modules {r['modules']}", flush=True)

@@ -123,7 +123,7 @@ def storage_summary(scan: ScanResult) -> str | None:
     deq = [m for m in scan.modules if m.dequantized]
     if not deq:
         return None
-    schemes = ", ".join(f"{s} ({n})" for s, n in Counter(f"{m.dtype} {m.dequantized}" for m in deq).items())
+    schemes = ", ".join(f"{s} x{n}" for s, n in Counter(f"{m.dtype} ({m.dequantized})" for m in deq).items())
     return f"{len(deq)} modules scored on weights dequantized to float32 from {schemes}"
 
 
