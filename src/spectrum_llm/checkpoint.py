@@ -4,7 +4,8 @@ Supported: safetensors (single file or sharded with an index), PyTorch ``.bin`` 
 ``torch.load(weights_only=True, mmap=True)``, GGUF (dequantized one tensor at a time, llama.cpp names mapped
 to Hugging Face ones), a hub id already in the local Hugging Face cache (read offline), and the packaged
 default model ``builtin:smollm2-135m``. Every tensor is mmapped, so memory grows with the largest tensor,
-not with the model.
+not with the model. fp8 and MXFP4 weights are read through ``quantized``: listed under their Hugging Face
+names with their scales attached, and dequantized a slice at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import quantized
 from .errors import SpectrumError
 from .naming import gguf_to_hf
 
@@ -36,10 +38,16 @@ class TensorInfo:
     """Where one tensor lives and what it is, known from the file header alone."""
 
     name: str  # Hugging Face name
-    shape: tuple[int, ...]
-    dtype: str
+    shape: tuple[int, ...]  # dequantized shape for a quantized weight
+    dtype: str  # as stored
     file: str
     key: str  # name inside the file
+    scheme: quantized.Scheme | None = None  # set for a quantized weight
+    scales: tuple[tuple[str, str], ...] = ()  # (file, key) of the scales a quantized weight is read with
+
+    @property
+    def dequantizable(self) -> bool:
+        return self.scheme is not None and bool(self.scheme.reader) and not self.scheme.why
 
 
 @dataclass
@@ -54,18 +62,25 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     _open: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def load(self, info: TensorInfo) -> torch.Tensor:
-        """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF."""
+    def load(self, info: TensorInfo) -> "torch.Tensor | quantized.QuantizedTensor":
+        """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF, and
+        a lazy float32 ``QuantizedTensor`` over the mmapped values and scales of an fp8/MXFP4 weight."""
+        if info.dequantizable:
+            values = self._raw(info.file, info.key)
+            return quantized.open_tensor(info, values, [self._raw(f, k) for f, k in info.scales])
+        return self._raw(info.file, info.key)
+
+    def _raw(self, file: str, key: str) -> torch.Tensor:
         try:
             if self.format == "safetensors":
-                return self._handle(info.file).get_tensor(info.key)
+                return self._handle(file).get_tensor(key)
             if self.format == "bin":
-                return self._handle(info.file)[info.key]
-            return _gguf_tensor(self._handle(info.file), info.key)
+                return self._handle(file)[key]
+            return _gguf_tensor(self._handle(file), key)
         except SpectrumError:
             raise
         except Exception as e:  # a damaged file surfaces here, tensor by tensor
-            raise SpectrumError(f"Could not read tensor {info.key!r} from {info.file}: {e}. "
+            raise SpectrumError(f"Could not read tensor {key!r} from {file}: {e}. "
                                 "The file may be truncated or corrupt; download or convert it again.") from None
 
     def _handle(self, file: str):
@@ -127,6 +142,8 @@ def open_checkpoint(model: str | os.PathLike) -> Checkpoint:
             _drop_tokenizer(handle)
     if not tensors:
         raise SpectrumError(f"{path} holds no tensors. Check that it is a model checkpoint.")
+    if fmt != "gguf":
+        ckpt.tensors = quantized.classify(tensors, ckpt.config)
     return ckpt
 
 

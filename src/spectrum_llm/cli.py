@@ -44,6 +44,7 @@ def scan(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Score every weight matrix of a checkpoint by its signal-to-noise ratio (higher: more signal)."""
+    from .results import storage_summary
     from .scanner import scan as run_scan
 
     result = run_scan(model, output=output, estimator=estimator, device=device, modules=modules,
@@ -52,6 +53,8 @@ def scan(
     console.print(f"[green]Scanned[/] {result.model} ({result.estimator} estimator"
                   f"{', reused from an earlier scan' if result.cached else ''}): {result.tally()} -> {output}",
                   soft_wrap=True)
+    if storage_summary(result):
+        console.print(storage_summary(result), soft_wrap=True)
     for m in skipped:
         console.print(f"[yellow]skipped[/] {m.name}: {m.skipped}", soft_wrap=True)
 

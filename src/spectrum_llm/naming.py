@@ -55,7 +55,7 @@ def parse(param: str, ndim: int = 2) -> TensorName:
 def _kind(param: str, module: str, ndim: int) -> str:
     low = module.lower()
     leaf = low.rsplit(".", 1)[-1]
-    if param.endswith(".bias"):
+    if param.endswith((".bias", "_bias")):  # gpt-oss keeps expert biases as experts.gate_up_proj_bias
         return "bias"
     if ndim <= 1:
         return "norm" if ("norm" in low or leaf.startswith("ln")) else "bias" if "bias" in leaf else "norm"

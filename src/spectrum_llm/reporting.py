@@ -29,8 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .errors import SpectrumError
-from .results import (RANKED_KINDS, ModuleScore, ScanResult, check_writable, load_scan, write_bytes_atomic,
-                      write_text_atomic)
+from .results import (RANKED_KINDS, ModuleScore, ScanResult, check_writable, load_scan, storage_summary,
+                      write_bytes_atomic, write_text_atomic)
 
 _EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
 MASK_COLOUR = "#d0d0d0"
@@ -604,6 +604,9 @@ def render_html(scan: ScanResult, grid: ScoreGrid, heat_png: bytes, selected: li
              f'<p class="meta">estimator: <b>{esc(scan.estimator or "unknown")}</b> · {len(scan.modules)} entries: '
              f"{esc(scan.tally())} · {len(grid.layers)} layers · {len(scan.types())} types · layout {esc(scan.layout)}"
              + (f" · fingerprint {esc(scan.fingerprint[:16])}" if scan.fingerprint else "") + "</p>"]
+    if storage_summary(scan):
+        parts.append(f'<p class="meta">{esc(storage_summary(scan))}: quantization rounding adds noise to their '
+                     "spectra (see docs/estimators.md).</p>")
     if sel is not None:
         parts.append(f"<p><b>Selection.</b> {esc(selection_text(scan, sel, selected))}</p>")
     parts.append('<div class="row">' + "".join(figures) + "</div>")
@@ -655,15 +658,27 @@ def scan_table(scan: ScanResult, top: int | None = None, type: str | None = None
     from rich.table import Table
 
     mods = top_modules(scan, top, type, None if all_kinds else RANKED_KINDS)
-    table = Table(title=f"{scan.model} ({scan.estimator} estimator)", box=None, pad_edge=False,
-                  caption=f"{len(mods)} shown of {len(scan.modules)} modules")
+    caption = f"{len(mods)} shown of {len(scan.modules)} modules"
+    if storage_summary(scan):
+        caption += f"; {storage_summary(scan)}"
+    table = Table(title=f"{scan.model} ({scan.estimator} estimator)", box=None, pad_edge=False, caption=caption)
     shapes = any(m.shape for m in mods)
+    stored = any(m.dequantized for m in scan.modules)
     table.add_column("#", justify="right")
     table.add_column("module", overflow="fold")
     table.add_column("score", justify="right", no_wrap=True)
     if shapes:
         table.add_column("shape", no_wrap=True)
+    if stored:
+        table.add_column("stored", no_wrap=True)
     for i, m in enumerate(mods, 1):
         row = [str(i), m.name, _fmt(m.snr) if m.ranked else "[dim]skipped[/]"]
-        table.add_row(*row, *(["x".join(map(str, m.shape))] if shapes else []))
+        row += ["x".join(map(str, m.shape))] if shapes else []
+        row += [_stored(m)] if stored else []
+        table.add_row(*row)
     return table
+
+
+def _stored(m: ModuleScore) -> str:
+    return f"{m.dtype or '?'}, dequantized" if m.dequantized else (m.dtype or "")
+

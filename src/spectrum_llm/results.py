@@ -13,6 +13,7 @@ import math
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,7 +33,8 @@ class ModuleScore:
 
     ``param`` is the checkpoint tensor this score was computed from. ``rows`` is set when the score
     covers only a slice ``param[rows[0]:rows[1]]`` along dimension ``dim`` (an expert of a 3-D tensor,
-    or the q/k/v or gate/up part of a fused projection).
+    or the q/k/v or gate/up part of a fused projection). ``dtype`` is the element type the checkpoint stores;
+    ``dequantized`` names the scheme its values were dequantized from (fp8, MXFP4, GGUF), None for float weights.
     """
 
     name: str
@@ -49,6 +51,8 @@ class ModuleScore:
     numel: int = 0
     skipped: str | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    dtype: str | None = None
+    dequantized: str | None = None
 
     @property
     def ranked(self) -> bool:
@@ -128,6 +132,15 @@ class ScanResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ScanResult":
         return load_scan(path)
+
+
+def storage_summary(scan: ScanResult) -> str | None:
+    """How many modules were scored on dequantized weights, and from which schemes; None if none were."""
+    deq = [m for m in scan.modules if m.dequantized]
+    if not deq:
+        return None
+    schemes = ", ".join(f"{s} x{n}" for s, n in Counter(f"{m.dtype} ({m.dequantized})" for m in deq).items())
+    return f"{len(deq)} modules scored on weights dequantized to float32 from {schemes}"
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:

@@ -22,6 +22,7 @@ from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
 from .estimators import ESTIMATORS, score, unscorable
 from .naming import is_quantization_aux, parse
+from .quantized import method_label, stored_dtype
 from .results import ModuleScore, ScanResult, check_writable, output_error, write_json_atomic
 from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
@@ -64,9 +65,31 @@ def fused_parts(name: str, shape: tuple[int, ...], config: dict) -> list[tuple[s
 
 
 def _readable(info: TensorInfo) -> bool:
-    """Float weights, or GGUF blocks that dequantize exactly to what llama.cpp computes with."""
+    """Float weights, GGUF blocks that dequantize exactly to what llama.cpp computes with, fp8 and MXFP4."""
     return not is_quantization_aux(info.name) and (info.dtype.upper() in _FLOAT_DTYPES
-                                                   or info.dtype in _GGUF_DEQUANTIZABLE)
+                                                   or info.dtype in _GGUF_DEQUANTIZABLE or info.dequantizable)
+
+
+def _unreadable(info: TensorInfo) -> str:
+    """Why a tensor's values cannot be read: the quantization method and the fix where it is known."""
+    if info.scheme is not None and info.scheme.why:
+        return info.scheme.why
+    return (f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
+            "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model.")
+
+
+def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
+    """Record each module's stored dtype and, where its values were dequantized, how."""
+    by_name = {t.name: t for t in ckpt.tensors}
+    for m in modules:
+        info = by_name.get(m.param)
+        if info is None:
+            continue
+        m.dtype = stored_dtype(info)
+        if info.dequantizable:
+            m.dequantized = info.scheme.label
+        elif info.dtype in _GGUF_DEQUANTIZABLE and info.dtype not in _FLOAT_DTYPES:
+            m.dequantized = f"gguf {info.dtype}"
 
 
 def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
@@ -105,9 +128,7 @@ def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
     """The modules one checkpoint tensor yields (one matrix, one per expert, plus fused parts), each with the
     matrix to decompose, or None where the module is skipped (the reason is already in it)."""
     if not _readable(info):
-        return [(m, None) for m in _skip(info, f"quantized or integer tensor ({info.dtype}): its values cannot be "
-                                             "read exactly. Scan the unquantized (bf16/fp16/fp32) checkpoint of "
-                                             "this model.")]
+        return [(m, None) for m in _skip(info, _unreadable(info))]
     if len(info.shape) <= 1:
         return [(m, None) for m in _skip(info, "1-D weight (norm or bias): not ranked")]
     if len(info.shape) > 3:
@@ -298,6 +319,7 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         dist.all_gather_object(gathered, {p: [m.to_json() for m in ms] for p, ms in results.items()})
         results = {p: [ModuleScore.from_json(m) for m in ms] for part in gathered for p, ms in part.items()}
     flat = [m for p in sorted(results, key=_natural_key) for m in results[p]]
+    _mark_storage(flat, ckpt)
     result = ScanResult(model=str(model), estimator=estimator, modules=flat, fingerprint=fingerprint,
                         version=__version__, modules_regex=modules, config=_config_summary(ckpt))
     if rank == 0:
@@ -545,6 +567,8 @@ def _config_summary(ckpt: Checkpoint) -> dict:
             "gguf_name", "tie_word_embeddings")
     cfg = {k: ckpt.config[k] for k in keys if k in ckpt.config}
     cfg["format"] = ckpt.format
+    if method_label(ckpt.config):
+        cfg["quantization"] = method_label(ckpt.config)
     return cfg
 
 
