@@ -119,6 +119,8 @@ def _fill(mod: ModuleScore, s: torch.Tensor, estimator: str) -> ModuleScore:
 
 def _finite(w: torch.Tensor, chunk: int = 2**22) -> bool:
     """No NaN or Inf in ``w``, checked in chunks so the boolean mask never costs a quarter of the tensor."""
+    if not isinstance(w, torch.Tensor):  # a QuantizedTensor checks itself a chunk at a time, never whole
+        return bool(torch.isfinite(w).all())
     flat = w.reshape(-1)
     return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
