@@ -24,7 +24,7 @@ def no_extras_env(tmp_path_factory):
     return env
 
 
-def _bench(env, *args, timeout=600):
+def _bench(env, *args, timeout=1800):
     return subprocess.run([sys.executable, "benchmarks/gpu.py", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
