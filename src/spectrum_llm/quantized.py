@@ -314,8 +314,9 @@ def _fp8_scheme(shape: tuple[int, ...], scale_shape: tuple[int, ...], configured
             if bm == 1:
                 return Scheme(f"fp8 group {bn}", "fp8", (1, bn))
             return Scheme(f"fp8 block {bm}x{bn}", "fp8", (bm, bn))
-    return Scheme("fp8", why=f"its {scale_key} grid {r}x{c} does not tile the {m}x{n} weight in equal blocks and "
-                             "the quantization_config names no block size (weight_block_size)")
+    named = (f"nor the configured block {configured[0]}x{configured[1]}" if configured
+             else "and the quantization_config names no block size (weight_block_size)")
+    return Scheme("fp8", why=f"its {scale_key} grid {r}x{c} does not tile the {m}x{n} weight in equal blocks, {named}")
 
 
 def classify(tensors: list, config: dict) -> list:
