@@ -267,7 +267,7 @@ def plan(work: Path, model: Path, s: Settings, best_lr: dict[str, float] | None)
     for seed in range(s.noemb_seeds):
         arms.append(Arm(f"random25-noemb-s{seed}", "partial", "random25-noemb", "spectrum", lr_p,
                         random_patterns(modules, kept25, 200 + seed), seed=200 + seed))
-    scores = {m.name: m.score for m in scans["mp"].modules}
+    scores = {m.name: m.snr for m in scans["mp"].modules}
     pct, gnumel = matched_global_percent(linear, scores, budget_linear)
     glob = spectrum_llm.select(scans["mp"], top_percent=pct, rule="global", model=str(model))
     arms.append(Arm("global25-mp", "partial", "global25", "spectrum", lr_p, list(glob.patterns)))

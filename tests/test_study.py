@@ -250,3 +250,23 @@ def test_statistics_rank_a_pick_among_random_draws_and_pair_arms():
     assert full_pair["exact_match"]["estimate"] == pytest.approx(-0.25)
     assert st_["forgetting_vs_base"]["full"]["general"]["estimate"] == pytest.approx(1.0)
     assert "| spectrum25-mp | 3 |" in report.claims_table(st_)
+
+
+def test_plan_builds_every_arm_with_matched_budgets(tmp_path):
+    from conftest import plant_signal, save_model, tiny_llama
+
+    model = tiny_llama(num_hidden_layers=8)
+    plant_signal(model)
+    folder = save_model(model, tmp_path / "model")
+    s = _settings(arms=None, random25_seeds=2, random50_seeds=1, noemb_seeds=1)
+    sweep, info = study.plan(tmp_path, folder, s, None)
+    assert {a.name for a in sweep} == {"full", "spectrum25-mp", "lora"} and all(a.sweep for a in sweep)
+    arms, info = study.plan(tmp_path, folder, s, {"full": 1e-4, "partial": 1e-3, "lora": 1e-3})
+    names = {a.name for a in arms}
+    assert {"random25-s0", "random25-s1", "spectrum25-ref", "spectrum50-mp", "random50-s0", "global25-mp",
+            "budget25-mp", "top-layers25", "spectrum25-mp-noemb", "random25-noemb-s0"} <= names
+    assert all(a.lr == 1e-3 for a in arms)
+    by = {a.name: a for a in arms}
+    for t, k in info["kept_per_type_25"].items():
+        assert sum(f".{t}." in p for p in by["random25-s0"].patterns) == k
+    assert not any("embed" in p or "lm_head" in p for p in by["spectrum25-mp-noemb"].patterns)
