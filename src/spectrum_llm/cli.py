@@ -54,7 +54,9 @@ def scan(
 
 @app.command()
 def select(
-    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    scan_file: str = typer.Argument(..., metavar="SCAN_OR_MODEL", help="A scan (ours or a reference "
+                                    "snr_results_*.json), a local checkpoint (scanned once, cached), or a model id "
+                                    "with no local weights, whose published scan comes from the catalogue."),
     output: str = typer.Option(..., "-o", "--output", help="Output file: .yaml (Axolotl), .json (spectrum-llm), "
                                ".txt (one pattern per line), or - for YAML on stdout."),
     top_percent: float = typer.Option(50.0, "--top-percent", "-p", help="Percent of modules kept, in (0, 100]."),
@@ -71,6 +73,8 @@ def select(
     compat: bool = typer.Option(False, help="Reproduce the reference tool's YAML exactly."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder: print the freeze summary for it "
                                          "(built on the meta device) and take parameter counts from it."),
+    catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="A folder of snr_results_<model>.json "
+                                             "scans searched before the built-in ones (also $SPECTRUM_CATALOGUE)."),
 ):
     """Choose the modules to train from a scan and write them for a trainer."""
     from .exports import write_selection
@@ -80,7 +84,9 @@ def select(
     meta = load_meta_model(model) if model is not None else None
     sel = run_select(scan_file, top_percent=top_percent, rule=rule, budget=budget, include=include,
                      exclude=exclude, train_embeddings=train_embeddings, train_lm_head=train_lm_head,
-                     train_norms=train_norms, parts=parts, compat=compat, model=meta)
+                     train_norms=train_norms, parts=parts, compat=compat, model=meta, catalogue=catalogue)
+    if not Path(scan_file).name.endswith((".json", ".json.gz")):
+        console.print(f"using {sel.rule.get('scan')}")
     summary = freeze(meta, sel) if meta is not None else None
     write_selection(sel, output)
     where = "stdout" if output == "-" else output
@@ -91,6 +97,24 @@ def select(
                       f"({100 * sel.trainable_params / sel.total_params:.2f}%)")
     if summary is not None:
         console.print(str(summary))
+
+
+@app.command("catalogue")
+def catalogue_cmd(
+    catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="Also list the scans in this folder "
+                                             "(searched first; also $SPECTRUM_CATALOGUE)."),
+):
+    """List the scans `spectrum select MODEL_ID` can use without scanning: yours first, then the published ones."""
+    from .catalogue import entries
+
+    rows = [("model (snr_results_<model>.json)", "modules", "estimator", "source", "Axolotl", "status")]
+    for e in entries(catalogue):
+        rows.append((e.name, str(e.modules) if e.modules else "-", e.estimator or "-", e.describe_source(short=True),
+                     "reads it" if e.axolotl_readable else "cannot read it",
+                     "ok" if e.problem is None else f"defective: {e.problem}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
 
 
 @app.command()

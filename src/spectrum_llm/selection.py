@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import SpectrumError
-from .results import ModuleScore, ScanResult, load_scan
+from .results import ModuleScore, ScanResult
 
 FORMAT = "spectrum-llm/selection"
 FORMAT_VERSION = 1
@@ -293,6 +293,7 @@ def select(
     parts: bool = False,
     compat: bool = False,
     model: Any = None,
+    catalogue: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None,
 ) -> Selection:
     """Choose the modules to train from a scan.
 
@@ -304,9 +305,26 @@ def select(
     overflow it. ``include``/``exclude`` are regexes (``re.search``) on module names that narrow the
     candidates. ``compat`` reproduces the reference tool's YAML exactly and ignores the other options.
     ``model`` (a module or folder) supplies parameter sizes when the scan lacks them.
+
+    ``scan`` is a ScanResult, a scan file, or a model: a local checkpoint is scanned (once, cached); a model
+    id with no local weights takes its published scan from the catalogue (users' ``catalogue`` folders and
+    ``$SPECTRUM_CATALOGUE`` first), and ``rule["scan"]`` says which scan was used.
     """
+    source = None
     if not isinstance(scan, ScanResult):
-        scan = load_scan(scan)
+        from .catalogue import resolve_scan
+
+        scan, source = resolve_scan(scan, catalogue=catalogue)
+    sel = _select(scan, top_percent=top_percent, rule=rule, budget=budget, include=include, exclude=exclude,
+                  train_embeddings=train_embeddings, train_lm_head=train_lm_head, train_norms=train_norms,
+                  parts=parts, compat=compat, model=model)
+    if source:
+        sel.rule["scan"] = source
+    return sel
+
+
+def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, train_embeddings, train_lm_head,
+            train_norms, parts, compat, model) -> Selection:
     if budget is not None:
         rule = "budget"
     if rule not in RULES:

@@ -241,12 +241,9 @@ def _precision(cfg: TrainConfig, dtype) -> str:
 
 
 def _default_scan_path(cfg: TrainConfig) -> Path:
-    from .scanner import slug
+    from .catalogue import scan_cache_path
 
-    base = Path(os.environ.get("SPECTRUM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                / "spectrum-llm")
-    return base / "scans" / f"{slug(str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model)}" \
-                            f"-{cfg.estimator}.json"
+    return scan_cache_path(cfg.model, cfg.estimator)
 
 
 def resolve_selection(cfg: TrainConfig, resumed: bool = False):
