@@ -67,7 +67,9 @@ def select(
     include: Optional[str] = typer.Option(None, help="Only rank modules whose name matches this regex."),
     exclude: Optional[str] = typer.Option(None, help="Never select modules whose name matches this regex."),
     train_embeddings: bool = typer.Option(True, help="Train the input embeddings."),
-    train_lm_head: bool = typer.Option(True, help="Train the output head."),
+    train_lm_head: Optional[bool] = typer.Option(None, "--train-lm-head/--no-train-lm-head",
+                                                 help="Train the output head (default: yes; a head tied to the "
+                                                 "embeddings is that one tensor, and follows --train-embeddings)."),
     train_norms: bool = typer.Option(False, help="Train every norm weight."),
     parts: bool = typer.Option(False, help="Rank the parts of fused projections (q/k/v, gate/up) separately."),
     compat: bool = typer.Option(False, help="Reproduce the reference tool's YAML exactly."),
@@ -92,6 +94,10 @@ def select(
     where = "stdout" if output == "-" else output
     console.print(f"[green]Selected[/] {len(sel.modules)} modules + {len(sel.extras)} extra patterns "
                   f"({sel.rule.get('rule')}) -> {where}")
+    if sel.rule.get("lm_head_tied") and sel.rule.get("train_embeddings") != sel.rule.get("train_lm_head"):
+        console.print("note: lm_head is tied to the input embeddings (one tensor, which Axolotl and freeze know by "
+                      "its embedding name), so it " + ("trains with them" if sel.rule.get("train_embeddings") else
+                                                       "is trained through the embedding pattern this writes"))
     if sel.trainable_params and sel.total_params:
         console.print(f"trainable {sel.trainable_params:,} of {sel.total_params:,} parameters "
                       f"({100 * sel.trainable_params / sel.total_params:.2f}%)")

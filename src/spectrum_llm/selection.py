@@ -250,13 +250,34 @@ def _candidates(scan: ScanResult, parts: bool, compat: bool) -> list[ModuleScore
     return [m for m in linear if m.part is not None or m.param not in has_parts]
 
 
-def _model_numel(model: Any) -> dict[str, int]:
-    """Parameter sizes by name, from a module or a model folder (built on the meta device: no weights read)."""
+def _model_numel(model: Any) -> tuple[dict[str, int], bool]:
+    """Parameter sizes by name, each tensor once under the name Axolotl matches (``named_parameters()``), and
+    whether lm_head is tied to the embeddings; from a module or a model folder (built on the meta device)."""
     if isinstance(model, (str, os.PathLike)):
         from .freezing import load_meta_model
 
         model = load_meta_model(model)
-    return {n: p.numel() for n, p in model.named_parameters(remove_duplicate=False)}
+    from .freezing import tied_aliases
+
+    tied = any(a.endswith("lm_head.weight") for a in tied_aliases(model))
+    return {n: p.numel() for n, p in model.named_parameters()}, tied
+
+
+def tied_head(scan: ScanResult) -> bool | None:
+    """Whether the scanned model's lm_head is its input embedding (one tensor); None when the scan cannot tell.
+
+    The config says so when the checkpoint has one; otherwise a full scan of our own with an embedding and no
+    lm_head tensor is tied (checkpoints store a tied weight once; GGUF files then have no ``output.weight``).
+    Reference-layout scans always list ``lm_head`` (the reference tool scores the tied module too).
+    """
+    if "tie_word_embeddings" in scan.config:
+        return bool(scan.config["tie_word_embeddings"])
+    if scan.layout != "spectrum-llm" or scan.modules_regex:
+        return None
+    kinds = {m.kind for m in scan.modules}
+    if "embedding" in kinds:
+        return "lm_head" not in kinds
+    return None
 
 
 def _numel_of(m: ModuleScore, by_param: dict[str, int] | None) -> int:
@@ -288,7 +309,7 @@ def select(
     include: str | None = None,
     exclude: str | None = None,
     train_embeddings: bool = True,
-    train_lm_head: bool = True,
+    train_lm_head: bool | None = None,
     train_norms: bool = False,
     parts: bool = False,
     compat: bool = False,
@@ -305,6 +326,11 @@ def select(
     overflow it. ``include``/``exclude`` are regexes (``re.search``) on module names that narrow the
     candidates. ``compat`` reproduces the reference tool's YAML exactly and ignores the other options.
     ``model`` (a module or folder) supplies parameter sizes when the scan lacks them.
+
+    A tied lm_head is the embedding matrix, which Axolotl (and ``freeze``) know only by its embedding name,
+    so it trains exactly when ``^<embedding>$`` is listed. ``train_lm_head`` (default: yes, or as
+    ``train_embeddings`` when tied) then asks for that tensor too: ``train_embeddings=False,
+    train_lm_head=True`` on a tied model lists the embedding pattern, and ``rule["lm_head_tied"]`` is set.
 
     ``scan`` is a ScanResult, a scan file, or a model: a local checkpoint is scanned (once, cached); a model
     id with no local weights takes its published scan from the catalogue (users' ``catalogue`` folders and
@@ -361,7 +387,9 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
         raise SpectrumError("The global rule compares scores across module types, but the reference estimator's "
                             "scale differs by type. Use --rule per-type, or re-scan with --estimator mp.")
 
-    by_param = _model_numel(model) if model is not None else None
+    by_param, tied = _model_numel(model) if model is not None else (None, tied_head(scan))
+    if train_lm_head is None:
+        train_lm_head = train_embeddings if tied else True
     groups: dict[str, list[ModuleScore]] = {}
     for m in cands:
         groups.setdefault(m.type, []).append(m)
@@ -369,11 +397,13 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
     biases = {m.param: m.numel for m in scan.modules if m.kind == "bias"}
     numel = {m.name: _numel_of(m, by_param) + _bias_numel(m, biases, by_param) for m in cands}
 
-    extras, extra_numel = _extras(scan, train_embeddings, train_lm_head, train_norms, by_param)
+    extras, extra_numel = _extras(scan, train_embeddings, train_lm_head, train_norms, by_param, bool(tied))
     chosen: set[str]
     info: dict[str, Any] = {"rule": rule, "estimator": scan.estimator, "parts": parts,
                             "train_embeddings": train_embeddings, "train_lm_head": train_lm_head,
                             "train_norms": train_norms, "include": include, "exclude": exclude}
+    if tied:
+        info["lm_head_tied"] = True
     if rule == "per-type":
         info["top_percent"] = top_percent
         chosen = {m.name for t, ms in ranked.items() for m in ms[: int(len(ms) * top_percent / 100)]}
@@ -422,13 +452,20 @@ def _total_params(scan: ScanResult, by_param: dict[str, int] | None) -> int | No
 
 
 def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
-            by_param: dict[str, int] | None) -> tuple[list[str], int]:
-    """Patterns for embeddings, lm_head and norms (which are not ranked), with their parameter count."""
+            by_param: dict[str, int] | None, tied: bool = False) -> tuple[list[str], int]:
+    """Patterns for embeddings, lm_head and norms (which are not ranked), with their parameter count.
+
+    Tied, the head is the embedding: its own pattern matches nothing in Axolotl, so asking for the head
+    lists the embedding pattern too, and the shared tensor counts once (as the embedding)."""
     out: list[str] = []
     size = 0
-    for flag, kind, fallback in ((head, "lm_head", _DEFAULT_HEAD), (emb, "embedding", _DEFAULT_EMBED),
+    for flag, kind, fallback in ((head, "lm_head", _DEFAULT_HEAD), (emb or (tied and head), "embedding",
+                                                                     _DEFAULT_EMBED),
                                  (norms, "norm", _NORM_FALLBACK)):
         if not flag:
+            continue
+        if kind == "lm_head" and tied:
+            out.append(fallback)
             continue
         ms = [m for m in scan.modules if m.kind == kind and m.part is None]
         if ms:
