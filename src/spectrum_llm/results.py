@@ -106,8 +106,10 @@ class ScanResult:
         return write_json_atomic(path, self.to_json())
 
     def to_reference_json(self) -> dict[str, Any]:
-        """The reference tool's flat layout. Skipped modules are left out rather than written as NaN."""
-        return {m.name: {"snr": m.snr, "type": m.type} for m in self.modules if m.ranked}
+        """The reference tool's flat layout of this scan, as that tool writes it (see ``reference``)."""
+        from .reference import entries
+
+        return {n: {"snr": s, "type": t} for n, t, s in entries(self)}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ScanResult":

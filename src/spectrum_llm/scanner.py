@@ -22,7 +22,7 @@ from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
 from .estimators import ESTIMATORS, score, unscorable
 from .naming import is_quantization_aux, parse
-from .results import ModuleScore, ScanResult, write_json_atomic
+from .results import ModuleScore, ScanResult
 from .spectra import resolve_device, singular_values
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
@@ -329,8 +329,9 @@ def slug(model: str) -> str:
 def _write_reference(result: ScanResult, folder: str | os.PathLike | None) -> None:
     if folder is None:
         return
-    name = Path(result.model).name if Path(result.model).exists() else result.model
-    write_json_atomic(Path(folder) / f"snr_results_{slug(name)}.json", result.to_reference_json())
+    from .reference import write_json
+
+    write_json(result, folder)
 
 
 def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, method: str,

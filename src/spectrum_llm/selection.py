@@ -507,24 +507,28 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
 
 
 def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
-    """The reference tool, byte for byte: per file type, stable sort high to low, keep int(n * P / 100)."""
-    cands = _candidates(scan, parts=False, compat=True)
-    if all(m.snr is None for m in cands):
+    """The reference tool's YAML for this scan, byte for byte (its rules: see ``reference``)."""
+    from .reference import entries, top_by_type
+
+    listed = entries(scan)
+    if all(math.isnan(s) for _, _, s in listed):
         raise SpectrumError(f"Every score in the scan of {scan.model or 'this model'} is missing or NaN; "
                             "nothing can be ranked. Re-run the scan.")
-    groups: dict[str, list[ModuleScore]] = {}
-    for m in cands:
-        groups.setdefault(m.type, []).append(m)
+    numel = {m.name: m.numel for m in scan.modules}
+    counts: dict[str, int] = {}
+    for _, t, _ in listed:
+        counts[t] = counts.get(t, 0) + 1
     types: dict[str, TypeSelection] = {}
     modules: list[str] = []
-    for t, ms in groups.items():
-        kept = rank(ms, compat=True)[: int(len(ms) * top_percent / 100)]
-        names = [m.name for m in kept]
-        types[t] = TypeSelection(type=t, total=len(ms), kept=len(kept), modules=names, patterns=list(names),
-                                 numel=sum(m.numel for m in ms), selected_numel=sum(m.numel for m in kept))
+    for t, kept in top_by_type(scan, top_percent).items():
+        names = [n for n, _ in kept]
+        types[t] = TypeSelection(type=t, total=counts[t], kept=len(kept), modules=names, patterns=list(names),
+                                 numel=sum(numel.get(n, 0) for n, tt, _ in listed if tt == t),
+                                 selected_numel=sum(numel.get(n, 0) for n in names))
         modules += names
     patterns = list(REFERENCE_EXTRAS) + modules
-    return Selection(modules=modules, patterns=patterns, types=types, scores={m.name: m.snr for m in cands},
+    return Selection(modules=modules, patterns=patterns, types=types,
+                     scores={n: (None if math.isnan(s) else s) for n, _, s in listed},
                      rule={"rule": "per-type", "top_percent": top_percent, "compat": True,
                            "estimator": scan.estimator},
                      extras=list(REFERENCE_EXTRAS), model=scan.model, estimator=scan.estimator)
