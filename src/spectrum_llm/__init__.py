@@ -23,6 +23,8 @@ _API = {
     "FreezeSummary": "freezing",
     "load_selection": "selection",
     "write_selection": "exports",
+    "lora_config": "lora",
+    "LoraPlan": "lora",
     "SpectrumCallback": "integrations",
     "train": "training",
     "TrainConfig": "training",

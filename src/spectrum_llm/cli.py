@@ -77,6 +77,12 @@ def select(
                                          "(built on the meta device) and take parameter counts from it."),
     catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="A folder of snr_results_<model>.json "
                                              "scans searched before the built-in ones (also $SPECTRUM_CATALOGUE)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="yaml (Axolotl), json (spectrum-llm), txt, or "
+                                      "peft (a LoraConfig on the selected modules, rank by score); default: from "
+                                      "the output's extension."),
+    max_rank: int = typer.Option(32, "--max-rank", help="With --format peft: the best module's LoRA rank."),
+    min_rank: Optional[int] = typer.Option(None, "--min-rank", help="With --format peft: the last selected "
+                                           "module's rank in each type (default: a quarter of --max-rank)."),
 ):
     """Choose the modules to train from a scan and write them for a trainer."""
     from .exports import write_selection
@@ -90,8 +96,19 @@ def select(
     if not Path(scan_file).name.endswith((".json", ".json.gz")):
         console.print(f"using {sel.rule.get('scan')}")
     summary = freeze(meta, sel) if meta is not None else None
-    write_selection(sel, output)
     where = "stdout" if output == "-" else output
+    if fmt is not None and fmt.lower().lstrip(".") == "peft":
+        from .lora import lora_config
+
+        plan = lora_config(sel, max_rank=max_rank, min_rank=min_rank, model=meta)
+        if output == "-":
+            sys.stdout.write(plan.to_json())
+        else:
+            plan.save(output)
+        console.print(f"[green]Selected[/] {len(sel.modules)} modules ({sel.rule.get('rule')}) -> PEFT LoraConfig "
+                      f"{where}\n{plan}")
+        return
+    write_selection(sel, output, fmt)
     console.print(f"[green]Selected[/] {len(sel.modules)} modules + {len(sel.extras)} extra patterns "
                   f"({sel.rule.get('rule')}) -> {where}")
     if sel.rule.get("lm_head_tied") and sel.rule.get("train_embeddings") != sel.rule.get("train_lm_head"):

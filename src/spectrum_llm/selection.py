@@ -63,6 +63,7 @@ class Selection:
     estimator: str = ""
     trainable_params: int | None = None
     total_params: int | None = None
+    shapes: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +79,7 @@ class Selection:
             "extras": self.extras,
             "types": {t: asdict(v) for t, v in self.types.items()},
             "scores": {k: (v if v is None or math.isfinite(v) else str(v)) for k, v in self.scores.items()},
+            "shapes": self.shapes,
         }
 
     @classmethod
@@ -91,7 +93,8 @@ class Selection:
             sel = cls(modules=list(data["modules"]), patterns=list(data["patterns"]), types=types, scores=scores,
                       rule=dict(data.get("rule") or {}), extras=list(data.get("extras") or []),
                       model=data.get("model", ""), estimator=data.get("estimator", ""),
-                      trainable_params=data.get("trainable_params"), total_params=data.get("total_params"))
+                      trainable_params=data.get("trainable_params"), total_params=data.get("total_params"),
+                      shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()})
         except (KeyError, TypeError, ValueError) as e:
             raise SpectrumError(f"{source} is a damaged selection file ({e}). Re-create it with `spectrum select`.") \
                 from None
@@ -346,6 +349,9 @@ def select(
                   parts=parts, compat=compat, model=model)
     if source:
         sel.rule["scan"] = source
+    targets = {pattern_module(p) for p in sel.patterns}
+    sel.shapes = {m.name: list(m.shape) for m in scan.modules
+                  if m.name in targets and m.part is None and m.rows is None and len(m.shape) == 2}
     return sel
 
 
