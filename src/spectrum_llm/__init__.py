@@ -24,6 +24,8 @@ _API = {
     "load_selection": "selection",
     "write_selection": "exports",
     "lora_config": "lora",
+    "check": "checking",
+    "CheckReport": "checking",
     "LoraPlan": "lora",
     "SpectrumCallback": "integrations",
     "train": "training",

@@ -122,6 +122,39 @@ def select(
         console.print(str(summary))
 
 
+@app.command()
+def check(
+    selection: str = typer.Argument(..., metavar="SELECTION", help="A selection: .yaml (Axolotl), .json (ours) or "
+                                    ".txt (one pattern per line)."),
+    model: str = typer.Option(..., "--model", help="Checkpoint folder, weight file, builtin:smollm2-135m or a hub "
+                              "id in the local cache; only its config is read (the model is built on the meta device)."),
+    allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Report patterns that match nothing "
+                                         "instead of failing (exit 2)."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Sequence length at which activations are measured."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Rank of the LoRA comparison (default: the "
+                                            "rank whose adapter is closest to the selection's size)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="The model's training dtype (default: its config's; "
+                                        "bfloat16 for GGUF)."),
+    activations: bool = typer.Option(True, "--activations/--no-activations", help="Measure activation memory "
+                                     "(a forward pass on the meta device)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+):
+    """Check a selection against a model before training: what each pattern unfreezes, what is missing, the
+    trainable share and the training memory of full fine-tuning, this selection and LoRA."""
+    from .checking import check as run_check
+    from .results import write_json_atomic
+
+    report = run_check(selection, model, allow_unmatched=True, seq_len=seq_len, lora_rank=lora_rank, dtype=dtype,
+                       activations=activations)
+    typer.echo(str(report))
+    if json_out is not None:
+        write_json_atomic(json_out, report.to_json())
+    if report.unmatched and not allow_unmatched:
+        raise SpectrumError(f"{len(report.unmatched)} pattern(s) match nothing in {model} (listed above): the "
+                            "selection was made for another model or naming. Select again from a scan of this "
+                            "model, or pass --allow-unmatched.")
+
+
 @app.command("catalogue")
 def catalogue_cmd(
     catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="Also list the scans in this folder "

@@ -73,6 +73,9 @@ class FreezeSummary:
     mapped: dict[str, str] = field(default_factory=dict)
     input_require_grads: bool = False
     notes: list[str] = field(default_factory=list)
+    #: per pattern, the tensors it unfreezes and how many of their parameters it covers (rows, slices)
+    matches: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
 
     @property
     def fraction(self) -> float:
@@ -182,6 +185,7 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
     on: set[int] = set()
     ranges: dict[int, list[tuple[int, int | None]]] = {}
     hits = [0] * len(pats)
+    matches: dict[str, list[tuple[str, int]]] = {pat.raw: [] for pat in pats}
     for name, p in named:
         by_id[id(p)] = p
         names.setdefault(id(p), []).append(name)
@@ -189,8 +193,13 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
             if pat.match(name):
                 hits[i] += 1
                 on.add(id(p))
+                covered = p.numel()
                 if pat.range is not None:
                     ranges.setdefault(id(p), []).append(pat.range)
+                    rows = len(p) if p.dim() else 1
+                    a, b = pat.range
+                    covered = max(0, min(rows, rows if b is None else b) - a) * (p.numel() // max(rows, 1))
+                matches[pat.raw].append((name, covered))
 
     regions: dict[int, list[tuple]] = {}
     mapped: dict[str, str] = {}
@@ -213,9 +222,12 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
             on.add(id(p))
             if region is None:
                 mapped[pat.raw] = name
+                matches[pat.raw].append((name, p.numel()))
             else:
                 regions.setdefault(id(p), []).append(region)
                 mapped[pat.raw] = f"{name}[{region[0].start}, {_fmt(region[1])}]"
+                mask = _keep_mask(tuple(p.shape), [region])
+                matches[pat.raw].append((name, int(mask.sum()) * (p.numel() // max(mask.numel(), 1))))
     notes = [f"{raw} names {alias}, which is tied to {canon} (one tensor, listed once by that name): like Axolotl, "
              f"this pattern trains nothing; add ^{canon}$ to train the shared weight"
              for raw, (alias, canon) in tied_only.items() if id(index[canon]) not in on]
@@ -236,7 +248,8 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
     for h in old:
         h.remove()
     hooks = []
-    summary = FreezeSummary(trainable_params=0, total_params=0, mapped=mapped, notes=notes)
+    summary = FreezeSummary(trainable_params=0, total_params=0, mapped=mapped, notes=notes, matches=matches,
+                            unmatched=missing)
     for pid, p in by_id.items():
         name = names[pid][0]
         p.requires_grad_(pid in on)
