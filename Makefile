@@ -6,7 +6,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench-deps bench-train bench-scan
+.PHONY: install demo test bench-deps bench-train bench-scan bench-gpu-tiny
 
 $(BIN)/spectrum: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench-deps: install
 
 bench-scan: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/scan.py --quick
+
+# The GPU benchmark's tiny CPU run; on a GPU machine: PYTHONPATH=src python3 benchmarks/gpu.py --out OUT
+bench-gpu-tiny: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu.py --tiny --out benchmarks/results/gpu-tiny
 
 bench-train: bench-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train.py --quick

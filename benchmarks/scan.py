@@ -5,15 +5,24 @@ module, as the reference tool does. Ours streams tensors from disk (``spectrum_l
 fresh subprocess; the parent samples its /proc status every 20 ms for peak RssAnon (memory the process
 owns: mmapped file pages are not counted) and peak RSS, so the two are measured the same way.
 
+Each checkpoint is also measured against this machine's own limit, in the same run: the float64 and float32
+matrix-product rates (a 2048 x 2048 GEMM), the read rate of the checkpoint's files and the eigensolver's rate
+at each matrix size the checkpoint has. The floor is bytes / read rate + (Gram + eigensolver FLOPs) / float64
+GEMM rate, with 2 m^2 n FLOPs for the Gram of an m x n matrix (m <= n) and 4/3 m^3 for the eigenvalues (the
+tridiagonal reduction); the "LAPACK floor" replaces the eigensolver term by the time eigvalsh really takes at
+those sizes here. Our scan time is the in-process time of ``spectrum_llm.scan``.
+
     python benchmarks/scan.py            # default model + ~1 GB sharded fp32 Llama
     python benchmarks/scan.py --quick    # default model + ~0.25 GB model
     python benchmarks/scan.py --big-gb 16  # also a 16 GB bf16 checkpoint the reference cannot load here
+    python benchmarks/scan.py --skip-reference   # ours against the floor only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,11 +51,51 @@ print("modules", n)
 """
 
 OURS_CODE = r"""
-import sys
+import sys, time
 sys.path.insert(0, {src!r})
 import spectrum_llm
+t = time.perf_counter()
 r = spectrum_llm.scan(sys.argv[1], estimator="reference")
+print("scan_s", time.perf_counter() - t)
 print("modules", len(r.ranked()))
+"""
+
+BASELINE_CODE = r"""
+import sys
+sys.path.insert(0, {src!r})
+import torch, numpy, spectrum_llm.scanner, spectrum_llm.checkpoint
+try:
+    import gguf
+except ImportError:
+    pass
+print("modules", 0)
+"""
+
+RATES_CODE = r"""
+import json, sys, time, torch
+sys.path.insert(0, {src!r})
+sizes = json.loads(sys.argv[1])
+
+def best(f, reps=3):
+    f()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
+    return min(times)
+
+out = {{"threads": torch.get_num_threads()}}
+for name, dt in (("f64", torch.float64), ("f32", torch.float32)):
+    a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
+    out["gemm_" + name + "_gflops"] = 2 * 2048**3 / best(lambda: a @ b) / 1e9
+from spectrum_llm.spectra import singular_values_from_gram
+eig = {{}}
+for m in sizes:
+    w = torch.randn(m, 2 * m, dtype=torch.float64)
+    g = w @ w.T
+    eig[str(m)] = best(lambda: singular_values_from_gram(g), reps=2)
+out["eigvalsh_s"] = eig
+print(json.dumps(out))
+print("modules", 0)
 """
 
 
@@ -70,8 +119,71 @@ def measure(code: str, args: list[str]) -> dict:
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed:\n{err[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_anon_mib": round(peak_anon / 1024, 1),
-            "peak_rss_mib": round(peak_rss / 1024, 1), "modules": int(out.split()[-1])}
+    r = {"wall_s": round(wall, 2), "peak_anon_mib": round(peak_anon / 1024, 1),
+         "peak_rss_mib": round(peak_rss / 1024, 1), "modules": int(out.split()[-1])}
+    for line in out.splitlines():
+        if line.startswith("scan_s "):
+            r["scan_s"] = round(float(line.split()[1]), 2)
+        elif line.startswith("{"):
+            r["data"] = json.loads(line)
+    return r
+
+
+def read_rate(files: list[Path], passes: int = 2) -> float:
+    """Bytes per second reading the files in 64 MiB pieces (the page cache, when they were just written)."""
+    buf = bytearray(64 * 2**20)
+    view = memoryview(buf)
+    best = None
+    for _ in range(passes):
+        t = time.perf_counter()
+        total = 0
+        for f in files:
+            with open(f, "rb", buffering=0) as fh:
+                while n := fh.readinto(view):
+                    total += n
+        dt = time.perf_counter() - t
+        best = dt if best is None else min(best, dt)
+    return total / best
+
+
+def matrices(path: str) -> tuple[list[Path], list[tuple[int, int]]]:
+    """A checkpoint's weight files and the (m, n) of every matrix the scan decomposes, m <= n."""
+    from spectrum_llm.checkpoint import open_checkpoint
+    from spectrum_llm.scanner import _readable, fused_parts
+
+    ckpt = open_checkpoint(path)
+    mats = []
+    for t in ckpt.tensors:
+        if not _readable(t) or len(t.shape) not in (2, 3):
+            continue
+        shape = tuple(t.shape[-2:])
+        mats += [tuple(sorted(shape))] * (t.shape[0] if len(t.shape) == 3 else 1)
+        for _, dim, a, b in fused_parts(t.name, t.shape, ckpt.config):
+            part = (b - a, shape[1]) if dim == 0 else (shape[0], b - a)
+            mats.append(tuple(sorted(part)))
+    return ckpt.files, [m for m in mats if m[0] >= 2]
+
+
+def floor(path: str, rates: dict, read_bps: float) -> dict:
+    """The time this machine needs at least: read every byte, then the Gram and eigensolver FLOPs at GEMM speed."""
+    files, mats = matrices(path)
+    size = sum(f.stat().st_size for f in files)
+    gram = sum(2.0 * m * m * n for m, n in mats)
+    eig = sum(4.0 / 3.0 * m**3 for m, _ in mats)
+    gemm = rates["gemm_f64_gflops"] * 1e9
+    eig_measured = sum(rates["eigvalsh_s"][str(m)] for m, _ in mats)
+    return {"bytes": size, "matrices": len(mats), "read_s": round(size / read_bps, 2),
+            "gram_s": round(gram / gemm, 2), "eig_s": round(eig / gemm, 2),
+            "floor_s": round(size / read_bps + (gram + eig) / gemm, 2),
+            "eig_lapack_s": round(eig_measured, 2),
+            "lapack_floor_s": round(size / read_bps + gram / gemm + eig_measured, 2)}
+
+
+def largest_float32_mib(path: str) -> float:
+    from spectrum_llm.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(path)
+    return max(4 * math.prod(t.shape) for t in ckpt.tensors) / 2**20
 
 
 def synthetic_llama(path: Path, layers: int, hidden: int, intermediate: int, vocab: int, dtype: str) -> Path:
@@ -126,43 +238,77 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller synthetic model (a few minutes in all)")
     ap.add_argument("--big-gb", type=float, default=0, help="also scan a synthetic bf16 checkpoint of this size")
+    ap.add_argument("--skip-reference", action="store_true", help="only our scan against the machine's floor")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "spectrum-bench")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent / "src"))
 
-    rows = []
     folder, gguf = default_model()
-    rows.append(("SmolLM2-135M (GGUF Q4_1)", measure(REFERENCE_CODE, [folder, gguf]),
-                 measure(OURS_CODE, [str(Path(folder) / gguf)])))
+    checkpoints = [("SmolLM2-135M (GGUF Q4_1)", str(Path(folder) / gguf), [folder, gguf])]
     shape = (8, 768, 2048, 32000) if args.quick else (16, 1024, 2816, 32000)
     for dtype in ("float32", "bfloat16"):
         llama = synthetic_llama(args.work / f"llama-{'x'.join(map(str, shape))}-{dtype}", *shape, dtype)
         size_gb = sum(f.stat().st_size for f in llama.glob("*.safetensors")) / 2**30
         label = f"Llama {shape[0]}L h{shape[1]} {dict(float32='fp32', bfloat16='bf16')[dtype]}, {size_gb:.2f} GB sharded"
-        rows.append((label, measure(REFERENCE_CODE, [str(llama)]), measure(OURS_CODE, [str(llama)])))
-    big = None
+        checkpoints.append((label, str(llama), [str(llama)]))
     if args.big_gb:
         path = big_checkpoint(args.work / f"big-{args.big_gb:g}gb", args.big_gb)
         gb = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**30
-        big = (f"synthetic {gb:.1f} GB bf16 (reference needs {2 * gb:.0f} GB fp32)", measure(OURS_CODE, [str(path)]))
+        checkpoints.append((f"synthetic {gb:.1f} GB bf16 (reference needs {2 * gb:.0f} GB fp32)", str(path), None))
+
+    sizes = sorted({m for _, path, _ in checkpoints for m, _ in matrices(path)[1]})
+    rates = measure(RATES_CODE, [json.dumps(sizes)])["data"]
+    baseline = measure(BASELINE_CODE, [])
+    print(f"machine: {rates['threads']} threads, GEMM float64 {rates['gemm_f64_gflops']:.1f} GFLOP/s, float32 "
+          f"{rates['gemm_f32_gflops']:.1f} GFLOP/s; an idle process with torch imported holds "
+          f"{baseline['peak_anon_mib']:.0f} MiB anonymous memory", flush=True)
+
+    report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "rates": rates,
+                          "baseline_anon_mib": baseline["peak_anon_mib"]}, "runs": []}
+    for label, path, ref_args in checkpoints:
+        ref = measure(REFERENCE_CODE, ref_args) if ref_args and not args.skip_reference else None
+        bps = read_rate(matrices(path)[0])
+        ours = measure(OURS_CODE, [path])
+        fl = floor(path, rates, bps)
+        run = {"checkpoint": label, "reference": ref, "ours": ours, "floor": fl, "read_gbps": round(bps / 1e9, 2),
+               "times_floor": round(ours["scan_s"] / fl["floor_s"], 2),
+               "times_lapack_floor": round(ours["scan_s"] / fl["lapack_floor_s"], 2),
+               "own_anon_mib": round(ours["peak_anon_mib"] - baseline["peak_anon_mib"], 1),
+               "largest_float32_mib": round(largest_float32_mib(path), 1)}
+        if ref:
+            run["speedup"] = round(ref["wall_s"] / ours["wall_s"], 2)
+            run["memory_ratio"] = round(ref["peak_anon_mib"] / max(ours["peak_anon_mib"], 1), 2)
+        report["runs"].append(run)
+        print(f"{label}: ours {ours['scan_s']:.1f} s, floor {fl['floor_s']:.1f} s ({run['times_floor']:.2f}x), "
+              f"LAPACK floor {fl['lapack_floor_s']:.1f} s ({run['times_lapack_floor']:.2f}x)", flush=True)
 
     header = f"{'checkpoint':48} {'method':10} {'wall s':>8} {'RssAnon MiB':>12} {'RSS MiB':>9}"
-    print(header)
+    print("\n" + header)
     print("-" * len(header))
-    report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "runs": []}
-    for label, ref, ours in rows:
-        for method, r in (("reference", ref), ("ours", ours)):
-            print(f"{label:48} {method:10} {r['wall_s']:8.1f} {r['peak_anon_mib']:12.0f} {r['peak_rss_mib']:9.0f}")
-        speed, mem = ref["wall_s"] / ours["wall_s"], ref["peak_anon_mib"] / max(ours["peak_anon_mib"], 1)
-        print(f"{'':48} {'ratio':10} {speed:7.1f}x faster, {mem:.1f}x less anonymous memory")
-        report["runs"].append({"checkpoint": label, "reference": ref, "ours": ours,
-                               "speedup": round(speed, 2), "memory_ratio": round(mem, 2)})
-    if big:
-        label, r = big
-        print(f"{label:48} {'ours':10} {r['wall_s']:8.1f} {r['peak_anon_mib']:12.0f} {r['peak_rss_mib']:9.0f}")
-        report["runs"].append({"checkpoint": label, "reference": None, "ours": r})
+    for r in report["runs"]:
+        for method in ("reference", "ours"):
+            m = r[method]
+            if m:
+                print(f"{r['checkpoint']:48} {method:10} {m['wall_s']:8.1f} {m['peak_anon_mib']:12.0f} "
+                      f"{m['peak_rss_mib']:9.0f}")
+        if r.get("speedup"):
+            print(f"{'':48} {'ratio':10} {r['speedup']:7.1f}x faster, {r['memory_ratio']:.1f}x less anonymous memory")
+    header = (f"{'checkpoint':48} {'GB':>6} {'read s':>7} {'Gram s':>7} {'eig s':>6} {'floor s':>8} "
+              f"{'LAPACK eig s':>13} {'ours s':>7} {'x floor':>8} {'x LAPACK floor':>15}")
+    print("\n" + header)
+    print("-" * len(header))
+    for r in report["runs"]:
+        f = r["floor"]
+        print(f"{r['checkpoint']:48} {f['bytes'] / 1e9:6.2f} {f['read_s']:7.2f} {f['gram_s']:7.2f} {f['eig_s']:6.2f} "
+              f"{f['floor_s']:8.2f} {f['eig_lapack_s']:13.2f} {r['ours']['scan_s']:7.1f} {r['times_floor']:8.2f} "
+              f"{r['times_lapack_floor']:15.2f}")
+    print("\nanonymous memory of our scan above an idle process with torch imported:")
+    for r in report["runs"]:
+        print(f"  {r['checkpoint']:48} {r['own_anon_mib']:7.0f} MiB = {r['own_anon_mib'] / r['largest_float32_mib']:.2f}"
+              f" x its largest tensor in float32 ({r['largest_float32_mib']:.0f} MiB)")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("scan-quick.json" if args.quick else "scan.json")
+    name = "scan-quick" if args.quick else "scan"
+    out = RESULTS / (name + ("-floor.json" if args.skip_reference else ".json"))
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out}")
 

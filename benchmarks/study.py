@@ -19,7 +19,7 @@ Arms share the data order and schedule; only what trains and the learning rate d
     lora                   PEFT LoRA on all linear modules, rank matched to Spectrum-25's linear budget
     spectrum25-mp-noemb, random25-noemb-sN   the same with the (tied, 21%) embedding frozen
 
-Learning rates: full, Spectrum-25 (for every partial-freeze arm) and LoRA each try three rates; each
+Learning rates: full (four rates), Spectrum-25 (five; used by every partial-freeze arm) and LoRA (three) are swept; each
 family then uses the rate with the best validation exact match. The test split decides nothing.
 
 Every run is one subprocess (peak RssAnon is its own) whose result is stored under a hash of its whole
@@ -85,7 +85,7 @@ class Settings:
 
 MODES = {
     "full": Settings(countries=70, steps=100, batch_size=24, warmup=0.1, general_blocks=32, chat_blocks=16,
-                     block_len=128, lr_grid={"full": (3e-5, 1e-4, 3e-4), "partial": (1e-4, 3e-4, 1e-3),
+                     block_len=128, lr_grid={"full": (3e-5, 1e-4, 3e-4, 1e-3), "partial": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
                                              "lora": (3e-4, 1e-3, 3e-3)},
                      random25_seeds=10, random50_seeds=5, noemb_seeds=5),
     "quick": Settings(countries=10, steps=6, batch_size=8, warmup=0.1, general_blocks=4, chat_blocks=4,
@@ -561,7 +561,7 @@ def execute(arm: Arm, s: Settings, ctx: dict, store: Store) -> dict:
     t0 = time.monotonic()
     print(f"[study] {arm.name} lr={arm.lr:g} ...", flush=True)
     res = run_child(__file__, spec, work, spec["name"])
-    record = {"name": arm.name, "key": key, "family": arm.family, "group": arm.group, "method": arm.method,
+    record = {"name": arm.name, "key": key, "code": ctx["code"], "family": arm.family, "group": arm.group, "method": arm.method,
               "lr": arm.lr, "seed": arm.seed, "sweep": arm.sweep, "lora_rank": arm.lora_rank,
               "patterns": arm.patterns, "loadavg_start": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2),
               "wall_s": round(time.monotonic() - t0, 1), **res}
@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> None:
     files = prepare(work, pkgs, s, model)
     fingerprint = hashlib.sha256((open_checkpoint(model).fingerprint() + Path(files["train"]).read_text()
                                   + Path(files["eval"]).read_text()).encode()).hexdigest()[:16]
-    ctx = {"work": work, "model": str(model), "files": files, "fingerprint": fingerprint}
+    ctx = {"work": work, "model": str(model), "files": files, "fingerprint": fingerprint, "code": code_version()}
     t_start = time.monotonic()
     budget = [a.max_runs if a.max_runs is not None else 10**9]
 
@@ -641,6 +641,18 @@ def main(argv: list[str] | None = None) -> None:
     from study_report import write_report
 
     write_report(mode, s, base, rows, rates, info, t_start, machine())
+
+
+def code_version() -> str:
+    """The commit the runs come from (stored with each run; not part of its key), or "unknown"."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _stored_baseline(store: Store) -> dict | None:

@@ -1,18 +1,53 @@
-"""Shared fixtures: tiny checkpoints built from transformers configs, saved as safetensors in a temp dir."""
+"""Shared fixtures: tiny checkpoints built from transformers configs, saved as safetensors in a temp dir.
+
+The suite touches nothing outside the repo and temp folders: before anything else is imported, HOME and every
+cache (XDG_CACHE_HOME, HF_HOME, matplotlib's, spectrum-llm's) point into one temp folder, removed at exit, and
+each test gets its own empty spectrum-llm cache. The reference tool's published scans are vendored under
+tests/data/ (see its README); a missing or damaged file there fails the tests that need it, never skips them.
+"""
 
 from __future__ import annotations
 
+import atexit
+import gzip
+import hashlib
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
-
+_SANDBOX = Path(tempfile.mkdtemp(prefix="spectrum-llm-tests-"))
+atexit.register(shutil.rmtree, _SANDBOX, True)
+for _var, _sub in (("HOME", "home"), ("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"), ("HF_HOME", "hf"),
+                   ("MPLCONFIGDIR", "matplotlib"), ("SPECTRUM_CACHE", "spectrum-llm"),
+                   ("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+    os.environ[_var] = str(_SANDBOX / _sub)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 torch.set_num_threads(2)
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test starts with an empty spectrum-llm cache of its own, so no test sees another's scans."""
+    path = tmp_path_factory.mktemp("spectrum-cache")
+    monkeypatch.setenv("SPECTRUM_CACHE", str(path))
+    return path
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port no one listens on now, for a torchrun rendezvous that must not collide with a parallel run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def save_model(model: torch.nn.Module, path: Path, dtype: torch.dtype | None = None) -> Path:
@@ -54,7 +89,19 @@ def llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference scans not found at {REFERENCE} (the repo's sibling folder shared/)")
-    return REFERENCE
+def reference_dir(tmp_path_factory) -> Path:
+    """The vendored reference files, unpacked into a temp folder and checked against their SHA-256 sums."""
+    sums = REFERENCE / "SHA256SUMS"
+    if not sums.is_file():
+        pytest.fail(f"{sums} is missing: the vendored reference data (tests/data/) is incomplete.")
+    out = tmp_path_factory.mktemp("reference")
+    for line in sums.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        src = REFERENCE / (name + ".gz" if name.endswith(".json") else name)
+        if not src.is_file():
+            pytest.fail(f"{src} is missing: the vendored reference data (tests/data/) is incomplete.")
+        data = gzip.decompress(src.read_bytes()) if src.suffix == ".gz" else src.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            pytest.fail(f"{src} does not match its SHA-256 in {sums}: the file is damaged.")
+        (out / name).write_bytes(data)
+    return out

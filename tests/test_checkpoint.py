@@ -85,6 +85,25 @@ def test_builtin_default_model_resolves_to_the_packaged_gguf():
     assert any(t.name == "model.layers.29.self_attn.q_proj.weight" for t in ckpt.tensors)
 
 
+def test_gguf_dequantizes_in_row_blocks_exactly_as_whole_tensors(monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    try:
+        ckpt = open_checkpoint("builtin:smollm2-135m")
+    except SpectrumError:
+        pytest.skip("the default model's package is not installed")
+    from spectrum_llm import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_GGUF_CHUNK_BYTES", 4096)  # many blocks per tensor
+    reader = ckpt._handle(ckpt.tensors[0].file)
+    kinds = {}
+    for t in reader.tensors[:12]:
+        whole = np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        got = checkpoint._gguf_tensor(reader, t.name)
+        assert got.dtype == torch.float32 and np.array_equal(got.numpy().ravel(), whole.ravel()), t.name
+        kinds[t.tensor_type.name] = True
+    assert {"Q8_0", "Q4_1", "F32"} <= set(kinds)
+
+
 def test_hub_id_from_the_offline_cache(tmp_path, monkeypatch):
     snap = tmp_path / "hub" / "models--acme--tiny" / "snapshots" / "abc123"
     save_model(tiny_llama(), snap)

@@ -112,3 +112,27 @@ def test_phi3_fused_qkv_and_gate_up_parts(tmp_path):
     assert q.type == "self_attn.qkv_proj.q" and q.dim == 0
     gate, up = mods["model.layers.1.mlp.gate_up_proj.gate"], mods["model.layers.1.mlp.gate_up_proj.up"]
     assert (gate.rows, up.rows) == ([0, 48], [48, 96])
+
+
+@pytest.mark.parametrize("arch,hf", [("llama", "post_attention_layernorm"), ("gemma3", "pre_feedforward_layernorm")])
+def test_gguf_ffn_norm_is_the_pre_mlp_norm_of_gemma(arch, hf):
+    """Gemma's blocks have four norms; llama.cpp's post_attention_norm and ffn_norm must not become one name."""
+    assert gguf_to_hf("blk.4.ffn_norm.weight", arch) == f"model.layers.4.{hf}.weight"
+    assert gguf_to_hf("blk.4.post_attention_norm.weight", arch) == "model.layers.4.post_attention_layernorm.weight"
+
+
+def test_gemma3_gguf_names_are_unique(tmp_path):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma3")
+    for part in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+        writer.add_tensor(f"blk.0.{part}.weight", np.ones(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    from spectrum_llm.checkpoint import open_checkpoint
+
+    names = [t.name for t in open_checkpoint(tmp_path / "g.gguf").tensors]
+    assert len(set(names)) == 4 and "model.layers.0.pre_feedforward_layernorm.weight" in names

@@ -142,7 +142,12 @@ def test_report_cli_writes_html_and_png(reference_dir, tmp_path, capsys):
                         "--png", tmp_path / "h.png")
     assert code == 0, err
     assert_sane_png(tmp_path / "h.png")
-    assert "Trainable by type" in (tmp_path / "r.html").read_text()
+    html = (tmp_path / "r.html").read_text()
+    assert "Selected by type" in html
+    # reference scans record no shapes: the one count is in modules, and the YAML does not record the rule
+    assert "Trains 146 of 291 modules" in html
+    assert "112 ranked modules (the red boxes) and 34 more modules (lm_head, model.embed_tokens" in html
+    assert "The rule is not recorded in" in html
 
 
 def test_report_cli_module_without_model_exits_2(tmp_path, capsys):

@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -136,3 +137,64 @@ def test_dtype_conversion_is_per_tensor(tmp_path):
                "model.layers.0.mlp.down_proj.weight": torch.randn(48, 32, dtype=torch.bfloat16)},
               tmp_path / "model.safetensors")
     assert all(m.ranked for m in spectrum_llm.scan(tmp_path).modules)
+
+
+# ------------------------------------------------------------------------------------- the cache, by content
+
+
+def _no_scoring(monkeypatch):
+    monkeypatch.setattr(scan_mod, "score_tensor", lambda *a, **k: pytest.fail("scanned weights it had scanned"))
+
+
+def test_a_scan_of_the_same_weights_is_reused_wherever_they_lie(llama_dir, tmp_path, monkeypatch):
+    first = spectrum_llm.scan(llama_dir, output=tmp_path / "a.json")
+    copy = shutil.copytree(llama_dir, tmp_path / "elsewhere" / "copy")
+    _no_scoring(monkeypatch)
+    again = spectrum_llm.scan(copy, output=tmp_path / "b.json")
+    assert again.cached and not first.cached
+    assert [(m.name, m.snr) for m in again.modules] == [(m.name, m.snr) for m in first.modules]
+    assert load_scan(tmp_path / "b.json").fingerprint == first.fingerprint
+    assert spectrum_llm.scan(copy).cached  # no output file needed
+
+
+def test_no_resume_scans_again(llama_dir, tmp_path):
+    spectrum_llm.scan(llama_dir)
+    assert not spectrum_llm.scan(llama_dir, resume=False).cached
+
+
+def test_a_converted_folder_finds_the_scan_of_its_gguf(llama_dir, tmp_path, monkeypatch):
+    import gguf
+
+    from spectrum_llm import cache
+
+    q = torch.randn(32, 64, generator=torch.Generator().manual_seed(0)).numpy()
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    writer.add_tensor("blk.0.attn_q.weight", q)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    source = spectrum_llm.scan(tmp_path / "m.gguf")
+    folder = tmp_path / "converted"
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.from_numpy(q).bfloat16()},
+              folder.mkdir() or folder / "model.safetensors")
+    (folder / cache.SOURCE_FILE).write_text(json.dumps({"fingerprint": source.fingerprint}))
+    _no_scoring(monkeypatch)
+    assert spectrum_llm.scan(folder).modules == source.modules
+
+
+def test_an_unwritable_cache_does_not_stop_a_scan(llama_dir, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "file" / "cache"))
+    assert spectrum_llm.scan(llama_dir).ranked()
+
+
+def test_cli_says_how_many_were_scored_and_skipped(llama_dir, tmp_path, capsys):
+    from spectrum_llm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["scan", str(llama_dir), "-o", str(tmp_path / "s.json"), "--no-progress"])
+    assert "16 scored, 5 skipped (1-D weights) ->" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["scan", str(llama_dir), "-o", str(tmp_path / "t.json"), "--no-progress"])
+    assert "reused from an earlier scan" in capsys.readouterr().err

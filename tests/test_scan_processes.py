@@ -14,10 +14,10 @@ import spectrum_llm
 from spectrum_llm.results import load_scan
 
 
-def test_two_process_scan_matches_one_process(llama_dir, tmp_path):
+def test_two_process_scan_matches_one_process(llama_dir, tmp_path, free_port):
     out = tmp_path / "dist.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
            "-m", "spectrum_llm", "scan", str(llama_dir), "-o", str(out), "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from helpers_selection import LLAMA_TYPES, synthetic_scan
@@ -25,8 +25,7 @@ def _has_finite(scores):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scores=scans, p=st.floats(1, 100))
 def test_per_type_keeps_int_n_p_over_100_of_each_type_best_first(scores, p):
-    if not _has_finite(scores):
-        return
+    assume(_has_finite(scores))
     scan = synthetic_scan(scores)
     sel = select(scan, top_percent=p)
     key = _order_key(compat=False)

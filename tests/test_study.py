@@ -135,7 +135,7 @@ def test_a_stored_run_is_never_run_again(tmp_path, monkeypatch):
 
     monkeypatch.setattr(study, "run_child", fake_child)
     store = study.Store(tmp_path / "runs")
-    ctx = {"work": tmp_path, "model": "m", "files": {}, "fingerprint": "fp"}
+    ctx = {"work": tmp_path, "model": "m", "files": {}, "fingerprint": "fp", "code": "abc"}
     arm = study.Arm("full", "full", "full", "full", 1e-4, sweep=True)
     first = study.execute(arm, _settings(), ctx, store)
     again = study.execute(arm, _settings(), ctx, store)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,7 +139,8 @@ def test_lora_on_a_selection_adapts_only_the_selected_modules(work):
 
 def test_resume_continues_from_the_last_checkpoint(work):
     out = work["root"] / "resume"
-    first = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, save_steps=2))
+    first = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, save_steps=2,
+                       keep_checkpoints=True))
     assert first.steps == 2 and (out / "checkpoint-2").is_dir()
     with pytest.raises(SpectrumError, match="--resume"):
         train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=4, save_steps=2))
@@ -169,7 +171,7 @@ def test_cli_reads_a_config_file_and_flags_win(work, tmp_path):
 @pytest.mark.parametrize("case,match", [
     ("missing-data", "does not exist"),
     ("seq-len", "beyond .* maximum of 128"),
-    ("output-not-writable", "not writable"),
+    ("output-not-writable", "is a file, not a folder"),
     ("no-space", "Not enough space"),
     ("other-model-selection", "match no parameter"),
     ("selection-with-full", "apply to --method spectrum"),
@@ -200,13 +202,12 @@ def test_bad_input_fails_before_training(work, tmp_path, monkeypatch, case, matc
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
-def test_two_process_cpu_run_keeps_ranks_identical_and_frozen_untouched(work, tmp_path, engine):
+def test_two_process_cpu_run_keeps_ranks_identical_and_frozen_untouched(work, tmp_path, engine, free_port):
     out = tmp_path / engine
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000
-                                                                                         + (engine == "fsdp2")),
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port),
                            str(Path(__file__).with_name("helpers_training_dist.py")), str(work["bf16"]),
                            str(work["cpt"]), str(out), engine, str(work["sel"])],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -243,3 +244,75 @@ def test_tied_embeddings_are_saved_once_like_the_input(tmp_path):
     before = load_file(str(model / "model.safetensors"))
     after = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert "lm_head.weight" not in before and after.keys() == before.keys()
+
+
+# ------------------------------------------------------------------------------- what a run says and keeps
+
+
+def test_short_run_logs_the_last_steps_loss_and_keeps_no_checkpoint(work, tmp_path):
+    out = tmp_path / "short"
+    summary = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, logging_steps=10,
+                         save_steps=1))
+    assert summary.loss_steps == [2] and len(summary.losses) == 1
+    data = json.loads((out / SUMMARY_FILE).read_text())
+    assert data["losses"] == summary.losses and data["model"] == str(work["bf16"])
+    assert data["model_path"] == str(Path(work["bf16"]).resolve())
+    assert not list(out.glob("checkpoint-*")) and data["checkpoints"] == []
+
+
+def test_keep_checkpoints_keeps_the_last_resumable_one(work, tmp_path):
+    out = tmp_path / "kept"
+    summary = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=3, save_steps=1,
+                         keep_checkpoints=True))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"] == summary.checkpoints
+    assert (out / "checkpoint-3" / "optimizer.pt").is_file()
+
+
+def test_default_seq_len_is_the_models_maximum_when_shorter(work, tmp_path, capsys):
+    summary = train(_cfg(work["bf16"], work["cpt"], tmp_path / "o", method="full", seq_len=None, max_steps=1))
+    assert summary.config["seq_len"] == 128
+    assert "[spectrum] seq-len 128: the model's maximum (the default is 512)" in capsys.readouterr().out
+
+
+def test_cli_train_is_quiet_one_bar_one_start_and_one_summary_line(work, tmp_path, capsys):
+    from spectrum_llm.cli import main
+
+    try:
+        main(["train", "--model", str(work["bf16"]), "--data", str(work["cpt"]), "-o", str(tmp_path / "q"),
+              "--seq-len", "32", "--max-steps", "3", "--logging-steps", "1", "--top-percent", "50"])
+    except SystemExit as e:
+        assert not e.code
+    cap = capsys.readouterr()
+    text = cap.out + cap.err
+    for noise in ("{'loss'", "'grad_norm'", "Map", "Generating", "tokenize", "Loading weights", "Filter", "it/s]"):
+        assert noise not in text, noise
+    lines = [ln for ln in cap.out.splitlines() if ln.startswith("[spectrum]")]
+    assert [ln.split()[1] for ln in lines] == ["selected", "spectrum:", "done:"], lines
+    assert re.search(r"done: 3 steps, loss \d\.\d{1,3}(e-?\d+)?, ", lines[-1]), lines[-1]
+    assert cap.err.count("train ") == 1  # one progress bar, drawn once when the output is not a terminal
+    assert re.search(r"scan .* 21/21 tensors", cap.err)  # the scan before training shows its progress too
+
+
+def test_embeddings_that_dominate_the_trainable_parameters_are_named(work, tmp_path, capsys):
+    train(_cfg(work["bf16"], work["cpt"], tmp_path / "e", top_percent=10, max_steps=1))
+    out = capsys.readouterr().out
+    assert "are embeddings/lm_head, which every selection trains; pass --no-train-embeddings --no-train-lm-head" in out
+    summary = train(_cfg(work["bf16"], work["cpt"], tmp_path / "n", top_percent=50, max_steps=1,
+                         train_embeddings=False, train_lm_head=False))
+    assert "embeddings/lm_head" not in capsys.readouterr().out
+    selected = json.loads((tmp_path / "n" / "selection.json").read_text())
+    assert selected["extras"] == [] and summary.trainable_params == selected["trainable_params"]
+
+
+def test_select_and_train_count_a_tied_model_the_same_way(tmp_path):
+    import spectrum_llm
+
+    model = build_tiny_llama(tmp_path / "tied", dtype="float32", tie_word_embeddings=True)
+    sel = spectrum_llm.select(spectrum_llm.scan(model), top_percent=50)
+    assert sel.extras == ["^lm_head.weight$", "^model.embed_tokens.weight$"]
+    assert spectrum_llm.select(spectrum_llm.scan(model), top_percent=50, model=str(model)).total_params \
+        == sel.total_params
+    summary = train(_cfg(model, write_cpt_data(tmp_path / "d.jsonl"), tmp_path / "out", top_percent=50, max_steps=1))
+    assert (summary.trainable_params, summary.total_params) == (sel.trainable_params, sel.total_params)
+    untied_head_only = spectrum_llm.select(spectrum_llm.scan(model), top_percent=50, train_embeddings=False)
+    assert untied_head_only.extras == []  # the tied head is the embedding: --no-train-embeddings drops both

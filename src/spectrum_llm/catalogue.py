@@ -210,16 +210,6 @@ def validate_data() -> list[str]:
 # ----------------------------------------------------------------------------------------- resolution
 
 
-def scan_cache_path(model: str, estimator: str) -> Path:
-    """Where a scan made on the user's behalf (by select or train) is kept: ``$SPECTRUM_CACHE/scans``."""
-    from .scanner import slug as file_slug
-
-    base = Path(os.environ.get("SPECTRUM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                / "spectrum-llm")
-    key = str(Path(model).resolve()) if Path(model).exists() else str(model)
-    return base / "scans" / f"{file_slug(key)}-{estimator}.json"
-
-
 def resolve_scan(arg: "ScanResult | str | os.PathLike", *, catalogue=None, estimator: str = "mp",
                  progress: bool = False) -> tuple[ScanResult, str]:
     """The scan to select from, and how it was found.
@@ -254,8 +244,8 @@ def resolve_scan(arg: "ScanResult | str | os.PathLike", *, catalogue=None, estim
             f"scan the model: `spectrum scan MODEL -o scan.json`.") from None
     from .scanner import scan
 
-    out = scan_cache_path(text, estimator)
-    return scan(text, output=out, estimator=estimator, progress=progress), f"a scan of the checkpoint {text} ({out})"
+    result = scan(text, estimator=estimator, progress=progress)  # filed in the scan cache by content
+    return result, f"a scan of the checkpoint {text}{' (reused from an earlier scan)' if result.cached else ''}"
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ Supported: safetensors (single file or sharded with an index), PyTorch ``.bin`` 
 ``torch.load(weights_only=True, mmap=True)``, GGUF (dequantized one tensor at a time, llama.cpp names mapped
 to Hugging Face ones), a hub id already in the local Hugging Face cache (read offline), and the packaged
 default model ``builtin:smollm2-135m``. Every tensor is mmapped, so memory grows with the largest tensor,
-not with the model.
+not with the model. fp8 and MXFP4 weights are read through ``quantized``: listed under their Hugging Face
+names with their scales attached, and dequantized a slice at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import quantized
 from .errors import SpectrumError
 from .naming import gguf_to_hf
 
@@ -38,10 +40,16 @@ class TensorInfo:
     """Where one tensor lives and what it is, known from the file header alone."""
 
     name: str  # Hugging Face name
-    shape: tuple[int, ...]
-    dtype: str
+    shape: tuple[int, ...]  # dequantized shape for a quantized weight
+    dtype: str  # as stored
     file: str
     key: str  # name inside the file
+    scheme: quantized.Scheme | None = None  # set for a quantized weight
+    scales: tuple[tuple[str, str], ...] = ()  # (file, key) of the scales a quantized weight is read with
+
+    @property
+    def dequantizable(self) -> bool:
+        return self.scheme is not None and bool(self.scheme.reader) and not self.scheme.why
 
 
 @dataclass
@@ -56,18 +64,25 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     _open: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def load(self, info: TensorInfo) -> torch.Tensor:
-        """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF."""
+    def load(self, info: TensorInfo) -> "torch.Tensor | quantized.QuantizedTensor":
+        """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF, and
+        a lazy float32 ``QuantizedTensor`` over the mmapped values and scales of an fp8/MXFP4 weight."""
+        if info.dequantizable:
+            values = self._raw(info.file, info.key)
+            return quantized.open_tensor(info, values, [self._raw(f, k) for f, k in info.scales])
+        return self._raw(info.file, info.key)
+
+    def _raw(self, file: str, key: str) -> torch.Tensor:
         try:
             if self.format == "safetensors":
-                return self._handle(info.file).get_tensor(info.key)
+                return self._handle(file).get_tensor(key)
             if self.format == "bin":
-                return self._handle(info.file)[info.key]
-            return _gguf_tensor(self._handle(info.file), info.key)
+                return self._handle(file)[key]
+            return _gguf_tensor(self._handle(file), key)
         except SpectrumError:
             raise
         except Exception as e:  # a damaged file surfaces here, tensor by tensor
-            raise SpectrumError(f"Could not read tensor {info.key!r} from {info.file}: {e}. "
+            raise SpectrumError(f"Could not read tensor {key!r} from {file}: {e}. "
                                 "The file may be truncated or corrupt; download or convert it again.") from None
 
     def _handle(self, file: str):
@@ -126,8 +141,11 @@ def open_checkpoint(model: str | os.PathLike) -> Checkpoint:
         tensors.extend(_list_tensors(handle, f, fmt))
         if fmt == "gguf":
             ckpt.config.update(_gguf_config(handle))
+            _drop_tokenizer(handle)
     if not tensors:
         raise SpectrumError(f"{path} holds no tensors. Check that it is a model checkpoint.")
+    if fmt != "gguf":
+        ckpt.tensors = quantized.classify(tensors, ckpt.config)
     return ckpt
 
 
@@ -228,16 +246,52 @@ def _list_tensors(handle, file: Path, fmt: str) -> list[TensorInfo]:
             raise SpectrumError(f"{file} does not hold a state dict (found {type(handle).__name__}).")
         return [TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), str(file), k)
                 for k, v in handle.items() if isinstance(v, torch.Tensor)]
-    return [TensorInfo(gguf_to_hf(t.name), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name,
+    arch_field = handle.fields.get("general.architecture")
+    arch = arch_field.contents() if arch_field is not None else ""
+    return [TensorInfo(gguf_to_hf(t.name, arch), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name,
                        str(file), t.name) for t in handle.tensors]
 
 
+_GGUF_CHUNK_BYTES = 4 * 2**20
+
+
 def _gguf_tensor(reader, key: str) -> torch.Tensor:
+    """Dequantize one GGUF tensor into float32, a block of rows at a time.
+
+    ``gguf.quants.dequantize`` builds several temporaries the size of its output; in row blocks of 4 MiB
+    they stay small, so the memory a tensor costs is about its float32 values alone.
+    """
     import gguf
 
     t = next(t for t in reader.tensors if t.name == key)
-    arr = gguf.quants.dequantize(t.data, t.tensor_type)
-    return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(tuple(int(x) for x in reversed(t.shape))))
+    shape = tuple(int(x) for x in reversed(t.shape))
+    data = t.data
+    if data.ndim < 2 or data.dtype == np.float32:
+        arr = gguf.quants.dequantize(data, t.tensor_type)
+        return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))
+    out = np.empty((data.shape[0], int(np.prod(shape)) // data.shape[0]), dtype=np.float32)
+    step = max(1, _GGUF_CHUNK_BYTES // (4 * out.shape[1]))
+    for i in range(0, data.shape[0], step):
+        out[i : i + step] = gguf.quants.dequantize(data[i : i + step], t.tensor_type).reshape(-1, out.shape[1])
+    return torch.from_numpy(out.reshape(shape))
+
+
+def _drop_tokenizer(reader) -> None:
+    """Free the parsed tokenizer (about 90 MiB of small arrays for a 49k vocabulary): reading weights never needs it."""
+    reader.fields = {k: v for k, v in reader.fields.items() if not k.startswith("tokenizer.")}
+    _release_free_memory()
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it otherwise); a no-op elsewhere."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _gguf_config(reader) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from .errors import SpectrumError
+from .selection import DEFAULT_TOP_PERCENT
 
 app = typer.Typer(
     name="spectrum",
@@ -21,13 +22,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 
 
-@app.command()
+@app.command(short_help="Score every weight matrix of a checkpoint.")
 def scan(
-    model: str = typer.Argument(..., help="Checkpoint folder, .safetensors/.bin/.gguf file, hub id in the local "
+    model: str = typer.Argument(..., metavar="MODEL", help="Checkpoint folder, .safetensors/.bin/.gguf file, hub id in the local "
                                 "Hugging Face cache, or builtin:smollm2-135m."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the scan (JSON)."),
     estimator: str = typer.Option("mp", help="SNR estimator: 'mp' (scale-invariant Marchenko-Pastur) or "
@@ -37,42 +39,49 @@ def scan(
     reference_json: Optional[Path] = typer.Option(None, "--reference-json",
                                                   help="Also write the reference tool's flat layout "
                                                   "(snr_results_<slug>.json) into this folder."),
-    resume: bool = typer.Option(True, help="Resume an interrupted scan of the same checkpoint."),
+    resume: bool = typer.Option(True, help="Reuse a finished scan of the same weights (from OUTPUT or the cache, "
+                                "wherever the file lies) and resume an interrupted one."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Score every weight matrix of a checkpoint by its signal-to-noise ratio."""
+    """Score every weight matrix of a checkpoint by its signal-to-noise ratio (higher: more signal)."""
+    from .results import storage_summary
     from .scanner import scan as run_scan
 
     result = run_scan(model, output=output, estimator=estimator, device=device, modules=modules,
                       reference_json=reference_json, resume=resume, progress=progress)
     skipped = [m for m in result.modules if m.skipped and m.kind == "linear"]
-    console.print(f"[green]Scanned[/] {len(result.ranked())} modules of {result.model} "
-                  f"({result.estimator}) -> {output}")
+    console.print(f"[green]Scanned[/] {result.model} ({result.estimator} estimator"
+                  f"{', reused from an earlier scan' if result.cached else ''}): {result.tally()} -> {output}",
+                  soft_wrap=True)
+    if storage_summary(result):
+        console.print(storage_summary(result), soft_wrap=True)
     for m in skipped:
-        console.print(f"[yellow]skipped[/] {m.name}: {m.skipped}")
+        console.print(f"[yellow]skipped[/] {m.name}: {m.skipped}", soft_wrap=True)
 
 
-@app.command()
+@app.command(short_help="Choose the modules to train from a scan.")
 def select(
     scan_file: str = typer.Argument(..., metavar="SCAN_OR_MODEL", help="A scan (ours or a reference "
                                     "snr_results_*.json), a local checkpoint (scanned once, cached), or a model id "
                                     "with no local weights, whose published scan comes from the catalogue."),
     output: str = typer.Option(..., "-o", "--output", help="Output file: .yaml (Axolotl), .json (spectrum-llm), "
                                ".txt (one pattern per line), or - for YAML on stdout."),
-    top_percent: float = typer.Option(50.0, "--top-percent", "-p", help="Percent of modules kept, in (0, 100]."),
+    top_percent: float = typer.Option(DEFAULT_TOP_PERCENT, "--top-percent", "-p",
+                                      help="Percent of each module type kept, in (0, 100]."),
     rule: str = typer.Option("per-type", help="per-type (Spectrum-n), global (scale-invariant scores only) "
                              "or budget."),
     budget: Optional[str] = typer.Option(None, help="Trainable-parameter budget: a fraction (0.25) or a count "
                                          "(500M); implies --rule budget."),
     include: Optional[str] = typer.Option(None, help="Only rank modules whose name matches this regex."),
     exclude: Optional[str] = typer.Option(None, help="Never select modules whose name matches this regex."),
-    train_embeddings: bool = typer.Option(True, help="Train the input embeddings."),
+    train_embeddings: bool = typer.Option(True, help="Train the input embeddings (and a head tied to them)."),
     train_lm_head: Optional[bool] = typer.Option(None, "--train-lm-head/--no-train-lm-head",
                                                  help="Train the output head (default: yes; a head tied to the "
                                                  "embeddings is that one tensor, and follows --train-embeddings)."),
     train_norms: bool = typer.Option(False, help="Train every norm weight."),
-    parts: bool = typer.Option(False, help="Rank the parts of fused projections (q/k/v, gate/up) separately."),
-    compat: bool = typer.Option(False, help="Reproduce the reference tool's YAML exactly."),
+    parts: bool = typer.Option(False, "--parts", help="Rank the parts of fused projections (q/k/v, gate/up) "
+                               "separately."),
+    compat: bool = typer.Option(False, "--compat", help="Reproduce the reference tool's YAML exactly."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder: print the freeze summary for it "
                                          "(built on the meta device) and take parameter counts from it."),
     catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="A folder of snr_results_<model>.json "
@@ -84,15 +93,25 @@ def select(
     min_rank: Optional[int] = typer.Option(None, "--min-rank", help="With --format peft: the last selected "
                                            "module's rank in each type (default: a quarter of --max-rank)."),
 ):
-    """Choose the modules to train from a scan and write them for a trainer."""
+    """Choose the modules to train from a scan and write them for a trainer.
+
+    The default keeps the top 50% of each module type (Spectrum-50) and always adds the embeddings and the
+    output head, as the reference tool does.
+    """
+    from .catalogue import resolve_scan
     from .exports import write_selection
     from .freezing import freeze, load_meta_model
+    from .reporting import rule_text
+    from .selection import embedding_note, extras_text, tied_embeddings
     from .selection import select as run_select
 
+    scan_, source = resolve_scan(scan_file, catalogue=catalogue)
     meta = load_meta_model(model) if model is not None else None
-    sel = run_select(scan_file, top_percent=top_percent, rule=rule, budget=budget, include=include,
+    sel = run_select(scan_, top_percent=top_percent, rule=rule, budget=budget, include=include,
                      exclude=exclude, train_embeddings=train_embeddings, train_lm_head=train_lm_head,
-                     train_norms=train_norms, parts=parts, compat=compat, model=meta, catalogue=catalogue)
+                     train_norms=train_norms, parts=parts, compat=compat, model=meta)
+    sel.rule["scan"] = source
+    tied = bool(sel.rule.get("lm_head_tied")) or tied_embeddings(scan_)
     if not Path(scan_file).name.endswith((".json", ".json.gz")):
         console.print(f"using {sel.rule.get('scan')}")
     summary = freeze(meta, sel) if meta is not None else None
@@ -109,20 +128,25 @@ def select(
                       f"{where}\n{plan}")
         return
     write_selection(sel, output, fmt)
-    console.print(f"[green]Selected[/] {len(sel.modules)} modules + {len(sel.extras)} extra patterns "
-                  f"({sel.rule.get('rule')}) -> {where}")
+    console.print(f"[green]Selected[/] {len(sel.modules)} ranked modules{extras_text(sel, tied)} "
+                  f"by {rule_text(sel)} -> {where}", soft_wrap=True)
     if sel.rule.get("lm_head_tied") and sel.rule.get("train_embeddings") != sel.rule.get("train_lm_head"):
         console.print("note: lm_head is tied to the input embeddings (one tensor, which Axolotl and freeze know by "
                       "its embedding name), so it " + ("trains with them" if sel.rule.get("train_embeddings") else
                                                        "is trained through the embedding pattern this writes"))
     if sel.trainable_params and sel.total_params:
-        console.print(f"trainable {sel.trainable_params:,} of {sel.total_params:,} parameters "
-                      f"({100 * sel.trainable_params / sel.total_params:.2f}%)")
+        console.print(f"trains {sel.trainable_params:,} of {sel.total_params:,} parameters "
+                      f"({100 * sel.trainable_params / sel.total_params:.1f}%)", soft_wrap=True)
+    head = train_lm_head is True if tied else sel.rule.get("train_lm_head", True)
+    flags = " ".join(f for f, on in (("--no-train-embeddings", train_embeddings), ("--no-train-lm-head", head)) if on)
+    note = None if compat else embedding_note(sel.trainable_params, sel.extra_params, f"pass {flags}")
+    if note:
+        console.print(f"[yellow]{note}[/]", soft_wrap=True)
     if summary is not None:
-        console.print(str(summary))
+        console.print(str(summary), soft_wrap=True)
 
 
-@app.command()
+@app.command(short_help="Check a selection against a model before training.")
 def check(
     selection: str = typer.Argument(..., metavar="SELECTION", help="A selection: .yaml (Axolotl), .json (ours) or "
                                     ".txt (one pattern per line)."),
@@ -155,7 +179,7 @@ def check(
                             "model, or pass --allow-unmatched.")
 
 
-@app.command("catalogue")
+@app.command("catalogue", short_help="List the scans select can use without scanning.")
 def catalogue_cmd(
     catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="Also list the scans in this folder "
                                              "(searched first; also $SPECTRUM_CATALOGUE)."),
@@ -173,7 +197,7 @@ def catalogue_cmd(
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
 
 
-@app.command()
+@app.command(short_help="Print a scan's modules sorted by score.")
 def show(
     scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
     top: Optional[int] = typer.Option(None, "--top", "-n", help="Show only the N highest-scoring modules."),
@@ -187,7 +211,7 @@ def show(
     Console().print(scan_table(as_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
 
 
-@app.command()
+@app.command(short_help="Show where two scans of one architecture differ.")
 def compare(
     scan_a: Path = typer.Argument(..., metavar="SCAN_A", help="First scan (e.g. the base model)."),
     scan_b: Path = typer.Argument(..., metavar="SCAN_B", help="Second scan (e.g. the instruct model)."),
@@ -205,7 +229,7 @@ def compare(
         console.print(f"[green]Wrote[/] {result.png}")
 
 
-@app.command()
+@app.command(short_help="Write an HTML report of a scan (and a selection).")
 def report(
     scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
     selection: Optional[str] = typer.Option(None, "--selection", "-s", help="A selection (.yaml/.json/.txt) to "
@@ -226,7 +250,7 @@ def report(
             console.print(f"[green]Wrote[/] {path}")
 
 
-@app.command()
+@app.command(short_help="Train only the selected modules (or full / LoRA).")
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of train settings (keys as the "
                                           "flags, dashes or underscores); flags given here win."),
@@ -241,12 +265,21 @@ def train(
                                        "prompt/completion; loss on answers only)."),
     text_field: Optional[str] = typer.Option(None, "--text-field", help="The text column for cpt (default text)."),
     selection: Optional[str] = typer.Option(None, "--selection", "-s", help="Selection file (.yaml/.json/.txt)."),
-    top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Select this percent per module type "
-                                                "from a scan (run and cached when needed; default 50)."),
+    top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Train this percent of each module "
+                                                "type, chosen from a scan (run once and cached; default "
+                                                f"{DEFAULT_TOP_PERCENT:g}, which with the embeddings is about 60% "
+                                                "of SmolLM2-135M's parameters)."),
     scan: Optional[str] = typer.Option(None, "--scan", help="Scan file to select from (written there if absent)."),
     estimator: Optional[str] = typer.Option(None, "--estimator", help="Estimator for a scan run here (mp)."),
+    train_embeddings: Optional[bool] = typer.Option(None, "--train-embeddings/--no-train-embeddings",
+                                                    help="Train the input embeddings (and a head tied to them) "
+                                                    "besides the selection (default: on)."),
+    train_lm_head: Optional[bool] = typer.Option(None, "--train-lm-head/--no-train-lm-head",
+                                                 help="Train the output head besides the selection (default: "
+                                                 "on; a head tied to the embeddings follows --train-embeddings)."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank (default 16)."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length in tokens (default 512)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length in tokens (default 512, or the "
+                                          "model's maximum when smaller)."),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack examples into full blocks "
                                            "(default: on for cpt, off for sft)."),
     eval_split: Optional[float] = typer.Option(None, "--eval-split", help="Fraction of the data held out for eval."),
@@ -268,30 +301,41 @@ def train(
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-"
                                                           "checkpointing", help="Recompute activations to save "
                                                           "memory."),
-    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps (default 500)."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Save a resumable checkpoint every N steps "
+                                             "(default 500); only the latest is kept."),
+    keep_checkpoints: Optional[bool] = typer.Option(None, "--keep-checkpoints", help="Keep the last checkpoint "
+                                                    "(with optimizer state) after a successful run; by default it "
+                                                    "is removed and only the model is left."),
     logging_steps: Optional[int] = typer.Option(None, "--logging-steps", help="Log every N steps (default 10)."),
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint "
                                           "in --output-dir."),
     deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="DeepSpeed config JSON (see examples/)."),
     fsdp: Optional[bool] = typer.Option(None, "--fsdp/--no-fsdp", help="Shard with FSDP2 (under torchrun)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the scan's and the "
+                                            "training's progress bars (default: on)."),
+    verbose: Optional[bool] = typer.Option(None, "--verbose", help="Also show the data preparation bars, "
+                                           "transformers' messages and every logged metric."),
 ):
-    """Train only the selected modules (or --method full / lora on the same data and schedule)."""
+    """Train only the selected modules (or --method full / lora on the same data and schedule).
+
+    OUTPUT_DIR gets the trained model (safetensors, in the input's dtypes), its tokenizer, selection.json and
+    selection.yaml, and train_summary.json (parameters, losses, tokens/s, peak memory). While training, the
+    latest resumable checkpoint-N/ is kept for --resume; it is removed after a successful run unless
+    --keep-checkpoints. A run that fails before training leaves no folder behind.
+    """
     from .training import TrainConfig, train as run_train
 
     flags = {k: v for k, v in locals().items() if k not in ("config", "TrainConfig", "run_train") and v is not None}
     cfg = TrainConfig.from_yaml(config, **flags) if config else TrainConfig.from_dict(flags, "the flags")
-    summary = run_train(cfg)
-    console.print(f"[green]Trained[/] {summary.method}: {summary.trainable_params:,} of {summary.total_params:,} "
-                  f"parameters, {summary.steps} steps, loss {summary.train_loss}"
-                  + (f", eval loss {summary.eval_loss:.4f}" if summary.eval_loss is not None else "")
-                  + f" -> {summary.output_dir}")
+    run_train(cfg)  # prints one start line, the progress bars and one summary line
 
 
-@app.command()
+@app.command(short_help="Convert a GGUF model into a safetensors folder.")
 def convert(
-    model: str = typer.Argument(..., help="A .gguf file or builtin:smollm2-135m."),
+    model: str = typer.Argument(..., metavar="MODEL", help="A .gguf file or builtin:smollm2-135m."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (default: the cache, "
-                                          "$SPECTRUM_CACHE/models or ~/.cache/spectrum-llm/models)."),
+                                          "$SPECTRUM_CACHE, else $XDG_CACHE_HOME/spectrum-llm, else "
+                                          "~/.cache/spectrum-llm, in models/)."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
 ):
     """Convert a GGUF model into a transformers safetensors folder (config, weights, tokenizer) for training."""

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from .errors import SpectrumError
 from .reporting import ScoreGrid, _png, as_scan, diff_figure, score_grid
-from .results import write_bytes_atomic
-from .results import ModuleScore, ScanResult
+from .results import ModuleScore, ScanResult, check_writable, write_bytes_atomic
 
 
 @dataclass
@@ -90,6 +89,8 @@ def compare(scan_a: ScanResult | str | os.PathLike, scan_b: ScanResult | str | o
     a, b = as_scan(scan_a), as_scan(scan_b)
     if png is not None and Path(png).suffix.lower() != ".png":
         raise SpectrumError(f"{png}: the difference heatmap is written as PNG; give a file name ending in .png.")
+    if png is not None:
+        check_writable(png)
     check_comparable(a, b)
     by_b = {m.name: m for m in b.modules}
     diffs = [ModuleDiff(m.name, m.type, m.layer, _score(m), _score(by_b[m.name])) for m in a.modules]

@@ -7,18 +7,23 @@ loaded into it, and the folder is written once into a cache keyed by the file's 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
+from . import cache
 from .checkpoint import open_checkpoint, resolve
 from .errors import SpectrumError
+from .results import check_writable, output_error
 
 DTYPES = ("bfloat16", "float16", "float32")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SPECTRUM_CACHE", Path.home() / ".cache" / "spectrum-llm")) / "models"
+    return cache.models_dir()
 
 
 def is_gguf(model: str | os.PathLike) -> bool:
@@ -26,17 +31,56 @@ def is_gguf(model: str | os.PathLike) -> bool:
     return text.startswith("builtin:") or text.endswith(".gguf")
 
 
+def _cached_name(path: Path, fingerprint: str, dtype: str) -> Path:
+    return cache_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def cached_folder(model: str | os.PathLike, dtype: str = "bfloat16") -> Path | None:
+    """The cache's finished conversion of this GGUF model, or None when it still has to be made."""
+    try:
+        path = resolve(model)
+        out = _cached_name(path, open_checkpoint(path).fingerprint(), dtype)
+    except SpectrumError:
+        return None
+    return out if _complete(out) else None
+
+
 def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = None,
                    dtype: str = "bfloat16") -> Path:
-    """A safetensors folder (config, weights, tokenizer) for a GGUF file or builtin model; cached."""
+    """A safetensors folder (config, weights, tokenizer) for a GGUF file or builtin model; cached.
+
+    Safe to call from many processes at once (every rank of a torchrun job): one converts while the others
+    wait on a lock, then find the folder done.
+    """
     if dtype not in DTYPES:
         raise SpectrumError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     path = resolve(model)
     if path.suffix != ".gguf":
         raise SpectrumError(f"{path} is not a GGUF file; only GGUF models need converting.")
-    out = Path(output) if output else cache_dir() / f"{path.stem}-{open_checkpoint(path).fingerprint()[:12]}-{dtype}"
-    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+    fingerprint = open_checkpoint(path).fingerprint()
+    out = Path(output) if output else _cached_name(path, fingerprint, dtype)
+    if _complete(out):
         return out
+    check_writable(out, folder=True)
+    from filelock import FileLock
+
+    locks = cache.root() / "locks"
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(locks / f"convert-{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.lock"))
+    except OSError:
+        lock = contextlib.nullcontext()  # no cache to lock in: a lone process needs no lock
+    with lock:
+        if not _complete(out):
+            _convert(path, str(model), fingerprint, out, dtype)
+    return out
+
+
+def _convert(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,11 +96,16 @@ def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = 
     model_ = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
     model_.load_state_dict(src.state_dict())
     model_.tie_weights()
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model_.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if out.exists():  # another process finished first, or a damaged earlier attempt
-        shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    try:
+        model_.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / cache.SOURCE_FILE).write_text(json.dumps({"source": name, "file": str(path),
+                                                         "fingerprint": fingerprint, "dtype": dtype}, indent=2) + "\n")
+        if out.exists():  # a damaged earlier attempt (a finished one returned above)
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(out, e) from None

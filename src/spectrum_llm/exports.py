@@ -64,5 +64,7 @@ def write_selection(sel: Selection, path: str | os.PathLike, fmt: str | None = N
         sys.stdout.flush()
         return None
     path = Path(path)
-    text = render(sel, fmt or path.suffix or "(none)")
-    return write_text_atomic(path, text)
+    if not (fmt or path.suffix):
+        raise SpectrumError(f"{path} has no extension: name the file .yaml (Axolotl), .json (spectrum-llm) or .txt "
+                            "(one pattern per line), or use - for stdout.")
+    return write_text_atomic(path, render(sel, fmt or path.suffix))

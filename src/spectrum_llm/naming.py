@@ -55,7 +55,7 @@ def parse(param: str, ndim: int = 2) -> TensorName:
 def _kind(param: str, module: str, ndim: int) -> str:
     low = module.lower()
     leaf = low.rsplit(".", 1)[-1]
-    if param.endswith(".bias"):
+    if param.endswith((".bias", "_bias")):  # gpt-oss keeps expert biases as experts.gate_up_proj_bias
         return "bias"
     if ndim <= 1:
         return "norm" if ("norm" in low or leaf.startswith("ln")) else "bias" if "bias" in leaf else "norm"
@@ -100,15 +100,20 @@ _GGUF_BLOCK = {
     "ffn_up_shexp": "mlp.shared_expert.up_proj",
     "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
+# Gemma 2 and 3 have four norms per block: llama.cpp's ffn_norm is the one before the MLP there.
+_GGUF_BLOCK_BY_ARCH = {arch: {"ffn_norm": "pre_feedforward_layernorm"} for arch in ("gemma2", "gemma3", "gemma3n")}
 _GGUF_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 
-def gguf_to_hf(name: str) -> str:
-    """Map a llama.cpp tensor name to its Hugging Face name; unknown names pass through unchanged."""
+def gguf_to_hf(name: str, arch: str = "") -> str:
+    """Map a llama.cpp tensor name to its Hugging Face name; unknown names pass through unchanged.
+
+    ``arch`` is the file's ``general.architecture``, for the few names whose meaning depends on it.
+    """
     m = _GGUF_NAME.match(name)
     if m:
         layer, part, suffix = m.groups()
-        hf = _GGUF_BLOCK.get(part)
+        hf = _GGUF_BLOCK_BY_ARCH.get(arch, {}).get(part) or _GGUF_BLOCK.get(part)
         if hf is None:
             return name
         joiner = "" if hf.startswith("mlp.experts.") and suffix == "weight" else f".{suffix}"

@@ -29,7 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .errors import SpectrumError
-from .results import RANKED_KINDS, ModuleScore, ScanResult, load_scan, write_bytes_atomic, write_text_atomic
+from .results import (RANKED_KINDS, ModuleScore, ScanResult, check_writable, load_scan, storage_summary,
+                      write_bytes_atomic, write_text_atomic)
 
 _EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
 MASK_COLOUR = "#d0d0d0"
@@ -131,20 +132,20 @@ def colour_norm(values: np.ndarray, diverging: bool = False) -> tuple[Normalize,
     """
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-        return Normalize(0.0, 1.0), "linear"
+        return Normalize(0.0, 1.0), "linear scale"
     if diverging:
         span = float(np.percentile(np.abs(finite), 99)) or 1.0
-        return TwoSlopeNorm(0.0, -span, span), "linear, centred on 0"
+        return TwoSlopeNorm(0.0, -span, span), "linear scale, centred on 0"
     lo, hi = (float(x) for x in np.percentile(finite, [1, 99]))
     positive = finite[finite > 0]
     if float(finite.min()) >= 0 and positive.size and hi / float(np.percentile(positive, 1)) > 20:
         if lo > 0:
-            return LogNorm(lo, hi), "log"
+            return LogNorm(lo, hi), "log scale"
         linthresh = float(np.percentile(positive, 5))
-        return SymLogNorm(linthresh, vmin=0.0, vmax=hi, base=10), f"log above {linthresh:.2g}, linear below"
+        return SymLogNorm(linthresh, vmin=0.0, vmax=hi, base=10), f"log scale, linear below {linthresh:.2g}"
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
-    return Normalize(lo, hi), "linear"
+    return Normalize(lo, hi), "linear scale"
 
 
 # ------------------------------------------------------------------------------------------- figures
@@ -206,7 +207,8 @@ def heatmap_figure(grid: ScoreGrid, estimator: str, title: str = "") -> Figure:
     image = _draw_grid(ax, grid, "viridis", norm)
     marked = _mark_cells(ax, grid)
     bar = fig.colorbar(image, ax=ax, extend="both", fraction=0.08, pad=0.02)
-    bar.set_label(f"SNR score, estimator: {estimator or 'unknown'} ({scale} scale)", fontsize=8)
+    bar.set_label(f"SNR score ({estimator or 'unknown'} estimator; {scale})\nhigher = more signal = trained first",
+                  fontsize=8)
     bar.ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(_wrap(legend_text(grid, marked), 90), fontsize=7)
@@ -229,7 +231,7 @@ def legend_text(grid: ScoreGrid, marked: int | None = None) -> str:
         parts.append(f"MoE: cell = median over up to {int(grid.count.max())} experts")
     marked = int((grid.selected > 0).sum()) if marked is None else marked
     if marked:
-        parts.append(f"red box: selected ({marked} cells)")
+        parts.append("red box: a cell with a selected expert" if grid.moe else "red box: a selected module")
     return "; ".join(parts)
 
 
@@ -333,9 +335,10 @@ def selected_modules(selection: Any, scan: ScanResult) -> list[str]:
     """
     if selection is None:
         return []
-    from .selection import load_selection
+    from .selection import load_selection, pattern_module
 
-    names = list(load_selection(selection).modules)
+    sel = load_selection(selection)
+    names = list(dict.fromkeys([*sel.modules, *(m for m in map(pattern_module, sel.extras) if m)]))
     known = {m.name for m in scan.modules}
     hits = [n for n in names if n in known]
     if names and not hits:
@@ -480,14 +483,22 @@ def report(scan: ScanResult | str | os.PathLike, selection: Any = None, output: 
     _check_image_path(png)
     if module is not None and model is None:
         raise SpectrumError(f"--module {module} needs the checkpoint it was scanned from: add --model PATH.")
-    chosen = selected_modules(selection, scan)
+    for path in (output, png):
+        if path is not None:
+            check_writable(path)
+    sel = None
+    if selection is not None:
+        from .selection import load_selection
+
+        sel = load_selection(selection)
+    chosen = selected_modules(sel, scan)
     grid = score_grid(scan, chosen)
     _require_cells(grid, scan)
     heat = _png(heatmap_figure(grid, scan.estimator, _title(scan)))
     spectrum = module_spectrum(scan, module, model) if module is not None else None
     html_text = None
     if output is not None:
-        html_text = render_html(scan, grid, heat, chosen, selection is not None, spectrum)
+        html_text = render_html(scan, grid, heat, chosen, sel, spectrum)
     png_path = write_bytes_atomic(png, heat) if png is not None else None
     html_path = write_text_atomic(output, html_text) if html_text is not None else None
     return ReportFiles(html_path, png_path, grid, chosen)
@@ -537,28 +548,72 @@ def type_rows(scan: ScanResult, selected: Iterable[str]) -> list[dict[str, Any]]
     return out
 
 
-def render_html(scan: ScanResult, grid: ScoreGrid, heat_png: bytes, selected: list[str], has_selection: bool,
+def rule_text(sel: Any) -> str | None:
+    """Which rule and percent made a selection, as far as its file records it (a .yaml or .txt does not)."""
+    rule = dict(getattr(sel, "rule", None) or {})
+    p = rule.get("top_percent")
+    if rule.get("compat"):
+        return f"the reference tool's rule (--compat): the top {p:g}% of each module type"
+    if rule.get("rule") == "per-type":
+        return f"the per-type rule (Spectrum-{p:g}): the top {p:g}% of each module type"
+    if rule.get("rule") == "global":
+        return f"the global rule: the top {p:g}% of all ranked modules together"
+    if rule.get("rule") == "budget":
+        return f"the budget rule: {rule.get('budget')} ({rule.get('budget_params', 0):,} parameters)"
+    return None
+
+
+def selection_text(scan: ScanResult, sel: Any, selected: list[str]) -> str:
+    """The one count of a selection: its rule, its ranked modules (the red boxes) and what else it trains."""
+    from .selection import count_params, tied_embeddings
+
+    ranked_names = {m.name for m in scan.modules if m.kind in RANKED_KINDS}
+    ranked = [n for n in selected if n in ranked_names]
+    others = [n for n in selected if n not in ranked_names]
+    trainable, total = count_params(scan, selected)
+    what = f"{len(ranked)} ranked modules (the red boxes)"
+    if others:
+        tied = tied_embeddings(scan)
+        names = [n + (" (tied to lm_head)" if tied and n.endswith("embed_tokens") else "") for n in others]
+        listed = ", ".join(names[:4]) + (" …" if len(names) > 4 else "")
+        what += (f" and {listed}" if len(names) == 1 else f" and {len(names)} more modules ({listed})") + \
+            ", which the heatmap does not draw"
+    if trainable is not None and total:
+        amount = f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.1f}%)"
+    else:
+        amount = f"{len(selected)} of {len(scan.modules)} modules (the scan records no shapes to count parameters)"
+    rule = rule_text(sel)
+    how = (f"Chosen by {rule}." if rule else f"The rule is not recorded in {sel.rule.get('source', 'the selection')}"
+           " (a .json selection from `spectrum select` records it).")
+    return f"Trains {amount}: {what}. {how}"
+
+
+def render_html(scan: ScanResult, grid: ScoreGrid, heat_png: bytes, selected: list[str], sel: Any,
                 spectrum: Spectrum | None) -> str:
     esc = html.escape
     figures = [f"<figure>{_img(heat_png, 'score heatmap')}<figcaption>Rows: layers; columns: module types "
-               f"({esc(scan.estimator or 'unknown')} estimator). {esc(legend_text(grid))}.</figcaption></figure>"]
+               f"({esc(scan.estimator or 'unknown')} estimator). A higher score means more signal above the noise "
+               "of a random matrix of the same shape: selection trains the highest-scoring modules first. "
+               f"{esc(legend_text(grid))}.</figcaption></figure>"]
     if spectrum is not None:
         figures.append(f"<figure>{_img(_png(spectrum_figure(spectrum)), 'spectrum of ' + spectrum.name)}"
                        "<figcaption>Singular values of the module against the Marchenko-Pastur density of a pure-"
                        "noise matrix of the same shape and fitted noise scale; values right of the edge are signal."
                        "</figcaption></figure>")
     parts = [f"<h1>Spectrum report: {esc(scan.model or 'scan')}</h1>",
-             f'<p class="meta">estimator: <b>{esc(scan.estimator or "unknown")}</b> · {len(scan.modules)} modules · '
-             f"{len(grid.layers)} layers · {len(scan.types())} types · layout {esc(scan.layout)}"
-             + (f" · fingerprint {esc(scan.fingerprint[:16])}" if scan.fingerprint else "") + "</p>",
-             '<div class="row">' + "".join(figures) + "</div>"]
-    if has_selection:
+             f'<p class="meta">estimator: <b>{esc(scan.estimator or "unknown")}</b> · {len(scan.modules)} entries: '
+             f"{esc(scan.tally())} · {len(grid.layers)} layers · {len(scan.types())} types · layout {esc(scan.layout)}"
+             + (f" · fingerprint {esc(scan.fingerprint[:16])}" if scan.fingerprint else "") + "</p>"]
+    if storage_summary(scan):
+        parts.append(f'<p class="meta">{esc(storage_summary(scan))}: quantization rounding adds noise to their '
+                     "spectra (see docs/estimators.md).</p>")
+    if sel is not None:
+        parts.append(f"<p><b>Selection.</b> {esc(selection_text(scan, sel, selected))}</p>")
+    parts.append('<div class="row">' + "".join(figures) + "</div>")
+    if sel is not None:
         rows, unit = trainable_by_type(scan, selected)
-        sel_amount, total = sum(r[1] for r in rows), sum(r[2] for r in rows)
-        share = f"{100 * sel_amount / total:.1f}%" if total else "–"
-        parts.append(f"<h2>Trainable by type</h2><p>{len(selected)} modules selected: {sel_amount:,} of "
-                     f"{total:,} {esc(unit)} in the types charted ({share}).</p>"
-                     + _img(_png(params_figure(rows, unit)), "trainable parameters by type"))
+        parts.append(f"<h2>Selected by type</h2><p>Per module type: selected (red) against all (grey) {esc(unit)}."
+                     "</p>" + _img(_png(params_figure(rows, unit)), "trainable parameters by type"))
     if grid.outside:
         names = ", ".join(esc(m.name) for m in grid.outside[:12])
         parts.append(f"<p class=\"meta\">Outside the layers (not in the heatmap): {names}"
@@ -603,15 +658,27 @@ def scan_table(scan: ScanResult, top: int | None = None, type: str | None = None
     from rich.table import Table
 
     mods = top_modules(scan, top, type, None if all_kinds else RANKED_KINDS)
-    table = Table(title=f"{scan.model} ({scan.estimator} estimator)", box=None, pad_edge=False,
-                  caption=f"{len(mods)} shown of {len(scan.modules)} modules")
+    caption = f"{len(mods)} shown of {len(scan.modules)} modules"
+    if storage_summary(scan):
+        caption += f"; {storage_summary(scan)}"
+    table = Table(title=f"{scan.model} ({scan.estimator} estimator)", box=None, pad_edge=False, caption=caption)
     shapes = any(m.shape for m in mods)
+    stored = any(m.dequantized for m in scan.modules)
     table.add_column("#", justify="right")
     table.add_column("module", overflow="fold")
     table.add_column("score", justify="right", no_wrap=True)
     if shapes:
         table.add_column("shape", no_wrap=True)
+    if stored:
+        table.add_column("stored", no_wrap=True)
     for i, m in enumerate(mods, 1):
         row = [str(i), m.name, _fmt(m.snr) if m.ranked else "[dim]skipped[/]"]
-        table.add_row(*row, *(["x".join(map(str, m.shape))] if shapes else []))
+        row += ["x".join(map(str, m.shape))] if shapes else []
+        row += [_stored(m)] if stored else []
+        table.add_row(*row)
     return table
+
+
+def _stored(m: ModuleScore) -> str:
+    return f"{m.dtype or '?'}, dequantized" if m.dequantized else (m.dtype or "")
+

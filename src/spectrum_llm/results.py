@@ -7,11 +7,13 @@ an interrupted program never leaves half a file behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,7 +33,8 @@ class ModuleScore:
 
     ``param`` is the checkpoint tensor this score was computed from. ``rows`` is set when the score
     covers only a slice ``param[rows[0]:rows[1]]`` along dimension ``dim`` (an expert of a 3-D tensor,
-    or the q/k/v or gate/up part of a fused projection).
+    or the q/k/v or gate/up part of a fused projection). ``dtype`` is the element type the checkpoint stores;
+    ``dequantized`` names the scheme its values were dequantized from (fp8, MXFP4, GGUF), None for float weights.
     """
 
     name: str
@@ -48,6 +51,8 @@ class ModuleScore:
     numel: int = 0
     skipped: str | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    dtype: str | None = None
+    dequantized: str | None = None
 
     @property
     def ranked(self) -> bool:
@@ -75,9 +80,24 @@ class ScanResult:
     layout: str = "spectrum-llm"
     modules_regex: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    cached: bool = field(default=False, compare=False)  # read back from an earlier scan, not computed now
 
     def ranked(self) -> list[ModuleScore]:
         return [m for m in self.modules if m.ranked]
+
+    def tally(self) -> str:
+        """What the scan holds, in one phrase: ``211 scored, 61 skipped (1-D weights)``."""
+        skipped: dict[str, int] = {}
+        for m in self.modules:
+            if not m.ranked:
+                why = _skip_kind(m)
+                skipped[why] = skipped.get(why, 0) + 1
+        text = f"{len(self.modules) - sum(skipped.values())} scored"
+        if len(skipped) == 1:
+            text += f", {sum(skipped.values())} skipped ({next(iter(skipped))})"
+        elif skipped:
+            text += f", {sum(skipped.values())} skipped (" + ", ".join(f"{n} {k}" for k, n in skipped.items()) + ")"
+        return text
 
     def types(self) -> list[str]:
         """Module types in first-seen order."""
@@ -116,6 +136,15 @@ class ScanResult:
         return load_scan(path)
 
 
+def storage_summary(scan: ScanResult) -> str | None:
+    """How many modules were scored on dequantized weights, and from which schemes; None if none were."""
+    deq = [m for m in scan.modules if m.dequantized]
+    if not deq:
+        return None
+    schemes = ", ".join(f"{s} x{n}" for s, n in Counter(f"{m.dtype} ({m.dequantized})" for m in deq).items())
+    return f"{len(deq)} modules scored on weights dequantized to float32 from {schemes}"
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON to a temp file beside ``path`` and rename it over, so readers never see half a file."""
     text = json.dumps(data, indent=2, allow_nan=False)
@@ -128,11 +157,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write to a temp file beside ``path``, fsync, rename over. Permissions follow the umask like any new file
-    (``mkstemp`` alone would make it private)."""
+    (``mkstemp`` alone would make it private). A path that cannot be written is a SpectrumError, and nothing
+    is left behind: no temp file, no folder made for it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise SpectrumError(f"Cannot write {path}: it is a folder. Give a file name.")
+    created = _make_dirs(path.parent, path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -141,11 +174,105 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        _remove_dirs(created)
+        if isinstance(e, OSError):
+            raise output_error(path, e) from None
         raise
     return path
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
+    """Fail at once, not after hours of work, when ``path`` (a file, or a ``folder``) cannot be written.
+
+    Probes with a uniquely named file (or, where folders are missing, a uniquely named folder in the nearest
+    one that exists), so any number of processes may check the same place at once; nothing is left behind.
+    """
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise SpectrumError(f"Cannot write {path}: it is a folder. Give a file name.")
+    if folder and path.exists() and not path.is_dir():
+        raise SpectrumError(f"Cannot write into {path}: it is a file, not a folder. Choose another output folder.")
+    where = path if folder else path.parent
+    base = where
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    try:
+        if base == where:
+            fd, probe = tempfile.mkstemp(dir=where, prefix=".spectrum-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        else:  # can the missing folders be made? try one of our own, never the shared name
+            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".spectrum-probe-"))
+    except OSError as e:
+        raise output_error(path, e) from None
+
+
+def output_error(path: str | os.PathLike, e: OSError) -> SpectrumError:
+    """One line for an output that cannot be written: which path, why, and what to do."""
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            return SpectrumError(f"Cannot write {path}: {parent} is a file, not a folder. Choose another output path.")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        why = "permission denied"
+    elif e.errno == errno.EROFS:
+        why = "the file system is read-only"
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space left on the device"
+    elif e.errno == errno.EISDIR:
+        why = "it is a folder"
+    else:
+        base = next((p for p in path.parents if p.is_dir()), None)
+        why = f"{base} does not take new files ({e.strerror or e})" if base is not None else (e.strerror or str(e))
+    return SpectrumError(f"Cannot write {path}: {why}. Choose another output path or fix its permissions.")
+
+
+def _make_dirs(folder: Path, target: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest last."""
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    created = []
+    try:
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+                created.append(d)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+    except OSError as e:
+        _remove_dirs(created)
+        raise output_error(target, e) from None
+    return created
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # another process put something there meanwhile: leave it
+
+
+def _skip_kind(m: ModuleScore) -> str:
+    why = (m.skipped or "").lower()
+    if why.startswith("1-d"):
+        return "1-D weights"
+    if "quantized" in why:
+        return "quantized"
+    if "nan/inf values" in why:
+        return "damaged"
+    if "offloaded" in why:
+        return "offloaded"
+    if "no score" in why or not why:
+        return "no score"
+    return "unscorable matrices"
 
 
 _LAYER = re.compile(r"\.(\d+)\.")

@@ -17,13 +17,14 @@ from typing import Iterable
 
 import torch
 
-from . import __version__
+from . import __version__, cache
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
 from .estimators import ESTIMATORS, score, unscorable
 from .naming import is_quantization_aux, parse
-from .results import ModuleScore, ScanResult
-from .spectra import resolve_device, singular_values
+from .quantized import method_label, stored_dtype
+from .results import ModuleScore, ScanResult, check_writable, output_error
+from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
 _GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
@@ -64,9 +65,31 @@ def fused_parts(name: str, shape: tuple[int, ...], config: dict) -> list[tuple[s
 
 
 def _readable(info: TensorInfo) -> bool:
-    """Float weights, or GGUF blocks that dequantize exactly to what llama.cpp computes with."""
+    """Float weights, GGUF blocks that dequantize exactly to what llama.cpp computes with, fp8 and MXFP4."""
     return not is_quantization_aux(info.name) and (info.dtype.upper() in _FLOAT_DTYPES
-                                                   or info.dtype in _GGUF_DEQUANTIZABLE)
+                                                   or info.dtype in _GGUF_DEQUANTIZABLE or info.dequantizable)
+
+
+def _unreadable(info: TensorInfo) -> str:
+    """Why a tensor's values cannot be read: the quantization method and the fix where it is known."""
+    if info.scheme is not None and info.scheme.why:
+        return info.scheme.why
+    return (f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
+            "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model.")
+
+
+def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
+    """Record each module's stored dtype and, where its values were dequantized, how."""
+    by_name = {t.name: t for t in ckpt.tensors}
+    for m in modules:
+        info = by_name.get(m.param)
+        if info is None:
+            continue
+        m.dtype = stored_dtype(info)
+        if info.dequantizable:
+            m.dequantized = info.scheme.label
+        elif info.dtype in _GGUF_DEQUANTIZABLE and info.dtype not in _FLOAT_DTYPES:
+            m.dequantized = f"gguf {info.dtype}"
 
 
 def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
@@ -82,52 +105,68 @@ def _numel(shape: Iterable[int]) -> int:
     return n
 
 
-def _score_matrix(w: torch.Tensor, estimator: str, device, method: str) -> tuple[float | None, dict, str | None]:
-    m, n = w.shape
-    if min(m, n) < 2:
-        return None, {}, f"{m}x{n} matrix: too few singular values for a noise estimate"
-    s = singular_values(w, device, method)
+def _fill(mod: ModuleScore, s: torch.Tensor, estimator: str) -> ModuleScore:
+    """Put the score of a matrix with singular values ``s`` (or why it has none) into ``mod``."""
+    m, n = mod.shape
     why = unscorable(s, m, n, estimator)
     if why:
-        return None, {}, why
+        mod.skipped = why
+        return mod
     sc = score(s, m, n, estimator)
-    return sc.snr, sc.stats(), None
+    mod.snr, mod.stats = sc.snr, sc.stats()
+    return mod
+
+
+def _finite(w: torch.Tensor, chunk: int = 2**22) -> bool:
+    """No NaN or Inf in ``w``, checked in chunks so the boolean mask never costs a quarter of the tensor."""
+    if not isinstance(w, torch.Tensor):  # a QuantizedTensor checks itself a chunk at a time, never whole
+        return bool(torch.isfinite(w).all())
+    flat = w.reshape(-1)
+    return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
+def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
+                config: dict) -> list[tuple[ModuleScore, torch.Tensor | None]]:
+    """The modules one checkpoint tensor yields (one matrix, one per expert, plus fused parts), each with the
+    matrix to decompose, or None where the module is skipped (the reason is already in it)."""
+    if not _readable(info):
+        return [(m, None) for m in _skip(info, _unreadable(info))]
+    if len(info.shape) <= 1:
+        return [(m, None) for m in _skip(info, "1-D weight (norm or bias): not ranked")]
+    if len(info.shape) > 3:
+        return [(m, None) for m in _skip(info, f"{len(info.shape)}-D tensor: not a weight matrix")]
+    assert w is not None
+    if not _finite(w):
+        bad = int((~torch.isfinite(w)).sum())
+        return [(m, None) for m in _skip(info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; "
+                                               "re-download or re-convert it")]
+    p = parse(info.name, len(info.shape))
+    out: list[tuple[ModuleScore, torch.Tensor | None]] = []
+    if len(info.shape) == 3:
+        base, leaf = p.module.rsplit(".", 1)
+        for e in range(info.shape[0]):
+            out.append((ModuleScore(f"{base}.{e}.{leaf}", p.type, p.layer, list(info.shape[1:]), None, p.kind,
+                                    info.name, e, rows=[e, e + 1], numel=_numel(info.shape[1:])), w[e]))
+    else:
+        out.append((ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
+                                numel=_numel(info.shape)), w))
+        for part, dim, a, b in fused_parts(info.name, info.shape, config):
+            piece = w[a:b] if dim == 0 else w[:, a:b]
+            out.append((ModuleScore(f"{p.module}.{part}", f"{p.type}.{part}", p.layer, list(piece.shape), None,
+                                    p.kind, info.name, p.expert, part=part, rows=[a, b], dim=dim,
+                                    numel=piece.numel()), piece))
+    for mod, mat in out:
+        if min(mod.shape) < 2:
+            mod.skipped = f"{mod.shape[0]}x{mod.shape[1]} matrix: too few singular values for a noise estimate"
+    return [(mod, None if mod.skipped else mat) for mod, mat in out]
 
 
 def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict,
                  device: str = "cpu", method: str = "auto") -> list[ModuleScore]:
     """All module scores one checkpoint tensor yields: one matrix, one per expert, plus fused parts."""
-    if not _readable(info):
-        return _skip(info, f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
-                           "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model.")
-    if len(info.shape) <= 1:
-        return _skip(info, "1-D weight (norm or bias): not ranked")
-    assert w is not None
-    if not torch.isfinite(w).all():
-        bad = int((~torch.isfinite(w)).sum())
-        return _skip(info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; "
-                           "re-download or re-convert it")
-    p = parse(info.name, len(info.shape))
-    if len(info.shape) == 3:
-        out = []
-        base, leaf = p.module.rsplit(".", 1)
-        for e in range(info.shape[0]):
-            snr, stats, why = _score_matrix(w[e], estimator, device, method)
-            out.append(ModuleScore(f"{base}.{e}.{leaf}", p.type, p.layer, list(info.shape[1:]), snr, p.kind,
-                                   info.name, e, rows=[e, e + 1], numel=_numel(info.shape[1:]), skipped=why,
-                                   stats=stats))
-        return out
-    if len(info.shape) > 3:
-        return _skip(info, f"{len(info.shape)}-D tensor: not a weight matrix")
-    snr, stats, why = _score_matrix(w, estimator, device, method)
-    out = [ModuleScore(p.module, p.type, p.layer, list(info.shape), snr, p.kind, info.name, p.expert,
-                       numel=_numel(info.shape), skipped=why, stats=stats)]
-    for part, dim, a, b in fused_parts(info.name, info.shape, config):
-        piece = w[a:b] if dim == 0 else w[:, a:b]
-        snr, stats, why = _score_matrix(piece, estimator, device, method)
-        out.append(ModuleScore(f"{p.module}.{part}", f"{p.type}.{part}", p.layer, list(piece.shape), snr, p.kind,
-                               info.name, p.expert, part=part, rows=[a, b], dim=dim, numel=piece.numel(),
-                               skipped=why, stats=stats))
+    out = []
+    for mod, mat in plan_tensor(info, w, config):
+        out.append(mod if mat is None else _fill(mod, singular_values(mat, device, method), estimator))
     return out
 
 
@@ -167,6 +206,11 @@ class _Journal:
             f.flush()
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone), without starting a process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _dist():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -196,12 +240,13 @@ def _share(tensors: list[TensorInfo], rank: int, world: int) -> list[TensorInfo]
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     return Progress(TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"),
                     TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("left"),
-                    TimeRemainingColumn(), disable=not enabled)
+                    TimeRemainingColumn(), disable=not enabled, console=Console(stderr=True))
 
 
 def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLike | None = None,
@@ -229,26 +274,45 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         raise SpectrumError(f"--modules {modules!r} matches none of the {len(ckpt.tensors)} tensors in {model}.")
     fingerprint = ckpt.fingerprint()
     out = Path(output) if output else None
+    if out is not None:
+        check_writable(out)
+    if reference_json is not None:
+        check_writable(reference_json, folder=True)
     header = {"fingerprint": fingerprint, "estimator": estimator, "modules_regex": modules,
               "method": method}
-    if out is not None and resume and out.is_file():
-        cached = _cached(out, header)
-        if cached is not None:
+    key = cache.source_fingerprint(ckpt.root) if ckpt.format == "safetensors" else None
+    cache_file = cache.scan_path(key or fingerprint, estimator, method) if modules is None else None
+    cached = _cached(out, header) if out is not None and resume and out.is_file() else None
+    if cached is None and resume and cache_file is not None and cache_file.is_file():
+        cached = _cached(cache_file, header, key)
+        if cached is not None and out is not None and _rank() == 0:
+            cached.save(out)
+    if cached is not None:
+        cached.cached = True
+        if _rank() == 0:
             _write_reference(cached, reference_json)
-            return cached
+        return cached
 
     rank, world = _dist()
+    if world > 1 and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank under torchrun
     mine = _share(tensors, rank, world) if world > 1 else tensors
     journal = None
     done: dict[str, list[dict]] = {}
-    if out is not None:
+    base = out if out is not None else cache_file  # a scan without an output still resumes, from the cache
+    if base is not None:
         suffix = f".rank{rank}.partial" if world > 1 else ".partial"
-        journal = _Journal(out.with_name(out.name + suffix), header)
+        journal = _Journal(base.with_name(base.name + suffix), header)
         done = journal.load() if resume else {}
-        journal.start(done)
+        try:
+            journal.start(done)
+        except OSError as e:
+            if out is not None:
+                raise output_error(journal.path, e) from None
+            journal, done = None, {}  # an unwritable cache: scan without a journal
     results: dict[str, list[ModuleScore]] = {p: [ModuleScore.from_json(m) for m in ms] for p, ms in done.items()}
     todo = [t for t in mine if t.name not in results]
-    _run(ckpt, todo, results, journal, estimator, device, method, progress and rank == 0, len(mine))
+    _runner(device)(ckpt, todo, results, journal, estimator, device, method, progress and rank == 0, len(mine))
 
     if world > 1:
         import torch.distributed as dist
@@ -257,12 +321,18 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         dist.all_gather_object(gathered, {p: [m.to_json() for m in ms] for p, ms in results.items()})
         results = {p: [ModuleScore.from_json(m) for m in ms] for part in gathered for p, ms in part.items()}
     flat = [m for p in sorted(results, key=_natural_key) for m in results[p]]
+    _mark_storage(flat, ckpt)
     result = ScanResult(model=str(model), estimator=estimator, modules=flat, fingerprint=fingerprint,
                         version=__version__, modules_regex=modules, config=_config_summary(ckpt))
     if rank == 0:
         if out is not None:
             result.save(out)
         _write_reference(result, reference_json)
+        if cache_file is not None and cache_file != out:
+            try:
+                result.save(cache_file)
+            except SpectrumError:
+                pass  # the cache is a convenience: a read-only home must not fail the scan
     if journal is not None:
         if world > 1:
             import torch.distributed as dist
@@ -302,12 +372,193 @@ def _run(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Jour
             bar.update(task, advance=1, rate=f"{rate:.1f}/s")
 
 
-def _cached(out: Path, header: dict) -> ScanResult | None:
+_STAGED_DEVICES = ("cuda",)
+_STAGE_DEPTH = 2
+_BUCKET_BYTES = 256 * 2**20
+_MAX_OPEN = 32
+
+
+class _Stager:
+    """Reads tensors on a thread and copies them to the device through pinned memory, ``depth`` tensors ahead.
+
+    Each item is (info, tensor on the device or None, failure message or None). The copy runs on its own
+    CUDA stream; the consumer waits on its event, so reading, the host-to-device copy and the maths overlap.
+    """
+
+    def __init__(self, ckpt: Checkpoint, todo: list[TensorInfo], device: torch.device, depth: int = _STAGE_DEPTH):
+        import queue
+        import threading
+
+        self.ckpt, self.todo, self.device = ckpt, todo, device
+        self.cuda = device.type == "cuda"
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="spectrum-stager", daemon=True)
+
+    def __enter__(self) -> "_Stager":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import queue
+
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            stream = torch.cuda.Stream(self.device) if self.cuda else None
+            for info in self.todo:
+                if self.stop.is_set():
+                    return
+                w, event, failure = None, None, None
+                try:
+                    if len(info.shape) > 1 and _readable(info):
+                        w = self.ckpt.load(info)
+                except SpectrumError as e:
+                    failure = str(e)
+                if w is not None and self.cuda:
+                    host = w.contiguous().pin_memory()
+                    with torch.cuda.stream(stream):
+                        w = host.to(self.device, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    del host
+                if not self._put((info, w, event, failure)):
+                    return
+        except BaseException as e:  # surfaces in the consumer, never lost in the thread
+            self._put(e)
+            return
+        self._put(None)
+
+    def __iter__(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            info, w, event, failure = item
+            if event is not None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(event)
+                w.record_stream(current)
+            yield info, w, failure
+
+
+class _Solver:
+    """Forms each Gram matrix on the device as its tensor arrives and eigensolves equal-sized ones together.
+
+    Small matrices (k_proj, v_proj, experts) then cost one batched eigensolver call instead of one each.
+    A batch is solved once its Gram matrices fill ``bucket_bytes``, or when ``max_open`` tensors wait.
+    ``add`` and ``flush`` return the tensors whose modules are all scored.
+    """
+
+    def __init__(self, device: torch.device, method: str, estimator: str, bucket_bytes: int = _BUCKET_BYTES,
+                 max_open: int = _MAX_OPEN):
+        self.device, self.method, self.estimator = device, method, estimator
+        self.bucket_bytes, self.max_open = bucket_bytes, max_open
+        self.buckets: dict[int, list[tuple[str, ModuleScore, torch.Tensor]]] = {}
+        self.left: dict[str, int] = {}
+
+    def add(self, key: str, jobs: list[tuple[ModuleScore, torch.Tensor]]) -> list[str]:
+        self.left[key] = len(jobs)
+        for mod, mat in jobs:
+            if self.method == "svd":
+                _fill(mod, singular_values(mat, self.device, "svd"), self.estimator)
+                self.left[key] -= 1
+                continue
+            g = gram(mat, self.device)
+            n = g.shape[0]
+            bucket = self.buckets.setdefault(n, [])
+            bucket.append((key, mod, g))
+            if len(bucket) * n * n * 8 >= self.bucket_bytes:
+                self._solve(n)
+        if len(self.left) > self.max_open:
+            return self.flush()
+        return self._finished()
+
+    def flush(self) -> list[str]:
+        for n in list(self.buckets):
+            self._solve(n)
+        return self._finished()
+
+    def _solve(self, n: int) -> None:
+        bucket = self.buckets.pop(n)
+        grams = torch.stack([g for _, _, g in bucket]) if len(bucket) > 1 else bucket[0][2].unsqueeze(0)
+        svs = singular_values_from_gram(grams).cpu()
+        for (key, mod, _), s in zip(bucket, svs):
+            _fill(mod, s, self.estimator)
+            self.left[key] -= 1
+
+    def _finished(self) -> list[str]:
+        done = [k for k, v in self.left.items() if v == 0]
+        for k in done:
+            del self.left[k]
+        return done
+
+
+def _run_staged(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Journal | None, estimator: str,
+                device: str, method: str, show: bool, total: int) -> None:
+    """The GPU scan: tensors staged ahead through pinned memory, Gram and eigensolver on the device, batched."""
+    import sys
+    import time
+
+    dev = resolve_device(device)
+    note = float64_note(dev)
+    if note and show:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    solver = _Solver(dev, method, estimator)
+    mods: dict[str, list[ModuleScore]] = {}
+    start, finished = time.monotonic(), 0
+    with _progress(show) as bar, _Stager(ckpt, todo, dev) as stager:
+        task = bar.add_task("scan", total=total, completed=total - len(todo), rate="")
+
+        def record(keys: list[str]) -> None:
+            nonlocal finished
+            for key in keys:
+                scores = mods.pop(key)
+                results[key] = scores
+                if journal is not None:
+                    journal.append(key, scores)
+                finished += 1
+                bar.update(task, advance=1, rate=f"{finished / max(time.monotonic() - start, 1e-9):.1f}/s")
+
+        for info, w, failure in stager:
+            plan = [(m, None) for m in _skip(info, failure)] if failure else plan_tensor(info, w, ckpt.config)
+            mods[info.name] = [m for m, _ in plan]
+            record(solver.add(info.name, [(m, mat) for m, mat in plan if mat is not None]))
+            del w, plan
+        record(solver.flush())
+
+
+def _runner(device: str):
+    return _run_staged if torch.device(device).type in _STAGED_DEVICES else _run
+
+
+def _cached(out: Path, header: dict, source: str | None = None) -> ScanResult | None:
+    """The scan in ``out`` if it was made from these weights (or from the GGUF they were converted from)."""
     try:
         data = json.loads(out.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
-    same = (data.get("fingerprint") == header["fingerprint"] and data.get("estimator") == header["estimator"]
+    same = (data.get("fingerprint") in (header["fingerprint"], source) and data.get("estimator") == header["estimator"]
             and data.get("modules_regex") == header["modules_regex"])
     return ScanResult.load(out) if same else None
 
@@ -318,6 +569,8 @@ def _config_summary(ckpt: Checkpoint) -> dict:
             "gguf_name", "tie_word_embeddings")
     cfg = {k: ckpt.config[k] for k in keys if k in ckpt.config}
     cfg["format"] = ckpt.format
+    if method_label(ckpt.config):
+        cfg["quantization"] = method_label(ckpt.config)
     return cfg
 
 

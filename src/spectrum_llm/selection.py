@@ -24,6 +24,8 @@ from .results import ModuleScore, ScanResult
 FORMAT = "spectrum-llm/selection"
 FORMAT_VERSION = 1
 RULES = ("per-type", "global", "budget")
+#: the percent of each module type kept when none is given (the reference tool's default, Spectrum-50).
+DEFAULT_TOP_PERCENT = 50.0
 
 #: what the reference tool always unfreezes, first, in this order.
 REFERENCE_EXTRAS = ("^lm_head.weight$", "^model.embed_tokens.weight$")
@@ -64,6 +66,7 @@ class Selection:
     trainable_params: int | None = None
     total_params: int | None = None
     shapes: dict[str, list[int]] = field(default_factory=dict)
+    extra_params: int | None = None  # of trainable_params, those of the extras (embeddings, lm_head, norms)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +77,7 @@ class Selection:
             "rule": self.rule,
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
+            "extra_params": self.extra_params,
             "modules": self.modules,
             "patterns": self.patterns,
             "extras": self.extras,
@@ -94,7 +98,8 @@ class Selection:
                       rule=dict(data.get("rule") or {}), extras=list(data.get("extras") or []),
                       model=data.get("model", ""), estimator=data.get("estimator", ""),
                       trainable_params=data.get("trainable_params"), total_params=data.get("total_params"),
-                      shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()})
+                      shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()},
+                      extra_params=data.get("extra_params"))
         except (KeyError, TypeError, ValueError) as e:
             raise SpectrumError(f"{source} is a damaged selection file ({e}). Re-create it with `spectrum select`.") \
                 from None
@@ -306,7 +311,7 @@ def _bias_numel(m: ModuleScore, biases: dict[str, int], by_param: dict[str, int]
 def select(
     scan: ScanResult | str | os.PathLike,
     *,
-    top_percent: float = 50.0,
+    top_percent: float = DEFAULT_TOP_PERCENT,
     rule: str = "per-type",
     budget: float | int | str | None = None,
     include: str | None = None,
@@ -440,7 +445,20 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
     trainable = sum(t.selected_numel for t in types.values()) + extra_numel if known and total else None
     return Selection(modules=modules, patterns=patterns, types=types,
                      scores={m.name: m.snr for m in cands}, rule=info, extras=extras, model=scan.model,
-                     estimator=scan.estimator, trainable_params=trainable, total_params=total)
+                     estimator=scan.estimator, trainable_params=trainable, total_params=total,
+                     extra_params=extra_numel if trainable is not None else None)
+
+
+def count_params(scan: ScanResult, names: Iterable[str]) -> tuple[int | None, int | None]:
+    """Trainable and total parameters of the modules ``names``, from the scan's shapes, as ``select`` counts
+    them (a whole module with its bias; a tied head once, as the embedding). None where shapes are missing."""
+    chosen = set(names)
+    biases = {m.param: m.numel for m in scan.modules if m.kind == "bias"}
+    mods = [m for m in scan.modules if m.name in chosen]
+    total = _total_params(scan, None)
+    if not total or not all(m.numel for m in mods):
+        return None, total
+    return sum(m.numel + _bias_numel(m, biases, None) for m in mods), total
 
 
 def _total_params(scan: ScanResult, by_param: dict[str, int] | None) -> int | None:
@@ -483,6 +501,33 @@ def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
                 rx = re.compile(fallback)
                 size += sum(n for p, n in by_param.items() if rx.match(p))
     return list(dict.fromkeys(out)), size
+
+
+def tied_embeddings(scan: ScanResult) -> bool:
+    """Whether the output head shares the input embedding: our scan of the checkpoint lists no lm_head."""
+    if scan.layout != "spectrum-llm":
+        return False  # reference scans often list neither; they cannot tell
+    if scan.config.get("tie_word_embeddings") is True:
+        return True
+    kinds = {m.kind for m in scan.modules}
+    return "embedding" in kinds and "lm_head" not in kinds
+
+
+def extras_text(sel: Selection, tied: bool) -> str:
+    """`` + model.embed_tokens (tied to lm_head)``: what a selection trains besides its ranked modules."""
+    names = [pattern_module(p) or p for p in sel.extras]
+    if tied and "lm_head" in names and any(n.endswith("embed_tokens") for n in names):
+        names = [n + (" (tied to lm_head)" if n.endswith("embed_tokens") else "") for n in names if n != "lm_head"]
+    return f" + {', '.join(names)}" if names else ""
+
+
+def embedding_note(trainable: int | None, always: int | None, flags: str) -> str | None:
+    """One line when the always-trained embeddings and head are most of what trains, naming the flags that
+    drop them: Gemma-3-270M's tied 262,144 x 640 embedding is 168M of Spectrum-25's 190M trainable parameters."""
+    if not trainable or not always or 2 * always <= trainable:
+        return None
+    return (f"note: {always:,} of the {trainable:,} trainable parameters ({100 * always / trainable:.0f}%) are "
+            f"embeddings/lm_head, which every selection trains; {flags} to train only the selected modules.")
 
 
 def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[set[str], dict[str, Any]]:

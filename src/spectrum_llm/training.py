@@ -10,6 +10,7 @@ tensor is bit-identical to the input, with the tokenizer, the selection and ``tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,12 +24,14 @@ from typing import Any
 
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
 from .errors import SpectrumError
-from .results import write_json_atomic, write_text_atomic
+from .results import check_writable, write_json_atomic, write_text_atomic
+from .selection import DEFAULT_TOP_PERCENT
 
 METHODS = ("spectrum", "full", "lora")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SUMMARY_FILE = "train_summary.json"
 SELECTION_FILE = "selection.json"
+DEFAULT_SEQ_LEN = 512
 
 
 @dataclass
@@ -41,17 +44,19 @@ class TrainConfig:
     method: str = "spectrum"
     task: str = "cpt"
     text_field: str = "text"
-    # spectrum: a selection file, or a scan (file or cached) and a percentage
+    # spectrum: a selection file, or a scan (file or cached) and a percentage (default DEFAULT_TOP_PERCENT)
     selection: str | None = None
     top_percent: float | None = None
     scan: str | None = None
     estimator: str = "mp"
+    train_embeddings: bool = True
+    train_lm_head: bool | None = None  # None: on, or as train_embeddings when the head is tied
     # lora
     lora_rank: int = 16
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
-    # data
-    seq_len: int = 512
+    # data; seq_len None: DEFAULT_SEQ_LEN, or the model's maximum when that is smaller
+    seq_len: int | None = None
     packing: bool | None = None
     eval_split: float = 0.0
     eval_data: str | None = None
@@ -73,13 +78,16 @@ class TrainConfig:
     logging_steps: int = 10
     eval_steps: int | None = None
     save_steps: int = 500
-    save_total_limit: int | None = 2
+    save_total_limit: int | None = 1
+    keep_checkpoints: bool = False
     resume: bool = False
     use_cpu: bool | None = None
     fsdp: bool = False
     fsdp_config: dict[str, Any] | str | None = None
     deepspeed: str | None = None
     report_to: str = "none"
+    progress: bool = True
+    verbose: bool = False
     extra_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -144,14 +152,16 @@ class TrainSummary:
 
     method: str
     task: str
-    model: str
+    model: str  # as the user named it (builtin:smollm2-135m, a hub id, a path)
+    model_path: str  # what was loaded: the folder, after any GGUF conversion
     output_dir: str
     trainable_params: int
     total_params: int
     steps: int
     epochs: float
     train_loss: float | None
-    losses: list[float]
+    losses: list[float]  # every logged training loss, the last step's included
+    loss_steps: list[int]  # the step of each of them
     eval_loss: float | None
     tokens: int
     tokens_per_second: float
@@ -167,6 +177,7 @@ class TrainSummary:
     selected_modules: int | None
     data: dict[str, Any]
     config: dict[str, Any]
+    checkpoints: list[str] = field(default_factory=list)  # kept in output_dir (--keep-checkpoints)
 
     @property
     def trainable_fraction(self) -> float:
@@ -189,28 +200,35 @@ def _model_files_size(model: str) -> int:
 
 
 def _check_output_dir(cfg: TrainConfig) -> str | None:
-    """Create the output folder, check it is writable and has room; return the checkpoint to resume."""
+    """Check that the output folder can be written and has room, without creating it (a run that fails before
+    training leaves nothing behind); return the checkpoint to resume. Safe on every rank at once."""
     from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(cfg.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".spectrum-write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
-        raise SpectrumError(f"Output folder {out} is not writable ({e.strerror or e}). Choose another "
-                            "--output-dir or fix its permissions.") from None
+    check_writable(out, folder=True)
     need = 2 * _model_files_size(cfg.model)  # the final model plus at least one checkpoint
-    free = shutil.disk_usage(out).free
+    free = shutil.disk_usage(next(p for p in (out, *out.parents) if p.is_dir())).free
     if need and free < need:
         raise SpectrumError(f"Not enough space in {out}: {free / 2**30:.2f} GiB free, the model and one checkpoint "
                             f"need about {need / 2**30:.2f} GiB. Free space or choose another --output-dir.")
-    last = get_last_checkpoint(str(out))
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last and not cfg.resume:
         raise SpectrumError(f"{out} already holds checkpoints of an earlier run ({Path(last).name}). Pass --resume to "
                             "continue it, or choose an empty --output-dir.")
     return last if cfg.resume else None
+
+
+def _resolve_seq_len(cfg: TrainConfig, max_positions: int | None, main: bool) -> int:
+    """The sequence length asked for, or the default cut to the model's maximum (said in one line)."""
+    if cfg.seq_len is not None:
+        check_seq_len(cfg.seq_len, max_positions, cfg.model)
+        return cfg.seq_len
+    if max_positions and max_positions < DEFAULT_SEQ_LEN:
+        if main:
+            print(f"[spectrum] seq-len {max_positions}: the model's maximum (the default is {DEFAULT_SEQ_LEN})",
+                  flush=True)
+        return max_positions
+    return DEFAULT_SEQ_LEN
 
 
 def _load_model_config(model: str):
@@ -241,14 +259,12 @@ def _precision(cfg: TrainConfig, dtype) -> str:
 # ------------------------------------------------------------------------------------------ methods
 
 
-def _default_scan_path(cfg: TrainConfig) -> Path:
-    from .catalogue import scan_cache_path
+def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
+    """The Selection a spectrum run trains: a file, the one saved by the run being resumed, or a fresh scan.
 
-    return scan_cache_path(cfg.model, cfg.estimator)
-
-
-def resolve_selection(cfg: TrainConfig, resumed: bool = False):
-    """The Selection a spectrum run trains: a file, the one saved by the run being resumed, or a fresh scan."""
+    ``source`` is the model as the user named it: a GGUF file is scanned as itself (its scan is cached by content,
+    so `spectrum scan` of the same file, anywhere, is reused), not as the folder converted for training.
+    """
     from .selection import load_selection, select
 
     saved = Path(cfg.output_dir) / SELECTION_FILE
@@ -256,14 +272,24 @@ def resolve_selection(cfg: TrainConfig, resumed: bool = False):
         return load_selection(cfg.selection)
     if resumed and saved.is_file() and cfg.top_percent is None:
         return load_selection(saved)
+    from .convert import is_gguf
     from .scanner import scan
 
-    scan_path = Path(cfg.scan) if cfg.scan else _default_scan_path(cfg)
-    result = scan(cfg.model, output=scan_path, estimator=cfg.estimator, resume=True)
-    return select(result, top_percent=cfg.top_percent if cfg.top_percent is not None else 50.0)
+    result = scan(source if is_gguf(source) else cfg.model, output=cfg.scan, estimator=cfg.estimator, resume=True,
+                  progress=cfg.progress)
+    sel = select(result, top_percent=cfg.top_percent if cfg.top_percent is not None else DEFAULT_TOP_PERCENT,
+                 train_embeddings=cfg.train_embeddings, train_lm_head=cfg.train_lm_head)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from .reporting import rule_text
+        from .selection import extras_text, tied_embeddings
+
+        print(f"[spectrum] selected {len(sel.modules)} ranked modules{extras_text(sel, tied_embeddings(result))} by "
+              f"{rule_text(sel)}, from the {'cached ' if result.cached else ''}{result.estimator} scan of {source}",
+              flush=True)
+    return sel
 
 
-def _lora_kwargs(cfg: TrainConfig, model, resumed: bool) -> tuple[dict[str, Any], Any]:
+def _lora_kwargs(cfg: TrainConfig, source: str, model, resumed: bool) -> tuple[dict[str, Any], Any]:
     """LoraConfig arguments: all linear layers, or Spectrum-guided (a PEFT file, or a selection: targets the
     selected modules, rank by score up to --lora-rank); and the selection it came from, if any."""
     from .lora import is_lora_config, load_lora_config, lora_config
@@ -273,7 +299,7 @@ def _lora_kwargs(cfg: TrainConfig, model, resumed: bool) -> tuple[dict[str, Any]
     if not cfg.selection and cfg.top_percent is None:
         return dict(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
                     target_modules="all-linear", task_type="CAUSAL_LM"), None
-    selection = resolve_selection(cfg, resumed)
+    selection = resolve_selection(cfg, source, resumed)
     ratio = (cfg.lora_alpha or 2 * cfg.lora_rank) / cfg.lora_rank
     plan = lora_config(selection, max_rank=cfg.lora_rank, alpha_ratio=ratio, dropout=cfg.lora_dropout, model=model)
     print(f"[spectrum] {plan}", flush=True)
@@ -397,26 +423,127 @@ def _save_outputs(trainer, cfg: TrainConfig, orig_dtypes, lora: bool) -> None:
         model.save_pretrained(out, state_dict=_without_tied(model, sd))
 
 
+def _quiet(verbose: bool):
+    """Silence datasets' progress bars and transformers' chatter for the run, and restore them after."""
+    stack = contextlib.ExitStack()
+    if verbose:
+        return stack
+    import datasets
+    import transformers
+
+    if datasets.utils.logging.is_progress_bar_enabled():
+        datasets.disable_progress_bars()
+        stack.callback(datasets.enable_progress_bars)
+    if transformers.utils.logging.is_progress_bar_enabled():  # GGUF loading, weight loading, shard writing
+        transformers.utils.logging.disable_progress_bar()
+        stack.callback(transformers.utils.logging.enable_progress_bar)
+    for lib in (datasets.utils.logging, transformers.utils.logging):
+        level = lib.get_verbosity()
+        lib.set_verbosity_error()
+        stack.callback(lib.set_verbosity, level)
+    return stack
+
+
+def _callbacks(cfg: TrainConfig):
+    """One progress bar with the last loss (instead of the Trainer's bar and its printed dicts), a logged loss at
+    the last step, and no checkpoint of the last step when checkpoints are removed at the end anyway."""
+    from transformers import TrainerCallback
+
+    class Finish(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+                if not cfg.keep_checkpoints:
+                    control.should_save = False
+
+    class Bar(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                from rich.console import Console
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                           TimeRemainingColumn)
+
+                self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                                    TextColumn("[cyan]{task.fields[loss]}"), TimeElapsedColumn(), TextColumn("left"),
+                                    TimeRemainingColumn(), console=Console(stderr=True))
+                self.bar.start()
+                self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="")
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.update(self.task, loss=f"loss {logs['loss']:.4g}")
+
+        def on_train_end(self, args, state, control, **kw):
+            self.close()
+
+        def close(self):
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+
+    return Finish(), (Bar() if cfg.progress and not cfg.verbose else None)
+
+
+def _remove_checkpoints(out: Path) -> None:
+    for ckpt in out.glob("checkpoint-*"):
+        if ckpt.is_dir():
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     """Run one training job and return its summary (also written to ``output_dir/train_summary.json``).
 
-    ``callbacks`` are ``transformers.TrainerCallback`` objects added to the Trainer.
+    ``callbacks`` are ``transformers.TrainerCallback`` objects added to the Trainer. An output folder this
+    run created is removed again when the run fails before it saved a checkpoint or the model.
     """
-    cfg = config
-    cfg.validate()
-    from .convert import gguf_to_folder, is_gguf
+    config.validate()
+    out = Path(config.output_dir)
+    existed = out.exists()
+    try:
+        with _quiet(config.verbose):
+            return _train(config, callbacks)
+    except BaseException:
+        if not existed and int(os.environ.get("RANK", "0")) == 0 and out.is_dir() \
+                and not any(out.glob("checkpoint-*")) and not any(out.glob("*.safetensors")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
+
+def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
+    cfg = config
+    from .convert import cached_folder, gguf_to_folder, is_gguf
+
+    main = int(os.environ.get("RANK", "0")) == 0
     if is_gguf(cfg.model):
+        if main and cached_folder(cfg.model) is None:
+            print(f"[spectrum] converting {cfg.model} into a transformers folder (once; it is cached)", flush=True)
         cfg = dataclasses.replace(cfg, model=str(gguf_to_folder(cfg.model)))
     resume_from = _check_output_dir(cfg)
     model_cfg = _load_model_config(cfg.model)
-    check_seq_len(cfg.seq_len, getattr(model_cfg, "max_position_embeddings", None), cfg.model)
+    max_positions = getattr(model_cfg, "max_position_embeddings", None)
+    cfg = dataclasses.replace(cfg, seq_len=_resolve_seq_len(cfg, max_positions, main))
     dtype = _model_dtype(model_cfg)
     precision = _precision(cfg, dtype)
     args = _training_args(cfg, precision)  # sets up the distributed state first
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
+    from transformers.trainer_callback import ProgressCallback
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     if tokenizer.pad_token_id is None:
@@ -424,12 +551,11 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     dcfg = DataConfig(path=cfg.data, task=cfg.task, seq_len=cfg.seq_len, text_field=cfg.text_field,
                       packing=cfg.packing, eval_split=cfg.eval_split, eval_path=cfg.eval_data, seed=cfg.seed)
     with args.main_process_first(desc="prepare data"):
-        train_ds, eval_ds, data_summary = build_datasets(dcfg, tokenizer, model_cfg.max_position_embeddings
-                                                         if hasattr(model_cfg, "max_position_embeddings") else None)
+        train_ds, eval_ds, data_summary = build_datasets(dcfg, tokenizer, max_positions)
 
     selection = None
     if cfg.method == "spectrum":
-        selection = resolve_selection(cfg, resumed=resume_from is not None)
+        selection = resolve_selection(cfg, config.model, resumed=resume_from is not None)
 
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
     orig_dtypes = {k: v.dtype for k, v in model.state_dict().items()}
@@ -442,11 +568,12 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
                   f"{', '.join(frozen.partial)}; weight decay still shrinks their frozen rows. Set weight_decay: 0 "
                   "(the default) to keep them bit-identical.", flush=True)
     elif cfg.method == "lora":
-        lora_kwargs, selection = _lora_kwargs(cfg, model, resume_from is not None)
+        lora_kwargs, selection = _lora_kwargs(cfg, config.model, model, resume_from is not None)
         model = _apply_lora(model, lora_kwargs)
         if args.process_index == 0:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             write_text_atomic(Path(cfg.output_dir) / "lora_config.json", json.dumps(lora_kwargs, indent=2) + "\n")
+    always = _always_trained(model) if cfg.method == "spectrum" else 0
     if precision != "fp32" and getattr(args, "deepspeed_plugin", None) is None:
         _upcast_trainable(model)  # DeepSpeed keeps its own fp32 master copies
     trainable, total = count_params(model)
@@ -459,15 +586,26 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
         torch.cuda.reset_peak_memory_stats()
 
     if args.process_index == 0:
-        print(f"[spectrum] method={cfg.method} trainable {trainable:,} / {total:,} params "
-              f"({100 * trainable / total:.2f}%), precision={precision}, world={args.world_size}", flush=True)
+        print(f"[spectrum] {cfg.method}: training {trainable:,} of {total:,} parameters "
+              f"({100 * trainable / total:.1f}%), {precision}, {args.world_size} process"
+              f"{'es' if args.world_size > 1 else ''}", flush=True)
         if selection is not None:
+            from .selection import embedding_note
+
+            flags = ("select again with --no-train-embeddings --no-train-lm-head" if cfg.selection else
+                     "pass --no-train-embeddings" + ("" if _tied(model) else " --no-train-lm-head"))
+            note = embedding_note(trainable, always, flags)
+            if note:
+                print(f"[spectrum] {note}", flush=True)
             write_json_atomic(Path(cfg.output_dir) / SELECTION_FILE, selection.to_json())
             selection.save(Path(cfg.output_dir) / "selection.yaml")
 
+    finish, bar = _callbacks(cfg)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=list(callbacks or []))
+                      callbacks=[finish, *([bar] if bar else []), *(callbacks or [])])
+    if not cfg.verbose:
+        trainer.remove_callback(ProgressCallback)
     engine = _engine(trainer)
     if args.process_index == 0 and cfg.fsdp and not engine.startswith("fsdp"):
         print(f"[spectrum] warning: FSDP was asked for but accelerate runs this job as {engine} (it enables FSDP "
@@ -476,35 +614,66 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
         print("[spectrum] warning: FSDP1 allocates gradients for whole flattened units, so frozen modules save "
               "little memory there; set fsdp_config version: 2 (FSDP2).", flush=True)
     t0 = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if bar is not None:
+            bar.close()
     runtime = time.monotonic() - t0
     tokens = int(trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0))
     eval_loss = None
     if eval_ds is not None:
         eval_loss = float(trainer.evaluate()["eval_loss"])
     _save_outputs(trainer, cfg, orig_dtypes, lora=cfg.method == "lora")
+    trainer.accelerator.wait_for_everyone()
     if args.process_index == 0:
         tokenizer.save_pretrained(cfg.output_dir)
+        if not cfg.keep_checkpoints:
+            _remove_checkpoints(Path(cfg.output_dir))
     peak, kind = _peak_memory()
-    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    logged = [h for h in trainer.state.log_history if "loss" in h]
     summary = TrainSummary(
-        method=cfg.method, task=cfg.task, model=cfg.model, output_dir=cfg.output_dir, trainable_params=trainable,
+        method=cfg.method, task=cfg.task, model=config.model, model_path=_where(cfg.model),
+        output_dir=cfg.output_dir, trainable_params=trainable,
         total_params=total, steps=int(trainer.state.global_step), epochs=float(trainer.state.epoch or 0.0),
         train_loss=float(result.training_loss) if result.training_loss is not None and
         math.isfinite(result.training_loss) else None,
-        losses=losses, eval_loss=eval_loss, tokens=tokens, tokens_per_second=tokens / runtime if runtime else 0.0,
+        losses=[float(h["loss"]) for h in logged], loss_steps=[int(h.get("step", 0)) for h in logged],
+        eval_loss=eval_loss, tokens=tokens, tokens_per_second=tokens / runtime if runtime else 0.0,
         runtime_s=runtime, peak_memory_bytes=peak, memory_kind=kind, world_size=args.world_size, engine=engine,
         dtype=str(dtype).removeprefix("torch."), precision=precision, resumed_from=resume_from,
         selection=str(Path(cfg.output_dir) / SELECTION_FILE) if selection is not None else None,
         selected_modules=len(selection.modules) if selection is not None else None,
-        data=dataclasses.asdict(data_summary), config=_jsonable(dataclasses.asdict(cfg)),
+        data=dataclasses.asdict(data_summary),
+        config=_jsonable(dataclasses.asdict(dataclasses.replace(config, seq_len=cfg.seq_len))),
+        checkpoints=sorted(p.name for p in Path(cfg.output_dir).glob("checkpoint-*")) if cfg.keep_checkpoints else [],
     )
     if args.process_index == 0:
         write_json_atomic(Path(cfg.output_dir) / SUMMARY_FILE, summary.to_json())
-        print(f"[spectrum] done: {summary.steps} steps, loss {summary.train_loss}, "
-              f"{summary.tokens_per_second:,.0f} tokens/s, peak {kind} memory {peak / 2**20:,.0f} MiB -> "
-              f"{cfg.output_dir}", flush=True)
+        loss = f"loss {summary.losses[-1]:.4g}" if summary.losses else "no loss logged"
+        print(f"[spectrum] done: {summary.steps} steps, {loss}"
+              + (f", eval loss {eval_loss:.4g}" if eval_loss is not None else "")
+              + f", {_fmt_rate(summary.tokens_per_second)} tokens/s, peak {kind} memory {_fmt_bytes(peak)}, "
+              f"{summary.runtime_s:.0f} s -> {cfg.output_dir}", flush=True)
     return summary
+
+
+def _where(model: str) -> str:
+    p = Path(model)
+    return str(p.resolve()) if p.exists() else model
+
+
+def _tied(model) -> bool:
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    return emb is not None and head is not None and emb.weight is head.weight
+
+
+def _always_trained(model) -> int:
+    """Trainable parameters of the embeddings and the head (a tied pair once): what every selection adds."""
+    from .naming import parse
+
+    return sum(p.numel() for n, p in model.named_parameters()
+               if p.requires_grad and parse(n, p.dim()).kind in ("embedding", "lm_head"))
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

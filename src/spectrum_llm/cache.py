@@ -1,0 +1,48 @@
+"""Where spectrum-llm keeps what it computes once: converted models and scans.
+
+One root for everything: ``$SPECTRUM_CACHE``, else ``$XDG_CACHE_HOME/spectrum-llm``, else
+``~/.cache/spectrum-llm``. Scans are filed under the weights' content fingerprint, not their path,
+so a scan of the same weights is found again wherever the file lies; a folder that ``spectrum convert``
+wrote records the fingerprint of the GGUF it came from, so it finds that file's scan too. The cache
+is a convenience: when it cannot be written, work goes on without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+SOURCE_FILE = "spectrum_source.json"  # written by `spectrum convert` into the folders it makes
+
+
+def root() -> Path:
+    explicit = os.environ.get("SPECTRUM_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "spectrum-llm"
+
+
+def models_dir() -> Path:
+    return root() / "models"
+
+
+def scans_dir() -> Path:
+    return root() / "scans"
+
+
+def source_fingerprint(folder: Path) -> str | None:
+    """The fingerprint of the GGUF file a converted folder was made from, or None for any other folder."""
+    try:
+        data = json.loads((Path(folder) / SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fp = data.get("fingerprint") if isinstance(data, dict) else None
+    return fp if isinstance(fp, str) and fp else None
+
+
+def scan_path(fingerprint: str, estimator: str, method: str = "auto") -> Path:
+    """The cache file of a full scan of the weights with this fingerprint."""
+    suffix = "" if method == "auto" else f"-{method}"
+    return scans_dir() / f"{fingerprint}-{estimator}{suffix}.json"
