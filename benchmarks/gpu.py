@@ -510,7 +510,7 @@ def lora_rank_for(model, budget: int) -> tuple[int, int]:
 def setup_method(model, method: str, scan_path: Path) -> dict:
     """Make the method's parameters trainable, as spectrum_llm.train does; returns what trains."""
     from spectrum_llm import freeze, select
-    from spectrum_llm.training import TrainConfig, _apply_lora, _upcast_trainable, count_params
+    from spectrum_llm.training import TrainConfig, _apply_lora, _lora_kwargs, _upcast_trainable, count_params
 
     info: dict = {}
     if method == "full":
@@ -524,7 +524,8 @@ def setup_method(model, method: str, scan_path: Path) -> dict:
         sel = select(scan_path, top_percent=25.0, model=model)
         budget = sum(ts.selected_numel for ts in sel.types.values())
         rank, size = lora_rank_for(model, budget)
-        model = _apply_lora(model, TrainConfig(method="lora", lora_rank=rank))
+        kwargs, _ = _lora_kwargs(TrainConfig(method="lora", lora_rank=rank), "", model, resumed=False)
+        model = _apply_lora(model, kwargs)
         info.update(lora_rank=rank, lora_matched_to=budget)
     else:
         raise ValueError(method)

@@ -97,11 +97,63 @@ def test_selection_for_another_model_is_refused(reference_dir):
         freeze(model, yaml)
 
 
-def test_tied_head_pattern_counts_as_matched():
+def test_tied_head_pattern_alone_trains_nothing_like_axolotl():
     model = tiny_llama(tie_word_embeddings=True)
-    summary = freeze(model, ["^lm_head.weight$", "^model.layers.0.mlp.down_proj"])
-    assert model.model.embed_tokens.weight.requires_grad
-    assert summary.trainable_params == model.model.embed_tokens.weight.numel() + 96 * 64
+    pats = ["^lm_head.weight$", "^model.layers.0.mlp.down_proj"]
+    summary = freeze(model, pats)
+    assert set(axolotl_unfrozen(model.named_parameters(), pats)) == set(summary.trainable) == \
+        {"model.layers.0.mlp.down_proj.weight"}
+    assert not model.model.embed_tokens.weight.requires_grad
+    assert summary.trainable_params == 96 * 64
+    assert "tied to model.embed_tokens.weight" in summary.notes[0]
+
+
+def test_tied_weight_trains_by_its_embedding_name():
+    model = tiny_llama(tie_word_embeddings=True)
+    summary = freeze(model, ["^lm_head.weight$", "^model.embed_tokens.weight$"])
+    assert summary.trainable == ["model.embed_tokens.weight"] and not summary.notes
+    assert summary.trainable_params == summary.total_params - sum(
+        p.numel() for n, p in model.named_parameters() if n != "model.embed_tokens.weight")
+
+
+@pytest.fixture(scope="module")
+def tied_dir(tmp_path_factory):
+    from conftest import plant_signal, save_model
+
+    model = tiny_llama(tie_word_embeddings=True)
+    plant_signal(model)
+    return save_model(model, tmp_path_factory.mktemp("tied"))
+
+
+@pytest.mark.parametrize("emb,head,trains_shared", [(True, None, True), (False, None, False), (False, False, False),
+                                                    (False, True, True), (True, False, True), (True, True, True)])
+def test_tied_selection_select_freeze_and_axolotl_count_the_same(tied_dir, emb, head, trains_shared, tmp_path):
+    import spectrum_llm
+
+    scan = spectrum_llm.scan(tied_dir, progress=False)
+    for model_arg in (None, tied_dir):
+        sel = select(scan, top_percent=50, train_embeddings=emb, train_lm_head=head, model=model_arg)
+        sel.save(tmp_path / "s.yaml")
+        model = tiny_llama(tie_word_embeddings=True)
+        axolotl = axolotl_unfrozen(model.named_parameters(), sel.patterns)
+        summary = freeze(model, tmp_path / "s.yaml")
+        assert set(axolotl) == set(summary.trainable)
+        axolotl_count = sum(p.numel() for n, p in model.named_parameters() if n in axolotl)
+        assert sel.trainable_params == summary.trainable_params == axolotl_count
+        assert sel.total_params == summary.total_params
+        assert ("model.embed_tokens.weight" in axolotl) == trains_shared
+        assert sel.rule["lm_head_tied"] and not summary.notes
+
+
+def test_no_embeddings_no_head_trains_neither_on_a_tied_model(tied_dir):
+    import spectrum_llm
+
+    sel = select(spectrum_llm.scan(tied_dir, progress=False), top_percent=50, train_embeddings=False,
+                 train_lm_head=False)
+    assert not any("embed" in p or "lm_head" in p for p in sel.patterns)
+    model = tiny_llama(tie_word_embeddings=True)
+    freeze(model, sel)
+    assert not model.model.embed_tokens.weight.requires_grad and not model.lm_head.weight.requires_grad
 
 
 def test_frozen_embeddings_enable_input_grads_for_checkpointing():
@@ -126,11 +178,11 @@ def test_refreezing_replaces_the_previous_masks():
     assert (_snapshot(model)[q] != before[q]).any(dim=1)[4:].any()
 
 
-def _tiny_mixtral():
+def _tiny_mixtral(layers=1):
     from transformers import MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(0)
-    cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+    cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
                         num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=4,
                         max_position_embeddings=64)
     return MixtralForCausalLM(cfg)
@@ -152,6 +204,38 @@ def test_mixtral_checkpoint_experts_map_to_fused_slices():
     assert changed[1, :48].any() and not changed[1, 48:].any() and not changed[[0, 2, 3]].any()
     changed = after[down] != before[down]
     assert changed[2].any() and not changed[[0, 1, 3]].any()
+
+
+def test_mixtral_router_gate_maps_to_mlp_gate():
+    model = _tiny_mixtral()
+    summary = freeze(model, ["model.layers.0.block_sparse_moe.gate", "^model.layers.0.block_sparse_moe.gate.(weight|bias)$"])
+    assert summary.trainable == ["model.layers.0.mlp.gate.weight"]
+    assert summary.mapped["model.layers.0.block_sparse_moe.gate"] == "model.layers.0.mlp.gate.weight"
+    assert summary.trainable_params == 4 * 32
+
+
+def _checkpoint_params(folder):
+    """(name, tensor-like) pairs of a checkpoint's own layout: what Axolotl sees on transformers 4."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return [(k, torch.empty(f.get_slice(k).get_shape(), device="meta")) for k in f.keys()]
+
+
+@pytest.mark.parametrize("kw", [{"top_percent": 50}, {"top_percent": 100}, {"top_percent": 50, "compat": True}])
+def test_mixtral_selection_trains_what_axolotl_trains_on_the_checkpoint_layout(tmp_path, kw):
+    import spectrum_llm
+
+    _tiny_mixtral(layers=2).save_pretrained(tmp_path)
+    sel = select(spectrum_llm.scan(tmp_path, progress=False), **kw)
+    assert any(".block_sparse_moe.gate" in p for p in sel.patterns)
+    ckpt = _checkpoint_params(tmp_path)
+    axolotl = axolotl_unfrozen(ckpt, sel.patterns)
+    axolotl_count = sum(t.numel() for n, t in ckpt if n in axolotl)
+    summary = freeze(_tiny_mixtral(layers=2), sel)
+    assert summary.trainable_params == axolotl_count
+    if not kw.get("compat"):
+        assert sel.trainable_params == axolotl_count
 
 
 def test_unmappable_expert_is_an_error():
@@ -199,3 +283,16 @@ def test_qwen2_moe_scan_select_freeze_end_to_end(tmp_path):
     assert "model.layers.0.self_attn.q_proj.bias" in summary.trainable or \
         "model.layers.1.self_attn.q_proj.bias" in summary.trainable
     assert (summary.trainable_params, summary.total_params) == (sel.trainable_params, sel.total_params)
+
+
+def test_cli_notes_a_tied_head_that_follows_the_embeddings(tied_dir, tmp_path, capsys):
+    import spectrum_llm
+    from spectrum_llm.cli import main
+
+    spectrum_llm.scan(tied_dir, output=tmp_path / "scan.json", progress=False)
+    with pytest.raises(SystemExit) as e:
+        main(["select", str(tmp_path / "scan.json"), "-o", str(tmp_path / "s.yaml"), "--no-train-embeddings",
+              "--train-lm-head"])
+    assert e.value.code in (0, None)
+    assert "lm_head is tied" in capsys.readouterr().err
+    assert "- ^model.embed_tokens.weight$\n" in (tmp_path / "s.yaml").read_text()

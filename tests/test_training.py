@@ -125,6 +125,18 @@ def test_full_and_lora_run_on_the_same_data(work, method):
         assert (out / "adapter" / "adapter_config.json").is_file()
 
 
+def test_lora_on_a_selection_adapts_only_the_selected_modules(work):
+    out = work["root"] / "cpt-lora-selection"
+    summary = train(_cfg(work["bf16"], work["cpt"], out, method="lora", selection=str(work["sel"]), max_steps=4,
+                         lora_rank=8))
+    cfg = json.loads((out / "lora_config.json").read_text())
+    assert sorted(cfg["target_modules"]) == ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    assert set(cfg["rank_pattern"].values()) == {8}  # a .txt selection has no scores: every target gets --lora-rank
+    assert _changed(work["bf16"], out) == {"model.layers.0.self_attn.q_proj.weight",
+                                           "model.layers.1.mlp.down_proj.weight"}
+    assert summary.trainable_params == 8 * (32 + 32) + 8 * (64 + 32)
+
+
 def test_resume_continues_from_the_last_checkpoint(work):
     out = work["root"] / "resume"
     first = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, save_steps=2,
@@ -162,7 +174,7 @@ def test_cli_reads_a_config_file_and_flags_win(work, tmp_path):
     ("output-not-writable", "is a file, not a folder"),
     ("no-space", "Not enough space"),
     ("other-model-selection", "match no parameter"),
-    ("selection-with-full", "only apply to --method spectrum"),
+    ("selection-with-full", "apply to --method spectrum"),
     ("unknown-setting", "unknown setting"),
 ])
 def test_bad_input_fails_before_training(work, tmp_path, monkeypatch, case, match):

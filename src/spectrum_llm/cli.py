@@ -61,7 +61,9 @@ def scan(
 
 @app.command(short_help="Choose the modules to train from a scan.")
 def select(
-    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    scan_file: str = typer.Argument(..., metavar="SCAN_OR_MODEL", help="A scan (ours or a reference "
+                                    "snr_results_*.json), a local checkpoint (scanned once, cached), or a model id "
+                                    "with no local weights, whose published scan comes from the catalogue."),
     output: str = typer.Option(..., "-o", "--output", help="Output file: .yaml (Axolotl), .json (spectrum-llm), "
                                ".txt (one pattern per line), or - for YAML on stdout."),
     top_percent: float = typer.Option(DEFAULT_TOP_PERCENT, "--top-percent", "-p",
@@ -73,46 +75,126 @@ def select(
     include: Optional[str] = typer.Option(None, help="Only rank modules whose name matches this regex."),
     exclude: Optional[str] = typer.Option(None, help="Never select modules whose name matches this regex."),
     train_embeddings: bool = typer.Option(True, help="Train the input embeddings (and a head tied to them)."),
-    train_lm_head: bool = typer.Option(True, help="Train the output head (when not tied to the embeddings)."),
+    train_lm_head: Optional[bool] = typer.Option(None, "--train-lm-head/--no-train-lm-head",
+                                                 help="Train the output head (default: yes; a head tied to the "
+                                                 "embeddings is that one tensor, and follows --train-embeddings)."),
     train_norms: bool = typer.Option(False, help="Train every norm weight."),
     parts: bool = typer.Option(False, "--parts", help="Rank the parts of fused projections (q/k/v, gate/up) "
                                "separately."),
     compat: bool = typer.Option(False, "--compat", help="Reproduce the reference tool's YAML exactly."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder: print the freeze summary for it "
                                          "(built on the meta device) and take parameter counts from it."),
+    catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="A folder of snr_results_<model>.json "
+                                             "scans searched before the built-in ones (also $SPECTRUM_CATALOGUE)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="yaml (Axolotl), json (spectrum-llm), txt, or "
+                                      "peft (a LoraConfig on the selected modules, rank by score); default: from "
+                                      "the output's extension."),
+    max_rank: int = typer.Option(32, "--max-rank", help="With --format peft: the best module's LoRA rank."),
+    min_rank: Optional[int] = typer.Option(None, "--min-rank", help="With --format peft: the last selected "
+                                           "module's rank in each type (default: a quarter of --max-rank)."),
 ):
     """Choose the modules to train from a scan and write them for a trainer.
 
     The default keeps the top 50% of each module type (Spectrum-50) and always adds the embeddings and the
     output head, as the reference tool does.
     """
+    from .catalogue import resolve_scan
     from .exports import write_selection
     from .freezing import freeze, load_meta_model
     from .reporting import rule_text
-    from .results import load_scan
     from .selection import embedding_note, extras_text, tied_embeddings
     from .selection import select as run_select
 
-    scan_ = load_scan(scan_file)
+    scan_, source = resolve_scan(scan_file, catalogue=catalogue)
     meta = load_meta_model(model) if model is not None else None
     sel = run_select(scan_, top_percent=top_percent, rule=rule, budget=budget, include=include,
                      exclude=exclude, train_embeddings=train_embeddings, train_lm_head=train_lm_head,
                      train_norms=train_norms, parts=parts, compat=compat, model=meta)
+    sel.rule["scan"] = source
+    tied = bool(sel.rule.get("lm_head_tied")) or tied_embeddings(scan_)
+    if not Path(scan_file).name.endswith((".json", ".json.gz")):
+        console.print(f"using {sel.rule.get('scan')}")
     summary = freeze(meta, sel) if meta is not None else None
-    write_selection(sel, output)
     where = "stdout" if output == "-" else output
-    console.print(f"[green]Selected[/] {len(sel.modules)} ranked modules{extras_text(sel, tied_embeddings(scan_))} "
+    if fmt is not None and fmt.lower().lstrip(".") == "peft":
+        from .lora import lora_config
+
+        plan = lora_config(sel, max_rank=max_rank, min_rank=min_rank, model=meta)
+        if output == "-":
+            sys.stdout.write(plan.to_json())
+        else:
+            plan.save(output)
+        console.print(f"[green]Selected[/] {len(sel.modules)} modules ({sel.rule.get('rule')}) -> PEFT LoraConfig "
+                      f"{where}\n{plan}")
+        return
+    write_selection(sel, output, fmt)
+    console.print(f"[green]Selected[/] {len(sel.modules)} ranked modules{extras_text(sel, tied)} "
                   f"by {rule_text(sel)} -> {where}", soft_wrap=True)
+    if sel.rule.get("lm_head_tied") and sel.rule.get("train_embeddings") != sel.rule.get("train_lm_head"):
+        console.print("note: lm_head is tied to the input embeddings (one tensor, which Axolotl and freeze know by "
+                      "its embedding name), so it " + ("trains with them" if sel.rule.get("train_embeddings") else
+                                                       "is trained through the embedding pattern this writes"))
     if sel.trainable_params and sel.total_params:
         console.print(f"trains {sel.trainable_params:,} of {sel.total_params:,} parameters "
                       f"({100 * sel.trainable_params / sel.total_params:.1f}%)", soft_wrap=True)
-    flags = " ".join(f for f, on in (("--no-train-embeddings", train_embeddings),
-                                     ("--no-train-lm-head", train_lm_head and not tied_embeddings(scan_))) if on)
+    head = train_lm_head is True if tied else sel.rule.get("train_lm_head", True)
+    flags = " ".join(f for f, on in (("--no-train-embeddings", train_embeddings), ("--no-train-lm-head", head)) if on)
     note = None if compat else embedding_note(sel.trainable_params, sel.extra_params, f"pass {flags}")
     if note:
         console.print(f"[yellow]{note}[/]", soft_wrap=True)
     if summary is not None:
         console.print(str(summary), soft_wrap=True)
+
+
+@app.command(short_help="Check a selection against a model before training.")
+def check(
+    selection: str = typer.Argument(..., metavar="SELECTION", help="A selection: .yaml (Axolotl), .json (ours) or "
+                                    ".txt (one pattern per line)."),
+    model: str = typer.Option(..., "--model", help="Checkpoint folder, weight file, builtin:smollm2-135m or a hub "
+                              "id in the local cache; only its config is read (the model is built on the meta device)."),
+    allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Report patterns that match nothing "
+                                         "instead of failing (exit 2)."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Sequence length at which activations are measured."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Rank of the LoRA comparison (default: the "
+                                            "rank whose adapter is closest to the selection's size)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="The model's training dtype (default: its config's; "
+                                        "bfloat16 for GGUF)."),
+    activations: bool = typer.Option(True, "--activations/--no-activations", help="Measure activation memory "
+                                     "(a forward pass on the meta device)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+):
+    """Check a selection against a model before training: what each pattern unfreezes, what is missing, the
+    trainable share and the training memory of full fine-tuning, this selection and LoRA."""
+    from .checking import check as run_check
+    from .results import write_json_atomic
+
+    report = run_check(selection, model, allow_unmatched=True, seq_len=seq_len, lora_rank=lora_rank, dtype=dtype,
+                       activations=activations)
+    typer.echo(str(report))
+    if json_out is not None:
+        write_json_atomic(json_out, report.to_json())
+    if report.unmatched and not allow_unmatched:
+        raise SpectrumError(f"{len(report.unmatched)} pattern(s) match nothing in {model} (listed above): the "
+                            "selection was made for another model or naming. Select again from a scan of this "
+                            "model, or pass --allow-unmatched.")
+
+
+@app.command("catalogue", short_help="List the scans select can use without scanning.")
+def catalogue_cmd(
+    catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="Also list the scans in this folder "
+                                             "(searched first; also $SPECTRUM_CATALOGUE)."),
+):
+    """List the scans `spectrum select MODEL_ID` can use without scanning: yours first, then the published ones."""
+    from .catalogue import entries
+
+    rows = [("model (snr_results_<model>.json)", "modules", "estimator", "source", "Axolotl", "status")]
+    for e in entries(catalogue):
+        rows.append((e.name, str(e.modules) if e.modules else "-", e.estimator or "-", e.describe_source(short=True),
+                     "reads it" if e.axolotl_readable else "cannot read it",
+                     "ok" if e.problem is None else f"defective: {e.problem}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
 
 
 @app.command(short_help="Print a scan's modules sorted by score.")
@@ -193,8 +275,8 @@ def train(
                                                     help="Train the input embeddings (and a head tied to them) "
                                                     "besides the selection (default: on)."),
     train_lm_head: Optional[bool] = typer.Option(None, "--train-lm-head/--no-train-lm-head",
-                                                 help="Train an untied output head besides the selection "
-                                                 "(default: on)."),
+                                                 help="Train the output head besides the selection (default: "
+                                                 "on; a head tied to the embeddings follows --train-embeddings)."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank (default 16)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length in tokens (default 512, or the "
                                           "model's maximum when smaller)."),

@@ -2,7 +2,8 @@
 
 ``.yaml``: Axolotl's ``unfrozen_parameters:`` list (with ``# <type> layers`` comments, the layout
 of the reference tool); ``.json``: our selection file (modules, types, scores, parameter counts and
-the rule); ``.txt``: one pattern per line. ``-`` writes YAML to stdout. Files are written atomically.
+the rule); ``.txt``: one pattern per line; format ``peft``: a LoraConfig on the selected modules (see
+``lora``). ``-`` writes YAML to stdout. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ def render(sel: Selection, fmt: str) -> str:
         return to_json(sel)
     if fmt == ".txt":
         return to_txt(sel)
+    if fmt == ".peft":
+        from .lora import lora_config
+
+        return lora_config(sel).to_json()
     raise SpectrumError(f"Unknown output format {fmt!r}: name the file .yaml (Axolotl), .json (spectrum-llm) or "
-                        ".txt (one pattern per line), or use - for stdout.")
+                        ".txt (one pattern per line), use - for stdout, or pass --format peft (a LoraConfig).")
 
 
 def write_selection(sel: Selection, path: str | os.PathLike, fmt: str | None = None) -> Path | None:

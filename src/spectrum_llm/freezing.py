@@ -4,10 +4,14 @@ Axolotl (``axolotl/utils/freeze.py``, ``freeze_layers_except``) reads each patte
 trailing row range ``[a:b]`` (not part of the regex), dots escaped unless followed by ``+``, then
 ``re.match`` against every parameter name. A parameter is trainable if any pattern matches; if some
 matching patterns carry a range, only the union of those ranges trains, enforced by a gradient hook
-that zeroes the other rows. ``freeze`` does the same and adds what Axolotl leaves out: it refuses a
-selection whose patterns match nothing (a selection made for another model), maps per-expert names
-of MoE checkpoints onto the fused 3-D expert tensors transformers 5 builds in memory, and turns on
-input gradients when the embeddings are frozen, which gradient checkpointing needs.
+that zeroes the other rows. Patterns are matched against ``model.named_parameters()``, which lists a tied
+weight once, by its first name: a tied ``lm_head.weight`` is ``model.embed_tokens.weight`` there, so
+``^lm_head.weight$`` alone trains nothing, in Axolotl and here. ``freeze`` does the same and adds what
+Axolotl leaves out: it refuses a selection whose patterns match nothing (a selection made for another
+model), says when a pattern names only a tied alias, maps MoE checkpoint names (per-expert
+``block_sparse_moe.experts.3.w1``, the router ``block_sparse_moe.gate``) onto the tensors transformers 5
+builds in memory (fused 3-D experts, ``mlp.gate``), and turns on input gradients when the embeddings are
+frozen, which gradient checkpointing needs.
 
 A gradient mask keeps frozen rows' gradients at zero; optimizers with weight decay still shrink
 those rows, so train partial tensors with ``weight_decay=0`` when frozen rows must stay bit-exact.
@@ -68,6 +72,10 @@ class FreezeSummary:
     per_type: dict[str, list[int]] = field(default_factory=dict)
     mapped: dict[str, str] = field(default_factory=dict)
     input_require_grads: bool = False
+    notes: list[str] = field(default_factory=list)
+    #: per pattern, the tensors it unfreezes and how many of their parameters it covers (rows, slices)
+    matches: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
 
     @property
     def fraction(self) -> float:
@@ -85,17 +93,23 @@ class FreezeSummary:
 _EXPERT = re.compile(r"^(?P<pre>.+)\.(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\."
                      r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$")
 _HALF = {"w1": 0, "gate_proj": 0, "w3": 1, "up_proj": 1}
+_MOE_BLOCK = ".block_sparse_moe."
 
 
-def _to_memory(pattern: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str, tuple] | None:
-    """A per-expert checkpoint module as a slice of a fused in-memory expert tensor (transformers 5 MoE).
+def _to_memory(pattern: str, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple | None]] | None:
+    """A checkpoint module of a MoE model as the in-memory tensors (or slices) transformers 5 builds.
 
     Mixtral ``...block_sparse_moe.experts.3.w1`` -> ``...mlp.experts.gate_up_proj[3, :I]``;
-    ``w3``/``up_proj`` -> ``[3, I:]``; ``w2``/``down_proj`` -> ``...experts.down_proj[3]``.
+    ``w3``/``up_proj`` -> ``[3, I:]``; ``w2``/``down_proj`` -> ``...experts.down_proj[3]``; any other
+    ``...block_sparse_moe.X`` (the router ``gate``) -> the whole ``...mlp.X`` weight and bias (region None).
     """
     module = pattern_module(pattern)
     m = _EXPERT.match(module or "")
     if not m:
+        if module and _MOE_BLOCK in module:
+            moved = module.replace(_MOE_BLOCK, ".mlp.")
+            found = [(f"{moved}.{leaf}", None) for leaf in ("weight", "bias") if f"{moved}.{leaf}" in shapes]
+            return found or None
         return None
     pre, e, proj = m.group("pre"), int(m.group("e")), m.group("proj")
     for blk in ("mlp", "block_sparse_moe"):
@@ -106,11 +120,11 @@ def _to_memory(pattern: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str, t
             half = shape[1] // 2
             if len(shape) == 3 and e < shape[0]:
                 h = _HALF[proj]
-                return name, (slice(e, e + 1), slice(h * half, (h + 1) * half))
+                return [(name, (slice(e, e + 1), slice(h * half, (h + 1) * half)))]
         leaf = "down_proj" if proj in ("w2", "down_proj") else proj
         name = f"{base}.{leaf}"
         if name in shapes and len(shapes[name]) == 3 and e < shapes[name][0]:
-            return name, (slice(e, e + 1), slice(None))
+            return [(name, (slice(e, e + 1), slice(None)))]
     return None
 
 
@@ -161,15 +175,17 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
 
     sel = load_selection(selection)
     pats = [AxolotlPattern(p) for p in sel.patterns]
-    named = list(model.named_parameters(remove_duplicate=False))
+    named = list(model.named_parameters())
     if not named:
         raise SpectrumError("The model has no parameters to freeze.")
     shapes = {n: tuple(p.shape) for n, p in named}
+    aliases = tied_aliases(model)
     by_id: dict[int, torch.nn.Parameter] = {}
     names: dict[int, list[str]] = {}
     on: set[int] = set()
     ranges: dict[int, list[tuple[int, int | None]]] = {}
     hits = [0] * len(pats)
+    matches: dict[str, list[tuple[str, int]]] = {pat.raw: [] for pat in pats}
     for name, p in named:
         by_id[id(p)] = p
         names.setdefault(id(p), []).append(name)
@@ -177,25 +193,46 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
             if pat.match(name):
                 hits[i] += 1
                 on.add(id(p))
+                covered = p.numel()
                 if pat.range is not None:
                     ranges.setdefault(id(p), []).append(pat.range)
+                    rows = len(p) if p.dim() else 1
+                    a, b = pat.range
+                    covered = max(0, min(rows, rows if b is None else b) - a) * (p.numel() // max(rows, 1))
+                matches[pat.raw].append((name, covered))
 
     regions: dict[int, list[tuple]] = {}
     mapped: dict[str, str] = {}
     missing: list[str] = []
+    tied_only: dict[str, tuple[str, str]] = {}
     index = {n: p for n, p in named}
     for i, pat in enumerate(pats):
         if hits[i]:
             continue
         target = _to_memory(pat.raw, shapes)
         if target is None:
-            missing.append(pat.raw)
+            alias = next(((a, c) for a, c in aliases.items() if pat.match(a)), None)
+            if alias is not None:
+                tied_only[pat.raw] = alias
+            else:
+                missing.append(pat.raw)
             continue
-        name, region = target
-        p = index[name]
-        on.add(id(p))
-        regions.setdefault(id(p), []).append(region)
-        mapped[pat.raw] = f"{name}[{region[0].start}, {_fmt(region[1])}]"
+        for name, region in target:
+            p = index[name]
+            on.add(id(p))
+            if region is None:
+                mapped[pat.raw] = name
+                matches[pat.raw].append((name, p.numel()))
+            else:
+                regions.setdefault(id(p), []).append(region)
+                mapped[pat.raw] = f"{name}[{region[0].start}, {_fmt(region[1])}]"
+                mask = _keep_mask(tuple(p.shape), [region])
+                matches[pat.raw].append((name, int(mask.sum()) * (p.numel() // max(mask.numel(), 1))))
+    notes = [f"{raw} names {alias}, which is tied to {canon} (one tensor, listed once by that name): like Axolotl, "
+             f"this pattern trains nothing; add ^{canon}$ to train the shared weight"
+             for raw, (alias, canon) in tied_only.items() if id(index[canon]) not in on]
+    for note in notes:
+        LOG.warning(note)
     if missing:
         msg = (f"{len(missing)} of {len(pats)} selection patterns match no parameter of this model, e.g. "
                f"{missing[0]!r} (the model has e.g. {named[0][0]!r}). The selection was made for another model or "
@@ -211,7 +248,8 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
     for h in old:
         h.remove()
     hooks = []
-    summary = FreezeSummary(trainable_params=0, total_params=0, mapped=mapped)
+    summary = FreezeSummary(trainable_params=0, total_params=0, mapped=mapped, notes=notes, matches=matches,
+                            unmatched=missing)
     for pid, p in by_id.items():
         name = names[pid][0]
         p.requires_grad_(pid in on)
@@ -243,6 +281,18 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
         model.enable_input_require_grads()
         summary.input_require_grads = True
     return summary
+
+
+def tied_aliases(model: Any) -> dict[str, str]:
+    """Second names of shared tensors (a tied ``lm_head.weight``) -> the name ``named_parameters()`` lists."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
 
 
 def _fmt(s: slice) -> str:

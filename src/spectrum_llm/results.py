@@ -126,8 +126,10 @@ class ScanResult:
         return write_json_atomic(path, self.to_json())
 
     def to_reference_json(self) -> dict[str, Any]:
-        """The reference tool's flat layout. Skipped modules are left out rather than written as NaN."""
-        return {m.name: {"snr": m.snr, "type": m.type} for m in self.modules if m.ranked}
+        """The reference tool's flat layout of this scan, as that tool writes it (see ``reference``)."""
+        from .reference import entries
+
+        return {n: {"snr": s, "type": t} for n, t, s in entries(self)}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ScanResult":
@@ -292,17 +294,17 @@ def _reference_kind(name: str, type_: str) -> str:
     return "linear"
 
 
-def _finite_or_none(v: Any, name: str, path: Path) -> float | None:
+def _finite_or_none(v: Any, name: str, where: str) -> float | None:
     if v is None:
         return None
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise SpectrumError(f"{path}: the score of {name!r} is {v!r}, not a number. Re-run the scan.") from None
+        raise SpectrumError(f"{where}: the score of {name!r} is {v!r}, not a number. Re-run the scan.") from None
     return f if not math.isnan(f) else None
 
 
-def _from_reference(data: dict[str, Any], path: Path) -> ScanResult:
+def _from_reference(data: dict[str, Any], where: str, model: str) -> ScanResult:
     """Read the reference tool's flat or grouped layout, keeping its types and file order."""
     first = next(iter(data.values()))
     modules: list[ModuleScore] = []
@@ -313,7 +315,7 @@ def _from_reference(data: dict[str, Any], path: Path) -> ScanResult:
         layout = "reference-grouped"
         items = ((n, t, s) for t, group in data.items() for n, s in group.items())
     for name, type_, raw in items:
-        snr = _finite_or_none(raw, name, path)
+        snr = _finite_or_none(raw, name, where)
         skipped = None
         if snr is None:
             skipped = "the scan recorded no score (NaN)"
@@ -321,25 +323,57 @@ def _from_reference(data: dict[str, Any], path: Path) -> ScanResult:
             ModuleScore(name=name, type=type_, layer=_layer_of(name), shape=[], snr=snr,
                         kind=_reference_kind(name, type_), param=name + ".weight", skipped=skipped)
         )
-    model = path.stem.removeprefix("snr_results_")
     return ScanResult(model=model, estimator="reference", modules=modules, layout=layout)
 
 
+def scan_stem(path: str | os.PathLike) -> str:
+    """A scan file's name without ``.json``/``.json.gz`` (and without the reference tool's ``snr_results_``)."""
+    name = Path(path).name
+    for suffix in (".gz", ".json"):
+        name = name.removesuffix(suffix)
+    return name.removeprefix("snr_results_")
+
+
+def read_scan_text(path: str | os.PathLike) -> str:
+    """A scan file's text; ``.gz`` files are decompressed."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        import gzip
+
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise SpectrumError(f"{path} is not a readable gzip file ({e}).") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpectrumError(f"{path} is not valid JSON ({e}). Re-run the scan or check the file.") from None
+
+
 def load_scan(path: str | os.PathLike) -> ScanResult:
-    """Load a scan in our layout or either reference layout, with a clear error for anything else."""
+    """Load a scan in our layout or either reference layout (``.json`` or ``.json.gz``), with a clear error for
+    anything else."""
     path = Path(path)
     if not path.is_file():
         raise SpectrumError(f"Scan file {path} does not exist. Run `spectrum scan MODEL -o {path}` first.")
+    return parse_scan(read_scan_text(path), str(path), scan_stem(path))
+
+
+def parse_scan(text: str, where: str, model: str = "") -> ScanResult:
+    """A scan from its JSON text; ``where`` names it in errors, ``model`` names reference-layout scans."""
+    if not text.strip():
+        raise SpectrumError(f"{where} is empty ({len(text)} bytes of whitespace, no JSON): there is no scan in it.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpectrumError(f"{path} is not valid JSON ({e}). Re-run the scan or check the file.") from None
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpectrumError(f"{where} is not valid JSON ({e}). Re-run the scan or check the file.") from None
     if not isinstance(data, dict) or not data:
-        raise SpectrumError(f"{path} holds no scan results (empty or not a JSON object).")
+        raise SpectrumError(f"{where} holds no scan results (empty or not a JSON object).")
     if data.get("format") == FORMAT:
         mods = data.get("modules")
         if not isinstance(mods, list):
-            raise SpectrumError(f"{path}: 'modules' is missing or not a list; the file is damaged. Re-run the scan.")
+            raise SpectrumError(f"{where}: 'modules' is missing or not a list; the file is damaged. Re-run the scan.")
         return ScanResult(
             model=data.get("model", ""),
             estimator=data.get("estimator", ""),
@@ -354,7 +388,7 @@ def load_scan(path: str | os.PathLike) -> ScanResult:
     grouped = all(isinstance(v, dict) and all(not isinstance(x, dict) for x in v.values()) for v in values)
     if not (flat or grouped):
         raise SpectrumError(
-            f"{path} is JSON but not a scan: expected spectrum-llm's layout or the reference tool's "
+            f"{where} is JSON but not a scan: expected spectrum-llm's layout or the reference tool's "
             "flat ({name: {snr, type}}) or grouped ({type: {name: snr}}) layout."
         )
-    return _from_reference(data, path)
+    return _from_reference(data, where, model)

@@ -23,7 +23,7 @@ from .errors import SpectrumError
 from .estimators import ESTIMATORS, score, unscorable
 from .naming import is_quantization_aux, parse
 from .quantized import method_label, stored_dtype
-from .results import ModuleScore, ScanResult, check_writable, output_error, write_json_atomic
+from .results import ModuleScore, ScanResult, check_writable, output_error
 from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
@@ -582,8 +582,9 @@ def slug(model: str) -> str:
 def _write_reference(result: ScanResult, folder: str | os.PathLike | None) -> None:
     if folder is None:
         return
-    name = Path(result.model).name if Path(result.model).exists() else result.model
-    write_json_atomic(Path(folder) / f"snr_results_{slug(name)}.json", result.to_reference_json())
+    from .reference import write_json
+
+    write_json(result, folder)
 
 
 def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, method: str,

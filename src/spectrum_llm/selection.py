@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import SpectrumError
-from .results import ModuleScore, ScanResult, load_scan
+from .results import ModuleScore, ScanResult
 
 FORMAT = "spectrum-llm/selection"
 FORMAT_VERSION = 1
@@ -65,6 +65,7 @@ class Selection:
     estimator: str = ""
     trainable_params: int | None = None
     total_params: int | None = None
+    shapes: dict[str, list[int]] = field(default_factory=dict)
     extra_params: int | None = None  # of trainable_params, those of the extras (embeddings, lm_head, norms)
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +83,7 @@ class Selection:
             "extras": self.extras,
             "types": {t: asdict(v) for t, v in self.types.items()},
             "scores": {k: (v if v is None or math.isfinite(v) else str(v)) for k, v in self.scores.items()},
+            "shapes": self.shapes,
         }
 
     @classmethod
@@ -96,6 +98,7 @@ class Selection:
                       rule=dict(data.get("rule") or {}), extras=list(data.get("extras") or []),
                       model=data.get("model", ""), estimator=data.get("estimator", ""),
                       trainable_params=data.get("trainable_params"), total_params=data.get("total_params"),
+                      shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()},
                       extra_params=data.get("extra_params"))
         except (KeyError, TypeError, ValueError) as e:
             raise SpectrumError(f"{source} is a damaged selection file ({e}). Re-create it with `spectrum select`.") \
@@ -255,16 +258,34 @@ def _candidates(scan: ScanResult, parts: bool, compat: bool) -> list[ModuleScore
     return [m for m in linear if m.part is not None or m.param not in has_parts]
 
 
-def _model_numel(model: Any) -> dict[str, int]:
-    """Parameter sizes by name, from a module or a model folder (built on the meta device: no weights read).
-
-    A tied head is the embedding under a second name: it is listed (and counted) once, as the embedding.
-    """
+def _model_numel(model: Any) -> tuple[dict[str, int], bool]:
+    """Parameter sizes by name, each tensor once under the name Axolotl matches (``named_parameters()``), and
+    whether lm_head is tied to the embeddings; from a module or a model folder (built on the meta device)."""
     if isinstance(model, (str, os.PathLike)):
         from .freezing import load_meta_model
 
         model = load_meta_model(model)
-    return {n: p.numel() for n, p in model.named_parameters()}
+    from .freezing import tied_aliases
+
+    tied = any(a.endswith("lm_head.weight") for a in tied_aliases(model))
+    return {n: p.numel() for n, p in model.named_parameters()}, tied
+
+
+def tied_head(scan: ScanResult) -> bool | None:
+    """Whether the scanned model's lm_head is its input embedding (one tensor); None when the scan cannot tell.
+
+    The config says so when the checkpoint has one; otherwise a full scan of our own with an embedding and no
+    lm_head tensor is tied (checkpoints store a tied weight once; GGUF files then have no ``output.weight``).
+    Reference-layout scans always list ``lm_head`` (the reference tool scores the tied module too).
+    """
+    if "tie_word_embeddings" in scan.config:
+        return bool(scan.config["tie_word_embeddings"])
+    if scan.layout != "spectrum-llm" or scan.modules_regex:
+        return None
+    kinds = {m.kind for m in scan.modules}
+    if "embedding" in kinds:
+        return "lm_head" not in kinds
+    return None
 
 
 def _numel_of(m: ModuleScore, by_param: dict[str, int] | None) -> int:
@@ -296,11 +317,12 @@ def select(
     include: str | None = None,
     exclude: str | None = None,
     train_embeddings: bool = True,
-    train_lm_head: bool = True,
+    train_lm_head: bool | None = None,
     train_norms: bool = False,
     parts: bool = False,
     compat: bool = False,
     model: Any = None,
+    catalogue: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None,
 ) -> Selection:
     """Choose the modules to train from a scan.
 
@@ -312,9 +334,34 @@ def select(
     overflow it. ``include``/``exclude`` are regexes (``re.search``) on module names that narrow the
     candidates. ``compat`` reproduces the reference tool's YAML exactly and ignores the other options.
     ``model`` (a module or folder) supplies parameter sizes when the scan lacks them.
+
+    A tied lm_head is the embedding matrix, which Axolotl (and ``freeze``) know only by its embedding name,
+    so it trains exactly when ``^<embedding>$`` is listed. ``train_lm_head`` (default: yes, or as
+    ``train_embeddings`` when tied) then asks for that tensor too: ``train_embeddings=False,
+    train_lm_head=True`` on a tied model lists the embedding pattern, and ``rule["lm_head_tied"]`` is set.
+
+    ``scan`` is a ScanResult, a scan file, or a model: a local checkpoint is scanned (once, cached); a model
+    id with no local weights takes its published scan from the catalogue (users' ``catalogue`` folders and
+    ``$SPECTRUM_CATALOGUE`` first), and ``rule["scan"]`` says which scan was used.
     """
+    source = None
     if not isinstance(scan, ScanResult):
-        scan = load_scan(scan)
+        from .catalogue import resolve_scan
+
+        scan, source = resolve_scan(scan, catalogue=catalogue)
+    sel = _select(scan, top_percent=top_percent, rule=rule, budget=budget, include=include, exclude=exclude,
+                  train_embeddings=train_embeddings, train_lm_head=train_lm_head, train_norms=train_norms,
+                  parts=parts, compat=compat, model=model)
+    if source:
+        sel.rule["scan"] = source
+    targets = {pattern_module(p) for p in sel.patterns}
+    sel.shapes = {m.name: list(m.shape) for m in scan.modules
+                  if m.name in targets and m.part is None and m.rows is None and len(m.shape) == 2}
+    return sel
+
+
+def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, train_embeddings, train_lm_head,
+            train_norms, parts, compat, model) -> Selection:
     if budget is not None:
         rule = "budget"
     if rule not in RULES:
@@ -351,7 +398,9 @@ def select(
         raise SpectrumError("The global rule compares scores across module types, but the reference estimator's "
                             "scale differs by type. Use --rule per-type, or re-scan with --estimator mp.")
 
-    by_param = _model_numel(model) if model is not None else None
+    by_param, tied = _model_numel(model) if model is not None else (None, tied_head(scan))
+    if train_lm_head is None:
+        train_lm_head = train_embeddings if tied else True
     groups: dict[str, list[ModuleScore]] = {}
     for m in cands:
         groups.setdefault(m.type, []).append(m)
@@ -359,11 +408,13 @@ def select(
     biases = {m.param: m.numel for m in scan.modules if m.kind == "bias"}
     numel = {m.name: _numel_of(m, by_param) + _bias_numel(m, biases, by_param) for m in cands}
 
-    extras, extra_numel = _extras(scan, train_embeddings, train_lm_head, train_norms, by_param)
+    extras, extra_numel = _extras(scan, train_embeddings, train_lm_head, train_norms, by_param, bool(tied))
     chosen: set[str]
     info: dict[str, Any] = {"rule": rule, "estimator": scan.estimator, "parts": parts,
                             "train_embeddings": train_embeddings, "train_lm_head": train_lm_head,
                             "train_norms": train_norms, "include": include, "exclude": exclude}
+    if tied:
+        info["lm_head_tied"] = True
     if rule == "per-type":
         info["top_percent"] = top_percent
         chosen = {m.name for t, ms in ranked.items() for m in ms[: int(len(ms) * top_percent / 100)]}
@@ -425,19 +476,20 @@ def _total_params(scan: ScanResult, by_param: dict[str, int] | None) -> int | No
 
 
 def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
-            by_param: dict[str, int] | None) -> tuple[list[str], int]:
+            by_param: dict[str, int] | None, tied: bool = False) -> tuple[list[str], int]:
     """Patterns for embeddings, lm_head and norms (which are not ranked), with their parameter count.
 
-    A head tied to the embeddings (our scans list no separate lm_head then) is the embedding matrix itself,
-    so ``emb`` alone decides whether that one tensor trains: ``^lm_head.weight$`` would unfreeze it too.
-    """
-    if tied_embeddings(scan):
-        head = head and emb
+    Tied, the head is the embedding: its own pattern matches nothing in Axolotl, so asking for the head
+    lists the embedding pattern too, and the shared tensor counts once (as the embedding)."""
     out: list[str] = []
     size = 0
-    for flag, kind, fallback in ((head, "lm_head", _DEFAULT_HEAD), (emb, "embedding", _DEFAULT_EMBED),
+    for flag, kind, fallback in ((head, "lm_head", _DEFAULT_HEAD), (emb or (tied and head), "embedding",
+                                                                     _DEFAULT_EMBED),
                                  (norms, "norm", _NORM_FALLBACK)):
         if not flag:
+            continue
+        if kind == "lm_head" and tied:
+            out.append(fallback)
             continue
         ms = [m for m in scan.modules if m.kind == kind and m.part is None]
         if ms:
@@ -506,24 +558,28 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
 
 
 def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
-    """The reference tool, byte for byte: per file type, stable sort high to low, keep int(n * P / 100)."""
-    cands = _candidates(scan, parts=False, compat=True)
-    if all(m.snr is None for m in cands):
+    """The reference tool's YAML for this scan, byte for byte (its rules: see ``reference``)."""
+    from .reference import entries, top_by_type
+
+    listed = entries(scan)
+    if all(math.isnan(s) for _, _, s in listed):
         raise SpectrumError(f"Every score in the scan of {scan.model or 'this model'} is missing or NaN; "
                             "nothing can be ranked. Re-run the scan.")
-    groups: dict[str, list[ModuleScore]] = {}
-    for m in cands:
-        groups.setdefault(m.type, []).append(m)
+    numel = {m.name: m.numel for m in scan.modules}
+    counts: dict[str, int] = {}
+    for _, t, _ in listed:
+        counts[t] = counts.get(t, 0) + 1
     types: dict[str, TypeSelection] = {}
     modules: list[str] = []
-    for t, ms in groups.items():
-        kept = rank(ms, compat=True)[: int(len(ms) * top_percent / 100)]
-        names = [m.name for m in kept]
-        types[t] = TypeSelection(type=t, total=len(ms), kept=len(kept), modules=names, patterns=list(names),
-                                 numel=sum(m.numel for m in ms), selected_numel=sum(m.numel for m in kept))
+    for t, kept in top_by_type(scan, top_percent).items():
+        names = [n for n, _ in kept]
+        types[t] = TypeSelection(type=t, total=counts[t], kept=len(kept), modules=names, patterns=list(names),
+                                 numel=sum(numel.get(n, 0) for n, tt, _ in listed if tt == t),
+                                 selected_numel=sum(numel.get(n, 0) for n in names))
         modules += names
     patterns = list(REFERENCE_EXTRAS) + modules
-    return Selection(modules=modules, patterns=patterns, types=types, scores={m.name: m.snr for m in cands},
+    return Selection(modules=modules, patterns=patterns, types=types,
+                     scores={n: (None if math.isnan(s) else s) for n, _, s in listed},
                      rule={"rule": "per-type", "top_percent": top_percent, "compat": True,
                            "estimator": scan.estimator},
                      extras=list(REFERENCE_EXTRAS), model=scan.model, estimator=scan.estimator)

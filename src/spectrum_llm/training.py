@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import resource
@@ -23,7 +24,7 @@ from typing import Any
 
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
 from .errors import SpectrumError
-from .results import check_writable, write_json_atomic
+from .results import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
 METHODS = ("spectrum", "full", "lora")
@@ -49,7 +50,7 @@ class TrainConfig:
     scan: str | None = None
     estimator: str = "mp"
     train_embeddings: bool = True
-    train_lm_head: bool = True
+    train_lm_head: bool | None = None  # None: on, or as train_embeddings when the head is tied
     # lora
     lora_rank: int = 16
     lora_alpha: float | None = None
@@ -123,9 +124,9 @@ class TrainConfig:
             raise SpectrumError(f"Unknown method {self.method!r}. Use one of: {', '.join(METHODS)}.")
         if self.precision not in PRECISIONS:
             raise SpectrumError(f"Unknown precision {self.precision!r}. Use one of: {', '.join(PRECISIONS)}.")
-        if self.method != "spectrum" and (self.selection or self.top_percent is not None):
-            raise SpectrumError(f"--selection/--top-percent only apply to --method spectrum, not {self.method}. "
-                                "Drop them or use --method spectrum.")
+        if self.method == "full" and (self.selection or self.top_percent is not None):
+            raise SpectrumError("--selection/--top-percent apply to --method spectrum (train the selection) and lora "
+                                "(adapters on the selection), not full. Drop them or pick one of those.")
         if self.selection and self.top_percent is not None:
             raise SpectrumError("Give either --selection FILE or --top-percent (which selects from a scan), not both.")
         if self.top_percent is not None and not 0 < self.top_percent <= 100:
@@ -288,12 +289,27 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
     return sel
 
 
-def _apply_lora(model, cfg: TrainConfig):
+def _lora_kwargs(cfg: TrainConfig, source: str, model, resumed: bool) -> tuple[dict[str, Any], Any]:
+    """LoraConfig arguments: all linear layers, or Spectrum-guided (a PEFT file, or a selection: targets the
+    selected modules, rank by score up to --lora-rank); and the selection it came from, if any."""
+    from .lora import is_lora_config, load_lora_config, lora_config
+
+    if cfg.selection and is_lora_config(cfg.selection):
+        return load_lora_config(cfg.selection), None
+    if not cfg.selection and cfg.top_percent is None:
+        return dict(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
+                    target_modules="all-linear", task_type="CAUSAL_LM"), None
+    selection = resolve_selection(cfg, source, resumed)
+    ratio = (cfg.lora_alpha or 2 * cfg.lora_rank) / cfg.lora_rank
+    plan = lora_config(selection, max_rank=cfg.lora_rank, alpha_ratio=ratio, dropout=cfg.lora_dropout, model=model)
+    print(f"[spectrum] {plan}", flush=True)
+    return plan.config, selection
+
+
+def _apply_lora(model, kwargs: dict[str, Any]):
     from peft import LoraConfig, get_peft_model
 
-    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lcfg)
+    return get_peft_model(model, LoraConfig(**kwargs))
 
 
 def _upcast_trainable(model) -> int:
@@ -552,7 +568,11 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
                   f"{', '.join(frozen.partial)}; weight decay still shrinks their frozen rows. Set weight_decay: 0 "
                   "(the default) to keep them bit-identical.", flush=True)
     elif cfg.method == "lora":
-        model = _apply_lora(model, cfg)
+        lora_kwargs, selection = _lora_kwargs(cfg, config.model, model, resume_from is not None)
+        model = _apply_lora(model, lora_kwargs)
+        if args.process_index == 0:
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(Path(cfg.output_dir) / "lora_config.json", json.dumps(lora_kwargs, indent=2) + "\n")
     always = _always_trained(model) if cfg.method == "spectrum" else 0
     if precision != "fp32" and getattr(args, "deepspeed_plugin", None) is None:
         _upcast_trainable(model)  # DeepSpeed keeps its own fp32 master copies

@@ -1,0 +1,264 @@
+"""Published scans, built in: select for a model without scanning it.
+
+The reference tool's repository (QuixiAI/spectrum, formerly cognitivecomputations/spectrum) publishes 22
+scans and Axolotl (axolotl-ai-cloud/axolotl) bundles 11 more, all Apache-2.0. They ship unchanged (gzip) in
+``catalogue_data/``, with ``index.json`` recording each file's checksum, size and, for the defective ones,
+the defect. A scan is found the way Axolotl finds one: the model id slugged (``/`` and ``_`` become ``-``)
+into ``snr_results_<slug>.json``. Users' folders (``--catalogue DIR``, ``SPECTRUM_CATALOGUE``) are searched
+first with the same names, so one folder serves both tools. Where Axolotl falls back to a full fine-tune
+when a file is missing or bad, a file here that is empty, damaged or incomplete is an error naming it and
+the problem.
+
+``python -m spectrum_llm.catalogue`` validates the packaged files against ``index.json``; every package
+build runs it (``setup.py``), so a wheel never ships a catalogue that disagrees with its index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import SpectrumError
+from .results import ScanResult, load_scan, parse_scan, read_scan_text, scan_stem
+
+DATA = Path(__file__).parent / "catalogue_data"
+ENV = "SPECTRUM_CATALOGUE"
+SOURCES: dict[str, dict[str, str]] = {
+    "reference-tool": {"repo": "QuixiAI/spectrum (formerly cognitivecomputations/spectrum)",
+                       "path": "model_snr_results/", "commit": "13dcd40c44fdfb4a41a123e9e8a7106c827d4b59"},
+    "axolotl": {"repo": "axolotl-ai-cloud/axolotl", "path": "src/axolotl/integrations/spectrum/model_snr_results/",
+                "commit": "067b021c8b87a9e5e380b9173c704cf7340e30f5"},
+}
+_ROUTER_LEAVES = ("router", "gate")
+
+
+@dataclass
+class Entry:
+    """One scan in a catalogue: where it is, what it holds, and what is wrong with it (``problem``)."""
+
+    name: str  # the slug: file name without snr_results_ and .json(.gz)
+    path: Path
+    source: str  # reference-tool | axolotl | the user folder
+    modules: int = 0
+    layout: str = ""
+    estimator: str = "reference"
+    problem: str | None = None
+
+    @property
+    def file(self) -> str:
+        return self.path.name.removesuffix(".gz")
+
+    @property
+    def axolotl_readable(self) -> bool:
+        """Axolotl's plugin reads only the flat layout (``{name: {"snr", "type"}}``) of a plain .json file
+        (the packaged files are published .json files, compressed here)."""
+        plain = self.source in SOURCES or self.path.suffix == ".json"
+        return self.problem is None and self.layout == "reference-flat" and plain
+
+    def describe_source(self, short: bool = False) -> str:
+        s = SOURCES.get(self.source)
+        if s is None:
+            return self.source
+        return f"{s['repo'].split(' ')[0]}@{s['commit'][:7]}" if short else f"{s['repo']} @ {s['commit'][:7]}"
+
+    def load(self) -> ScanResult:
+        """The scan, or a SpectrumError naming the file and its problem (never an empty selection)."""
+        if self.problem is None:
+            scan = load_scan(self.path)
+            self.problem = _problem(scan)
+            if self.problem is None:
+                return scan
+        raise SpectrumError(f"The catalogue scan {self.file} ({self.describe_source()}) cannot be used: "
+                            f"{self.problem}. Scan the model instead (`spectrum scan MODEL -o scan.json`) or put a "
+                            f"good snr_results_{self.name}.json into a --catalogue folder.")
+
+
+def slug(model_id: str) -> str:
+    """Axolotl's and the reference tool's file-name form of a model id: ``/`` and ``_`` become ``-``."""
+    return str(model_id).replace("/", "-").replace("_", "-")
+
+
+def folders(catalogue: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None) -> list[Path]:
+    """Users' catalogue folders: ``catalogue`` (one or several), then ``$SPECTRUM_CATALOGUE`` (os.pathsep-separated)."""
+    given: list[Any] = [] if catalogue is None else [catalogue] if isinstance(catalogue, (str, os.PathLike)) \
+        else list(catalogue)
+    env = [p for p in os.environ.get(ENV, "").split(os.pathsep) if p]
+    out = []
+    for where, items in (("--catalogue", given), (ENV, env)):
+        for item in items:
+            path = Path(item).expanduser()
+            if not path.is_dir():
+                raise SpectrumError(f"Catalogue folder {path} (from {where}) does not exist or is not a folder. "
+                                    "Create it and put snr_results_<model>.json scans into it.")
+            out.append(path)
+    return out
+
+
+def _user_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith("snr_results_")
+                  and p.name.endswith((".json", ".json.gz")))
+
+
+def builtin() -> list[Entry]:
+    """The packaged scans, described by ``index.json`` (no file is read)."""
+    index = json.loads((DATA / "index.json").read_text(encoding="utf-8"))
+    return [Entry(scan_stem(e["file"]), DATA / e["file"], e["source"], e["modules"], e["layout"],
+                  problem=e["problem"]) for e in index["files"]]
+
+
+def entries(catalogue=None) -> list[Entry]:
+    """Every scan the lookup can find: users' folders first (each file checked now), then the packaged ones."""
+    out = []
+    for folder in folders(catalogue):
+        for path in _user_files(folder):
+            info = problem_of(path)
+            out.append(Entry(scan_stem(path), path, str(folder), info["modules"], info["layout"],
+                             info["estimator"], info["problem"]))
+    return out + builtin()
+
+
+def find(model_id: str, catalogue=None, *, packaged: bool = True) -> Entry | None:
+    """The first scan named ``snr_results_<slug(model_id)>.json`` (or ``.json.gz``), users' folders first."""
+    name = slug(model_id)
+    for folder in folders(catalogue):
+        for fname in (f"snr_results_{name}.json", f"snr_results_{name}.json.gz"):
+            if (folder / fname).is_file():
+                return Entry(name, folder / fname, str(folder))
+    return next((e for e in builtin() if e.name == name), None) if packaged else None
+
+
+def near(model_id: str, catalogue=None, n: int = 3) -> list[str]:
+    """Catalogue names close to ``model_id``, for a "did you mean" hint."""
+    import difflib
+
+    names = [e.name for e in entries(catalogue)]
+    want = slug(model_id)
+    exact = [x for x in names if x.lower() == want.lower()]
+    return exact or difflib.get_close_matches(want, names, n=n, cutoff=0.6)
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def _problem(scan: ScanResult) -> str | None:
+    """What makes a parsed scan unusable for selection, or None."""
+    from .selection import select
+
+    if not scan.modules:
+        return "it holds no modules"
+    names = [m.name for m in scan.modules]
+    routers = sorted({m.type for m in scan.modules if m.type.rsplit(".", 1)[-1] in _ROUTER_LEAVES})
+    if routers and not any(re.search(r"(^|\.)experts(\.|$)", n) for n in names):
+        return (f"it scores the mixture-of-experts router ({routers[0]}) but no expert: the scan missed the "
+                "model's expert weights (fused 3-D tensors), so a selection from it would leave every expert frozen")
+    try:
+        select(scan, top_percent=50)
+        select(scan, top_percent=50, compat=True)
+    except SpectrumError as e:
+        return f"no selection can be made from it ({e})"
+    return None
+
+
+def problem_of(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse one scan file and say what it holds: modules, layout, estimator, and its problem (or None)."""
+    path = Path(path)
+    try:
+        scan = parse_scan(read_scan_text(path), "the file", scan_stem(path))
+    except SpectrumError as e:
+        return {"modules": 0, "layout": "", "estimator": "", "problem": str(e).rstrip(".")}
+    return {"modules": len(scan.modules), "layout": scan.layout, "estimator": scan.estimator,
+            "problem": _problem(scan)}
+
+
+def validate_data() -> list[str]:
+    """Check every packaged scan against ``index.json``: unchanged bytes, same modules, same defects.
+
+    Returns one line per file; raises SpectrumError listing every disagreement.
+    """
+    import gzip
+
+    index = json.loads((DATA / "index.json").read_text(encoding="utf-8"))
+    errors, lines = [], []
+    listed = {e["file"] for e in index["files"]}
+    on_disk = {str(p.relative_to(DATA)) for p in DATA.glob("*/*.json.gz")}
+    errors += [f"{f}: in the package but not in index.json" for f in sorted(on_disk - listed)]
+    for e in index["files"]:
+        path = DATA / e["file"]
+        if not path.is_file():
+            errors.append(f"{e['file']}: listed in index.json but missing")
+            continue
+        if e["source"] not in SOURCES:
+            errors.append(f"{e['file']}: unknown source {e['source']!r}")
+        raw = gzip.decompress(path.read_bytes())
+        if hashlib.sha256(raw).hexdigest() != e["sha256"] or len(raw) != e["bytes"]:
+            errors.append(f"{e['file']}: bytes differ from the published file (checksum)")
+        got = problem_of(path)
+        for key in ("modules", "layout", "problem"):
+            if got[key] != e[key]:
+                errors.append(f"{e['file']}: {key} is {got[key]!r}, index.json says {e[key]!r}")
+        lines.append(f"{e['file']}: {e['modules']} modules" + (f", DEFECTIVE: {e['problem']}" if e["problem"] else ""))
+    if errors:
+        raise SpectrumError("The packaged catalogue disagrees with its index:\n  " + "\n  ".join(errors))
+    return lines
+
+
+# ----------------------------------------------------------------------------------------- resolution
+
+
+def resolve_scan(arg: "ScanResult | str | os.PathLike", *, catalogue=None, estimator: str = "mp",
+                 progress: bool = False) -> tuple[ScanResult, str]:
+    """The scan to select from, and how it was found.
+
+    In order: a scan file; a scan in a users' catalogue folder; a local checkpoint (folder, weight file,
+    builtin, hub id in the Hugging Face cache), scanned once and cached; a packaged published scan.
+    """
+    if isinstance(arg, ScanResult):
+        return arg, "the given scan"
+    text = str(arg)
+    path = Path(text).expanduser()
+    if path.name.endswith((".json", ".json.gz")):
+        return load_scan(path), f"scan file {path}"
+    entry = find(text, catalogue, packaged=False)
+    if entry is not None:
+        return entry.load(), f"the scan {entry.path} from the catalogue folder {entry.source}"
+    from .checkpoint import resolve
+
+    try:
+        resolve(text)
+    except SpectrumError:
+        entry = find(text)
+        if entry is not None:
+            return entry.load(), (f"the published scan {entry.file} ({entry.describe_source()}), since {text} has "
+                                  "no local weights")
+        hint = near(text, catalogue)
+        raise SpectrumError(
+            f"{text}: no such scan file or local checkpoint (folder, weight file, or hub id in the local Hugging "
+            f"Face cache; nothing is downloaded), and no catalogue holds snr_results_{slug(text)}.json"
+            + (f" (did you mean {', '.join(hint)}?)" if hint else "")
+            + f". `spectrum catalogue` lists the scans it has; add your own with --catalogue DIR or ${ENV}, or "
+            f"scan the model: `spectrum scan MODEL -o scan.json`.") from None
+    from .scanner import scan
+
+    result = scan(text, estimator=estimator, progress=progress)  # filed in the scan cache by content
+    return result, f"a scan of the checkpoint {text}{' (reused from an earlier scan)' if result.cached else ''}"
+
+
+def main() -> None:
+    """``python -m spectrum_llm.catalogue``: validate the packaged scans (run by every package build)."""
+    import sys
+
+    try:
+        for line in validate_data():
+            print(line)
+    except SpectrumError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

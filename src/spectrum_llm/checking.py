@@ -1,0 +1,391 @@
+"""Know before you train: what a selection does to a model, and what training it will cost.
+
+``check`` builds the model on the meta device (names, shapes and the forward pass, no weights and no
+memory), freezes it to the selection exactly as ``freeze`` and Axolotl do, and reports each pattern and
+what it unfreezes, the patterns that match nothing, the selected modules the model lacks, the trainable
+share, and the training memory of full fine-tuning, this selection, and LoRA with as many trainable
+parameters (all linear layers, the rank that comes closest).
+
+Memory is counted the way ``spectrum train`` trains: frozen weights stay in the model's dtype; what trains
+gets fp32 master weights, fp32 gradients and two fp32 AdamW states (16 bytes a parameter). A tensor that
+trains only some rows is still whole in all three. Activations are measured, not guessed: the model's own
+forward runs on the meta device with ``saved_tensors_hooks`` counting every tensor autograd keeps for the
+backward pass (each storage once, parameters excluded), in bf16 as mixed precision computes (fp32 for an
+fp32 model), with attention as fused kernels keep it (query, key, value, output and the log-sum-exp, no
+sequence x sequence matrix). They grow with batch x sequence, so they are reported per token, without
+gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpectrumError
+from .selection import Selection, load_selection, pattern_module
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+_ADAMW_STATES = 2
+
+
+@dataclass
+class PatternReport:
+    pattern: str
+    tensors: list[str]
+    params: int
+    mapped: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class MemoryEstimate:
+    """Training memory of one method, in bytes, by dtype; activations per token of batch x sequence."""
+
+    method: str
+    trainable_params: int
+    weights: dict[str, int]
+    gradients: dict[str, int]
+    optimizer: dict[str, int]
+    activations_per_token: int | None = None
+
+    @property
+    def static_bytes(self) -> int:
+        return sum(self.weights.values()) + sum(self.gradients.values()) + sum(self.optimizer.values())
+
+    def total_bytes(self, tokens: int) -> int | None:
+        """Weights, gradients and AdamW states plus activations for ``tokens`` = batch x sequence."""
+        if self.activations_per_token is None:
+            return None
+        return self.static_bytes + self.activations_per_token * tokens
+
+
+@dataclass
+class CheckReport:
+    model: str
+    selection: str
+    dtype: str
+    seq_len: int
+    patterns: list[PatternReport]
+    unmatched: list[str]
+    missing_modules: list[str]
+    trainable_params: int
+    total_params: int
+    memory: list[MemoryEstimate] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return self.trainable_params / self.total_params if self.total_params else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fraction"] = self.fraction
+        return d
+
+    def __str__(self) -> str:
+        w = max([len(p.pattern) for p in self.patterns] + [7])
+        lines = [f"{self.selection} on {self.model} ({self.total_params:,} parameters, {self.dtype})", "",
+                 f"{'pattern'.ljust(w)}  {'tensors':>7}  {'parameters':>13}"]
+        for p in self.patterns:
+            extra = f"  -> {p.mapped}" if p.mapped else ""
+            extra += f"  ({p.note})" if p.note else ""
+            lines.append(f"{p.pattern.ljust(w)}  {len(p.tensors):>7}  {p.params:>13,}{extra}")
+        lines.append("")
+        lines.append("patterns matching nothing: " + (", ".join(self.unmatched) or "none"))
+        lines.append("selected modules the model lacks: " + (", ".join(self.missing_modules) or "none"))
+        lines.append(f"trainable: {self.trainable_params:,} of {self.total_params:,} parameters "
+                     f"({100 * self.fraction:.2f}%)")
+        lines += [f"note: {n}" for n in self.notes]
+        if self.memory:
+            lines += ["", "training memory (AdamW; what trains: fp32 weights, gradients and 2 states; frozen weights in "
+                      f"{self.dtype})"]
+            head = f"{'method':<22} {'trainable':>14} {'weights':>22} {'gradients':>10} {'AdamW':>10} " \
+                   f"{'subtotal':>10} {'activations/token':>18}"
+            lines.append(head)
+            for m in self.memory:
+                act = _size(m.activations_per_token) if m.activations_per_token is not None else "n/a"
+                lines.append(f"{m.method:<22} {m.trainable_params:>14,} {_by_dtype(m.weights):>22} "
+                             f"{_size(sum(m.gradients.values())):>10} {_size(sum(m.optimizer.values())):>10} "
+                             f"{_size(m.static_bytes):>10} {act:>18}")
+            lines.append(f"activations: the per-token figure x batch x sequence (measured at sequence {self.seq_len}, "
+                         "no gradient checkpointing); e.g. batch 8 x 2048 tokens: "
+                         + ", ".join(f"{m.method} {_size(m.total_bytes(8 * 2048))}" for m in self.memory
+                                     if m.total_bytes(1) is not None) + " in all")
+        return "\n".join(lines)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n} B"
+
+
+def _by_dtype(d: dict[str, int]) -> str:
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+    return " + ".join(f"{_size(v)} {short.get(k, k)}" for k, v in d.items() if v) or "0"
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+def _config(model: Any):
+    """The model's config and its default training dtype name (a GGUF trains in bf16 once converted)."""
+    from transformers import AutoConfig
+
+    if hasattr(model, "config"):
+        return model.config, None
+    from .checkpoint import resolve
+
+    path = resolve(model)
+    try:
+        if path.suffix == ".gguf":
+            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name), "bfloat16"
+        folder = path if path.is_dir() else path.parent
+        if not (folder / "config.json").is_file():
+            raise SpectrumError(f"{folder} has no config.json, so its model cannot be built. Pass the checkpoint "
+                                "folder.")
+        return AutoConfig.from_pretrained(folder), None
+    except SpectrumError:
+        raise
+    except Exception as e:
+        raise SpectrumError(f"Could not read the config of {model} ({e}).") from None
+
+
+def _dtype_name(config, fallback: str | None) -> str:
+    d = getattr(config, "dtype", None) or fallback or "float32"
+    name = str(d).removeprefix("torch.")
+    return name if name in _BYTES else "float32"
+
+
+def _build(config):
+    """The model on the meta device, in bf16 (what mixed precision computes in; MoE kernels want it too)."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        except ValueError:
+            model = AutoModel.from_config(config, dtype=torch.bfloat16)
+    return model.train()
+
+
+class _FusedAttention:
+    """What a fused attention kernel keeps for backward: q, k, v, the output and the log-sum-exp."""
+
+    @staticmethod
+    def make():
+        import torch
+
+        class Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, q, k, v):
+                # laid out (batch, seq, heads, dim) as the kernels write it, so the usual
+                # transpose + reshape before o_proj is a view, not a copy
+                out = q.new_empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1]).transpose(1, 2)
+                lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+                ctx.save_for_backward(q, k, v, out, lse)
+                return out
+
+            @staticmethod
+            def backward(ctx, grad):  # never run: the meta forward only counts what is kept
+                raise RuntimeError("memory measurement only")
+
+        def sdpa(query, key, value, *args, **kwargs):
+            return Fn.apply(query, key, value)
+
+        return sdpa
+
+
+@contextlib.contextmanager
+def _fused_attention():
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _FusedAttention.make()
+    gqa = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"  # no repeated key/value heads (meta cannot skip the mask)
+    try:
+        with _meta_autocast():
+            yield
+    finally:
+        F.scaled_dot_product_attention = original
+        if gqa is None:
+            os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
+        else:
+            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = gqa
+
+
+@contextlib.contextmanager
+def _meta_autocast():
+    """``torch.autocast(device_type="meta")`` (which peft's expert adapters open) as the CPU one: there is no
+    autocast state for the meta device, and turning it off there changes nothing."""
+    import torch
+
+    original = torch.autocast
+
+    class Autocast(original):
+        def __init__(self, device_type, *args, **kwargs):
+            super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
+
+    torch.autocast = Autocast
+    try:
+        yield
+    finally:
+        torch.autocast = original
+
+
+def activation_bytes(model, seq_len: int) -> int:
+    """Bytes autograd keeps for backward in one forward of ``seq_len`` tokens (meta device, batch 1)."""
+    import torch
+
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        kept.setdefault(storage._cdata, storage.nbytes())
+        return t
+
+    ids = torch.zeros(1, seq_len, dtype=torch.long, device="meta")
+    try:
+        with _fused_attention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids, labels=ids)
+    except Exception as e:
+        raise SpectrumError(f"Could not run the model's forward on the meta device to measure activations ({e}). "
+                            "Pass --no-activations to skip that part.") from None
+    return sum(n for k, n in kept.items() if k not in params)
+
+
+# ------------------------------------------------------------------------------------------- check
+
+
+def _patterns(summary, sel: Selection, aliases: dict[str, str]) -> list[PatternReport]:
+    out = []
+    for pat in sel.patterns:
+        hits = summary.matches.get(pat, [])
+        note = None
+        if not hits:
+            alias = next((a for a in aliases if _matches(pat, a)), None)
+            if alias is not None:
+                note = f"names {alias}, tied to {aliases[alias]}: trains nothing by this name"
+        out.append(PatternReport(pat, [n for n, _ in hits], sum(c for _, c in hits), summary.mapped.get(pat), note))
+    return out
+
+
+def _matches(pattern: str, name: str) -> bool:
+    from .freezing import AxolotlPattern
+
+    return AxolotlPattern(pattern).match(name)
+
+
+def _missing_modules(sel: Selection, names: set[str], mapped: dict[str, str]) -> list[str]:
+    pairs = [(m, p) for ts in sel.types.values() for m, p in zip(ts.modules, ts.patterns)] if sel.types else \
+        [(pattern_module(p), p) for p in sel.patterns if pattern_module(p)]
+    missing = []
+    for module, pat in pairs:
+        target = pattern_module(pat) or module
+        if pat in mapped or target in names or any(n.startswith(target + ".") for n in names):
+            continue
+        missing.append(module)
+    return missing
+
+
+def _memory(method: str, params: dict[str, int], trainable: set[str], dtype: str,
+            act: int | None) -> MemoryEstimate:
+    frozen = sum(n for k, n in params.items() if k not in trainable)
+    train = sum(n for k, n in params.items() if k in trainable)
+    weights = {dtype: frozen * _BYTES[dtype]}
+    weights["float32"] = weights.get("float32", 0) + train * 4
+    return MemoryEstimate(method, train, weights, {"float32": train * 4}, {"float32": train * 4 * _ADAMW_STATES},
+                          act)
+
+
+def check(selection: "Selection | str | os.PathLike | list[str]", model: Any, *, allow_unmatched: bool = False,
+          seq_len: int = 512, lora_rank: int | None = None, dtype: str | None = None,
+          activations: bool = True) -> CheckReport:
+    """Report what ``selection`` trains in ``model`` (a folder, weight file, builtin, hub id in the cache, or a
+    module whose config is rebuilt on the meta device) and what training costs; see the module docstring.
+
+    ``allow_unmatched=False`` raises when a pattern matches nothing. ``lora_rank`` fixes the LoRA rank of
+    the comparison (default: the rank whose adapter comes closest to the selection's size). ``dtype`` is the
+    model's training dtype (default: its config's; bf16 for GGUF files, which train converted to bf16).
+    """
+    from .freezing import freeze, tied_aliases
+
+    if seq_len < 1:
+        raise SpectrumError(f"--seq-len must be at least 1, got {seq_len}.")
+    sel = load_selection(selection)
+    config, fallback = _config(model)
+    dtype = dtype or _dtype_name(config, fallback)
+    if dtype not in _BYTES:
+        raise SpectrumError(f"--dtype {dtype!r} is not one of {', '.join(_BYTES)}.")
+    meta = _build(config)
+    params = {n: p.numel() for n, p in meta.named_parameters()}
+    aliases = tied_aliases(meta)
+    scale = _BYTES[dtype] / 2 if dtype == "float32" else 1
+
+    for p in meta.parameters():
+        p.requires_grad_(True)
+    full_act = int(activation_bytes(meta, seq_len) * scale / seq_len) if activations else None
+
+    summary = freeze(meta, sel, strict=False)
+    unmatched = list(summary.unmatched)
+    if unmatched and not allow_unmatched:
+        raise SpectrumError(f"{len(unmatched)} pattern(s) match nothing in this model: {', '.join(unmatched[:5])}"
+                            f"{', ...' if len(unmatched) > 5 else ''}. Select again from a scan of this model, or pass "
+                            "--allow-unmatched.")
+    trained = set(summary.trainable)
+    sel_act = int(activation_bytes(meta, seq_len) * scale / seq_len) if activations else None
+
+    memory = [_memory("full fine-tuning", params, set(params), dtype, full_act),
+              _memory("this selection", params, trained, dtype, sel_act)]
+    lora = _lora_estimate(config, params, dtype, summary.trainable_params, lora_rank, seq_len, scale, activations)
+    if lora is not None:
+        memory.append(lora)
+    notes = list(summary.notes)
+    if summary.partial:
+        notes.append(f"{len(summary.partial)} tensor(s) train only some rows ({', '.join(list(summary.partial)[:3])}): "
+                     "the trainable count has only those rows; memory has the whole tensors")
+    return CheckReport(model=str(getattr(model, "name_or_path", model)),
+                       selection=str(selection) if isinstance(selection, (str, os.PathLike)) else "the selection",
+                       dtype=dtype, seq_len=seq_len, patterns=_patterns(summary, sel, aliases), unmatched=unmatched,
+                       missing_modules=_missing_modules(sel, set(params) | set(aliases), summary.mapped),
+                       trainable_params=summary.trainable_params, total_params=summary.total_params,
+                       memory=memory, notes=notes)
+
+
+def _lora_estimate(config, params: dict[str, int], dtype: str, target: int, rank: int | None, seq_len: int,
+                   scale: float, activations: bool) -> MemoryEstimate | None:
+    """LoRA on all linear layers (what ``spectrum train --method lora`` does) at the rank nearest ``target``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    def build(r):
+        base = _build(config)
+        with torch.device("meta"), _meta_autocast():
+            # adapters in bf16 like the base: mixed precision computes them in bf16 (their fp32 masters are
+            # counted as weights below)
+            return get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                                   task_type="CAUSAL_LM")).to(torch.bfloat16)
+
+    try:
+        per_rank = sum(p.numel() for p in build(1).parameters() if p.requires_grad)
+    except ValueError:
+        return None  # no linear layer for LoRA
+    if rank is None:
+        rank = max(1, round(target / per_rank)) if per_rank else 1
+    model = build(rank)
+    adapter = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    act = int(activation_bytes(model, seq_len) * scale / seq_len) if activations else None
+    weights = {dtype: sum(params.values()) * _BYTES[dtype]}
+    weights["float32"] = weights.get("float32", 0) + sum(adapter.values()) * 4
+    n = sum(adapter.values())
+    return MemoryEstimate(f"LoRA r={rank} (all-linear)", n, weights, {"float32": n * 4},
+                          {"float32": n * 4 * _ADAMW_STATES}, act)
