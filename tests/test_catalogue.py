@@ -151,3 +151,20 @@ def test_cli_catalogue_lists_models_sources_and_defects(tmp_path, capsys):
     for needle in ("me-mine", "meta-llama-Meta-Llama-3.1-8B-Instruct", "QuixiAI/spectrum", "axolotl", "defective",
                    "reference"):
         assert needle in out
+
+
+def test_validation_catches_a_changed_file_or_index(tmp_path, monkeypatch):
+    import gzip
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(catalogue.DATA, data)
+    monkeypatch.setattr(catalogue, "DATA", data)
+    validate_data()
+    target = data / "axolotl" / "snr_results_meta-llama-Llama-3.2-1B.json.gz"
+    raw = json.loads(gzip.decompress(target.read_bytes()))
+    raw.pop(next(iter(raw)))
+    target.write_bytes(gzip.compress(json.dumps(raw).encode()))
+    with pytest.raises(SpectrumError, match="Llama-3.2-1B.json.gz: bytes differ") as e:
+        validate_data()
+    assert "modules is 146, index.json says 147" in str(e.value)

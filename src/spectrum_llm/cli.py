@@ -65,7 +65,7 @@ def select(
                                     "snr_results_*.json), a local checkpoint (scanned once, cached), or a model id "
                                     "with no local weights, whose published scan comes from the catalogue."),
     output: str = typer.Option(..., "-o", "--output", help="Output file: .yaml (Axolotl), .json (spectrum-llm), "
-                               ".txt (one pattern per line), or - for YAML on stdout."),
+                               ".txt (one pattern per line), or - for stdout (YAML unless --format)."),
     top_percent: float = typer.Option(DEFAULT_TOP_PERCENT, "--top-percent", "-p",
                                       help="Percent of each module type kept, in (0, 100]."),
     rule: str = typer.Option("per-type", help="per-type (Spectrum-n), global (scale-invariant scores only) "
@@ -81,7 +81,8 @@ def select(
     train_norms: bool = typer.Option(False, help="Train every norm weight."),
     parts: bool = typer.Option(False, "--parts", help="Rank the parts of fused projections (q/k/v, gate/up) "
                                "separately."),
-    compat: bool = typer.Option(False, "--compat", help="Reproduce the reference tool's YAML exactly."),
+    compat: bool = typer.Option(False, "--compat", help="Write what the reference tool writes for this model, "
+                                "byte for byte (from its scan file or from ours)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder: print the freeze summary for it "
                                          "(built on the meta device) and take parameter counts from it."),
     catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="A folder of snr_results_<model>.json "
@@ -260,11 +261,14 @@ def train(
                                        "datasets save_to_disk folder."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Where the model, checkpoints, "
                                              "selection and train_summary.json go."),
-    method: Optional[str] = typer.Option(None, "--method", help="spectrum (default), full or lora."),
+    method: Optional[str] = typer.Option(None, "--method", help="spectrum (default), full or lora (all linear "
+                                         "layers; with --selection/--top-percent only the selected ones, rank by "
+                                         "score)."),
     task: Optional[str] = typer.Option(None, "--task", help="cpt (text, packed; default) or sft (chat messages or "
                                        "prompt/completion; loss on answers only)."),
     text_field: Optional[str] = typer.Option(None, "--text-field", help="The text column for cpt (default text)."),
-    selection: Optional[str] = typer.Option(None, "--selection", "-s", help="Selection file (.yaml/.json/.txt)."),
+    selection: Optional[str] = typer.Option(None, "--selection", "-s", help="Selection file (.yaml/.json/.txt; for "
+                                            "--method lora also a LoraConfig .json from select --format peft)."),
     top_percent: Optional[float] = typer.Option(None, "--top-percent", help="Train this percent of each module "
                                                 "type, chosen from a scan (run once and cached; default "
                                                 f"{DEFAULT_TOP_PERCENT:g}, which with the embeddings is about 60% "

@@ -31,8 +31,6 @@ from pathlib import Path
 
 from .results import ModuleScore, ScanResult, write_text_atomic
 
-EXTRAS = ("^lm_head.weight$", "^model.embed_tokens.weight$")
-
 
 def reference_type(name: str) -> str:
     """The reference tool's type of a module: the name after its first all-digit part, else the name."""
