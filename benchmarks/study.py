@@ -360,6 +360,18 @@ def _chat_blocks(pkgs: dict[str, Path], tok, s: Settings) -> list[dict]:
 # ------------------------------------------------------------------------------------------ evaluation
 
 
+def _padded(seqs: list[list[int]], device):
+    """Right-padded token ids and their attention mask for one batch of sequences."""
+    import torch
+
+    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for j, sq in enumerate(seqs):
+        ids[j, : len(sq)] = torch.tensor(sq)
+        mask[j, : len(sq)] = 1
+    return ids, mask
+
+
 def answer_scores(model, items: list[dict], batch_size: int = 32, autocast_dtype=None) -> list[dict]:
     """Per item: exact match under greedy decoding, and the answer's summed negative log-likelihood.
 
@@ -376,13 +388,7 @@ def answer_scores(model, items: list[dict], batch_size: int = 32, autocast_dtype
     with torch.no_grad():
         for i in range(0, len(items), batch_size):
             chunk = items[i: i + batch_size]
-            seqs = [it["prompt_ids"] + it["answer_ids"] for it in chunk]
-            width = max(map(len, seqs))
-            ids = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
-            for j, sq in enumerate(seqs):
-                ids[j, : len(sq)] = torch.tensor(sq)
-                mask[j, : len(sq)] = 1
+            ids, mask = _padded([it["prompt_ids"] + it["answer_ids"] for it in chunk], device)
             ctx = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
             with ctx:
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
@@ -409,15 +415,10 @@ def block_losses(model, blocks: list[dict], batch_size: int = 8, autocast_dtype=
     with torch.no_grad():
         for i in range(0, len(blocks), batch_size):
             chunk = blocks[i: i + batch_size]
-            width = max(len(b["input_ids"]) for b in chunk)
-            ids = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
+            ids, mask = _padded([b["input_ids"] for b in chunk], device)
+            labels = torch.full_like(ids, -100)
             for j, b in enumerate(chunk):
-                n = len(b["input_ids"])
-                ids[j, :n] = torch.tensor(b["input_ids"])
-                labels[j, :n] = torch.tensor(b["labels"])
-                mask[j, :n] = 1
+                labels[j, : len(b["labels"])] = torch.tensor(b["labels"])
             ctx = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
             with ctx:
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
