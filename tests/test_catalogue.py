@@ -9,7 +9,7 @@ import pytest
 
 from spectrum_llm import catalogue
 from spectrum_llm.catalogue import builtin, entries, find, slug, validate_data
-from spectrum_llm.cli import main
+from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.results import load_scan
 from spectrum_llm.selection import select
@@ -23,14 +23,6 @@ LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 @pytest.fixture(autouse=True)
 def _no_user_catalogue(monkeypatch):
     monkeypatch.delenv(catalogue.ENV, raising=False)
-
-
-def _run(argv):
-    try:
-        main(argv)
-    except SystemExit as e:
-        return e.code or 0
-    return 0
 
 
 def test_every_packaged_file_matches_its_index():
@@ -132,21 +124,21 @@ def test_a_missing_scan_file_keeps_its_message(tmp_path):
 
 def test_cli_select_by_model_id_says_which_scan(tmp_path, capsys):
     out = tmp_path / "sel.yaml"
-    assert _run(["select", LLAMA, "--top-percent", "25", "-o", str(out)]) == 0
+    assert run_cli(["select", LLAMA, "--top-percent", "25", "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert "published scan" in err and "snr_results_meta-llama-Meta-Llama-3.1-8B-Instruct.json" in err
     assert out.read_text().startswith("unfrozen_parameters:\n")
 
 
 def test_cli_defective_scan_exits_2(tmp_path, capsys):
-    assert _run(["select", "openai/gpt-oss-120b", "-o", str(tmp_path / "s.yaml")]) == 2
+    assert run_cli(["select", "openai/gpt-oss-120b", "-o", str(tmp_path / "s.yaml")]) == 2
     assert "snr_results_openai-gpt-oss-120b.json" in capsys.readouterr().err
     assert not (tmp_path / "s.yaml").exists()
 
 
 def test_cli_catalogue_lists_models_sources_and_defects(tmp_path, capsys):
     (tmp_path / "snr_results_me-mine.json").write_text(json.dumps(_flat(["model.layers.0.mlp.down_proj"])))
-    assert _run(["catalogue", "--catalogue", str(tmp_path)]) == 0
+    assert run_cli(["catalogue", "--catalogue", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for needle in ("me-mine", "meta-llama-Meta-Llama-3.1-8B-Instruct", "QuixiAI/spectrum", "axolotl", "defective",
                    "reference"):

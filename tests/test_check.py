@@ -11,18 +11,10 @@ import torch
 from conftest import save_model, tiny_llama
 from helpers_selection import axolotl_unfrozen
 from spectrum_llm.checking import activation_bytes, check
-from spectrum_llm.cli import main
+from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.freezing import freeze
 from spectrum_llm.selection import select
-
-
-def _run(argv):
-    try:
-        main(argv)
-    except SystemExit as e:
-        return e.code or 0
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +55,11 @@ def test_unmatched_patterns_are_an_error_unless_allowed(llama_dir, tmp_path, cap
     report = check(pats, llama_dir, allow_unmatched=True, activations=False)
     assert report.unmatched == [pats[1]] and report.missing_modules == ["transformer.h.0.attn.c_attn"]
     (tmp_path / "s.txt").write_text("\n".join(pats) + "\n")
-    assert _run(["check", str(tmp_path / "s.txt"), "--model", str(llama_dir), "--no-activations"]) == 2
+    assert run_cli(["check", str(tmp_path / "s.txt"), "--model", str(llama_dir), "--no-activations"]) == 2
     captured = capsys.readouterr()
     assert "patterns matching nothing: ^transformer.h.0.attn.c_attn" in captured.out
     assert "error:" in captured.err
-    assert _run(["check", str(tmp_path / "s.txt"), "--model", str(llama_dir), "--no-activations",
+    assert run_cli(["check", str(tmp_path / "s.txt"), "--model", str(llama_dir), "--no-activations",
                  "--allow-unmatched", "--json", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["unmatched"] == [pats[1]]
 

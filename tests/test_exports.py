@@ -9,6 +9,7 @@ import yaml
 
 from helpers_selection import synthetic_scan
 from spectrum_llm.cli import main
+from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.exports import to_yaml, write_selection
 from spectrum_llm.selection import select
@@ -31,14 +32,6 @@ def test_cli_compat_writes_the_published_bytes(reference_dir, tmp_path):
               "-o", str(out)])
     assert e.value.code in (0, None)
     assert out.read_bytes() == (reference_dir / f"snr_results_{model}_unfrozenparameters_50percent.yaml").read_bytes()
-
-
-def _run(argv):
-    try:
-        main(argv)
-    except SystemExit as e:
-        return e.code or 0
-    return 0
 
 
 def test_yaml_is_an_axolotl_unfrozen_parameters_list(tmp_path):
@@ -83,7 +76,7 @@ def test_unknown_extension_writes_nothing(tmp_path):
                                   ["--budget", "lots"]])
 def test_cli_bad_input_exits_2_and_leaves_no_file(reference_dir, tmp_path, capsys, args):
     out = tmp_path / "sel.yaml"
-    code = _run(["select", str(reference_dir / "snr_results_Qwen-Qwen2-7B.json"), *args, "-o", str(out)])
+    code = run_cli(["select", str(reference_dir / "snr_results_Qwen-Qwen2-7B.json"), *args, "-o", str(out)])
     assert code == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.iterdir())
@@ -93,7 +86,7 @@ def test_cli_keeps_an_existing_output_when_it_fails(tmp_path, capsys):
     out = tmp_path / "sel.yaml"
     out.write_text("old\n")
     (tmp_path / "scan.json").write_text("{}")
-    assert _run(["select", str(tmp_path / "scan.json"), "-o", str(out)]) == 2
+    assert run_cli(["select", str(tmp_path / "scan.json"), "-o", str(out)]) == 2
     assert out.read_text() == "old\n"
 
 
@@ -101,7 +94,7 @@ def test_cli_model_prints_the_freeze_summary(llama_dir, tmp_path, capsys):
     import spectrum_llm
 
     spectrum_llm.scan(llama_dir, output=tmp_path / "scan.json", progress=False)
-    code = _run(["select", str(tmp_path / "scan.json"), "-p", "50", "-o", str(tmp_path / "s.json"),
+    code = run_cli(["select", str(tmp_path / "scan.json"), "-p", "50", "-o", str(tmp_path / "s.json"),
                  "--model", str(llama_dir)])
     assert code == 0
     err = capsys.readouterr().err

@@ -9,18 +9,10 @@ import torch
 
 from conftest import tiny_llama
 from helpers_selection import synthetic_scan
-from spectrum_llm.cli import main
+from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.lora import is_lora_config, lora_config
 from spectrum_llm.selection import Selection, select
-
-
-def _run(argv):
-    try:
-        main(argv)
-    except SystemExit as e:
-        return e.code or 0
-    return 0
 
 
 def test_rank_grows_with_score_within_each_type():
@@ -98,7 +90,7 @@ def test_cli_select_format_peft(llama_dir, tmp_path, capsys):
 
     spectrum_llm.scan(llama_dir, output=tmp_path / "scan.json", progress=False)
     out = tmp_path / "lora.json"
-    assert _run(["select", str(tmp_path / "scan.json"), "-p", "100", "--format", "peft", "--max-rank", "12",
+    assert run_cli(["select", str(tmp_path / "scan.json"), "-p", "100", "--format", "peft", "--max-rank", "12",
                  "-o", str(out)]) == 0
     assert "adapter parameters" in capsys.readouterr().err
     assert is_lora_config(out)
