@@ -497,21 +497,29 @@ def worker(spec_path: Path, result_path: Path) -> None:
             self.times.append(time.perf_counter() - self._t)
 
         def on_train_end(self, args, state, control, model=None, **kw):
+            if timing:
+                return
             t = time.monotonic()
             self.evals = evaluate(model, evals, amp)
             self.eval_s = time.monotonic() - t
 
     s = spec["settings"]
+    timing = spec.get("timing_steps")
     out_dir = Path(spec["work"]) / "runs" / spec["name"]
     shutil.rmtree(out_dir, ignore_errors=True)
     probe = Probe()
     cfg = TrainConfig(model=spec["model"], data=spec["files"]["train"], output_dir=str(out_dir), task="sft",
-                      packing=False, seq_len=s["seq_len"], batch_size=s["batch_size"], max_steps=s["steps"],
+                      packing=False, seq_len=s["seq_len"], batch_size=s["batch_size"], max_steps=timing or s["steps"],
                       lr_scheduler="cosine", warmup_steps=s["warmup"], seed=s["seed"], logging_steps=1,
                       save_steps=10**6, precision=s["precision"], extra_args={"save_strategy": "no"},
                       **spec["train"])
     summary = train(cfg, callbacks=[probe])
     steps = probe.times[1:] or probe.times
+    if timing:
+        result_path.write_text(json.dumps({"median_step_s": median(steps), "step_times_s": [round(t, 4) for t in probe.times],
+                                           "trainable_params": summary.trainable_params}))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
     res = {"trainable_params": summary.trainable_params, "total_params": summary.total_params,
            "steps": summary.steps, "losses": [round(x, 5) for x in summary.losses],
            "median_step_s": median(steps), "step_times_s": [round(t, 4) for t in probe.times],
@@ -544,24 +552,29 @@ class Store:
         write_json_atomic(self.path(name, key), record)
 
 
-def execute(arm: Arm, s: Settings, ctx: dict, store: Store) -> dict:
-    """The stored result of ``arm``, running it first if no run with the same configuration is stored."""
-    key = run_key(s, arm, ctx["fingerprint"])
-    done = store.get(arm.name, key)
-    if done is not None:
-        return done
+def arm_spec(arm: Arm, s: Settings, ctx: dict, key: str, name: str) -> dict:
+    """What the worker needs for one run of ``arm``; a Spectrum arm's patterns are written to a file first."""
     work = ctx["work"]
     sel_path = None
     if arm.method == "spectrum":
         (work / "selections").mkdir(exist_ok=True)
         sel_path = str(write_patterns(work / "selections" / f"{arm.name}-{key}.txt", arm.patterns,
                                       f"{arm.name}: {len(arm.patterns)} patterns"))
-    spec = {"name": f"{arm.name}-{key}", "model": ctx["model"], "files": ctx["files"], "work": str(work),
+    return {"name": name, "model": ctx["model"], "files": ctx["files"], "work": str(work),
             "settings": asdict(s), "train": arm.train_fields(sel_path)}
+
+
+def execute(arm: Arm, s: Settings, ctx: dict, store: Store) -> dict:
+    """The stored result of ``arm``, running it first if no run with the same configuration is stored."""
+    key = run_key(s, arm, ctx["fingerprint"])
+    done = store.get(arm.name, key)
+    if done is not None:
+        return done
+    spec = arm_spec(arm, s, ctx, key, f"{arm.name}-{key}")
     load = os.getloadavg()[0]
     t0 = time.monotonic()
     print(f"[study] {arm.name} lr={arm.lr:g} ...", flush=True)
-    res = run_child(__file__, spec, work, spec["name"])
+    res = run_child(__file__, spec, ctx["work"], spec["name"])
     record = {"name": arm.name, "key": key, "code": ctx["code"], "family": arm.family, "group": arm.group, "method": arm.method,
               "lr": arm.lr, "seed": arm.seed, "sweep": arm.sweep, "lora_rank": arm.lora_rank,
               "patterns": arm.patterns, "loadavg_start": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2),
@@ -571,6 +584,39 @@ def execute(arm: Arm, s: Settings, ctx: dict, store: Store) -> dict:
           f"val {record['val_exact_match']:.3f}  test {record['test_exact_match']:.3f}  "
           f"general {record['general_loss']:.3f}  chat {record['chat_loss']:.3f}  "
           f"step {record['median_step_s']:.2f} s  ({record['wall_s']:.0f} s)", flush=True)
+    return record
+
+
+def timing_arms(arms: list[Arm]) -> list[Arm]:
+    """One arm per group for the timing pass: every named pick, and the first draw of each random group."""
+    seen: set[str] = set()
+    out = []
+    for arm in arms:
+        if arm.group.startswith("random") and arm.group in seen:
+            continue
+        seen.add(arm.group)
+        out.append(arm)
+    return out
+
+
+def time_arm(arm: Arm, s: Settings, ctx: dict, store: Store, steps: int) -> dict:
+    """Median optimizer-step time of ``arm`` over ``steps`` steps, measured alone; stored like a run.
+
+    The study's runs share the machine with whatever else runs during hours of work, so their step
+    times are not comparable. This pass runs each kind of arm for a few steps, one after another, when
+    nothing else runs, and the report takes its compute column from here.
+    """
+    key = run_key(s, arm, ctx["fingerprint"])
+    done = store.get(arm.name, f"{key}-{steps}")
+    if done is not None:
+        return done
+    spec = {**arm_spec(arm, s, ctx, key, f"timing-{arm.name}-{key}"), "timing_steps": steps}
+    load = os.getloadavg()[0]
+    res = run_child(__file__, spec, ctx["work"], spec["name"])
+    record = {"name": arm.name, "key": key, "group": arm.group, "code": ctx["code"], "steps": steps,
+              "loadavg_start": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2), **res}
+    store.put(arm.name, f"{key}-{steps}", record)
+    print(f"[study] timing {arm.name:<22} {record['median_step_s']:.3f} s/step  (load {load:.2f})", flush=True)
     return record
 
 
@@ -595,6 +641,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default="/tmp/spectrum-study", help="cache folder: converted model, data, scans")
     ap.add_argument("--report", action="store_true", help="only gather stored runs into study.json and plots")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (resume later)")
+    ap.add_argument("--timing", type=int, default=0, metavar="STEPS",
+                    help="after the runs, time each kind of arm alone for STEPS steps (run on a quiet machine)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -634,14 +682,21 @@ def main(argv: list[str] | None = None) -> None:
     sweep = run_all(sweep_arms)
     rates = best_rates(sweep)
     rows = list(sweep)
+    arms: list[Arm] = []
     if len(rates) == 3 and len(sweep) == len(sweep_arms):
         arms, info = plan(work, model, s, rates)
         rows += run_all(arms)
     else:
         print("[study] the learning-rate sweep is not finished; the other arms wait for it", flush=True)
+    timing_store = Store(RESULTS / "study-runs" / mode / "timing")
+    chosen = [x for x in sweep_arms if rates.get(x.family) == x.lr] + arms
+    if a.timing and not a.report:
+        for arm in timing_arms(chosen):
+            time_arm(arm, s, ctx, timing_store, a.timing)
+    timings = [t for t in (json.loads(p.read_text()) for p in sorted(timing_store.folder.glob("*.json")))]
     from study_report import write_report
 
-    write_report(mode, s, base, rows, rates, info, t_start, machine())
+    write_report(mode, s, base, rows, rates, info, t_start, machine(), timings)
 
 
 def code_version() -> str:

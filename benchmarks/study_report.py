@@ -106,22 +106,38 @@ def _ci(iv: dict, scale: float = 1.0, digits: int = 3) -> str:
     return f"{iv['estimate'] * scale:+.{digits}f} [{iv['low'] * scale:+.{digits}f}, {iv['high'] * scale:+.{digits}f}]"
 
 
-def table(base: dict, rows: list[dict], rates: dict[str, float], st: dict) -> str:
+def quiet_step(r: dict, timings: list[dict]) -> float | None:
+    """The arm's median step time from the timing pass: its own, else its group's (random draws share one)."""
+    own = [t for t in timings if t["name"] == r["name"]]
+    group = [t for t in timings if t.get("group") == r["group"]]
+    found = own or group
+    return found[0]["median_step_s"] if found else None
+
+
+def table(base: dict, rows: list[dict], rates: dict[str, float], st: dict, timings: list[dict] = ()) -> str:
     """Markdown: every headline arm with its size, metric, forgetting and cost."""
     arms = headline_arms(rows, rates)
+    timings = list(timings)
+    full = next((quiet_step(r, timings) for r in arms.values() if r["group"] == "full"), None)
     head = ["arm", "lr", "trainable", "test exact match", "test loss", "general loss change [95% CI]",
-            "chat loss change [95% CI]", "median step s", "peak RssAnon MiB"]
+            "chat loss change [95% CI]", "step s (alone)", "vs full", "peak RssAnon MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
              f"| before training | - | - | {_pct(base['test_exact_match'])} | {base['test_loss']:.3f} | "
-             f"({base['general_loss']:.3f}) | ({base['chat_loss']:.3f}) | - | - |"]
+             f"({base['general_loss']:.3f}) | ({base['chat_loss']:.3f}) | - | - | - |"]
     for name, r in sorted(arms.items(), key=lambda kv: (kv[1]["group"], kv[0])):
         f = st["forgetting_vs_base"][name]
         frac = r["trainable_params"] / (r["total_params"] - (r["trainable_params"] if r["method"] == "lora" else 0))
         lines.append(f"| {name} | {r['lr']:g} | {r['trainable_params'] / 1e6:.1f}M ({_pct(frac)}) | "
                      f"{_pct(r['test_exact_match'])} | {r['test_loss']:.3f} | {_ci(f['general'])} | "
-                     f"{_ci(f['chat'])} | {r['median_step_s']:.2f} | "
+                     f"{_ci(f['chat'])} | {_step_cells(quiet_step(r, timings), full)} | "
                      f"{r.get('peak_rss_anon_bytes', 0) / 2**20:,.0f} |")
     return "\n".join(lines)
+
+
+def _step_cells(step: float | None, full: float | None) -> str:
+    if step is None:
+        return "- | -"
+    return f"{step:.2f} | " + (f"{step / full:.2f}x" if full else "-")
 
 
 def sweep_table(rows: list[dict], rates: dict[str, float]) -> str:
@@ -215,7 +231,7 @@ def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> l
 
 
 def write_report(mode: str, settings, base: dict | None, rows: list[dict], rates: dict[str, float],
-                 info: dict, t_start: float, machine: dict) -> Path | None:
+                 info: dict, t_start: float, machine: dict, timings: list[dict] = ()) -> Path | None:
     """Gather, compute, print and write ``benchmarks/results/study[-quick].json`` and the plots."""
     from spectrum_llm.results import write_json_atomic
 
@@ -224,12 +240,12 @@ def write_report(mode: str, settings, base: dict | None, rows: list[dict], rates
         return None
     st = statistics(base, rows, rates) if len(rates) == 3 else {"forgetting_vs_base": {}, "vs_random": {},
                                                                 "pairs": []}
-    md = table(base, rows, rates, st) if len(rates) == 3 else ""
+    md = table(base, rows, rates, st, timings) if len(rates) == 3 else ""
     sw = sweep_table(rows, rates)
     cl = claims_table(st) if st["pairs"] or st["vs_random"] else ""
     images = plots(base, rows, rates, mode) if len(rates) == 3 else []
     report = {"mode": mode, "settings": asdict(settings), "machine": machine, "best_rates": rates, "plan": info,
-              "baseline": base, "runs": rows, "statistics": st, "table_markdown": md, "sweep_markdown": sw,
+              "baseline": base, "runs": rows, "timing": list(timings), "statistics": st, "table_markdown": md, "sweep_markdown": sw,
               "claims_markdown": cl, "images": images, "runs_stored": len(rows),
               "wall_s_this_call": round(time.monotonic() - t_start, 1), "loadavg_end": os.getloadavg()}
     path = RESULTS / ("study.json" if mode == "full" else f"study-{mode}.json")

@@ -270,3 +270,20 @@ def test_plan_builds_every_arm_with_matched_budgets(tmp_path):
     for t, k in info["kept_per_type_25"].items():
         assert sum(f".{t}." in p for p in by["random25-s0"].patterns) == k
     assert not any("embed" in p or "lm_head" in p for p in by["spectrum25-mp-noemb"].patterns)
+
+
+def test_timing_pass_times_each_pick_and_one_draw_per_random_group():
+    arm = lambda name, group: study.Arm(name, "partial", group, "spectrum", 1e-3)  # noqa: E731
+    arms = [arm("full", "full"), arm("random25-s0", "random25"), arm("random25-s1", "random25"),
+            arm("spectrum25-mp", "spectrum25"), arm("spectrum25-ref", "spectrum25"), arm("random50-s100", "random50")]
+    assert [a.name for a in study.timing_arms(arms)] == ["full", "random25-s0", "spectrum25-mp", "spectrum25-ref",
+                                                         "random50-s100"]
+
+
+def test_random_draws_take_their_groups_quiet_step_time():
+    timings = [{"name": "random25-s0", "group": "random25", "median_step_s": 1.5},
+               {"name": "full", "group": "full", "median_step_s": 2.0}]
+    assert report.quiet_step({"name": "random25-s7", "group": "random25"}, timings) == 1.5
+    assert report.quiet_step({"name": "full", "group": "full"}, timings) == 2.0
+    assert report.quiet_step({"name": "lora", "group": "lora"}, timings) is None
+    assert report._step_cells(1.5, 2.0) == "1.50 | 0.75x"
