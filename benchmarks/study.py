@@ -56,7 +56,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 IMAGES = ROOT / "docs" / "images"
 STUDY_VERSION = 1  # bump when a change to the code changes what a run computes
-NOT_IN_KEY = ("lr_grid", "random25_seeds", "random50_seeds", "noemb_seeds", "arms")  # which runs, not how
+NOT_IN_KEY = ("lr_grid", "random25_seeds", "random50_seeds", "noemb_seeds", "low_rate_seeds", "arms")  # which runs, not how
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -77,6 +77,7 @@ class Settings:
     random50_seeds: int
     noemb_seeds: int
     arms: tuple[str, ...] | None = None  # None: every arm
+    low_rate_seeds: int = 0  # random 25% draws again at the partial family's next lower rate
     seed: int = 42
     data_seed: int = 1234
     precision: str = "bf16"
@@ -87,10 +88,10 @@ MODES = {
     "full": Settings(countries=70, steps=100, batch_size=24, warmup=0.1, general_blocks=32, chat_blocks=16,
                      block_len=128, lr_grid={"full": (3e-5, 1e-4, 3e-4, 1e-3), "partial": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
                                              "lora": (3e-4, 1e-3, 3e-3)},
-                     random25_seeds=10, random50_seeds=5, noemb_seeds=5),
+                     random25_seeds=10, random50_seeds=5, noemb_seeds=5, low_rate_seeds=5),
     "quick": Settings(countries=10, steps=6, batch_size=8, warmup=0.1, general_blocks=4, chat_blocks=4,
                       block_len=64, lr_grid={"full": (1e-4, 3e-4), "partial": (3e-4, 1e-3), "lora": (1e-3,)},
-                      random25_seeds=2, random50_seeds=0, noemb_seeds=1,
+                      random25_seeds=2, random50_seeds=0, noemb_seeds=1, low_rate_seeds=1,
                       arms=("spectrum25-ref", "global25-mp", "top-layers25", "spectrum25-mp-noemb")),
 }
 
@@ -275,6 +276,15 @@ def plan(work: Path, model: Path, s: Settings, best_lr: dict[str, float] | None)
     arms.append(Arm("budget25-mp", "partial", "budget25", "spectrum", lr_p, list(budget.patterns)))
     layers, pats, lnumel = top_layers(linear, budget_linear)
     arms.append(Arm("top-layers25", "partial", "top-layers25", "spectrum", lr_p, list(s25.extras) + pats))
+    lower = [r for r in s.lr_grid["partial"] if r < lr_p]
+    if lower and s.low_rate_seeds:
+        # a second operating point: the best rate is close to where training diverges (the next rate up
+        # does), so the same draws are run again where Spectrum-25 forgets about as much as full fine-tuning
+        lo = max(lower)
+        info["low_rate"] = lo
+        for seed in range(s.low_rate_seeds):
+            arms.append(Arm(f"random25-lo-s{seed}", "partial", "random25-lo", "spectrum", lo,
+                            list(s25.extras) + random_patterns(modules, kept25, seed), seed=seed))
     info.update(global_percent=pct, global_linear_params=gnumel, budget_params=s25.trainable_params,
                 top_layers=sorted(layers), top_layers_linear_params=lnumel, noemb_modules=len(noemb.modules))
     if s.arms is not None:

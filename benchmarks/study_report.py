@@ -89,6 +89,11 @@ def statistics(base: dict, rows: list[dict], rates: dict[str, float]) -> dict[st
                           ("spectrum25-mp-noemb", "random25-noemb")):
         if arm_name in arms and len(groups.get(rnd, [])) >= 1:
             st["vs_random"][arm_name] = versus_random(arms[arm_name], groups[rnd], base)
+    low = groups.get("random25-lo", [])
+    pick = next((r for r in rows if r["name"] == "spectrum25-mp" and low and r["lr"] == low[0]["lr"]), None)
+    if pick is not None:
+        label = f"spectrum25-mp@{pick['lr']:g}"
+        st["vs_random"][label] = {**versus_random(pick, low, base), "arm": label}
     for a, b in (("spectrum25-mp", "spectrum25-ref"), ("spectrum50-mp", "spectrum50-ref"),
                  ("spectrum25-mp", "full"), ("spectrum50-mp", "full"), ("spectrum25-mp", "lora"),
                  ("spectrum25-mp-noemb", "lora"), ("spectrum25-mp", "spectrum25-mp-noemb"), ("lora", "full"),
@@ -170,7 +175,8 @@ def claims_table(st: dict) -> str:
 
 COLORS = {"full": "black", "spectrum25": "tab:blue", "spectrum50": "tab:green", "random25": "tab:gray",
           "random50": "silver", "lora": "tab:red", "top-layers25": "tab:orange", "global25": "tab:purple",
-          "budget25": "tab:cyan", "spectrum25-noemb": "navy", "random25-noemb": "lightsteelblue"}
+          "budget25": "tab:cyan", "spectrum25-noemb": "navy", "random25-noemb": "lightsteelblue",
+          "random25-lo": "peru"}
 
 
 def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> list[str]:
@@ -189,7 +195,7 @@ def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> l
         ax.scatter(100 * frac, 100 * r["test_exact_match"], color=COLORS.get(r["group"], "tab:brown"),
                    s=25 if rnd else 70, marker="o" if rnd else ("*" if r["group"].startswith("spectrum") else "s"),
                    zorder=3 if not rnd else 2, label=None if rnd else name, alpha=0.7 if rnd else 1)
-    for g in ("random25", "random50", "random25-noemb"):
+    for g in ("random25", "random50", "random25-noemb", "random25-lo"):
         rs = [r for r in arms.values() if r["group"] == g]
         if rs:
             ax.scatter([], [], color=COLORS[g], s=25, label=f"{g} ({len(rs)} draws)")

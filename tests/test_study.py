@@ -252,6 +252,10 @@ def test_statistics_rank_a_pick_among_random_draws_and_pair_arms():
     assert "| spectrum25-mp | 3 |" in report.claims_table(st_)
 
 
+def by_name(arms):
+    return {a.name: a for a in arms}
+
+
 def test_plan_builds_every_arm_with_matched_budgets(tmp_path):
     from conftest import plant_signal, save_model, tiny_llama
 
@@ -265,7 +269,9 @@ def test_plan_builds_every_arm_with_matched_budgets(tmp_path):
     names = {a.name for a in arms}
     assert {"random25-s0", "random25-s1", "spectrum25-ref", "spectrum50-mp", "random50-s0", "global25-mp",
             "budget25-mp", "top-layers25", "spectrum25-mp-noemb", "random25-noemb-s0"} <= names
-    assert all(a.lr == 1e-3 for a in arms)
+    assert all(a.lr == 1e-3 for a in arms if a.group != "random25-lo")
+    low = [a for a in arms if a.group == "random25-lo"]
+    assert [a.lr for a in low] == [3e-4] and low[0].patterns == by_name(arms)["random25-s0"].patterns
     by = {a.name: a for a in arms}
     for t, k in info["kept_per_type_25"].items():
         assert sum(f".{t}." in p for p in by["random25-s0"].patterns) == k
@@ -287,3 +293,17 @@ def test_random_draws_take_their_groups_quiet_step_time():
     assert report.quiet_step({"name": "full", "group": "full"}, timings) == 2.0
     assert report.quiet_step({"name": "lora", "group": "lora"}, timings) is None
     assert report._step_cells(1.5, 2.0) == "1.50 | 0.75x"
+
+
+def test_the_low_rate_draws_are_compared_with_the_pick_at_that_rate():
+    base = _row("baseline", "base", "0000")
+    rows = [_row("spectrum25-mp", "spectrum25", "1100", lr=1e-3, sweep=True),
+            _row("spectrum25-mp", "spectrum25", "1111", lr=3e-3, sweep=True),
+            *[_row(f"random25-lo-s{i}", "random25-lo", h, lr=1e-3) for i, h in enumerate(["1000", "0000"])]]
+    v = report.statistics(base, rows, {"full": 1e-4, "partial": 3e-3, "lora": 1e-3})["vs_random"]
+    assert v["spectrum25-mp@0.001"]["test_exact_match"] == 0.5 and v["spectrum25-mp@0.001"]["rank_exact_match"] == 1
+
+
+def test_settings_that_choose_runs_are_not_part_of_run_keys():
+    arm = study.Arm("random25-s0", "partial", "random25", "spectrum", 1e-3, ["^a$"])
+    assert study.run_key(_settings(low_rate_seeds=0), arm, "fp") == study.run_key(_settings(low_rate_seeds=9), arm, "fp")
