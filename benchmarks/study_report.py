@@ -96,7 +96,8 @@ def statistics(base: dict, rows: list[dict], rates: dict[str, float]) -> dict[st
         st["vs_random"][label] = {**versus_random(pick, low, base), "arm": label}
     for a, b in (("spectrum25-mp", "spectrum25-ref"), ("spectrum50-mp", "spectrum50-ref"),
                  ("spectrum25-mp", "full"), ("spectrum50-mp", "full"), ("spectrum25-mp", "lora"),
-                 ("spectrum25-mp-noemb", "lora"), ("spectrum25-mp", "spectrum25-mp-noemb"), ("lora", "full"),
+                 ("spectrum25-mp-noemb", "lora"), ("spectrum25-mp-noemb", "full"),
+                 ("spectrum25-mp", "spectrum25-mp-noemb"), ("lora", "full"),
                  ("global25-mp", "spectrum25-mp"), ("top-layers25", "spectrum25-mp")):
         if a in arms and b in arms:
             st["pairs"].append(pair(arms[a], arms[b]))
