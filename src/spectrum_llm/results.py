@@ -70,7 +70,11 @@ class ModuleScore:
 
 @dataclass
 class ScanResult:
-    """Every module's score for one checkpoint and one estimator."""
+    """Every module's score for one checkpoint and one estimator.
+
+    ``estimator_version`` is the estimator's version when the scan was made (see ``estimators.REGISTRY``);
+    None for scans that do not record it (files written before it was recorded, the reference tool's layouts).
+    """
 
     model: str
     estimator: str
@@ -80,6 +84,7 @@ class ScanResult:
     layout: str = "spectrum-llm"
     modules_regex: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    estimator_version: int | None = None
     cached: bool = field(default=False, compare=False)  # read back from an earlier scan, not computed now
 
     def ranked(self) -> list[ModuleScore]:
@@ -115,6 +120,7 @@ class ScanResult:
             "format_version": FORMAT_VERSION,
             "model": self.model,
             "estimator": self.estimator,
+            **({"estimator_version": self.estimator_version} if self.estimator_version is not None else {}),
             "fingerprint": self.fingerprint,
             "version": self.version,
             "modules_regex": self.modules_regex,
@@ -382,6 +388,7 @@ def parse_scan(text: str, where: str, model: str = "") -> ScanResult:
             version=data.get("version", ""),
             modules_regex=data.get("modules_regex"),
             config=data.get("config") or {},
+            estimator_version=data.get("estimator_version"),
         )
     values = list(data.values())
     flat = all(isinstance(v, dict) and "snr" in v for v in values)

@@ -17,10 +17,10 @@ from typing import Iterable
 
 import torch
 
-from . import __version__, cache
+from . import __version__, cache, estimators
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
-from .estimators import ESTIMATORS, score, unscorable
+from .estimators import score, unscorable
 from .naming import is_quantization_aux, parse
 from .quantized import method_label, stored_dtype
 from .results import ModuleScore, ScanResult, check_writable, output_error
@@ -250,7 +250,7 @@ def _progress(enabled: bool):
 
 
 def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLike | None = None,
-         estimator: str = "mp", device: str = "cpu", modules: str | None = None,
+         estimator: str = estimators.DEFAULT, device: str = "cpu", modules: str | None = None,
          reference_json: str | os.PathLike | None = None, resume: bool = True, progress: bool = False,
          method: str = "auto") -> ScanResult:
     """Score every weight matrix of a checkpoint (folder, file, hub id in the cache) or an in-memory model.
@@ -258,8 +258,7 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
     Returns the ScanResult and, with ``output``, writes it as JSON. ``modules`` is a regex on tensor names;
     ``reference_json`` is a folder that also gets the reference tool's flat ``snr_results_<slug>.json``.
     """
-    if estimator not in ESTIMATORS:
-        raise SpectrumError(f"Unknown estimator {estimator!r}. Use one of: {', '.join(ESTIMATORS)}.")
+    version = estimators.get(estimator).version
     resolve_device(device)
     try:
         pattern = re.compile(modules) if modules else None
@@ -278,8 +277,8 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         check_writable(out)
     if reference_json is not None:
         check_writable(reference_json, folder=True)
-    header = {"fingerprint": fingerprint, "estimator": estimator, "modules_regex": modules,
-              "method": method}
+    header = {"fingerprint": fingerprint, "estimator": estimator, "estimator_version": version,
+              "modules_regex": modules, "method": method}
     key = cache.source_fingerprint(ckpt.root) if ckpt.format == "safetensors" else None
     cache_file = cache.scan_path(key or fingerprint, estimator, method) if modules is None else None
     cached = _cached(out, header) if out is not None and resume and out.is_file() else None
@@ -323,7 +322,8 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
     flat = [m for p in sorted(results, key=_natural_key) for m in results[p]]
     _mark_storage(flat, ckpt)
     result = ScanResult(model=str(model), estimator=estimator, modules=flat, fingerprint=fingerprint,
-                        version=__version__, modules_regex=modules, config=_config_summary(ckpt))
+                        version=__version__, modules_regex=modules, config=_config_summary(ckpt),
+                        estimator_version=version)
     if rank == 0:
         if out is not None:
             result.save(out)
@@ -559,6 +559,7 @@ def _cached(out: Path, header: dict, source: str | None = None) -> ScanResult | 
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
     same = (data.get("fingerprint") in (header["fingerprint"], source) and data.get("estimator") == header["estimator"]
+            and data.get("estimator_version", 1) == header["estimator_version"]  # unrecorded: made by version 1
             and data.get("modules_regex") == header["modules_regex"])
     return ScanResult.load(out) if same else None
 
@@ -604,7 +605,8 @@ def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, m
     if not mods:
         raise SpectrumError("The model has no parameters to scan (or --modules matched none).")
     result = ScanResult(model=getattr(model, "name_or_path", type(model).__name__), estimator=estimator,
-                        modules=mods, version=__version__, config={k: config[k] for k in ("model_type",) if k in config})
+                        modules=mods, version=__version__, config={k: config[k] for k in ("model_type",) if k in config},
+                        estimator_version=estimators.get(estimator).version)
     if output:
         result.save(output)
     return result
