@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 RANKED_KINDS = ("linear",)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModuleScore:
     """The score of one weight matrix (or one expert of a 3-D expert tensor, or one part of a fused one).
 
@@ -289,7 +289,7 @@ def _layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _reference_kind(name: str, type_: str) -> str:
+def _reference_kind(name: str) -> str:
     low = name.lower()
     if "embed" in low or "wte" in low:
         return "embedding"
@@ -327,7 +327,7 @@ def _from_reference(data: dict[str, Any], where: str, model: str) -> ScanResult:
             skipped = "the scan recorded no score (NaN)"
         modules.append(
             ModuleScore(name=name, type=type_, layer=_layer_of(name), shape=[], snr=snr,
-                        kind=_reference_kind(name, type_), param=name + ".weight", skipped=skipped)
+                        kind=_reference_kind(name), param=name + ".weight", skipped=skipped)
         )
     return ScanResult(model=model, estimator="reference", modules=modules, layout=layout)
 

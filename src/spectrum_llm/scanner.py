@@ -21,7 +21,7 @@ from . import __version__, cache, estimators
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
 from .estimators import score, unscorable
-from .naming import is_quantization_aux, parse
+from .naming import fused_parts, is_quantization_aux, parse
 from .quantized import method_label, stored_dtype
 from .results import ModuleScore, ScanResult, check_writable, output_error
 from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
@@ -33,35 +33,6 @@ _GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8
 
 def _natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
-def fused_parts(name: str, shape: tuple[int, ...], config: dict) -> list[tuple[str, int, int, int]]:
-    """(part, dim, start, stop) of each projection packed into a fused tensor, where the config says how.
-
-    Linear weights are [out, in], so parts are row ranges; GPT-2's Conv1D ``c_attn`` is stored [in, out],
-    so its parts are column ranges.
-    """
-    if len(shape) != 2 or not name.endswith(".weight"):
-        return []
-    leaf = name[: -len(".weight")].rsplit(".", 1)[-1]
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    hidden = config.get("hidden_size") or config.get("n_embd")
-    parts: list[tuple[str, int, int, int]] = []
-    if leaf == "qkv_proj" and heads and hidden:
-        kv = config.get("num_key_value_heads") or heads
-        hd = config.get("head_dim") or hidden // heads
-        q, k = heads * hd, kv * hd
-        parts = [("q", 0, 0, q), ("k", 0, q, q + k), ("v", 0, q + k, q + 2 * k)]
-    elif leaf == "W_pack" and hidden:
-        parts = [(p, 0, i * hidden, (i + 1) * hidden) for i, p in enumerate("qkv")]
-    elif leaf == "c_attn" and hidden:
-        parts = [(p, 1, i * hidden, (i + 1) * hidden) for i, p in enumerate("qkv")]
-    elif leaf == "gate_up_proj" and config.get("intermediate_size"):
-        i = config["intermediate_size"]
-        parts = [("gate", 0, 0, i), ("up", 0, i, 2 * i)]
-    if parts and parts[-1][3] != shape[parts[-1][1]]:
-        return []
-    return parts
 
 
 def _readable(info: TensorInfo) -> bool:
@@ -94,8 +65,8 @@ def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
 
 def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
     p = parse(info.name, len(info.shape))
-    return [ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
-                        numel=_numel(info.shape), skipped=reason)]
+    return [ModuleScore(name=p.module, type=p.type, layer=p.layer, shape=list(info.shape), snr=None, kind=p.kind,
+                        param=info.name, expert=p.expert, numel=_numel(info.shape), skipped=reason)]
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -145,16 +116,17 @@ def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
     if len(info.shape) == 3:
         base, leaf = p.module.rsplit(".", 1)
         for e in range(info.shape[0]):
-            out.append((ModuleScore(f"{base}.{e}.{leaf}", p.type, p.layer, list(info.shape[1:]), None, p.kind,
-                                    info.name, e, rows=[e, e + 1], numel=_numel(info.shape[1:])), w[e]))
+            out.append((ModuleScore(name=f"{base}.{e}.{leaf}", type=p.type, layer=p.layer, shape=list(info.shape[1:]),
+                                    snr=None, kind=p.kind, param=info.name, expert=e, rows=[e, e + 1],
+                                    numel=_numel(info.shape[1:])), w[e]))
     else:
-        out.append((ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
-                                numel=_numel(info.shape)), w))
+        out.append((ModuleScore(name=p.module, type=p.type, layer=p.layer, shape=list(info.shape), snr=None,
+                                kind=p.kind, param=info.name, expert=p.expert, numel=_numel(info.shape)), w))
         for part, dim, a, b in fused_parts(info.name, info.shape, config):
             piece = w[a:b] if dim == 0 else w[:, a:b]
-            out.append((ModuleScore(f"{p.module}.{part}", f"{p.type}.{part}", p.layer, list(piece.shape), None,
-                                    p.kind, info.name, p.expert, part=part, rows=[a, b], dim=dim,
-                                    numel=piece.numel()), piece))
+            out.append((ModuleScore(name=f"{p.module}.{part}", type=f"{p.type}.{part}", layer=p.layer,
+                                    shape=list(piece.shape), snr=None, kind=p.kind, param=info.name, expert=p.expert,
+                                    part=part, rows=[a, b], dim=dim, numel=piece.numel()), piece))
     for mod, mat in out:
         if min(mod.shape) < 2:
             mod.skipped = f"{mod.shape[0]}x{mod.shape[1]} matrix: too few singular values for a noise estimate"
