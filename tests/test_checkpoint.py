@@ -187,6 +187,8 @@ def test_quantized_weights_are_skipped_with_the_fix(tmp_path):
 def test_unknown_estimator_and_bad_regex(llama_dir):
     with pytest.raises(SpectrumError, match="Unknown estimator"):
         spectrum_llm.scan(llama_dir, estimator="magic")
+    with pytest.raises(SpectrumError, match="Unknown singular-value method 'auto'"):
+        spectrum_llm.scan(llama_dir, method="auto")
     with pytest.raises(SpectrumError, match="not a valid regular expression"):
         spectrum_llm.scan(llama_dir, modules="(")
     with pytest.raises(SpectrumError, match="matches none"):

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from . import cache
 from .errors import SpectrumError
 from .estimators import DEFAULT as DEFAULT_ESTIMATOR
 from .estimators import REGISTRY as ESTIMATORS
@@ -341,8 +342,7 @@ def train(
 def convert(
     model: str = typer.Argument(..., metavar="MODEL", help="A .gguf file or builtin:smollm2-135m."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (default: the cache, "
-                                          "$SPECTRUM_CACHE, else $XDG_CACHE_HOME/spectrum-llm, else "
-                                          "~/.cache/spectrum-llm, in models/)."),
+                                          f"{cache.WHERE}, in models/)."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
 ):
     """Convert a GGUF model into a transformers safetensors folder (config, weights, tokenizer) for training."""

@@ -22,17 +22,13 @@ from .results import check_writable, output_error
 DTYPES = ("bfloat16", "float16", "float32")
 
 
-def cache_dir() -> Path:
-    return cache.models_dir()
-
-
 def is_gguf(model: str | os.PathLike) -> bool:
     text = str(model)
     return text.startswith("builtin:") or text.endswith(".gguf")
 
 
 def _cached_name(path: Path, fingerprint: str, dtype: str) -> Path:
-    return cache_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
+    return cache.models_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
 
 
 def _complete(folder: Path) -> bool:

@@ -24,7 +24,7 @@ from .estimators import score, unscorable
 from .naming import fused_parts, is_quantization_aux, parse
 from .quantized import method_label, stored_dtype
 from .results import ModuleScore, ScanResult, check_writable, output_error
-from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
+from .spectra import METHODS, float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
 _GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
@@ -134,7 +134,7 @@ def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
 
 
 def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict,
-                 device: str = "cpu", method: str = "auto") -> list[ModuleScore]:
+                 device: str = "cpu", method: str = "gram") -> list[ModuleScore]:
     """All module scores one checkpoint tensor yields: one matrix, one per expert, plus fused parts."""
     out = []
     for mod, mat in plan_tensor(info, w, config):
@@ -224,13 +224,15 @@ def _progress(enabled: bool):
 def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLike | None = None,
          estimator: str = estimators.DEFAULT, device: str = "cpu", modules: str | None = None,
          reference_json: str | os.PathLike | None = None, resume: bool = True, progress: bool = False,
-         method: str = "auto") -> ScanResult:
+         method: str = "gram") -> ScanResult:
     """Score every weight matrix of a checkpoint (folder, file, hub id in the cache) or an in-memory model.
 
     Returns the ScanResult and, with ``output``, writes it as JSON. ``modules`` is a regex on tensor names;
     ``reference_json`` is a folder that also gets the reference tool's flat ``snr_results_<slug>.json``.
     """
     version = estimators.get(estimator).version
+    if method not in METHODS:
+        raise SpectrumError(f"Unknown singular-value method {method!r}; use one of {', '.join(METHODS)}.")
     resolve_device(device)
     try:
         pattern = re.compile(modules) if modules else None
