@@ -149,7 +149,8 @@ def read_rate(files: list[Path], passes: int = 2) -> float:
 def matrices(path: str) -> tuple[list[Path], list[tuple[int, int]]]:
     """A checkpoint's weight files and the (m, n) of every matrix the scan decomposes, m <= n."""
     from spectrum_llm.checkpoint import open_checkpoint
-    from spectrum_llm.scanner import _readable, fused_parts
+    from spectrum_llm.naming import fused_parts
+    from spectrum_llm.scanner import _readable
 
     ckpt = open_checkpoint(path)
     mats = []

@@ -23,9 +23,11 @@ def _images(html: str) -> list[bytes]:
 
 
 def test_column_type_folds_reference_expert_index_and_keeps_grouped_types():
-    ref = ModuleScore("model.layers.3.mlp.experts.17.down_proj", "mlp.experts.17.down_proj", 3, [], 1.0)
-    ours = ModuleScore("model.layers.3.mlp.experts.17.down_proj", "mlp.experts.down_proj", 3, [], 1.0, expert=17)
-    mixtral = ModuleScore("x", "block_sparse_moe.experts.0.w1", 0, [], 1.0)
+    ref = ModuleScore(name="model.layers.3.mlp.experts.17.down_proj", type="mlp.experts.17.down_proj", layer=3,
+                      shape=[], snr=1.0)
+    ours = ModuleScore(name="model.layers.3.mlp.experts.17.down_proj", type="mlp.experts.down_proj", layer=3, shape=[],
+                       snr=1.0, expert=17)
+    mixtral = ModuleScore(name="x", type="block_sparse_moe.experts.0.w1", layer=0, shape=[], snr=1.0)
     assert column_type(ref) == column_type(ours) == "mlp.experts.down_proj"
     assert column_type(mixtral) == "block_sparse_moe.experts.w1"
 
@@ -94,9 +96,11 @@ def test_trainable_by_type_counts_parameters_and_selected_norm_types():
 
 
 def test_trainable_by_type_counts_a_fused_projection_once():
-    whole = ModuleScore("model.layers.0.self_attn.qkv_proj", "self_attn.qkv_proj", 0, [48, 16], 1.0, numel=768)
-    parts = [ModuleScore(f"model.layers.0.self_attn.qkv_proj.{p}", f"self_attn.qkv_proj.{p}", 0, [16, 16], 1.0,
-                         part=p, rows=[16 * i, 16 * (i + 1)], numel=256) for i, p in enumerate("qkv")]
+    whole = ModuleScore(name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0, shape=[48, 16],
+                        snr=1.0, numel=768)
+    parts = [ModuleScore(name=f"model.layers.0.self_attn.qkv_proj.{p}", type=f"self_attn.qkv_proj.{p}", layer=0,
+                         shape=[16, 16], snr=1.0, part=p, rows=[16 * i, 16 * (i + 1)],
+                         numel=256) for i, p in enumerate("qkv")]
     scan = ScanResult("fused", "mp", [whole, *parts])
     rows, _ = trainable_by_type(scan, ["model.layers.0.self_attn.qkv_proj.q"])
     assert sum(r[2] for r in rows) == 768 and sum(r[1] for r in rows) == 256
@@ -122,7 +126,8 @@ def test_module_without_model_is_refused():
 
 
 def test_scan_without_layered_linear_modules_is_refused():
-    scan = ScanResult("norms", "mp", [ModuleScore("model.norm", "norm", None, [8], None, "norm", skipped="1-D")])
+    scan = ScanResult("norms", "mp", [ModuleScore(name="model.norm", type="norm", layer=None, shape=[8], snr=None,
+                                                  kind="norm", skipped="1-D")])
     with pytest.raises(SpectrumError, match="nothing to draw"):
         heatmap_png(scan)
 
@@ -193,10 +198,11 @@ def test_spectrum_of_an_expert_and_of_a_fused_part_is_cut_from_its_tensor(tmp_pa
     experts, qkv = torch.randn(3, 16, 24), torch.randn(48, 16)
     save_file({"model.layers.0.mlp.experts.down_proj": experts, "model.layers.0.self_attn.qkv_proj.weight": qkv},
               tmp_path / "model.safetensors")
-    mods = [ModuleScore("model.layers.0.mlp.experts.1.down_proj", "mlp.experts.down_proj", 0, [16, 24], 1.0,
-                        param="model.layers.0.mlp.experts.down_proj", expert=1, rows=[1, 2]),
-            ModuleScore("model.layers.0.self_attn.qkv_proj.k", "self_attn.qkv_proj.k", 0, [16, 16], 1.0,
-                        param="model.layers.0.self_attn.qkv_proj.weight", part="k", rows=[16, 32])]
+    mods = [ModuleScore(name="model.layers.0.mlp.experts.1.down_proj", type="mlp.experts.down_proj", layer=0,
+                        shape=[16, 24], snr=1.0, param="model.layers.0.mlp.experts.down_proj", expert=1, rows=[1, 2]),
+            ModuleScore(name="model.layers.0.self_attn.qkv_proj.k", type="self_attn.qkv_proj.k", layer=0,
+                        shape=[16, 16], snr=1.0, param="model.layers.0.self_attn.qkv_proj.weight", part="k",
+                        rows=[16, 32])]
     scan = ScanResult("fused", "mp", mods)
     sp = module_spectrum(scan, mods[0].name, tmp_path)
     assert sp.shape == (16, 24)

@@ -151,7 +151,8 @@ def test_report_cli_writes_html_and_png(reference_dir, tmp_path, capsys):
 
 
 def test_report_cli_module_without_model_exits_2(tmp_path, capsys):
-    scan = ScanResult("m", "mp", [ModuleScore("model.layers.0.mlp.down_proj", "mlp.down_proj", 0, [4, 4], 1.0)])
+    scan = ScanResult("m", "mp", [ModuleScore(name="model.layers.0.mlp.down_proj", type="mlp.down_proj", layer=0,
+                                              shape=[4, 4], snr=1.0)])
     path = scan.save(tmp_path / "scan.json")
     code, _, err = _run(capsys, "report", path, "--module", "model.layers.0.mlp.down_proj", "-o", tmp_path / "r.html")
     assert code == 2 and "--model" in err

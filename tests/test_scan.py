@@ -77,6 +77,42 @@ def test_reference_json_flat_layout(llama_dir, tmp_path):
     assert load_scan(f).layout == "reference-flat"
 
 
+def test_scan_files_record_the_estimator_version(llama_dir, tmp_path):
+    from spectrum_llm.estimators import get
+
+    out = tmp_path / "scan.json"
+    result = spectrum_llm.scan(llama_dir, output=out, estimator="reference")
+    assert json.loads(out.read_text())["estimator_version"] == get("reference").version == result.estimator_version
+    assert load_scan(out).estimator_version == get("reference").version
+    spectrum_llm.scan(llama_dir, estimator="reference", reference_json=tmp_path)
+    (flat,) = tmp_path.glob("snr_results_*.json")
+    assert all(set(v) == {"snr", "type"} for v in json.loads(flat.read_text()).values())  # the reference layout
+
+
+def test_scan_files_without_an_estimator_version_load_and_are_reused(llama_dir, tmp_path, monkeypatch):
+    out = tmp_path / "scan.json"
+    first = spectrum_llm.scan(llama_dir, output=out)
+    data = json.loads(out.read_text())
+    del data["estimator_version"]
+    out.write_text(json.dumps(data))
+    assert load_scan(out).estimator_version is None
+    assert [m.snr for m in load_scan(out).modules] == [m.snr for m in first.modules]
+    _no_scoring(monkeypatch)
+    assert spectrum_llm.scan(llama_dir, output=out).cached
+
+
+def test_a_scan_by_another_estimator_version_is_not_reused(llama_dir, tmp_path, monkeypatch):
+    import dataclasses
+
+    from spectrum_llm.estimators import REGISTRY
+
+    out = tmp_path / "scan.json"
+    spectrum_llm.scan(llama_dir, output=out)
+    monkeypatch.setitem(REGISTRY, "mp", dataclasses.replace(REGISTRY["mp"], version=REGISTRY["mp"].version + 1))
+    again = spectrum_llm.scan(llama_dir, output=out)
+    assert not again.cached and load_scan(out).estimator_version == REGISTRY["mp"].version
+
+
 def test_modules_regex_limits_the_scan(llama_dir):
     result = spectrum_llm.scan(llama_dir, modules=r"layers\.0\..*q_proj")
     assert [m.name for m in result.modules] == ["model.layers.0.self_attn.q_proj"]

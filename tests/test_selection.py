@@ -52,7 +52,8 @@ def test_compat_ranks_inf_first():
 
 def test_default_selection_trains_embeddings_and_head_not_norms():
     scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0]})
-    scan.modules.append(ModuleScore("model.norm", "norm", None, [10], None, "norm", "model.norm.weight", numel=10))
+    scan.modules.append(ModuleScore(name="model.norm", type="norm", layer=None, shape=[10], snr=None, kind="norm",
+                                    param="model.norm.weight", numel=10))
     sel = select(scan, top_percent=50)
     assert sel.extras == ["^lm_head.weight$", "^model.embed_tokens.weight$"]
     assert sel.modules == ["model.layers.1.mlp.down_proj"]
@@ -118,10 +119,11 @@ def test_include_and_exclude_narrow_the_candidates():
 
 
 def test_fused_parts_become_row_ranges_and_never_double_with_the_whole():
-    whole = ModuleScore("model.layers.0.self_attn.qkv_proj", "self_attn.qkv_proj", 0, [9216, 3072], 1.0, "linear",
-                        "model.layers.0.self_attn.qkv_proj.weight", numel=9216 * 3072)
-    parts = [ModuleScore(f"{whole.name}.{p}", f"self_attn.qkv_proj.{p}", 0, [3072, 3072], s, "linear", whole.param,
-                         part=p, rows=[i * 3072, (i + 1) * 3072], numel=3072 * 3072)
+    whole = ModuleScore(name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0,
+                        shape=[9216, 3072], snr=1.0, kind="linear", param="model.layers.0.self_attn.qkv_proj.weight",
+                        numel=9216 * 3072)
+    parts = [ModuleScore(name=f"{whole.name}.{p}", type=f"self_attn.qkv_proj.{p}", layer=0, shape=[3072, 3072], snr=s,
+                         kind="linear", param=whole.param, part=p, rows=[i * 3072, (i + 1) * 3072], numel=3072 * 3072)
              for i, (p, s) in enumerate(zip("qkv", (5.0, 1.0, 2.0)))]
     scan = ScanResult("phi", "mp", [whole, *parts])
     assert select(scan, top_percent=100).modules == [whole.name]
@@ -132,15 +134,16 @@ def test_fused_parts_become_row_ranges_and_never_double_with_the_whole():
 
 def test_experts_of_a_3d_tensor_become_row_ranges():
     p = "model.layers.0.mlp.experts.gate_up_proj"
-    mods = [ModuleScore(f"model.layers.0.mlp.experts.{e}.gate_up_proj", "mlp.experts.gate_up_proj", 0, [8, 4],
-                        float(e), "linear", p, e, rows=[e, e + 1], numel=32) for e in range(4)]
+    mods = [ModuleScore(name=f"model.layers.0.mlp.experts.{e}.gate_up_proj", type="mlp.experts.gate_up_proj", layer=0,
+                        shape=[8, 4], snr=float(e), kind="linear", param=p, expert=e, rows=[e, e + 1],
+                        numel=32) for e in range(4)]
     sel = select(ScanResult("moe", "mp", mods), top_percent=50, train_embeddings=False, train_lm_head=False)
     assert sel.patterns == [f"^{p}$[3:4]", f"^{p}$[2:3]"]
 
 
 def test_column_parts_cannot_be_exported():
-    m = ModuleScore("h.0.attn.c_attn.q", "attn.c_attn.q", 0, [4, 4], 1.0, "linear", "h.0.attn.c_attn.weight",
-                    part="q", rows=[0, 4], dim=1, numel=16)
+    m = ModuleScore(name="h.0.attn.c_attn.q", type="attn.c_attn.q", layer=0, shape=[4, 4], snr=1.0, kind="linear",
+                    param="h.0.attn.c_attn.weight", part="q", rows=[0, 4], dim=1, numel=16)
     with pytest.raises(SpectrumError, match="dimension 0"):
         select(ScanResult("gpt2", "mp", [m]), top_percent=100, parts=True)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import estimators
 from .errors import SpectrumError
 from .results import ScanResult, load_scan, parse_scan, read_scan_text, scan_stem
 
@@ -210,7 +211,7 @@ def validate_data() -> list[str]:
 # ----------------------------------------------------------------------------------------- resolution
 
 
-def resolve_scan(arg: "ScanResult | str | os.PathLike", *, catalogue=None, estimator: str = "mp",
+def resolve_scan(arg: "ScanResult | str | os.PathLike", *, catalogue=None, estimator: str = estimators.DEFAULT,
                  progress: bool = False) -> tuple[ScanResult, str]:
     """The scan to select from, and how it was found.
 

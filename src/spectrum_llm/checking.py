@@ -151,10 +151,8 @@ def _config(model: Any):
             raise SpectrumError(f"{folder} has no config.json, so its model cannot be built. Pass the checkpoint "
                                 "folder.")
         return AutoConfig.from_pretrained(folder), None
-    except SpectrumError:
-        raise
-    except Exception as e:
-        raise SpectrumError(f"Could not read the config of {model} ({e}).") from None
+    except (OSError, ValueError, KeyError) as e:  # transformers: unreadable file, bad JSON, unknown model type
+        raise SpectrumError(f"Could not read the config of {model} ({e}).") from e
 
 
 def _dtype_name(config, fallback: str | None) -> str:
@@ -257,9 +255,9 @@ def activation_bytes(model, seq_len: int) -> int:
     try:
         with _fused_attention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(input_ids=ids, labels=ids)
-    except Exception as e:
+    except Exception as e:  # any architecture's own forward code runs here, and may raise anything on meta tensors
         raise SpectrumError(f"Could not run the model's forward on the meta device to measure activations ({e}). "
-                            "Pass --no-activations to skip that part.") from None
+                            "Pass --no-activations to skip that part.") from e
     return sum(n for k, n in kept.items() if k not in params)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from . import quantized
 from .errors import SpectrumError
@@ -33,6 +34,9 @@ BUILTIN = {
 #: the hub id each builtin model was published under (what the reference tool would be given).
 BUILTIN_IDS = {"builtin:smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# What a damaged or truncated weight file raises: safetensors' own error, the OS's, torch's RuntimeError (zip
+# reader, mmap), numpy's ValueError/IndexError and gguf's KeyError/NotImplementedError while parsing GGUF data.
+_DAMAGED = (SafetensorError, OSError, RuntimeError, ValueError, IndexError, KeyError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,9 @@ class Checkpoint:
             if self.format == "bin":
                 return self._handle(file)[key]
             return _gguf_tensor(self._handle(file), key)
-        except SpectrumError:
-            raise
-        except Exception as e:  # a damaged file surfaces here, tensor by tensor
+        except _DAMAGED as e:  # a damaged file surfaces here, tensor by tensor
             raise SpectrumError(f"Could not read tensor {key!r} from {file}: {e}. "
-                                "The file may be truncated or corrupt; download or convert it again.") from None
+                                "The file may be truncated or corrupt; download or convert it again.") from e
 
     def _handle(self, file: str):
         if file not in self._open:
@@ -122,11 +124,13 @@ def resolve(model: str | os.PathLike) -> Path:
                             "(org/name) that is in the local Hugging Face cache.")
     from huggingface_hub import snapshot_download
 
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
     try:
         return Path(snapshot_download(text, local_files_only=True))
-    except Exception:
+    except (LocalEntryNotFoundError, HFValidationError) as e:
         raise SpectrumError(f"{text} is not in the local Hugging Face cache and this tool never downloads. "
-                            f"On a machine with network run `hf download {text}` (or pass a local folder).") from None
+                            f"On a machine with network run `hf download {text}` (or pass a local folder).") from e
 
 
 def open_checkpoint(model: str | os.PathLike) -> Checkpoint:
@@ -213,25 +217,25 @@ def _open_file(path: Path, fmt: str):
 
         try:
             return safe_open(str(path), framework="pt")
-        except Exception as e:
+        except (SafetensorError, OSError) as e:
             raise SpectrumError(f"{path} is not a readable safetensors file ({e}). It may be truncated or "
-                                "corrupt: download or save it again.") from None
+                                "corrupt: download or save it again.") from e
     if fmt == "bin":
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as e:
             raise SpectrumError(f"{path} is a pickle that torch.load(weights_only=True) refuses ({str(e)[:200]}). "
                                 "It may run code when loaded; convert it to safetensors in a trusted "
-                                "environment, or use the safetensors files of the same model.") from None
-        except Exception as e:
+                                "environment, or use the safetensors files of the same model.") from e
+        except (RuntimeError, OSError, EOFError, ValueError) as e:  # torch's zip reader and mmap, on damage
             raise SpectrumError(f"{path} could not be read as a PyTorch checkpoint ({e}). It may be truncated, "
-                                "or saved in the legacy format (re-save it with torch.save or as safetensors).") from None
+                                "or saved in the legacy format (re-save it with torch.save or as safetensors).") from e
     import gguf
 
     try:
         return gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise SpectrumError(f"{path} is not a readable GGUF file ({e}). It may be truncated or corrupt.") from None
+    except _DAMAGED as e:
+        raise SpectrumError(f"{path} is not a readable GGUF file ({e}). It may be truncated or corrupt.") from e
 
 
 def _list_tensors(handle, file: Path, fmt: str) -> list[TensorInfo]:

@@ -13,7 +13,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from . import cache
 from .errors import SpectrumError
+from .estimators import DEFAULT as DEFAULT_ESTIMATOR
+from .estimators import REGISTRY as ESTIMATORS
 from .selection import DEFAULT_TOP_PERCENT
 
 app = typer.Typer(
@@ -32,8 +35,8 @@ def scan(
     model: str = typer.Argument(..., metavar="MODEL", help="Checkpoint folder, .safetensors/.bin/.gguf file, hub id in the local "
                                 "Hugging Face cache, or builtin:smollm2-135m."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the scan (JSON)."),
-    estimator: str = typer.Option("mp", help="SNR estimator: 'mp' (scale-invariant Marchenko-Pastur) or "
-                                  "'reference' (the published formula, exactly)."),
+    estimator: str = typer.Option(DEFAULT_ESTIMATOR, help="SNR estimator: " + " or ".join(
+                                  f"'{e.name}' ({e.description})" for e in ESTIMATORS.values()) + "."),
     device: str = typer.Option("cpu", help="Where singular values are computed: cpu, cuda, cuda:1, ..."),
     modules: Optional[str] = typer.Option(None, "--modules", help="Only scan tensors whose name matches this regex."),
     reference_json: Optional[Path] = typer.Option(None, "--reference-json",
@@ -274,7 +277,8 @@ def train(
                                                 f"{DEFAULT_TOP_PERCENT:g}, which with the embeddings is about 60% "
                                                 "of SmolLM2-135M's parameters)."),
     scan: Optional[str] = typer.Option(None, "--scan", help="Scan file to select from (written there if absent)."),
-    estimator: Optional[str] = typer.Option(None, "--estimator", help="Estimator for a scan run here (mp)."),
+    estimator: Optional[str] = typer.Option(None, "--estimator", help="Estimator for a scan run here: "
+                                             f"{' or '.join(ESTIMATORS)} (default {DEFAULT_ESTIMATOR})."),
     train_embeddings: Optional[bool] = typer.Option(None, "--train-embeddings/--no-train-embeddings",
                                                     help="Train the input embeddings (and a head tied to them) "
                                                     "besides the selection (default: on)."),
@@ -338,8 +342,7 @@ def train(
 def convert(
     model: str = typer.Argument(..., metavar="MODEL", help="A .gguf file or builtin:smollm2-135m."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (default: the cache, "
-                                          "$SPECTRUM_CACHE, else $XDG_CACHE_HOME/spectrum-llm, else "
-                                          "~/.cache/spectrum-llm, in models/)."),
+                                          f"{cache.WHERE}, in models/)."),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
 ):
     """Convert a GGUF model into a transformers safetensors folder (config, weights, tokenizer) for training."""

@@ -22,17 +22,13 @@ from .results import check_writable, output_error
 DTYPES = ("bfloat16", "float16", "float32")
 
 
-def cache_dir() -> Path:
-    return cache.models_dir()
-
-
 def is_gguf(model: str | os.PathLike) -> bool:
     text = str(model)
     return text.startswith("builtin:") or text.endswith(".gguf")
 
 
 def _cached_name(path: Path, fingerprint: str, dtype: str) -> Path:
-    return cache_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
+    return cache.models_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
 
 
 def _complete(folder: Path) -> bool:
@@ -87,9 +83,9 @@ def _convert(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> 
     try:
         src = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as e:
+    except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:  # unsupported architecture/tensors
         raise SpectrumError(f"transformers could not load {path} ({str(e).splitlines()[0]}). Its architecture may "
-                            "not be supported for GGUF loading; convert it with llama.cpp's tools instead.") from None
+                            "not be supported for GGUF loading; convert it with llama.cpp's tools instead.") from e
     cfg = src.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config

@@ -73,11 +73,13 @@ def load_rows(path: str):
                                 "or .txt, or a save_to_disk folder.")
         if p.stat().st_size == 0:
             raise SpectrumError(f"Data file {p} is empty. Point --data at a file with training rows.")
+        import pyarrow
+
         try:
             ds = datasets.load_dataset(kind, data_files=str(p), split="train")
-        except Exception as e:  # pyarrow / json parse errors, named by the library
+        except (datasets.exceptions.DatasetsError, pyarrow.ArrowException, ValueError, OSError) as e:  # parse errors
             raise SpectrumError(f"Cannot read {p} as {kind}: {e}. Fix the file (one JSON object per line "
-                                "for .jsonl).") from None
+                                "for .jsonl).") from e
     if len(ds) == 0:
         raise SpectrumError(f"Data {p} has no rows. Point --data at a file with training rows.")
     return ds

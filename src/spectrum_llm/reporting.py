@@ -428,7 +428,7 @@ def module_spectrum(scan: ScanResult, module: str, model: str | os.PathLike) -> 
     if min(rows, cols) < 2 or float(s.max()) == 0.0:
         raise SpectrumError(f"{module} ({rows}x{cols}) has no spectrum to draw (too small or all zero). "
                             "Pick another module.")
-    estimator = scan.estimator if scan.estimator in estimators.ESTIMATORS else "reference"
+    estimator = scan.estimator if scan.estimator in estimators.REGISTRY else "reference"
     sc = estimators.score(s, rows, cols, estimator)
     sigma = estimators.mp_sigma(s, rows, cols)
     return Spectrum(module, (rows, cols), s.numpy(), sigma, estimators.mp_edge(sigma, rows, cols), sc.threshold,

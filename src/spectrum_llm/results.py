@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 RANKED_KINDS = ("linear",)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModuleScore:
     """The score of one weight matrix (or one expert of a 3-D expert tensor, or one part of a fused one).
 
@@ -70,7 +70,11 @@ class ModuleScore:
 
 @dataclass
 class ScanResult:
-    """Every module's score for one checkpoint and one estimator."""
+    """Every module's score for one checkpoint and one estimator.
+
+    ``estimator_version`` is the estimator's version when the scan was made (see ``estimators.REGISTRY``);
+    None for scans that do not record it (files written before it was recorded, the reference tool's layouts).
+    """
 
     model: str
     estimator: str
@@ -80,6 +84,7 @@ class ScanResult:
     layout: str = "spectrum-llm"
     modules_regex: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    estimator_version: int | None = None
     cached: bool = field(default=False, compare=False)  # read back from an earlier scan, not computed now
 
     def ranked(self) -> list[ModuleScore]:
@@ -115,6 +120,7 @@ class ScanResult:
             "format_version": FORMAT_VERSION,
             "model": self.model,
             "estimator": self.estimator,
+            **({"estimator_version": self.estimator_version} if self.estimator_version is not None else {}),
             "fingerprint": self.fingerprint,
             "version": self.version,
             "modules_regex": self.modules_regex,
@@ -283,7 +289,7 @@ def _layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _reference_kind(name: str, type_: str) -> str:
+def _reference_kind(name: str) -> str:
     low = name.lower()
     if "embed" in low or "wte" in low:
         return "embedding"
@@ -321,7 +327,7 @@ def _from_reference(data: dict[str, Any], where: str, model: str) -> ScanResult:
             skipped = "the scan recorded no score (NaN)"
         modules.append(
             ModuleScore(name=name, type=type_, layer=_layer_of(name), shape=[], snr=snr,
-                        kind=_reference_kind(name, type_), param=name + ".weight", skipped=skipped)
+                        kind=_reference_kind(name), param=name + ".weight", skipped=skipped)
         )
     return ScanResult(model=model, estimator="reference", modules=modules, layout=layout)
 
@@ -382,6 +388,7 @@ def parse_scan(text: str, where: str, model: str = "") -> ScanResult:
             version=data.get("version", ""),
             modules_regex=data.get("modules_regex"),
             config=data.get("config") or {},
+            estimator_version=data.get("estimator_version"),
         )
     values = list(data.values())
     flat = all(isinstance(v, dict) and "snr" in v for v in values)

@@ -17,14 +17,14 @@ from typing import Iterable
 
 import torch
 
-from . import __version__, cache
+from . import __version__, cache, estimators
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
-from .estimators import ESTIMATORS, score, unscorable
-from .naming import is_quantization_aux, parse
+from .estimators import score, unscorable
+from .naming import fused_parts, is_quantization_aux, parse
 from .quantized import method_label, stored_dtype
 from .results import ModuleScore, ScanResult, check_writable, output_error
-from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
+from .spectra import METHODS, float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
 _GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
@@ -33,35 +33,6 @@ _GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8
 
 def _natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
-def fused_parts(name: str, shape: tuple[int, ...], config: dict) -> list[tuple[str, int, int, int]]:
-    """(part, dim, start, stop) of each projection packed into a fused tensor, where the config says how.
-
-    Linear weights are [out, in], so parts are row ranges; GPT-2's Conv1D ``c_attn`` is stored [in, out],
-    so its parts are column ranges.
-    """
-    if len(shape) != 2 or not name.endswith(".weight"):
-        return []
-    leaf = name[: -len(".weight")].rsplit(".", 1)[-1]
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    hidden = config.get("hidden_size") or config.get("n_embd")
-    parts: list[tuple[str, int, int, int]] = []
-    if leaf == "qkv_proj" and heads and hidden:
-        kv = config.get("num_key_value_heads") or heads
-        hd = config.get("head_dim") or hidden // heads
-        q, k = heads * hd, kv * hd
-        parts = [("q", 0, 0, q), ("k", 0, q, q + k), ("v", 0, q + k, q + 2 * k)]
-    elif leaf == "W_pack" and hidden:
-        parts = [(p, 0, i * hidden, (i + 1) * hidden) for i, p in enumerate("qkv")]
-    elif leaf == "c_attn" and hidden:
-        parts = [(p, 1, i * hidden, (i + 1) * hidden) for i, p in enumerate("qkv")]
-    elif leaf == "gate_up_proj" and config.get("intermediate_size"):
-        i = config["intermediate_size"]
-        parts = [("gate", 0, 0, i), ("up", 0, i, 2 * i)]
-    if parts and parts[-1][3] != shape[parts[-1][1]]:
-        return []
-    return parts
 
 
 def _readable(info: TensorInfo) -> bool:
@@ -94,8 +65,8 @@ def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
 
 def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
     p = parse(info.name, len(info.shape))
-    return [ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
-                        numel=_numel(info.shape), skipped=reason)]
+    return [ModuleScore(name=p.module, type=p.type, layer=p.layer, shape=list(info.shape), snr=None, kind=p.kind,
+                        param=info.name, expert=p.expert, numel=_numel(info.shape), skipped=reason)]
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -145,16 +116,17 @@ def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
     if len(info.shape) == 3:
         base, leaf = p.module.rsplit(".", 1)
         for e in range(info.shape[0]):
-            out.append((ModuleScore(f"{base}.{e}.{leaf}", p.type, p.layer, list(info.shape[1:]), None, p.kind,
-                                    info.name, e, rows=[e, e + 1], numel=_numel(info.shape[1:])), w[e]))
+            out.append((ModuleScore(name=f"{base}.{e}.{leaf}", type=p.type, layer=p.layer, shape=list(info.shape[1:]),
+                                    snr=None, kind=p.kind, param=info.name, expert=e, rows=[e, e + 1],
+                                    numel=_numel(info.shape[1:])), w[e]))
     else:
-        out.append((ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
-                                numel=_numel(info.shape)), w))
+        out.append((ModuleScore(name=p.module, type=p.type, layer=p.layer, shape=list(info.shape), snr=None,
+                                kind=p.kind, param=info.name, expert=p.expert, numel=_numel(info.shape)), w))
         for part, dim, a, b in fused_parts(info.name, info.shape, config):
             piece = w[a:b] if dim == 0 else w[:, a:b]
-            out.append((ModuleScore(f"{p.module}.{part}", f"{p.type}.{part}", p.layer, list(piece.shape), None,
-                                    p.kind, info.name, p.expert, part=part, rows=[a, b], dim=dim,
-                                    numel=piece.numel()), piece))
+            out.append((ModuleScore(name=f"{p.module}.{part}", type=f"{p.type}.{part}", layer=p.layer,
+                                    shape=list(piece.shape), snr=None, kind=p.kind, param=info.name, expert=p.expert,
+                                    part=part, rows=[a, b], dim=dim, numel=piece.numel()), piece))
     for mod, mat in out:
         if min(mod.shape) < 2:
             mod.skipped = f"{mod.shape[0]}x{mod.shape[1]} matrix: too few singular values for a noise estimate"
@@ -162,7 +134,7 @@ def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
 
 
 def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict,
-                 device: str = "cpu", method: str = "auto") -> list[ModuleScore]:
+                 device: str = "cpu", method: str = "gram") -> list[ModuleScore]:
     """All module scores one checkpoint tensor yields: one matrix, one per expert, plus fused parts."""
     out = []
     for mod, mat in plan_tensor(info, w, config):
@@ -250,16 +222,17 @@ def _progress(enabled: bool):
 
 
 def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLike | None = None,
-         estimator: str = "mp", device: str = "cpu", modules: str | None = None,
+         estimator: str = estimators.DEFAULT, device: str = "cpu", modules: str | None = None,
          reference_json: str | os.PathLike | None = None, resume: bool = True, progress: bool = False,
-         method: str = "auto") -> ScanResult:
+         method: str = "gram") -> ScanResult:
     """Score every weight matrix of a checkpoint (folder, file, hub id in the cache) or an in-memory model.
 
     Returns the ScanResult and, with ``output``, writes it as JSON. ``modules`` is a regex on tensor names;
     ``reference_json`` is a folder that also gets the reference tool's flat ``snr_results_<slug>.json``.
     """
-    if estimator not in ESTIMATORS:
-        raise SpectrumError(f"Unknown estimator {estimator!r}. Use one of: {', '.join(ESTIMATORS)}.")
+    version = estimators.get(estimator).version
+    if method not in METHODS:
+        raise SpectrumError(f"Unknown singular-value method {method!r}; use one of {', '.join(METHODS)}.")
     resolve_device(device)
     try:
         pattern = re.compile(modules) if modules else None
@@ -278,8 +251,8 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         check_writable(out)
     if reference_json is not None:
         check_writable(reference_json, folder=True)
-    header = {"fingerprint": fingerprint, "estimator": estimator, "modules_regex": modules,
-              "method": method}
+    header = {"fingerprint": fingerprint, "estimator": estimator, "estimator_version": version,
+              "modules_regex": modules, "method": method}
     key = cache.source_fingerprint(ckpt.root) if ckpt.format == "safetensors" else None
     cache_file = cache.scan_path(key or fingerprint, estimator, method) if modules is None else None
     cached = _cached(out, header) if out is not None and resume and out.is_file() else None
@@ -323,7 +296,8 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
     flat = [m for p in sorted(results, key=_natural_key) for m in results[p]]
     _mark_storage(flat, ckpt)
     result = ScanResult(model=str(model), estimator=estimator, modules=flat, fingerprint=fingerprint,
-                        version=__version__, modules_regex=modules, config=_config_summary(ckpt))
+                        version=__version__, modules_regex=modules, config=_config_summary(ckpt),
+                        estimator_version=version)
     if rank == 0:
         if out is not None:
             result.save(out)
@@ -559,6 +533,7 @@ def _cached(out: Path, header: dict, source: str | None = None) -> ScanResult | 
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
     same = (data.get("fingerprint") in (header["fingerprint"], source) and data.get("estimator") == header["estimator"]
+            and data.get("estimator_version", 1) == header["estimator_version"]  # unrecorded: made by version 1
             and data.get("modules_regex") == header["modules_regex"])
     return ScanResult.load(out) if same else None
 
@@ -604,7 +579,8 @@ def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, m
     if not mods:
         raise SpectrumError("The model has no parameters to scan (or --modules matched none).")
     result = ScanResult(model=getattr(model, "name_or_path", type(model).__name__), estimator=estimator,
-                        modules=mods, version=__version__, config={k: config[k] for k in ("model_type",) if k in config})
+                        modules=mods, version=__version__, config={k: config[k] for k in ("model_type",) if k in config},
+                        estimator_version=estimators.get(estimator).version)
     if output:
         result.save(output)
     return result

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import SpectrumError
+from .estimators import REGISTRY
 from .results import ModuleScore, ScanResult
 
 FORMAT = "spectrum-llm/selection"
@@ -394,7 +395,7 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
         raise SpectrumError(f"Every candidate module's score is missing or NaN in the scan of "
                             f"{scan.model or 'this model'}; nothing can be ranked. Re-run the scan "
                             "(see the skipped reasons in the scan file).")
-    if rule == "global" and scan.estimator == "reference":
+    if rule == "global" and (est := REGISTRY.get(scan.estimator)) is not None and not est.scale_invariant:
         raise SpectrumError("The global rule compares scores across module types, but the reference estimator's "
                             "scale differs by type. Use --rule per-type, or re-scan with --estimator mp.")
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import estimators
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
 from .errors import SpectrumError
 from .results import check_writable, write_json_atomic, write_text_atomic
@@ -48,7 +49,7 @@ class TrainConfig:
     selection: str | None = None
     top_percent: float | None = None
     scan: str | None = None
-    estimator: str = "mp"
+    estimator: str = estimators.DEFAULT
     train_embeddings: bool = True
     train_lm_head: bool | None = None  # None: on, or as train_embeddings when the head is tied
     # lora
