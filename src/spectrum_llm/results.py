@@ -131,10 +131,6 @@ class ScanResult:
 
         return {n: {"snr": s, "type": t} for n, t, s in entries(self)}
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ScanResult":
-        return load_scan(path)
-
 
 def storage_summary(scan: ScanResult) -> str | None:
     """How many modules were scored on dequantized weights, and from which schemes; None if none were."""
