@@ -136,10 +136,11 @@ def check_packages() -> dict[str, Path]:
 
 def module_table(scan) -> list[dict]:
     """The rankable linear modules of a scan as plain dicts (name, type, layer, shape, numel, pattern)."""
-    from spectrum_llm.selection import _candidates, module_pattern
+    from spectrum_llm.axolotl import module_pattern
+    from spectrum_llm.selection import candidates
 
     return [{"name": m.name, "type": m.type, "layer": m.layer, "shape": list(m.shape), "numel": m.numel,
-             "pattern": module_pattern(m)} for m in _candidates(scan, parts=False, compat=False)]
+             "pattern": module_pattern(m)} for m in candidates(scan)]
 
 
 def convert_model(work: Path, dtype: str) -> Path:

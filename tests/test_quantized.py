@@ -204,7 +204,8 @@ def test_a_scan_dequantizes_one_block_at_a_time(layout, monkeypatch):
 
 
 def test_select_freeze_and_report_on_a_quantized_scan(layout, tmp_path):
-    from spectrum_llm.freezing import freeze, load_meta_model
+    from spectrum_llm.freezing import freeze
+    from spectrum_llm.models import load_meta_model
     from spectrum_llm.reporting import report, scan_table
 
     name, folder, dtype = layout["name"], layout["folder"], layout["dtype"]

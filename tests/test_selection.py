@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from helpers_selection import LLAMA_TYPES, synthetic_scan
 from spectrum_llm.errors import SpectrumError
+from spectrum_llm.exports import write_selection
 from spectrum_llm.results import ModuleScore, ScanResult
-from spectrum_llm.selection import (Selection, _order_key, load_selection, pattern_module, rank, select)
+from spectrum_llm.selection import _order_key, candidates, load_selection, rank, select
 
 score = st.one_of(st.floats(-5, 50, allow_nan=False), st.none(), st.just(math.nan), st.just(math.inf))
 scans = st.dictionaries(st.sampled_from(LLAMA_TYPES), st.lists(score, min_size=1, max_size=9), min_size=1)
@@ -132,6 +133,18 @@ def test_fused_parts_become_row_ranges_and_never_double_with_the_whole():
                             f"^{whole.param}$[6144:9216]"]
 
 
+def test_candidates_are_the_linear_modules_in_scan_order_parts_replacing_their_wholes():
+    whole = ModuleScore("model.layers.0.self_attn.qkv_proj", "self_attn.qkv_proj", 0, [6, 2], 1.0, "linear",
+                        "model.layers.0.self_attn.qkv_proj.weight")
+    parts = [ModuleScore(f"{whole.name}.{p}", f"self_attn.qkv_proj.{p}", 0, [2, 2], 1.0, "linear", whole.param,
+                         part=p, rows=[2 * i, 2 * i + 2]) for i, p in enumerate("qkv")]
+    scan = synthetic_scan({"mlp.down_proj": [2.0, 1.0]})
+    scan.modules += [whole, *parts]
+    linear = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert [m.name for m in candidates(scan)] == linear + [whole.name]
+    assert [m.name for m in candidates(scan, parts=True)] == linear + [m.name for m in parts]
+
+
 def test_experts_of_a_3d_tensor_become_row_ranges():
     p = "model.layers.0.mlp.experts.gate_up_proj"
     mods = [ModuleScore(name=f"model.layers.0.mlp.experts.{e}.gate_up_proj", type="mlp.experts.gate_up_proj", layer=0,
@@ -181,8 +194,8 @@ def test_load_selection_accepts_every_form(tmp_path):
     assert load_selection(sel) is sel
     assert load_selection(sel.patterns).patterns == sel.patterns
     for ext in (".json", ".yaml", ".txt"):
-        sel.save(tmp_path / f"s{ext}")
-        back = Selection.load(tmp_path / f"s{ext}")
+        write_selection(sel, tmp_path / f"s{ext}")
+        back = load_selection(tmp_path / f"s{ext}")
         assert back.patterns == sel.patterns
         assert "model.layers.1.mlp.down_proj" in back.modules
     assert load_selection(tmp_path / "s.json").types["mlp.down_proj"].kept == 1
@@ -198,14 +211,7 @@ def test_load_selection_rejects_empty_or_foreign_files(tmp_path, name, text):
 
 def test_selection_json_is_strict_json_with_inf_scores(tmp_path):
     sel = select(synthetic_scan({"mlp.down_proj": [math.inf, 2.0]}), top_percent=50)
-    sel.save(tmp_path / "s.json")
+    write_selection(sel, tmp_path / "s.json")
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["scores"]["model.layers.0.mlp.down_proj"] == "inf"
     assert load_selection(tmp_path / "s.json").scores["model.layers.0.mlp.down_proj"] == math.inf
-
-
-def test_pattern_module_reads_plain_patterns_only():
-    assert pattern_module("^model.layers.1.mlp.down_proj.(weight|bias)$") == "model.layers.1.mlp.down_proj"
-    assert pattern_module("model.layers.0.mlp.experts.3.w1") == "model.layers.0.mlp.experts.3.w1"
-    assert pattern_module("^lm_head.weight$") == "lm_head"
-    assert pattern_module("layers.2[0-9]+.mlp") is None

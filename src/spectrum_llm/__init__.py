@@ -2,7 +2,8 @@
 
 The pipeline, one module per step:
 checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scan``)
--> selection (``selection``) -> exports / frozen model (``exports``, ``freeze``) -> training (``training``).
+-> selection (``selection``) -> exports / frozen model (``exports``, ``freezing``; Axolotl's pattern format:
+``axolotl``; meta-device model skeletons: ``models``) -> training (``training``).
 
 Names are imported lazily so that ``import spectrum_llm`` stays fast and does not pull in torch.
 """

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from . import estimators
 from .errors import SpectrumError
+from .reference import slug
 from .results import ScanResult, load_scan, parse_scan, read_scan_text, scan_stem
 
 DATA = Path(__file__).parent / "catalogue_data"
@@ -77,11 +78,6 @@ class Entry:
         raise SpectrumError(f"The catalogue scan {self.file} ({self.describe_source()}) cannot be used: "
                             f"{self.problem}. Scan the model instead (`spectrum scan MODEL -o scan.json`) or put a "
                             f"good snr_results_{self.name}.json into a --catalogue folder.")
-
-
-def slug(model_id: str) -> str:
-    """Axolotl's and the reference tool's file-name form of a model id: ``/`` and ``_`` become ``-``."""
-    return str(model_id).replace("/", "-").replace("_", "-")
 
 
 def folders(catalogue: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None) -> list[Path]:

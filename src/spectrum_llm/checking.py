@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .axolotl import AxolotlPattern, pattern_module
 from .errors import SpectrumError
-from .selection import Selection, load_selection, pattern_module
+from .freezing import freeze
+from .models import from_config, tied_aliases
+from .selection import Selection, load_selection
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 _ADAMW_STATES = 2
@@ -164,14 +166,8 @@ def _dtype_name(config, fallback: str | None) -> str:
 def _build(config):
     """The model on the meta device, in bf16 (what mixed precision computes in; MoE kernels want it too)."""
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM
 
-    with torch.device("meta"):
-        try:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        except ValueError:
-            model = AutoModel.from_config(config, dtype=torch.bfloat16)
-    return model.train()
+    return from_config(config, torch.bfloat16).train()
 
 
 class _FusedAttention:
@@ -270,17 +266,11 @@ def _patterns(summary, sel: Selection, aliases: dict[str, str]) -> list[PatternR
         hits = summary.matches.get(pat, [])
         note = None
         if not hits:
-            alias = next((a for a in aliases if _matches(pat, a)), None)
+            alias = AxolotlPattern(pat).first_match(aliases)
             if alias is not None:
                 note = f"names {alias}, tied to {aliases[alias]}: trains nothing by this name"
         out.append(PatternReport(pat, [n for n, _ in hits], sum(c for _, c in hits), summary.mapped.get(pat), note))
     return out
-
-
-def _matches(pattern: str, name: str) -> bool:
-    from .freezing import AxolotlPattern
-
-    return AxolotlPattern(pattern).match(name)
 
 
 def _missing_modules(sel: Selection, names: set[str], mapped: dict[str, str]) -> list[str]:
@@ -315,8 +305,6 @@ def check(selection: "Selection | str | os.PathLike | list[str]", model: Any, *,
     the comparison (default: the rank whose adapter comes closest to the selection's size). ``dtype`` is the
     model's training dtype (default: its config's; bf16 for GGUF files, which train converted to bf16).
     """
-    from .freezing import freeze, tied_aliases
-
     if seq_len < 1:
         raise SpectrumError(f"--seq-len must be at least 1, got {seq_len}.")
     sel = load_selection(selection)

@@ -104,7 +104,8 @@ def select(
     """
     from .catalogue import resolve_scan
     from .exports import write_selection
-    from .freezing import freeze, load_meta_model
+    from .freezing import freeze
+    from .models import load_meta_model
     from .reporting import rule_text
     from .selection import embedding_note, extras_text, tied_embeddings
     from .selection import select as run_select

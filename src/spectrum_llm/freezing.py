@@ -1,8 +1,8 @@
 """Freeze a model to a selection, exactly as Axolotl's ``unfrozen_parameters`` would.
 
-Axolotl (``axolotl/utils/freeze.py``, ``freeze_layers_except``) reads each pattern as: an optional
-trailing row range ``[a:b]`` (not part of the regex), dots escaped unless followed by ``+``, then
-``re.match`` against every parameter name. A parameter is trainable if any pattern matches; if some
+Axolotl (``axolotl/utils/freeze.py``, ``freeze_layers_except``) reads each pattern as ``axolotl.AxolotlPattern``
+does: an optional trailing row range ``[a:b]`` (not part of the regex), dots escaped unless followed by ``+``,
+then ``re.match`` against every parameter name. A parameter is trainable if any pattern matches; if some
 matching patterns carry a range, only the union of those ranges trains, enforced by a gradient hook
 that zeroes the other rows. Patterns are matched against ``model.named_parameters()``, which lists a tied
 weight once, by its first name: a tied ``lm_head.weight`` is ``model.embed_tokens.weight`` there, so
@@ -23,42 +23,15 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .axolotl import AxolotlPattern, pattern_module
 from .errors import SpectrumError
+from .models import tied_aliases
 from .naming import parse
-from .selection import Selection, load_selection, pattern_module
+from .selection import Selection, load_selection
 
 LOG = logging.getLogger(__name__)
-_RANGE = re.compile(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$")
-
-
-class AxolotlPattern:
-    """One ``unfrozen_parameters`` entry, parsed as Axolotl's ``LayerNamePattern`` parses it."""
-
-    def __init__(self, pattern: str):
-        self.raw = pattern
-        base, self.range = pattern, None
-        m = _RANGE.match(pattern)
-        if m:
-            base, start, end = m.groups()
-            if end is None and start.isdecimal():
-                self.range = (int(start), int(start) + 1)
-            else:
-                self.range = (int(start) if start else 0, int(end) if end else None)
-                if self.range[1] is not None and self.range[0] >= self.range[1]:
-                    raise SpectrumError(f"Pattern {pattern!r}: the row range must end after it starts.")
-        try:
-            self.regex = re.compile(re.sub(r"\.(?!\+)", r"\\.", base))
-        except re.error as e:
-            raise SpectrumError(f"Pattern {pattern!r} is not a valid regex once dots are escaped ({e}).") from None
-
-    def match(self, name: str) -> bool:
-        return self.regex.match(name) is not None
-
-    def __repr__(self) -> str:
-        return f"AxolotlPattern({self.raw!r})"
 
 
 @dataclass
@@ -211,9 +184,9 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
             continue
         target = _to_memory(pat.raw, shapes)
         if target is None:
-            alias = next(((a, c) for a, c in aliases.items() if pat.match(a)), None)
+            alias = pat.first_match(aliases)
             if alias is not None:
-                tied_only[pat.raw] = alias
+                tied_only[pat.raw] = (alias, aliases[alias])
             else:
                 missing.append(pat.raw)
             continue
@@ -283,38 +256,8 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
     return summary
 
 
-def tied_aliases(model: Any) -> dict[str, str]:
-    """Second names of shared tensors (a tied ``lm_head.weight``) -> the name ``named_parameters()`` lists."""
-    first: dict[int, str] = {}
-    out: dict[str, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            out[name] = first[id(p)]
-        else:
-            first[id(p)] = name
-    return out
-
-
 def _fmt(s: slice) -> str:
     if s == slice(None):
         return ":"
     return f"{s.start or ''}:{s.stop if s.stop is not None else ''}"
 
-
-def load_meta_model(path: str | os.PathLike):
-    """Build the model a folder's config.json describes on the meta device: names and shapes, no weights."""
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise SpectrumError(f"{path} has no config.json, so its model cannot be built. Pass the checkpoint folder.")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as e:
-        raise SpectrumError(f"Could not read {path}/config.json ({e}).") from None
-    with torch.device("meta"):
-        try:
-            return AutoModelForCausalLM.from_config(config)
-        except ValueError:
-            return AutoModel.from_config(config)

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .axolotl import has_rows, pattern_module
 from .errors import SpectrumError
+from .models import load_meta_model
 from .naming import parse
 from .results import write_text_atomic
-from .selection import Selection, load_selection, pattern_module
+from .selection import Selection, load_selection
 
 _PER_EXPERT = re.compile(r"\.experts\.\d+\.")
 _CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "rank_pattern", "alpha_pattern", "bias",
@@ -125,7 +127,7 @@ def lora_config(selection: "Selection | str | os.PathLike | list[str]", *, max_r
             target = pattern_module(by_entry_pattern.get(name, "")) or name
             why = _why_not(target)
             if why is None and target.rsplit(".", 1)[-1] in ("gate_up_proj", "down_proj") and ".experts." in target \
-                    and by_entry_pattern.get(name, "").endswith("]"):
+                    and has_rows(by_entry_pattern.get(name, "")):
                 why = "one expert of a fused 3-D expert tensor: LoRA adapts modules, not one expert's slice"
             if why:
                 left_out[name] = why
@@ -162,8 +164,6 @@ def _sizes(sel: Selection, model: Any, ranks: dict[str, int],
             return None, None
         return {t: int(s[0]) + int(s[1]) for t, s in shapes.items()}, None
     if isinstance(model, (str, os.PathLike)):
-        from .freezing import load_meta_model
-
         model = load_meta_model(model)
     modules = dict(model.named_modules())
     out = {}

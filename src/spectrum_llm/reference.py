@@ -29,7 +29,12 @@ import math
 import os
 from pathlib import Path
 
+from .axolotl import EMBED_TOKENS, LM_HEAD
+from .models import tied_head
 from .results import ModuleScore, ScanResult, write_text_atomic
+
+#: what the reference tool always unfreezes, first, in this order.
+REFERENCE_EXTRAS = (LM_HEAD, EMBED_TOKENS)
 
 
 def reference_type(name: str) -> str:
@@ -61,9 +66,12 @@ def model_id(scan: ScanResult) -> str:
     return text
 
 
-def file_name(model: str) -> str:
-    from .catalogue import slug
+def slug(model_id: str) -> str:
+    """Axolotl's and the reference tool's file-name form of a model id: ``/`` and ``_`` become ``-``."""
+    return str(model_id).replace("/", "-").replace("_", "-")
 
+
+def file_name(model: str) -> str:
     return f"snr_results_{slug(model)}.json"
 
 
@@ -82,8 +90,6 @@ def entries(scan: ScanResult) -> list[tuple[str, str, float]]:
     """(name, type, snr) in the order of the reference tool's scan file."""
     if scan.layout.startswith("reference"):
         return [(m.name, m.type, math.nan if m.snr is None else m.snr) for m in scan.modules]
-    from .selection import tied_head
-
     mods = [m for m in scan.modules if m.kind != "bias" and m.part is None and m.rows is None]
     score = {m.name: _score(m) for m in mods}
     names = [m.name for m in mods]

@@ -335,7 +335,8 @@ def selected_modules(selection: Any, scan: ScanResult) -> list[str]:
     """
     if selection is None:
         return []
-    from .selection import load_selection, pattern_module
+    from .axolotl import pattern_module
+    from .selection import load_selection
 
     sel = load_selection(selection)
     names = list(dict.fromkeys([*sel.modules, *(m for m in map(pattern_module, sel.extras) if m)]))

@@ -131,16 +131,6 @@ class ScanResult:
     def save(self, path: str | os.PathLike) -> Path:
         return write_json_atomic(path, self.to_json())
 
-    def to_reference_json(self) -> dict[str, Any]:
-        """The reference tool's flat layout of this scan, as that tool writes it (see ``reference``)."""
-        from .reference import entries
-
-        return {n: {"snr": s, "type": t} for n, t, s in entries(self)}
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ScanResult":
-        return load_scan(path)
-
 
 def storage_summary(scan: ScanResult) -> str | None:
     """How many modules were scored on dequantized weights, and from which schemes; None if none were."""

@@ -23,7 +23,7 @@ from .errors import SpectrumError
 from .estimators import score, unscorable
 from .naming import fused_parts, is_quantization_aux, parse
 from .quantized import method_label, stored_dtype
-from .results import ModuleScore, ScanResult, check_writable, output_error
+from .results import ModuleScore, ScanResult, check_writable, load_scan, output_error
 from .spectra import METHODS, float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
@@ -535,7 +535,7 @@ def _cached(out: Path, header: dict, source: str | None = None) -> ScanResult | 
     same = (data.get("fingerprint") in (header["fingerprint"], source) and data.get("estimator") == header["estimator"]
             and data.get("estimator_version", 1) == header["estimator_version"]  # unrecorded: made by version 1
             and data.get("modules_regex") == header["modules_regex"])
-    return ScanResult.load(out) if same else None
+    return load_scan(out) if same else None
 
 
 def _config_summary(ckpt: Checkpoint) -> dict:

@@ -11,6 +11,7 @@ does). Ranking order is fixed and documented so a selection never depends on sor
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -18,8 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from . import axolotl
+from .axolotl import module_pattern, pattern_module
+from .catalogue import resolve_scan
 from .errors import SpectrumError
 from .estimators import REGISTRY
+from .models import load_meta_model, tied_aliases, tied_head
+from .reference import REFERENCE_EXTRAS, entries, top_by_type
 from .results import ModuleScore, ScanResult
 
 FORMAT = "spectrum-llm/selection"
@@ -27,12 +33,6 @@ FORMAT_VERSION = 1
 RULES = ("per-type", "global", "budget")
 #: the percent of each module type kept when none is given (the reference tool's default, Spectrum-50).
 DEFAULT_TOP_PERCENT = 50.0
-
-#: what the reference tool always unfreezes, first, in this order.
-REFERENCE_EXTRAS = ("^lm_head.weight$", "^model.embed_tokens.weight$")
-_DEFAULT_EMBED = "^model.embed_tokens.weight$"
-_DEFAULT_HEAD = "^lm_head.weight$"
-_NORM_FALLBACK = "^.+norm"
 
 
 @dataclass
@@ -104,43 +104,16 @@ class Selection:
         except (KeyError, TypeError, ValueError) as e:
             raise SpectrumError(f"{source} is a damaged selection file ({e}). Re-create it with `spectrum select`.") \
                 from None
-        _check_patterns(sel.patterns, source)
+        axolotl.check_patterns(sel.patterns, source)
         return sel
 
     @classmethod
     def from_patterns(cls, patterns: Sequence[str], source: str = "patterns") -> "Selection":
         """A selection known only by its patterns (an Axolotl YAML or a .txt list)."""
         patterns = [str(p) for p in patterns]
-        _check_patterns(patterns, source)
+        axolotl.check_patterns(patterns, source)
         modules = [m for m in (pattern_module(p) for p in patterns) if m]
         return cls(modules=modules, patterns=patterns, extras=list(patterns), rule={"source": source})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Selection":
-        return load_selection(path)
-
-    def save(self, path: str | os.PathLike) -> Path | None:
-        from .exports import write_selection
-
-        return write_selection(self, path)
-
-
-def _check_patterns(patterns: Sequence[str], source: str) -> None:
-    if not patterns:
-        raise SpectrumError(f"{source} selects nothing (no patterns). Re-run `spectrum select` with a larger "
-                            "--top-percent or check the file.")
-    for p in patterns:
-        if not isinstance(p, str) or not p.strip():
-            raise SpectrumError(f"{source}: {p!r} is not a pattern (expected a non-empty string).")
-
-
-_PLAIN = re.compile(r"^\^?(?P<name>[\w.]+?)(?:\.\(weight\|bias\)|\.weight)?\$?(?:\[\d*(?::\d*)?\])?$")
-
-
-def pattern_module(pattern: str) -> str | None:
-    """The module a plain pattern names (``^a.b.(weight|bias)$`` -> ``a.b``), or None for a real regex."""
-    m = _PLAIN.match(pattern)
-    return m.group("name") if m else None
 
 
 def load_selection(obj: "Selection | str | os.PathLike | Sequence[str]") -> Selection:
@@ -155,32 +128,17 @@ def load_selection(obj: "Selection | str | os.PathLike | Sequence[str]") -> Sele
     path = Path(obj)
     if not path.is_file():
         raise SpectrumError(f"Selection file {path} does not exist. Create it with `spectrum select SCAN -o {path}`.")
-    text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        import json
-
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise SpectrumError(f"{path} is not valid JSON ({e}).") from None
         if not isinstance(data, dict):
             raise SpectrumError(f"{path} is not a spectrum-llm selection (expected a JSON object).")
         return Selection.from_json(data, str(path))
-    if suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SpectrumError(f"{path} is not valid YAML ({e}).") from None
-        if not isinstance(data, dict) or not isinstance(data.get("unfrozen_parameters"), list):
-            raise SpectrumError(f"{path} has no `unfrozen_parameters:` list, so it is not an Axolotl selection. "
-                                "Create one with `spectrum select SCAN -o sel.yaml`.")
-        return Selection.from_patterns(data["unfrozen_parameters"], str(path))
-    if suffix == ".txt":
-        lines = [ln.strip() for ln in text.splitlines()]
-        return Selection.from_patterns([ln for ln in lines if ln and not ln.startswith("#")], str(path))
+    if suffix in axolotl.SUFFIXES:
+        return Selection.from_patterns(axolotl.read(path), str(path))
     raise SpectrumError(f"{path}: unknown selection format {suffix or '(no extension)'}; use .yaml, .json or .txt.")
 
 
@@ -210,21 +168,6 @@ def rank(modules: Sequence[ModuleScore], compat: bool = False) -> list[ModuleSco
     return [modules[i] for i in order]
 
 
-def module_pattern(m: ModuleScore) -> str:
-    """The Axolotl pattern that unfreezes exactly this module (or its rows of a shared tensor)."""
-    if m.rows is not None:
-        if m.dim != 0:
-            raise SpectrumError(
-                f"{m.name} covers rows {m.rows} along dimension {m.dim} of {m.param}; Axolotl row ranges "
-                "only cut dimension 0. Select whole modules instead (parts=False / no --parts).")
-        return f"^{m.param}$[{m.rows[0]}:{m.rows[1]}]"
-    if m.param and m.param != m.name + ".weight" and m.param != m.name:
-        return f"^{m.param}$"
-    if m.param == m.name:
-        return f"^{m.name}$"
-    return f"^{m.name}.(weight|bias)$"
-
-
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgGtT]?)\s*$")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
@@ -248,10 +191,9 @@ def parse_budget(budget: float | int | str) -> tuple[float | None, int | None]:
     return None, int(budget)
 
 
-def _candidates(scan: ScanResult, parts: bool, compat: bool) -> list[ModuleScore]:
-    """The modules that compete: wholes, or per-part entries replacing the wholes that have parts."""
-    if compat:
-        return [m for m in scan.modules if m.part is None and m.kind != "bias"]
+def candidates(scan: ScanResult, parts: bool = False) -> list[ModuleScore]:
+    """The modules ``select`` ranks (before ``include``/``exclude``), in scan order: the weight matrices
+    (``kind == "linear"``), whole; with ``parts``, per-part entries replace the wholes that have parts."""
     linear = [m for m in scan.modules if m.kind == "linear"]
     if not parts:
         return [m for m in linear if m.part is None]
@@ -263,30 +205,9 @@ def _model_numel(model: Any) -> tuple[dict[str, int], bool]:
     """Parameter sizes by name, each tensor once under the name Axolotl matches (``named_parameters()``), and
     whether lm_head is tied to the embeddings; from a module or a model folder (built on the meta device)."""
     if isinstance(model, (str, os.PathLike)):
-        from .freezing import load_meta_model
-
         model = load_meta_model(model)
-    from .freezing import tied_aliases
-
     tied = any(a.endswith("lm_head.weight") for a in tied_aliases(model))
     return {n: p.numel() for n, p in model.named_parameters()}, tied
-
-
-def tied_head(scan: ScanResult) -> bool | None:
-    """Whether the scanned model's lm_head is its input embedding (one tensor); None when the scan cannot tell.
-
-    The config says so when the checkpoint has one; otherwise a full scan of our own with an embedding and no
-    lm_head tensor is tied (checkpoints store a tied weight once; GGUF files then have no ``output.weight``).
-    Reference-layout scans always list ``lm_head`` (the reference tool scores the tied module too).
-    """
-    if "tie_word_embeddings" in scan.config:
-        return bool(scan.config["tie_word_embeddings"])
-    if scan.layout != "spectrum-llm" or scan.modules_regex:
-        return None
-    kinds = {m.kind for m in scan.modules}
-    if "embedding" in kinds:
-        return "lm_head" not in kinds
-    return None
 
 
 def _numel_of(m: ModuleScore, by_param: dict[str, int] | None) -> int:
@@ -347,8 +268,6 @@ def select(
     """
     source = None
     if not isinstance(scan, ScanResult):
-        from .catalogue import resolve_scan
-
         scan, source = resolve_scan(scan, catalogue=catalogue)
     sel = _select(scan, top_percent=top_percent, rule=rule, budget=budget, include=include, exclude=exclude,
                   train_embeddings=train_embeddings, train_lm_head=train_lm_head, train_norms=train_norms,
@@ -378,7 +297,7 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
     if compat:
         return _select_compat(scan, top_percent)
 
-    cands = _candidates(scan, parts, compat=False)
+    cands = candidates(scan, parts)
     for flag, regex in (("include", include), ("exclude", exclude)):
         if regex is None:
             continue
@@ -484,9 +403,9 @@ def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
     lists the embedding pattern too, and the shared tensor counts once (as the embedding)."""
     out: list[str] = []
     size = 0
-    for flag, kind, fallback in ((head, "lm_head", _DEFAULT_HEAD), (emb or (tied and head), "embedding",
-                                                                     _DEFAULT_EMBED),
-                                 (norms, "norm", _NORM_FALLBACK)):
+    for flag, kind, fallback in ((head, "lm_head", axolotl.LM_HEAD),
+                                 (emb or (tied and head), "embedding", axolotl.EMBED_TOKENS),
+                                 (norms, "norm", axolotl.ALL_NORMS)):
         if not flag:
             continue
         if kind == "lm_head" and tied:
@@ -494,7 +413,8 @@ def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
             continue
         ms = [m for m in scan.modules if m.kind == kind and m.part is None]
         if ms:
-            out += [module_pattern(m) if kind == "norm" else f"^{m.param or m.name + '.weight'}$" for m in ms]
+            out += [module_pattern(m) if kind == "norm" else axolotl.tensor_pattern(m.param or m.name + ".weight")
+                    for m in ms]
             size += sum(_numel_of(m, by_param) for m in ms)
         else:
             out.append(fallback)
@@ -560,8 +480,6 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
 
 def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
     """The reference tool's YAML for this scan, byte for byte (its rules: see ``reference``)."""
-    from .reference import entries, top_by_type
-
     listed = entries(scan)
     if all(math.isnan(s) for _, _, s in listed):
         raise SpectrumError(f"Every score in the scan of {scan.model or 'this model'} is missing or NaN; "
@@ -584,11 +502,3 @@ def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
                      rule={"rule": "per-type", "top_percent": top_percent, "compat": True,
                            "estimator": scan.estimator},
                      extras=list(REFERENCE_EXTRAS), model=scan.model, estimator=scan.estimator)
-
-
-def selected_params(selection: Selection, names: Iterable[str]) -> list[str]:
-    """Which of ``names`` the selection's patterns unfreeze, by Axolotl's rule (see freeze.AxolotlPattern)."""
-    from .freezing import AxolotlPattern
-
-    pats = [AxolotlPattern(p) for p in selection.patterns]
-    return [n for n in names if any(p.match(n) for p in pats)]

@@ -591,6 +591,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
               f"({100 * trainable / total:.1f}%), {precision}, {args.world_size} process"
               f"{'es' if args.world_size > 1 else ''}", flush=True)
         if selection is not None:
+            from .exports import write_selection
             from .selection import embedding_note
 
             flags = ("select again with --no-train-embeddings --no-train-lm-head" if cfg.selection else
@@ -599,7 +600,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
             if note:
                 print(f"[spectrum] {note}", flush=True)
             write_json_atomic(Path(cfg.output_dir) / SELECTION_FILE, selection.to_json())
-            selection.save(Path(cfg.output_dir) / "selection.yaml")
+            write_selection(selection, Path(cfg.output_dir) / "selection.yaml")
 
     finish, bar = _callbacks(cfg)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
