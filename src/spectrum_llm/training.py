@@ -32,63 +32,105 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SUMMARY_FILE = "train_summary.json"
 SELECTION_FILE = "selection.json"
 DEFAULT_SEQ_LEN = 512
+DEFAULT_LR = 2e-5
+DEFAULT_LORA_LR = 2e-4
+
+
+def _shown(value: Any) -> str:
+    """A default as help text says it: on/off, 1 (not 1.0), 2e-5 (not 2e-05)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _setting(default: Any = None, text: str = "", *flags: str, cli: bool = True, factory: Any = None) -> Any:
+    """A TrainConfig field with its help text, where ``{default}`` reads the default, so each default is
+    stated once. ``cli`` fields are `spectrum train` flags: ``--field-name`` (``--x/--no-x`` for booleans)
+    unless ``flags`` names them; the others are set in the YAML file or in Python."""
+    meta = {"help": text.format(default=_shown(default)), "flags": flags, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. Field names are the YAML keys and (with dashes) the CLI flags."""
+    """Every setting of a training run. Field names are the YAML keys and (with dashes) the CLI flags; each
+    field's help is the flag's ``--help`` text."""
 
-    model: str = ""
-    data: str = ""
-    output_dir: str = ""
-    method: str = "spectrum"
-    task: str = "cpt"
-    text_field: str = "text"
+    model: str = _setting("", "Checkpoint folder, a hub id in the local cache, or a GGUF file / "
+                          "builtin:smollm2-135m (converted once, cached).")
+    data: str = _setting("", "Training data: .jsonl/.json/.parquet/.txt or a datasets save_to_disk folder.")
+    output_dir: str = _setting("", "Where the model, checkpoints, selection and train_summary.json go.",
+                               "--output-dir", "-o")
+    method: str = _setting("spectrum", "spectrum, full or lora (all linear layers; with --selection/--top-percent "
+                           "only the selected ones, rank by score); default {default}.")
+    task: str = _setting("cpt", "cpt (text, packed) or sft (chat messages or prompt/completion; loss on answers "
+                         "only); default {default}.")
+    text_field: str = _setting("text", "The text column for cpt (default {default}).")
     # spectrum: a selection file, or a scan (file or cached) and a percentage (default DEFAULT_TOP_PERCENT)
-    selection: str | None = None
-    top_percent: float | None = None
-    scan: str | None = None
-    estimator: str = "mp"
-    train_embeddings: bool = True
-    train_lm_head: bool | None = None  # None: on, or as train_embeddings when the head is tied
+    selection: str | None = _setting(None, "Selection file (.yaml/.json/.txt; for --method lora also a LoraConfig "
+                                     ".json from select --format peft).", "--selection", "-s")
+    top_percent: float | None = _setting(None, "Train this percent of each module type, chosen from a scan (run "
+                                         f"once and cached; default {_shown(DEFAULT_TOP_PERCENT)}, which with the "
+                                         "embeddings is about 60% of SmolLM2-135M's parameters).")
+    scan: str | None = _setting(None, "Scan file to select from (written there if absent).")
+    estimator: str = _setting("mp", "Estimator for a scan run here ({default}).")
+    train_embeddings: bool = _setting(True, "Train the input embeddings (and a head tied to them) besides the "
+                                      "selection (default: {default}).")
+    train_lm_head: bool | None = _setting(None, "Train the output head besides the selection (default: on; a "
+                                          "head tied to the embeddings follows --train-embeddings).")
     # lora
-    lora_rank: int = 16
-    lora_alpha: float | None = None
-    lora_dropout: float = 0.0
-    # data; seq_len None: DEFAULT_SEQ_LEN, or the model's maximum when that is smaller
-    seq_len: int | None = None
-    packing: bool | None = None
-    eval_split: float = 0.0
-    eval_data: str | None = None
+    lora_rank: int = _setting(16, "LoRA rank (default {default}).")
+    lora_alpha: float | None = _setting(None, "LoRA alpha (default: twice the rank).", cli=False)
+    lora_dropout: float = _setting(0.0, "LoRA dropout (default {default}).", cli=False)
+    # data
+    seq_len: int | None = _setting(None, f"Sequence length in tokens (default {DEFAULT_SEQ_LEN}, or the model's "
+                                   "maximum when smaller).")
+    packing: bool | None = _setting(None, "Pack examples into full blocks (default: on for cpt, off for sft).")
+    eval_split: float = _setting(0.0, "Fraction of the data held out for eval.")
+    eval_data: str | None = _setting(None, "Separate eval data file.")
     # schedule
-    batch_size: int = 4
-    eval_batch_size: int | None = None
-    grad_accum: int = 1
-    learning_rate: float | None = None
-    lr_scheduler: str = "cosine"
-    warmup_steps: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    epochs: float = 1.0
-    max_steps: int = -1
-    seed: int = 42
+    batch_size: int = _setting(4, "Per-device batch size (default {default}).")
+    eval_batch_size: int | None = _setting(None, "Per-device eval batch size (default: the batch size).",
+                                           cli=False)
+    grad_accum: int = _setting(1, "Gradient accumulation steps (default {default}).")
+    learning_rate: float | None = _setting(None, f"Peak learning rate (default {_shown(DEFAULT_LR)}; lora "
+                                           f"{_shown(DEFAULT_LORA_LR)}).", "--lr", "--learning-rate")
+    lr_scheduler: str = _setting("cosine", "Schedule: {default} (default), linear, constant, ...")
+    warmup_steps: float = _setting(0.0, "Warmup steps (a value < 1 is a fraction of the run).")
+    weight_decay: float = _setting(0.0, "AdamW weight decay (default {default}, which keeps the frozen rows of "
+                                   "partially trained tensors bit-identical).", cli=False)
+    max_grad_norm: float = _setting(1.0, "Gradient clipping norm (default {default}).", cli=False)
+    epochs: float = _setting(1.0, "Epochs (default {default}).")
+    max_steps: int = _setting(-1, "Stop after this many steps (overrides --epochs).")
+    seed: int = _setting(42, "Random seed (default {default}).")
     # runtime
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    eval_steps: int | None = None
-    save_steps: int = 500
-    save_total_limit: int | None = 1
-    keep_checkpoints: bool = False
-    resume: bool = False
-    use_cpu: bool | None = None
-    fsdp: bool = False
-    fsdp_config: dict[str, Any] | str | None = None
-    deepspeed: str | None = None
-    report_to: str = "none"
-    progress: bool = True
-    verbose: bool = False
-    extra_args: dict[str, Any] = field(default_factory=dict)
+    precision: str = _setting("auto", "auto (the model's dtype), bf16, fp16 or fp32; default {default}.")
+    gradient_checkpointing: bool = _setting(False, "Recompute activations to save memory.")
+    logging_steps: int = _setting(10, "Log every N steps (default {default}).")
+    eval_steps: int | None = _setting(None, "Evaluate every N steps (default: every save).", cli=False)
+    save_steps: int = _setting(500, "Save a resumable checkpoint every N steps (default {default}); only the "
+                               "latest is kept.")
+    save_total_limit: int | None = _setting(1, "Checkpoints kept while training (default {default}).", cli=False)
+    keep_checkpoints: bool = _setting(False, "Keep the last checkpoint (with optimizer state) after a successful "
+                                      "run; by default it is removed and only the model is left.",
+                                      "--keep-checkpoints")
+    resume: bool = _setting(False, "Continue from the last checkpoint in --output-dir.")
+    use_cpu: bool | None = _setting(None, "Train on the CPU (default: when no GPU is present).", cli=False)
+    fsdp: bool = _setting(False, "Shard with FSDP2 (under torchrun).")
+    fsdp_config: dict[str, Any] | str | None = _setting(None, "accelerate's FSDP settings (default: version 2, "
+                                                        "FSDP2).", cli=False)
+    deepspeed: str | None = _setting(None, "DeepSpeed config JSON (see examples/).")
+    report_to: str = _setting("none", "Where the Trainer reports metrics (default {default}).", cli=False)
+    progress: bool = _setting(True, "Show the scan's and the training's progress bars (default: {default}).")
+    verbose: bool = _setting(False, "Also show the data preparation bars, transformers' messages and every logged "
+                             "metric.", "--verbose")
+    extra_args: dict[str, Any] = _setting(None, "More transformers TrainingArguments, passed as they are.",
+                                          cli=False, factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
@@ -143,7 +185,7 @@ class TrainConfig:
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return 2e-4 if self.method == "lora" else 2e-5
+        return DEFAULT_LORA_LR if self.method == "lora" else DEFAULT_LR
 
 
 @dataclass
