@@ -6,9 +6,11 @@ becomes a one-line message and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
+import logging
 import sys
 import typing
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import SpectrumError
 from .selection import DEFAULT_TOP_PERCENT
@@ -303,7 +306,9 @@ def train_cmd(
 
     given = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_yaml(config, **given) if config else TrainConfig.from_dict(given, "the flags")
-    train(cfg)  # prints one start line, the progress bars and one summary line
+    if cfg.verbose:
+        logging.getLogger("spectrum_llm").setLevel(logging.DEBUG)
+    train(cfg)  # logs one start line, shows the progress bars and logs one summary line
 
 
 @app.command("convert", short_help="Convert a GGUF model into a safetensors folder.")
@@ -325,10 +330,36 @@ def _root() -> None:
     """Spectrum targeted training: scan weight spectra, select modules, train only those."""
 
 
+class _Lines(logging.Handler):
+    """The package's log records as the command prints them: ``[spectrum] message`` on stdout."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            mark = "warning: " if record.levelno >= logging.WARNING else ""
+            print(f"[spectrum] {mark}{record.getMessage()}", flush=True)
+        except Exception:  # the logging module's contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging_to_stdout():
+    """Show the package's INFO lines (DEBUG under --verbose) while the command runs; restore the logger after."""
+    log = logging.getLogger("spectrum_llm")
+    handler, level = _Lines(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `spectrum` console script."""
-    try:
-        app(args=argv, prog_name="spectrum")
-    except SpectrumError as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
-        sys.exit(2)
+    with _logging_to_stdout():
+        try:
+            app(args=argv, prog_name="spectrum")
+        except SpectrumError as e:
+            console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+            sys.exit(2)

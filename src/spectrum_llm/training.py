@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import resource
@@ -27,6 +28,7 @@ from .errors import SpectrumError
 from .results import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
+LOG = logging.getLogger(__name__)
 METHODS = ("spectrum", "full", "lora")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SUMMARY_FILE = "train_summary.json"
@@ -267,8 +269,7 @@ def _resolve_seq_len(cfg: TrainConfig, max_positions: int | None, main: bool) ->
         return cfg.seq_len
     if max_positions and max_positions < DEFAULT_SEQ_LEN:
         if main:
-            print(f"[spectrum] seq-len {max_positions}: the model's maximum (the default is {DEFAULT_SEQ_LEN})",
-                  flush=True)
+            LOG.info("seq-len %d: the model's maximum (the default is %d)", max_positions, DEFAULT_SEQ_LEN)
         return max_positions
     return DEFAULT_SEQ_LEN
 
@@ -325,9 +326,9 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
         from .reporting import rule_text
         from .selection import extras_text, tied_embeddings
 
-        print(f"[spectrum] selected {len(sel.modules)} ranked modules{extras_text(sel, tied_embeddings(result))} by "
-              f"{rule_text(sel)}, from the {'cached ' if result.cached else ''}{result.estimator} scan of {source}",
-              flush=True)
+        LOG.info("selected %d ranked modules%s by %s, from the %s%s scan of %s", len(sel.modules),
+                 extras_text(sel, tied_embeddings(result)), rule_text(sel), "cached " if result.cached else "",
+                 result.estimator, source)
     return sel
 
 
@@ -344,7 +345,7 @@ def _lora_kwargs(cfg: TrainConfig, source: str, model, resumed: bool) -> tuple[d
     selection = resolve_selection(cfg, source, resumed)
     ratio = (cfg.lora_alpha or 2 * cfg.lora_rank) / cfg.lora_rank
     plan = lora_config(selection, max_rank=cfg.lora_rank, alpha_ratio=ratio, dropout=cfg.lora_dropout, model=model)
-    print(f"[spectrum] {plan}", flush=True)
+    LOG.info("%s", plan)
     return plan.config, selection
 
 
@@ -573,7 +574,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     main = int(os.environ.get("RANK", "0")) == 0
     if is_gguf(cfg.model):
         if main and cached_folder(cfg.model) is None:
-            print(f"[spectrum] converting {cfg.model} into a transformers folder (once; it is cached)", flush=True)
+            LOG.info("converting %s into a transformers folder (once; it is cached)", cfg.model)
         cfg = dataclasses.replace(cfg, model=str(gguf_to_folder(cfg.model)))
     resume_from = _check_output_dir(cfg)
     model_cfg = _load_model_config(cfg.model)
@@ -582,6 +583,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     dtype = _model_dtype(model_cfg)
     precision = _precision(cfg, dtype)
     args = _training_args(cfg, precision)  # sets up the distributed state first
+    if main:
+        LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(cfg))))
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
@@ -606,9 +609,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
 
         frozen = freeze(model, selection)
         if frozen.partial and cfg.weight_decay and args.process_index == 0:
-            print("[spectrum] warning: the selection trains only some rows of "
-                  f"{', '.join(frozen.partial)}; weight decay still shrinks their frozen rows. Set weight_decay: 0 "
-                  "(the default) to keep them bit-identical.", flush=True)
+            LOG.warning("the selection trains only some rows of %s; weight decay still shrinks their frozen rows. "
+                        "Set weight_decay: 0 (the default) to keep them bit-identical.", ", ".join(frozen.partial))
     elif cfg.method == "lora":
         lora_kwargs, selection = _lora_kwargs(cfg, config.model, model, resume_from is not None)
         model = _apply_lora(model, lora_kwargs)
@@ -628,9 +630,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
         torch.cuda.reset_peak_memory_stats()
 
     if args.process_index == 0:
-        print(f"[spectrum] {cfg.method}: training {trainable:,} of {total:,} parameters "
-              f"({100 * trainable / total:.1f}%), {precision}, {args.world_size} process"
-              f"{'es' if args.world_size > 1 else ''}", flush=True)
+        LOG.info("%s: training %s of %s parameters (%.1f%%), %s, %d process%s", cfg.method, f"{trainable:,}",
+                 f"{total:,}", 100 * trainable / total, precision, args.world_size, "es" if args.world_size > 1 else "")
         if selection is not None:
             from .selection import embedding_note
 
@@ -638,7 +639,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
                      "pass --no-train-embeddings" + ("" if _tied(model) else " --no-train-lm-head"))
             note = embedding_note(trainable, always, flags)
             if note:
-                print(f"[spectrum] {note}", flush=True)
+                LOG.info("%s", note)
             write_json_atomic(Path(cfg.output_dir) / SELECTION_FILE, selection.to_json())
             selection.save(Path(cfg.output_dir) / "selection.yaml")
 
@@ -650,11 +651,11 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
         trainer.remove_callback(ProgressCallback)
     engine = _engine(trainer)
     if args.process_index == 0 and cfg.fsdp and not engine.startswith("fsdp"):
-        print(f"[spectrum] warning: FSDP was asked for but accelerate runs this job as {engine} (it enables FSDP "
-              "only on GPUs and other accelerators).", flush=True)
+        LOG.warning("FSDP was asked for but accelerate runs this job as %s (it enables FSDP only on GPUs and other "
+                    "accelerators).", engine)
     if args.process_index == 0 and engine == "fsdp1":
-        print("[spectrum] warning: FSDP1 allocates gradients for whole flattened units, so frozen modules save "
-              "little memory there; set fsdp_config version: 2 (FSDP2).", flush=True)
+        LOG.warning("FSDP1 allocates gradients for whole flattened units, so frozen modules save little memory "
+                    "there; set fsdp_config version: 2 (FSDP2).")
     t0 = time.monotonic()
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -693,10 +694,9 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     if args.process_index == 0:
         write_json_atomic(Path(cfg.output_dir) / SUMMARY_FILE, summary.to_json())
         loss = f"loss {summary.losses[-1]:.4g}" if summary.losses else "no loss logged"
-        print(f"[spectrum] done: {summary.steps} steps, {loss}"
-              + (f", eval loss {eval_loss:.4g}" if eval_loss is not None else "")
-              + f", {_fmt_rate(summary.tokens_per_second)} tokens/s, peak {kind} memory {_fmt_bytes(peak)}, "
-              f"{summary.runtime_s:.0f} s -> {cfg.output_dir}", flush=True)
+        LOG.info("done: %d steps, %s%s, %s tokens/s, peak %s memory %s, %.0f s -> %s", summary.steps, loss,
+                 f", eval loss {eval_loss:.4g}" if eval_loss is not None else "",
+                 _fmt_rate(summary.tokens_per_second), kind, _fmt_bytes(peak), summary.runtime_s, cfg.output_dir)
     return summary
 
 
