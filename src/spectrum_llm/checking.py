@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .selection import Selection, load_selection, pattern_module
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
@@ -319,6 +319,7 @@ def check(selection: "Selection | str | os.PathLike | list[str]", model: Any, *,
     """
     from .freezing import freeze, tied_aliases
 
+    require("transformers", "peft", extra="train")
     if seq_len < 1:
         raise SpectrumError(f"--seq-len must be at least 1, got {seq_len}.")
     sel = load_selection(selection)

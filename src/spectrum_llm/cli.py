@@ -68,8 +68,8 @@ def options_from(config: type) -> Callable[[Callable[..., Any]], Callable[..., A
 
 @app.command("scan", short_help="Score every weight matrix of a checkpoint.")
 def scan_cmd(
-    model: str = typer.Argument(..., metavar="MODEL", help="Checkpoint folder, .safetensors/.bin/.gguf file, hub id in the local "
-                                "Hugging Face cache, or builtin:smollm2-135m."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Checkpoint folder, .safetensors/.bin/.gguf file, hub id "
+                                "in the local Hugging Face cache, or builtin:smollm2-135m."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the scan (JSON)."),
     estimator: str = typer.Option("mp", help="SNR estimator: 'mp' (scale-invariant Marchenko-Pastur) or "
                                   "'reference' (the published formula, exactly)."),
@@ -190,7 +190,8 @@ def check_cmd(
     selection: str = typer.Argument(..., metavar="SELECTION", help="A selection: .yaml (Axolotl), .json (ours) or "
                                     ".txt (one pattern per line)."),
     model: str = typer.Option(..., "--model", help="Checkpoint folder, weight file, builtin:smollm2-135m or a hub "
-                              "id in the local cache; only its config is read (the model is built on the meta device)."),
+                              "id in the local cache; only its config is read (the model is built on the meta "
+                              "device)."),
     allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Report patterns that match nothing "
                                          "instead of failing (exit 2)."),
     seq_len: int = typer.Option(512, "--seq-len", help="Sequence length at which activations are measured."),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .results import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
@@ -156,7 +156,8 @@ class TrainConfig:
         norm = {str(k).replace("-", "_"): v for k, v in data.items()}
         unknown = sorted(set(norm) - known)
         if unknown:
-            raise SpectrumError(f"{source}: unknown setting(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+            raise SpectrumError(f"{source}: unknown setting(s) {', '.join(unknown)}. "
+                                f"Known: {', '.join(sorted(known))}.")
         return cls(**norm)
 
     def validate(self) -> None:
@@ -554,6 +555,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     ``callbacks`` are ``transformers.TrainerCallback`` objects added to the Trainer. An output folder this
     run created is removed again when the run fails before it saved a checkpoint or the model.
     """
+    require("transformers", "accelerate", "datasets", *(["peft"] if config.method == "lora" else []), extra="train")
     config.validate()
     out = Path(config.output_dir)
     existed = out.exists()
