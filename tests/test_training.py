@@ -22,6 +22,8 @@ from helpers_models import build_tiny_llama, write_cpt_data, write_sft_data
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.training import SUMMARY_FILE, TrainConfig, train
 
+pytestmark = pytest.mark.slow  # every test here trains (the torchrun ones in two processes)
+
 # the embeddings stay frozen here, so gradient checkpointing must still reach layer 0
 SELECTION = ["^model.layers.0.self_attn.q_proj.(weight|bias)$", "^model.layers.1.mlp.down_proj.(weight|bias)$",
              "^model.norm.weight$"]
