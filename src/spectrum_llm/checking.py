@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .axolotl import AxolotlPattern, pattern_module
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .freezing import freeze
 from .models import from_config, tied_aliases
 from .selection import Selection, load_selection
@@ -305,6 +305,7 @@ def check(selection: "Selection | str | os.PathLike | list[str]", model: Any, *,
     the comparison (default: the rank whose adapter comes closest to the selection's size). ``dtype`` is the
     model's training dtype (default: its config's; bf16 for GGUF files, which train converted to bf16).
     """
+    require("transformers", "peft", extra="train")
     if seq_len < 1:
         raise SpectrumError(f"--seq-len must be at least 1, got {seq_len}.")
     sel = load_selection(selection)

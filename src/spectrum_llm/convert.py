@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import cache
 from .checkpoint import open_checkpoint, resolve
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .results import check_writable, output_error
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -52,6 +52,7 @@ def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = 
     Safe to call from many processes at once (every rank of a torchrun job): one converts while the others
     wait on a lock, then find the folder done.
     """
+    require("transformers", "filelock", extra="train")
     if dtype not in DTYPES:
         raise SpectrumError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     path = resolve(model)

@@ -16,11 +16,12 @@ import logging
 import os
 from typing import Any
 
-from transformers import TrainerCallback
-
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .freezing import FreezeSummary, freeze
 from .selection import Selection, load_selection
+
+require("transformers", extra="train")
+from transformers import TrainerCallback  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 

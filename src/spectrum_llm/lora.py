@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .axolotl import has_rows, pattern_module
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .models import load_meta_model
 from .naming import parse
 from .results import write_text_atomic
@@ -52,6 +52,7 @@ class LoraPlan:
 
     def lora_config(self):
         """The ``peft.LoraConfig`` this plan describes."""
+        require("peft", extra="train")
         from peft import LoraConfig
 
         return LoraConfig(**self.config)
@@ -193,6 +194,7 @@ def load_lora_config(path: str | os.PathLike) -> dict[str, Any]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     unknown = sorted(set(data) - set(_CONFIG_KEYS))
     if unknown:
+        require("peft", extra="train")
         from peft import LoraConfig
 
         try:

@@ -21,16 +21,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import PatchCollection
-from matplotlib.colors import ListedColormap, LogNorm, Normalize, SymLogNorm, TwoSlopeNorm
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .results import (RANKED_KINDS, ModuleScore, ScanResult, check_writable, load_scan, storage_summary,
                       write_bytes_atomic, write_text_atomic)
+
+require("matplotlib", extra="report")
+from matplotlib import colormaps  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm, Normalize, SymLogNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 _EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
 MASK_COLOUR = "#d0d0d0"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import resource
@@ -24,72 +25,115 @@ from typing import Any
 
 from . import estimators
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .results import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
+LOG = logging.getLogger(__name__)
 METHODS = ("spectrum", "full", "lora")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SUMMARY_FILE = "train_summary.json"
 SELECTION_FILE = "selection.json"
 DEFAULT_SEQ_LEN = 512
+DEFAULT_LR = 2e-5
+DEFAULT_LORA_LR = 2e-4
+
+
+def _shown(value: Any) -> str:
+    """A default as help text says it: on/off, 1 (not 1.0), 2e-5 (not 2e-05)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _setting(default: Any = None, text: str = "", *flags: str, cli: bool = True, factory: Any = None) -> Any:
+    """A TrainConfig field with its help text, where ``{default}`` reads the default, so each default is
+    stated once. ``cli`` fields are `spectrum train` flags: ``--field-name`` (``--x/--no-x`` for booleans)
+    unless ``flags`` names them; the others are set in the YAML file or in Python."""
+    meta = {"help": text.format(default=_shown(default)), "flags": flags, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. Field names are the YAML keys and (with dashes) the CLI flags."""
+    """Every setting of a training run. Field names are the YAML keys and (with dashes) the CLI flags; each
+    field's help is the flag's ``--help`` text."""
 
-    model: str = ""
-    data: str = ""
-    output_dir: str = ""
-    method: str = "spectrum"
-    task: str = "cpt"
-    text_field: str = "text"
+    model: str = _setting("", "Checkpoint folder, a hub id in the local cache, or a GGUF file / "
+                          "builtin:smollm2-135m (converted once, cached).")
+    data: str = _setting("", "Training data: .jsonl/.json/.parquet/.txt or a datasets save_to_disk folder.")
+    output_dir: str = _setting("", "Where the model, checkpoints, selection and train_summary.json go.",
+                               "--output-dir", "-o")
+    method: str = _setting("spectrum", "spectrum, full or lora (all linear layers; with --selection/--top-percent "
+                           "only the selected ones, rank by score); default {default}.")
+    task: str = _setting("cpt", "cpt (text, packed) or sft (chat messages or prompt/completion; loss on answers "
+                         "only); default {default}.")
+    text_field: str = _setting("text", "The text column for cpt (default {default}).")
     # spectrum: a selection file, or a scan (file or cached) and a percentage (default DEFAULT_TOP_PERCENT)
-    selection: str | None = None
-    top_percent: float | None = None
-    scan: str | None = None
-    estimator: str = estimators.DEFAULT
-    train_embeddings: bool = True
-    train_lm_head: bool | None = None  # None: on, or as train_embeddings when the head is tied
+    selection: str | None = _setting(None, "Selection file (.yaml/.json/.txt; for --method lora also a LoraConfig "
+                                     ".json from select --format peft).", "--selection", "-s")
+    top_percent: float | None = _setting(None, "Train this percent of each module type, chosen from a scan (run "
+                                         f"once and cached; default {_shown(DEFAULT_TOP_PERCENT)}, which with the "
+                                         "embeddings is about 60% of SmolLM2-135M's parameters).")
+    scan: str | None = _setting(None, "Scan file to select from (written there if absent).")
+    estimator: str = _setting(estimators.DEFAULT, "Estimator for a scan run here ({default}).")
+    train_embeddings: bool = _setting(True, "Train the input embeddings (and a head tied to them) besides the "
+                                      "selection (default: {default}).")
+    train_lm_head: bool | None = _setting(None, "Train the output head besides the selection (default: on; a "
+                                          "head tied to the embeddings follows --train-embeddings).")
     # lora
-    lora_rank: int = 16
-    lora_alpha: float | None = None
-    lora_dropout: float = 0.0
-    # data; seq_len None: DEFAULT_SEQ_LEN, or the model's maximum when that is smaller
-    seq_len: int | None = None
-    packing: bool | None = None
-    eval_split: float = 0.0
-    eval_data: str | None = None
+    lora_rank: int = _setting(16, "LoRA rank (default {default}).")
+    lora_alpha: float | None = _setting(None, "LoRA alpha (default: twice the rank).", cli=False)
+    lora_dropout: float = _setting(0.0, "LoRA dropout (default {default}).", cli=False)
+    # data
+    seq_len: int | None = _setting(None, f"Sequence length in tokens (default {DEFAULT_SEQ_LEN}, or the model's "
+                                   "maximum when smaller).")
+    packing: bool | None = _setting(None, "Pack examples into full blocks (default: on for cpt, off for sft).")
+    eval_split: float = _setting(0.0, "Fraction of the data held out for eval.")
+    eval_data: str | None = _setting(None, "Separate eval data file.")
     # schedule
-    batch_size: int = 4
-    eval_batch_size: int | None = None
-    grad_accum: int = 1
-    learning_rate: float | None = None
-    lr_scheduler: str = "cosine"
-    warmup_steps: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    epochs: float = 1.0
-    max_steps: int = -1
-    seed: int = 42
+    batch_size: int = _setting(4, "Per-device batch size (default {default}).")
+    eval_batch_size: int | None = _setting(None, "Per-device eval batch size (default: the batch size).",
+                                           cli=False)
+    grad_accum: int = _setting(1, "Gradient accumulation steps (default {default}).")
+    learning_rate: float | None = _setting(None, f"Peak learning rate (default {_shown(DEFAULT_LR)}; lora "
+                                           f"{_shown(DEFAULT_LORA_LR)}).", "--lr", "--learning-rate")
+    lr_scheduler: str = _setting("cosine", "Schedule: {default} (default), linear, constant, ...")
+    warmup_steps: float = _setting(0.0, "Warmup steps (a value < 1 is a fraction of the run).")
+    weight_decay: float = _setting(0.0, "AdamW weight decay (default {default}, which keeps the frozen rows of "
+                                   "partially trained tensors bit-identical).", cli=False)
+    max_grad_norm: float = _setting(1.0, "Gradient clipping norm (default {default}).", cli=False)
+    epochs: float = _setting(1.0, "Epochs (default {default}).")
+    max_steps: int = _setting(-1, "Stop after this many steps (overrides --epochs).")
+    seed: int = _setting(42, "Random seed (default {default}).")
     # runtime
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    eval_steps: int | None = None
-    save_steps: int = 500
-    save_total_limit: int | None = 1
-    keep_checkpoints: bool = False
-    resume: bool = False
-    use_cpu: bool | None = None
-    fsdp: bool = False
-    fsdp_config: dict[str, Any] | str | None = None
-    deepspeed: str | None = None
-    report_to: str = "none"
-    progress: bool = True
-    verbose: bool = False
-    extra_args: dict[str, Any] = field(default_factory=dict)
+    precision: str = _setting("auto", "auto (the model's dtype), bf16, fp16 or fp32; default {default}.")
+    gradient_checkpointing: bool = _setting(False, "Recompute activations to save memory.")
+    logging_steps: int = _setting(10, "Log every N steps (default {default}).")
+    eval_steps: int | None = _setting(None, "Evaluate every N steps (default: every save).", cli=False)
+    save_steps: int = _setting(500, "Save a resumable checkpoint every N steps (default {default}); only the "
+                               "latest is kept.")
+    save_total_limit: int | None = _setting(1, "Checkpoints kept while training (default {default}).", cli=False)
+    keep_checkpoints: bool = _setting(False, "Keep the last checkpoint (with optimizer state) after a successful "
+                                      "run; by default it is removed and only the model is left.",
+                                      "--keep-checkpoints")
+    resume: bool = _setting(False, "Continue from the last checkpoint in --output-dir.")
+    use_cpu: bool | None = _setting(None, "Train on the CPU (default: when no GPU is present).", cli=False)
+    fsdp: bool = _setting(False, "Shard with FSDP2 (under torchrun).")
+    fsdp_config: dict[str, Any] | str | None = _setting(None, "accelerate's FSDP settings (default: version 2, "
+                                                        "FSDP2).", cli=False)
+    deepspeed: str | None = _setting(None, "DeepSpeed config JSON (see examples/).")
+    report_to: str = _setting("none", "Where the Trainer reports metrics (default {default}).", cli=False)
+    progress: bool = _setting(True, "Show the scan's and the training's progress bars (default: {default}).")
+    verbose: bool = _setting(False, "Also show the data preparation bars, transformers' messages and every logged "
+                             "metric.", "--verbose")
+    extra_args: dict[str, Any] = _setting(None, "More transformers TrainingArguments, passed as they are.",
+                                          cli=False, factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
@@ -113,7 +157,8 @@ class TrainConfig:
         norm = {str(k).replace("-", "_"): v for k, v in data.items()}
         unknown = sorted(set(norm) - known)
         if unknown:
-            raise SpectrumError(f"{source}: unknown setting(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+            raise SpectrumError(f"{source}: unknown setting(s) {', '.join(unknown)}. "
+                                f"Known: {', '.join(sorted(known))}.")
         return cls(**norm)
 
     def validate(self) -> None:
@@ -144,7 +189,7 @@ class TrainConfig:
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return 2e-4 if self.method == "lora" else 2e-5
+        return DEFAULT_LORA_LR if self.method == "lora" else DEFAULT_LR
 
 
 @dataclass
@@ -226,8 +271,7 @@ def _resolve_seq_len(cfg: TrainConfig, max_positions: int | None, main: bool) ->
         return cfg.seq_len
     if max_positions and max_positions < DEFAULT_SEQ_LEN:
         if main:
-            print(f"[spectrum] seq-len {max_positions}: the model's maximum (the default is {DEFAULT_SEQ_LEN})",
-                  flush=True)
+            LOG.info("seq-len %d: the model's maximum (the default is %d)", max_positions, DEFAULT_SEQ_LEN)
         return max_positions
     return DEFAULT_SEQ_LEN
 
@@ -284,9 +328,9 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
         from .reporting import rule_text
         from .selection import extras_text, tied_embeddings
 
-        print(f"[spectrum] selected {len(sel.modules)} ranked modules{extras_text(sel, tied_embeddings(result))} by "
-              f"{rule_text(sel)}, from the {'cached ' if result.cached else ''}{result.estimator} scan of {source}",
-              flush=True)
+        LOG.info("selected %d ranked modules%s by %s, from the %s%s scan of %s", len(sel.modules),
+                 extras_text(sel, tied_embeddings(result)), rule_text(sel), "cached " if result.cached else "",
+                 result.estimator, source)
     return sel
 
 
@@ -303,7 +347,7 @@ def _lora_kwargs(cfg: TrainConfig, source: str, model, resumed: bool) -> tuple[d
     selection = resolve_selection(cfg, source, resumed)
     ratio = (cfg.lora_alpha or 2 * cfg.lora_rank) / cfg.lora_rank
     plan = lora_config(selection, max_rank=cfg.lora_rank, alpha_ratio=ratio, dropout=cfg.lora_dropout, model=model)
-    print(f"[spectrum] {plan}", flush=True)
+    LOG.info("%s", plan)
     return plan.config, selection
 
 
@@ -512,6 +556,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     ``callbacks`` are ``transformers.TrainerCallback`` objects added to the Trainer. An output folder this
     run created is removed again when the run fails before it saved a checkpoint or the model.
     """
+    require("transformers", "accelerate", "datasets", *(["peft"] if config.method == "lora" else []), extra="train")
     config.validate()
     out = Path(config.output_dir)
     existed = out.exists()
@@ -532,7 +577,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     main = int(os.environ.get("RANK", "0")) == 0
     if is_gguf(cfg.model):
         if main and cached_folder(cfg.model) is None:
-            print(f"[spectrum] converting {cfg.model} into a transformers folder (once; it is cached)", flush=True)
+            LOG.info("converting %s into a transformers folder (once; it is cached)", cfg.model)
         cfg = dataclasses.replace(cfg, model=str(gguf_to_folder(cfg.model)))
     resume_from = _check_output_dir(cfg)
     model_cfg = _load_model_config(cfg.model)
@@ -541,6 +586,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     dtype = _model_dtype(model_cfg)
     precision = _precision(cfg, dtype)
     args = _training_args(cfg, precision)  # sets up the distributed state first
+    if main:
+        LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(cfg))))
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
@@ -565,9 +612,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
 
         frozen = freeze(model, selection)
         if frozen.partial and cfg.weight_decay and args.process_index == 0:
-            print("[spectrum] warning: the selection trains only some rows of "
-                  f"{', '.join(frozen.partial)}; weight decay still shrinks their frozen rows. Set weight_decay: 0 "
-                  "(the default) to keep them bit-identical.", flush=True)
+            LOG.warning("the selection trains only some rows of %s; weight decay still shrinks their frozen rows. "
+                        "Set weight_decay: 0 (the default) to keep them bit-identical.", ", ".join(frozen.partial))
     elif cfg.method == "lora":
         lora_kwargs, selection = _lora_kwargs(cfg, config.model, model, resume_from is not None)
         model = _apply_lora(model, lora_kwargs)
@@ -587,9 +633,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
         torch.cuda.reset_peak_memory_stats()
 
     if args.process_index == 0:
-        print(f"[spectrum] {cfg.method}: training {trainable:,} of {total:,} parameters "
-              f"({100 * trainable / total:.1f}%), {precision}, {args.world_size} process"
-              f"{'es' if args.world_size > 1 else ''}", flush=True)
+        LOG.info("%s: training %s of %s parameters (%.1f%%), %s, %d process%s", cfg.method, f"{trainable:,}",
+                 f"{total:,}", 100 * trainable / total, precision, args.world_size, "es" if args.world_size > 1 else "")
         if selection is not None:
             from .exports import write_selection
             from .selection import embedding_note
@@ -598,7 +643,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
                      "pass --no-train-embeddings" + ("" if _tied(model) else " --no-train-lm-head"))
             note = embedding_note(trainable, always, flags)
             if note:
-                print(f"[spectrum] {note}", flush=True)
+                LOG.info("%s", note)
             write_json_atomic(Path(cfg.output_dir) / SELECTION_FILE, selection.to_json())
             write_selection(selection, Path(cfg.output_dir) / "selection.yaml")
 
@@ -610,11 +655,11 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
         trainer.remove_callback(ProgressCallback)
     engine = _engine(trainer)
     if args.process_index == 0 and cfg.fsdp and not engine.startswith("fsdp"):
-        print(f"[spectrum] warning: FSDP was asked for but accelerate runs this job as {engine} (it enables FSDP "
-              "only on GPUs and other accelerators).", flush=True)
+        LOG.warning("FSDP was asked for but accelerate runs this job as %s (it enables FSDP only on GPUs and other "
+                    "accelerators).", engine)
     if args.process_index == 0 and engine == "fsdp1":
-        print("[spectrum] warning: FSDP1 allocates gradients for whole flattened units, so frozen modules save "
-              "little memory there; set fsdp_config version: 2 (FSDP2).", flush=True)
+        LOG.warning("FSDP1 allocates gradients for whole flattened units, so frozen modules save little memory "
+                    "there; set fsdp_config version: 2 (FSDP2).")
     t0 = time.monotonic()
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -653,10 +698,9 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     if args.process_index == 0:
         write_json_atomic(Path(cfg.output_dir) / SUMMARY_FILE, summary.to_json())
         loss = f"loss {summary.losses[-1]:.4g}" if summary.losses else "no loss logged"
-        print(f"[spectrum] done: {summary.steps} steps, {loss}"
-              + (f", eval loss {eval_loss:.4g}" if eval_loss is not None else "")
-              + f", {_fmt_rate(summary.tokens_per_second)} tokens/s, peak {kind} memory {_fmt_bytes(peak)}, "
-              f"{summary.runtime_s:.0f} s -> {cfg.output_dir}", flush=True)
+        LOG.info("done: %d steps, %s%s, %s tokens/s, peak %s memory %s, %.0f s -> %s", summary.steps, loss,
+                 f", eval loss {eval_loss:.4g}" if eval_loss is not None else "",
+                 _fmt_rate(summary.tokens_per_second), kind, _fmt_bytes(peak), summary.runtime_s, cfg.output_dir)
     return summary
 
 
