@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from spectrum_llm.estimators import mp_median, mp_snr, reference_snr, unscorable
+from spectrum_llm.estimators import mp_density, mp_median, mp_snr, reference_snr, unscorable
 
 
 def direct_reference(w: torch.Tensor) -> float:
@@ -96,3 +96,12 @@ def test_rank_deficient_matrix_is_unscorable_for_mp():
     s = torch.linalg.svdvals(w)
     s[2:] = 0
     assert "rank-deficient" in unscorable(s, 20, 30, "mp")
+
+
+def test_mp_density_is_a_density():
+    sigma, m, n = 0.02, 64, 256
+    edge = sigma * (math.sqrt(m) + math.sqrt(n))
+    x = np.linspace(1e-6, edge * 1.05, 200001)
+    area = float(np.sum(mp_density(x, sigma, m, n)) * (x[1] - x[0]))
+    assert area == pytest.approx(1.0, abs=2e-3)
+    assert mp_density(np.array([edge * 1.01]), sigma, m, n)[0] == 0.0

@@ -30,7 +30,7 @@ _API = {
     "SpectrumCallback": "integrations",
     "train": "training",
     "TrainConfig": "training",
-    "report": "reporting",
+    "report": "html_report",
     "compare": "comparison",
     "ScanDiff": "comparison",
 }

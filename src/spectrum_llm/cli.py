@@ -102,7 +102,7 @@ def select(
     from .catalogue import resolve_scan
     from .exports import write_selection
     from .freezing import freeze, load_meta_model
-    from .reporting import rule_text
+    from .html_report import rule_text
     from .selection import embedding_note, extras_text, tied_embeddings
     from .selection import select as run_select
 
@@ -207,7 +207,8 @@ def show(
     all_kinds: bool = typer.Option(False, "--all", help="Also list embeddings, lm_head and norms."),
 ):
     """Print a scan's modules sorted by score, highest first."""
-    from .reporting import as_scan, scan_table
+    from .grids import as_scan
+    from .tables import scan_table
 
     Console().print(scan_table(as_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
 
@@ -243,7 +244,7 @@ def report(
     model: Optional[str] = typer.Option(None, "--model", help="The checkpoint the scan was made from."),
 ):
     """Write an HTML report of a scan (heatmap, spectrum, trainable parameters by type)."""
-    from .reporting import report as run_report
+    from .html_report import report as run_report
 
     files = run_report(scan_file, selection=selection, output=output, png=png, module=module, model=model)
     for path in (files.html, files.png):

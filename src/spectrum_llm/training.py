@@ -280,7 +280,7 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
     sel = select(result, top_percent=cfg.top_percent if cfg.top_percent is not None else DEFAULT_TOP_PERCENT,
                  train_embeddings=cfg.train_embeddings, train_lm_head=cfg.train_lm_head)
     if int(os.environ.get("RANK", "0")) == 0:
-        from .reporting import rule_text
+        from .html_report import rule_text
         from .selection import extras_text, tied_embeddings
 
         print(f"[spectrum] selected {len(sel.modules)} ranked modules{extras_text(sel, tied_embeddings(result))} by "

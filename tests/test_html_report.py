@@ -1,14 +1,11 @@
 import base64
-import math
 import re
 
-import numpy as np
 import pytest
 
 import spectrum_llm
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.reporting import (colour_norm, column_type, heatmap_png, mp_density, report, score_grid,
-                                 trainable_by_type)
+from spectrum_llm.html_report import heatmap_png, module_spectrum, report
 from spectrum_llm.results import ModuleScore, ScanResult, load_scan
 
 from helpers_report import assert_sane_png, synthetic_scan
@@ -20,38 +17,6 @@ REFERENCE_FILES = [LLAMA_31, "snr_results_deepseek-ai-DeepSeek-V2", "snr_results
 
 def _images(html: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
-
-
-def test_column_type_folds_reference_expert_index_and_keeps_grouped_types():
-    ref = ModuleScore("model.layers.3.mlp.experts.17.down_proj", "mlp.experts.17.down_proj", 3, [], 1.0)
-    ours = ModuleScore("model.layers.3.mlp.experts.17.down_proj", "mlp.experts.down_proj", 3, [], 1.0, expert=17)
-    mixtral = ModuleScore("x", "block_sparse_moe.experts.0.w1", 0, [], 1.0)
-    assert column_type(ref) == column_type(ours) == "mlp.experts.down_proj"
-    assert column_type(mixtral) == "block_sparse_moe.experts.w1"
-
-
-def test_grid_takes_the_median_over_experts_and_masks_inf_and_skipped():
-    grid = score_grid(synthetic_scan())
-    assert grid.layers == [0, 1, 2]
-    assert grid.types == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                          "mlp.experts.down_proj"]
-    experts = grid.types.index("mlp.experts.down_proj")
-    assert grid.values[0, experts] == 12.0  # experts 0, 2, 3 scored 10, 12, 13; expert 1 skipped
-    assert list(grid.count[:, experts]) == [3, 4, 4]
-    assert np.isinf(grid.values[0, 1]) and np.isnan(grid.values[1, 3])
-    assert grid.masked().sum() == 2
-    assert [m.name for m in grid.outside] == ["model.embed_tokens", "lm_head"]
-
-
-def test_colour_scale_ignores_non_finite_and_goes_log_for_wide_ranges():
-    norm, scale = colour_norm(np.array([0.05, 1.0, 30.0, np.inf, np.nan, 2000.0]))
-    assert scale == "log scale" and 0.05 <= norm.vmin and norm.vmax <= 2000.0
-    norm, scale = colour_norm(np.array([0.0, 0.5, 1.0]))
-    assert scale == "linear scale" and math.isfinite(norm.vmax)
-    norm, scale = colour_norm(np.array([0.0, 0.0, 0.1, 1.0, 5.0, 40.0]))
-    assert scale.startswith("log scale, linear below") and norm.vmin == 0.0 and np.isfinite(norm(np.array([0.0]))).all()
-    norm, _ = colour_norm(np.array([np.inf, np.nan]))
-    assert (norm.vmin, norm.vmax) == (0.0, 1.0)
 
 
 def test_heatmap_png_of_synthetic_scan(tmp_path):
@@ -83,27 +48,6 @@ def test_legend_says_what_grey_and_red_mean(tmp_path):
     assert "median over up to 4 experts" in html and "red box: a cell with a selected expert" in html
 
 
-def test_trainable_by_type_counts_parameters_and_selected_norm_types():
-    scan = synthetic_scan()
-    rows, unit = trainable_by_type(scan, ["model.layers.0.self_attn.q_proj", "model.layers.1.input_layernorm"])
-    by_type = {t: (a, b) for t, a, b in rows}
-    assert unit == "parameters"
-    assert by_type["self_attn.q_proj"] == (256, 3 * 256)
-    assert by_type["input_layernorm"] == (16, 3 * 16)
-    assert by_type["mlp.experts.down_proj"] == (0, 12 * 512)
-
-
-def test_trainable_by_type_counts_a_fused_projection_once():
-    whole = ModuleScore("model.layers.0.self_attn.qkv_proj", "self_attn.qkv_proj", 0, [48, 16], 1.0, numel=768)
-    parts = [ModuleScore(f"model.layers.0.self_attn.qkv_proj.{p}", f"self_attn.qkv_proj.{p}", 0, [16, 16], 1.0,
-                         part=p, rows=[16 * i, 16 * (i + 1)], numel=256) for i, p in enumerate("qkv")]
-    scan = ScanResult("fused", "mp", [whole, *parts])
-    rows, _ = trainable_by_type(scan, ["model.layers.0.self_attn.qkv_proj.q"])
-    assert sum(r[2] for r in rows) == 768 and sum(r[1] for r in rows) == 256
-    rows, _ = trainable_by_type(scan, ["model.layers.0.self_attn.qkv_proj"])
-    assert [(t, a, b) for t, a, b in rows] == [("self_attn.qkv_proj", 768, 768)]
-
-
 def test_selection_of_another_model_is_refused(tmp_path):
     with pytest.raises(SpectrumError, match="None of the 1 selected modules"):
         report(synthetic_scan(), selection=["model.layers.40.mlp.down_proj"], output=tmp_path / "r.html")
@@ -127,15 +71,6 @@ def test_scan_without_layered_linear_modules_is_refused():
         heatmap_png(scan)
 
 
-def test_mp_density_is_a_density():
-    sigma, m, n = 0.02, 64, 256
-    edge = sigma * (math.sqrt(m) + math.sqrt(n))
-    x = np.linspace(1e-6, edge * 1.05, 200001)
-    area = float(np.sum(mp_density(x, sigma, m, n)) * (x[1] - x[0]))
-    assert area == pytest.approx(1.0, abs=2e-3)
-    assert mp_density(np.array([edge * 1.01]), sigma, m, n)[0] == 0.0
-
-
 def test_report_of_a_tiny_model_scan_with_its_spectrum(llama_dir, tmp_path):
     scan = spectrum_llm.scan(llama_dir, estimator="mp")
     name = "model.layers.1.mlp.down_proj"
@@ -148,8 +83,6 @@ def test_report_of_a_tiny_model_scan_with_its_spectrum(llama_dir, tmp_path):
 
 
 def test_spectrum_of_a_module_matches_its_scan_score(llama_dir):
-    from spectrum_llm.reporting import module_spectrum
-
     scan = spectrum_llm.scan(llama_dir, estimator="mp")
     m = next(x for x in scan.modules if x.name == "model.layers.0.self_attn.q_proj")
     sp = module_spectrum(scan, m.name, llama_dir)
@@ -181,25 +114,3 @@ def test_reference_selection_marks_half_of_each_type(reference_dir):
     scan = load_scan(reference_dir / f"{LLAMA_31}.json")
     files = report(scan, selection=reference_dir / f"{LLAMA_31}_unfrozenparameters_50percent.yaml", output=None)
     assert (files.grid.selected > 0).sum(axis=0).tolist() == [16] * 7
-
-
-def test_spectrum_of_an_expert_and_of_a_fused_part_is_cut_from_its_tensor(tmp_path):
-    import torch
-    from safetensors.torch import save_file
-
-    from spectrum_llm.reporting import module_spectrum
-
-    torch.manual_seed(0)
-    experts, qkv = torch.randn(3, 16, 24), torch.randn(48, 16)
-    save_file({"model.layers.0.mlp.experts.down_proj": experts, "model.layers.0.self_attn.qkv_proj.weight": qkv},
-              tmp_path / "model.safetensors")
-    mods = [ModuleScore("model.layers.0.mlp.experts.1.down_proj", "mlp.experts.down_proj", 0, [16, 24], 1.0,
-                        param="model.layers.0.mlp.experts.down_proj", expert=1, rows=[1, 2]),
-            ModuleScore("model.layers.0.self_attn.qkv_proj.k", "self_attn.qkv_proj.k", 0, [16, 16], 1.0,
-                        param="model.layers.0.self_attn.qkv_proj.weight", part="k", rows=[16, 32])]
-    scan = ScanResult("fused", "mp", mods)
-    sp = module_spectrum(scan, mods[0].name, tmp_path)
-    assert sp.shape == (16, 24)
-    np.testing.assert_allclose(sp.values, torch.linalg.svdvals(experts[1].double()).numpy(), rtol=1e-6)
-    sp = module_spectrum(scan, mods[1].name, tmp_path)
-    np.testing.assert_allclose(sp.values, torch.linalg.svdvals(qkv[16:32].double()).numpy(), rtol=1e-6)

@@ -1,0 +1,25 @@
+from spectrum_llm.params import trainable_by_type
+from spectrum_llm.results import ModuleScore, ScanResult
+
+from helpers_report import synthetic_scan
+
+
+def test_trainable_by_type_counts_parameters_and_selected_norm_types():
+    scan = synthetic_scan()
+    rows, unit = trainable_by_type(scan, ["model.layers.0.self_attn.q_proj", "model.layers.1.input_layernorm"])
+    by_type = {t: (a, b) for t, a, b in rows}
+    assert unit == "parameters"
+    assert by_type["self_attn.q_proj"] == (256, 3 * 256)
+    assert by_type["input_layernorm"] == (16, 3 * 16)
+    assert by_type["mlp.experts.down_proj"] == (0, 12 * 512)
+
+
+def test_trainable_by_type_counts_a_fused_projection_once():
+    whole = ModuleScore("model.layers.0.self_attn.qkv_proj", "self_attn.qkv_proj", 0, [48, 16], 1.0, numel=768)
+    parts = [ModuleScore(f"model.layers.0.self_attn.qkv_proj.{p}", f"self_attn.qkv_proj.{p}", 0, [16, 16], 1.0,
+                         part=p, rows=[16 * i, 16 * (i + 1)], numel=256) for i, p in enumerate("qkv")]
+    scan = ScanResult("fused", "mp", [whole, *parts])
+    rows, _ = trainable_by_type(scan, ["model.layers.0.self_attn.qkv_proj.q"])
+    assert sum(r[2] for r in rows) == 768 and sum(r[1] for r in rows) == 256
+    rows, _ = trainable_by_type(scan, ["model.layers.0.self_attn.qkv_proj"])
+    assert [(t, a, b) for t, a, b in rows] == [("self_attn.qkv_proj", 768, 768)]
