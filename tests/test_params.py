@@ -1,4 +1,4 @@
-from spectrum_llm.params import trainable_by_type
+from spectrum_llm.params import count_params, part_params, trainable_by_type
 from spectrum_llm.results import ModuleScore, ScanResult
 
 from helpers_report import synthetic_scan
@@ -23,3 +23,20 @@ def test_trainable_by_type_counts_a_fused_projection_once():
     assert sum(r[2] for r in rows) == 768 and sum(r[1] for r in rows) == 256
     rows, _ = trainable_by_type(scan, ["model.layers.0.self_attn.qkv_proj"])
     assert [(t, a, b) for t, a, b in rows] == [("self_attn.qkv_proj", 768, 768)]
+
+
+def test_count_params_counts_a_tied_tensor_once_and_filters_by_name():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight
+    model[0].weight.requires_grad_(False)
+    assert count_params(model) == (0, 40)
+    model.append(torch.nn.Linear(4, 3))
+    assert count_params(model) == (15, 55)
+    assert count_params(model, lambda name, p: name.endswith("bias")) == (3, 3)
+
+
+def test_part_params_counts_the_kept_rows_of_a_tensor():
+    assert part_params(12 * 8, 3, 12) == 24
+    assert part_params(0, 0, 0) == 0

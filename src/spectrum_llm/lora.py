@@ -30,6 +30,7 @@ from typing import Any
 
 from .errors import SpectrumError
 from .naming import parse
+from .params import count_params
 from .results import write_text_atomic
 from .selection import Selection, load_selection, pattern_module
 
@@ -174,7 +175,7 @@ def _sizes(sel: Selection, model: Any, ranks: dict[str, int],
             del ranks[t]
             continue
         out[t] = int(w.shape[0]) + int(w.shape[1])
-    return out, sum(p.numel() for p in model.parameters())
+    return out, count_params(model)[1]
 
 
 def is_lora_config(path: str | os.PathLike) -> bool:

@@ -1,4 +1,5 @@
-"""Counting parameters: of a model in memory (or on the meta device), and of a scan's modules by type.
+"""Counting parameters: of a model (in memory or on the meta device), of part of a tensor, and of a scan's
+modules by type.
 
 A model's tensors are counted as ``named_parameters()`` lists them: each tensor once, so a head tied to the
 embedding counts once (as the embedding), under the name Axolotl's patterns match.
@@ -10,11 +11,6 @@ from typing import Any, Callable, Iterable
 
 from .grids import column_type
 from .results import RANKED_KINDS, ModuleScore, ScanResult
-
-
-def param_sizes(model: Any, trainable: bool = False) -> dict[str, int]:
-    """Parameters per tensor by name (only those that train, with ``trainable``)."""
-    return {n: p.numel() for n, p in model.named_parameters() if p.requires_grad or not trainable}
 
 
 def count_params(model: Any, where: Callable[[str, Any], bool] | None = None) -> tuple[int, int]:
@@ -57,3 +53,8 @@ def trainable_by_type(scan: ScanResult, selected: Iterable[str]) -> tuple[list[t
             t[0] += amount
     rows = [(t, a, b) for t, (a, b) in totals.items()]
     return rows, ("parameters" if by_params else "modules (the scan records no shapes)")
+
+
+def part_params(numel: int, kept: int, of: int) -> int:
+    """Parameters in ``kept`` of a tensor's ``of`` equal leading slices (rows, or row x column cells)."""
+    return kept * (numel // max(of, 1))

@@ -24,6 +24,7 @@ from typing import Any
 
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
 from .errors import SpectrumError
+from .params import count_params
 from .results import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
@@ -322,18 +323,6 @@ def _upcast_trainable(model) -> int:
             p.data = p.data.float()
             n += 1
     return n
-
-
-def count_params(model) -> tuple[int, int]:
-    seen: set[int] = set()
-    trainable = total = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return trainable, total
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -672,8 +661,7 @@ def _always_trained(model) -> int:
     """Trainable parameters of the embeddings and the head (a tied pair once): what every selection adds."""
     from .naming import parse
 
-    return sum(p.numel() for n, p in model.named_parameters()
-               if p.requires_grad and parse(n, p.dim()).kind in ("embedding", "lm_head"))
+    return count_params(model, lambda n, p: parse(n, p.dim()).kind in ("embedding", "lm_head"))[0]
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
