@@ -510,7 +510,8 @@ def lora_rank_for(model, budget: int) -> tuple[int, int]:
 def setup_method(model, method: str, scan_path: Path) -> dict:
     """Make the method's parameters trainable, as spectrum_llm.train does; returns what trains."""
     from spectrum_llm import freeze, select
-    from spectrum_llm.training import TrainConfig, _apply_lora, _lora_kwargs, _upcast_trainable, count_params
+    from spectrum_llm.params import count_params
+    from spectrum_llm.training import TrainConfig, _apply_lora, _lora_kwargs, _upcast_trainable
 
     info: dict = {}
     if method == "full":

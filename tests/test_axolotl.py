@@ -19,11 +19,11 @@ module_names = st.builds(lambda pre, layer, leaf: f"{pre}.layers.{layer}.{leaf}"
 
 
 def _whole(name: str) -> ModuleScore:
-    return ModuleScore(name, "t", 0, [8, 8], 1.0, "linear", name + ".weight", numel=64)
+    return ModuleScore(name=name, type="t", layer=0, shape=[8, 8], snr=1.0, kind="linear", param=name + ".weight", numel=64)
 
 
 def _rows(name: str, a: int, b: int) -> ModuleScore:
-    return ModuleScore(f"{name}.q", "t.q", 0, [b - a, 8], 1.0, "linear", name + ".weight", part="q", rows=[a, b])
+    return ModuleScore(name=f"{name}.q", type="t.q", layer=0, shape=[b - a, 8], snr=1.0, kind="linear", param=name + ".weight", part="q", rows=[a, b])
 
 
 @given(module_names)
@@ -46,15 +46,15 @@ def test_a_row_range_pattern_trains_those_rows_of_the_shared_tensor(name, a, n):
 
 
 def test_a_tensor_of_its_own_name_gets_an_exact_pattern():
-    m = ModuleScore("model.norm", "norm", None, [8], None, "norm", "model.norm")
+    m = ModuleScore(name="model.norm", type="norm", layer=None, shape=[8], snr=None, kind="norm", param="model.norm")
     assert module_pattern(m) == tensor_pattern("model.norm") == "^model.norm$"
-    fused = ModuleScore("model.layers.0.mlp.experts.3.down_proj", "mlp.experts.down_proj", 0, [8, 8], 1.0, "linear",
-                        "model.layers.0.mlp.experts.down_proj", 3)
+    fused = ModuleScore(name="model.layers.0.mlp.experts.3.down_proj", type="mlp.experts.down_proj", layer=0, shape=[8, 8], snr=1.0, kind="linear",
+                        param="model.layers.0.mlp.experts.down_proj", expert=3)
     assert module_pattern(fused) == "^model.layers.0.mlp.experts.down_proj$"
 
 
 def test_column_ranges_cannot_be_written():
-    m = ModuleScore("h.0.attn.c_attn.q", "attn.c_attn.q", 0, [4, 4], 1.0, "linear", "h.0.attn.c_attn.weight",
+    m = ModuleScore(name="h.0.attn.c_attn.q", type="attn.c_attn.q", layer=0, shape=[4, 4], snr=1.0, kind="linear", param="h.0.attn.c_attn.weight",
                     part="q", rows=[0, 4], dim=1)
     with pytest.raises(SpectrumError, match="dimension 0"):
         module_pattern(m)

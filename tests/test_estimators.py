@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.estimators import REGISTRY, get, mp_median, mp_snr, reference_snr, score, unscorable
+from spectrum_llm.estimators import REGISTRY, get, mp_density, mp_median, mp_snr, reference_snr, score, unscorable
 
 
 def direct_reference(w: torch.Tensor) -> float:
@@ -124,3 +124,12 @@ def test_unknown_estimator_names_the_known_ones(name):
         get(name)
     with pytest.raises(SpectrumError, match="Unknown estimator"):
         score(torch.ones(3), 3, 3, name)
+
+
+def test_mp_density_is_a_density():
+    sigma, m, n = 0.02, 64, 256
+    edge = sigma * (math.sqrt(m) + math.sqrt(n))
+    x = np.linspace(1e-6, edge * 1.05, 200001)
+    area = float(np.sum(mp_density(x, sigma, m, n)) * (x[1] - x[0]))
+    assert area == pytest.approx(1.0, abs=2e-3)
+    assert mp_density(np.array([edge * 1.01]), sigma, m, n)[0] == 0.0

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import spectrum_llm
 from spectrum_llm import scanner as scan_mod
+from spectrum_llm.errors import SpectrumError
 from spectrum_llm.results import load_scan
 
 from conftest import save_model, tiny_llama
@@ -234,3 +235,23 @@ def test_cli_says_how_many_were_scored_and_skipped(llama_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["scan", str(llama_dir), "-o", str(tmp_path / "t.json"), "--no-progress"])
     assert "reused from an earlier scan" in capsys.readouterr().err
+
+
+def test_one_module_is_read_again_as_the_scan_cut_it(tmp_path):
+    torch.manual_seed(0)
+    experts, qkv = torch.randn(3, 16, 24), torch.randn(48, 16)
+    save_file({"model.layers.0.mlp.experts.down_proj": experts, "model.layers.0.self_attn.qkv_proj.weight": qkv},
+              tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 2, "hidden_size": 16}))
+    by_name = {m.name: m for m in spectrum_llm.scan(tmp_path, resume=False).modules}
+    for name, w in (("model.layers.0.mlp.experts.1.down_proj", experts[1]),
+                    ("model.layers.0.self_attn.qkv_proj.k", qkv[16:32])):
+        shape, s = scan_mod.module_singular_values(tmp_path, by_name[name], "mp")
+        assert shape == tuple(w.shape)
+        np.testing.assert_allclose(s.numpy(), torch.linalg.svdvals(w.double()).numpy(), rtol=1e-6)
+
+
+def test_a_module_the_scan_skipped_has_no_spectrum(llama_dir):
+    norm = next(m for m in spectrum_llm.scan(llama_dir).modules if m.kind == "norm")
+    with pytest.raises(SpectrumError, match="no spectrum to draw: 1-D weight"):
+        scan_mod.module_singular_values(llama_dir, norm, "mp")

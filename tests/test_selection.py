@@ -134,9 +134,9 @@ def test_fused_parts_become_row_ranges_and_never_double_with_the_whole():
 
 
 def test_candidates_are_the_linear_modules_in_scan_order_parts_replacing_their_wholes():
-    whole = ModuleScore("model.layers.0.self_attn.qkv_proj", "self_attn.qkv_proj", 0, [6, 2], 1.0, "linear",
-                        "model.layers.0.self_attn.qkv_proj.weight")
-    parts = [ModuleScore(f"{whole.name}.{p}", f"self_attn.qkv_proj.{p}", 0, [2, 2], 1.0, "linear", whole.param,
+    whole = ModuleScore(name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0, shape=[6, 2], snr=1.0, kind="linear",
+                        param="model.layers.0.self_attn.qkv_proj.weight")
+    parts = [ModuleScore(name=f"{whole.name}.{p}", type=f"self_attn.qkv_proj.{p}", layer=0, shape=[2, 2], snr=1.0, kind="linear", param=whole.param,
                          part=p, rows=[2 * i, 2 * i + 2]) for i, p in enumerate("qkv")]
     scan = synthetic_scan({"mlp.down_proj": [2.0, 1.0]})
     scan.modules += [whole, *parts]

@@ -4,6 +4,8 @@ The pipeline, one module per step:
 checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scan``)
 -> selection (``selection``) -> exports / frozen model (``exports``, ``freezing``; Axolotl's pattern format:
 ``axolotl``; meta-device model skeletons: ``models``) -> training (``training``).
+Seeing a scan: ``grids`` (the layer x type grid), ``figures``, ``html_report`` (``report``), ``tables``
+(``spectrum show``) and ``comparison`` (``compare``); ``params`` counts parameters.
 
 Names are imported lazily so that ``import spectrum_llm`` stays fast and does not pull in torch.
 """
@@ -31,7 +33,7 @@ _API = {
     "SpectrumCallback": "integrations",
     "train": "training",
     "TrainConfig": "training",
-    "report": "reporting",
+    "report": "html_report",
     "compare": "comparison",
     "ScanDiff": "comparison",
 }

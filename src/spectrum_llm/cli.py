@@ -145,8 +145,7 @@ def select_cmd(
     from .exports import write_selection
     from .freezing import freeze
     from .models import load_meta_model
-    from .reporting import rule_text
-    from .selection import embedding_note, extras_text, select, tied_embeddings
+    from .selection import embedding_note, extras_text, rule_text, select, tied_embeddings
 
     scan_, source = resolve_scan(scan_file, catalogue=catalogue)
     meta = load_meta_model(model) if model is not None else None
@@ -250,7 +249,8 @@ def show_cmd(
     all_kinds: bool = typer.Option(False, "--all", help="Also list embeddings, lm_head and norms."),
 ):
     """Print a scan's modules sorted by score, highest first."""
-    from .reporting import as_scan, scan_table
+    from .grids import as_scan
+    from .tables import scan_table
 
     Console().print(scan_table(as_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
 
@@ -285,7 +285,7 @@ def report_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="The checkpoint the scan was made from."),
 ):
     """Write an HTML report of a scan (heatmap, spectrum, trainable parameters by type)."""
-    from .reporting import report
+    from .html_report import report
 
     files = report(scan_file, selection=selection, output=output, png=png, module=module, model=model)
     for path in (files.html, files.png):

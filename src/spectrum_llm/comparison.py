@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpectrumError
-from .reporting import ScoreGrid, _png, as_scan, diff_figure, score_grid
+from .figures import diff_figure, png_bytes
+from .grids import ScoreGrid, as_scan, score_grid
 from .results import ModuleScore, ScanResult, check_writable, write_bytes_atomic
 
 
@@ -102,7 +103,7 @@ def compare(scan_a: ScanResult | str | os.PathLike, scan_b: ScanResult | str | o
         what = "change B / A - 1, %" if relative else "score B - A"
         fig = diff_figure(grid, f"{what}, {result.estimator or 'unknown'} estimator",
                           f"A: {a.model}\nB: {b.model}")
-        result.png = write_bytes_atomic(png, _png(fig))
+        result.png = write_bytes_atomic(png, png_bytes(fig))
     return result
 
 
@@ -116,7 +117,7 @@ def diff_table(result: ScanDiff, top: int | None = 20, relative: bool = True):
     """A rich Table of the largest changes."""
     from rich.table import Table
 
-    from .reporting import _fmt
+    from .tables import format_score
 
     rows = result.top(top)
     table = Table(title=f"A = {result.model_a}  B = {result.model_b}  ({result.estimator} estimator)", box=None,
@@ -127,5 +128,5 @@ def diff_table(result: ScanDiff, top: int | None = 20, relative: bool = True):
     for d in rows:
         change = f"{100 * d.relative:+.2f}%" if d.relative is not None else "–"
         diff = f"{d.diff:+.4g}" if d.diff is not None else "–"
-        table.add_row(d.name, _fmt(d.a), _fmt(d.b), diff, change)
+        table.add_row(d.name, format_score(d.a), format_score(d.b), diff, change)
     return table

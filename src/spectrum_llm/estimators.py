@@ -87,6 +87,23 @@ def mp_edge(sigma: float, m: int, n: int, margin: float = 3.0) -> float:
     return sigma * math.sqrt(mu + margin * spread)
 
 
+def mp_density(x: np.ndarray, sigma: float, m: int, n: int) -> np.ndarray:
+    """Marchenko-Pastur density of the singular values of an m x n noise matrix with entry scale sigma.
+
+    With lo = min(m, n), hi = max(m, n) and beta = lo / hi, t = s^2 / (hi sigma^2) has density
+    sqrt((b - t)(t - a)) / (2 pi beta t) on [a, b] = [(1 - sqrt beta)^2, (1 + sqrt beta)^2]; the density
+    of s follows by the change of variable ds = dt * hi sigma^2 / (2 s).
+    """
+    lo, hi = sorted((m, n))
+    beta = lo / hi
+    a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
+    t = x**2 / (hi * sigma**2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.sqrt(np.clip((b - t) * (t - a), 0, None)) / (2 * math.pi * beta * t)
+        out = f * 2 * x / (hi * sigma**2)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
 def mp_sigma(s: torch.Tensor, m: int, n: int) -> float:
     """Noise scale from the median singular value (Gavish & Donoho): median(s) / sqrt(max(m,n) * mu_beta)."""
     lo, hi = sorted((m, n))

@@ -146,6 +146,8 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
     """
     import torch
 
+    from .params import part_params
+
     sel = load_selection(selection)
     pats = [AxolotlPattern(p) for p in sel.patterns]
     named = list(model.named_parameters())
@@ -171,7 +173,7 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
                     ranges.setdefault(id(p), []).append(pat.range)
                     rows = len(p) if p.dim() else 1
                     a, b = pat.range
-                    covered = max(0, min(rows, rows if b is None else b) - a) * (p.numel() // max(rows, 1))
+                    covered = part_params(p.numel(), max(0, min(rows, rows if b is None else b) - a), rows)
                 matches[pat.raw].append((name, covered))
 
     regions: dict[int, list[tuple]] = {}
@@ -200,7 +202,7 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
                 regions.setdefault(id(p), []).append(region)
                 mapped[pat.raw] = f"{name}[{region[0].start}, {_fmt(region[1])}]"
                 mask = _keep_mask(tuple(p.shape), [region])
-                matches[pat.raw].append((name, int(mask.sum()) * (p.numel() // max(mask.numel(), 1))))
+                matches[pat.raw].append((name, part_params(p.numel(), int(mask.sum()), mask.numel())))
     notes = [f"{raw} names {alias}, which is tied to {canon} (one tensor, listed once by that name): like Axolotl, "
              f"this pattern trains nothing; add ^{canon}$ to train the shared weight"
              for raw, (alias, canon) in tied_only.items() if id(index[canon]) not in on]
@@ -235,7 +237,7 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
             reg = [(slice(a, b),) for a, b in rows] + regions.get(pid, [])
             if reg:
                 mask = _keep_mask(tuple(p.shape), reg)
-                trained = int(mask.sum()) * (n // max(mask.numel(), 1))
+                trained = part_params(n, int(mask.sum()), mask.numel())
                 summary.partial[name] = [f"[{r[0].start}:{r[0].stop}" + (f", {_fmt(r[1])}]" if len(r) > 1 else "]")
                                          for r in reg]
                 hooks.append(p.register_hook(_hook(mask)))

@@ -32,6 +32,7 @@ from .axolotl import has_rows, pattern_module
 from .errors import SpectrumError, require
 from .models import load_meta_model
 from .naming import parse
+from .params import count_params
 from .results import write_text_atomic
 from .selection import Selection, load_selection
 
@@ -175,7 +176,7 @@ def _sizes(sel: Selection, model: Any, ranks: dict[str, int],
             del ranks[t]
             continue
         out[t] = int(w.shape[0]) + int(w.shape[1])
-    return out, sum(p.numel() for p in model.parameters())
+    return out, count_params(model)[1]
 
 
 def is_lora_config(path: str | os.PathLike) -> bool:

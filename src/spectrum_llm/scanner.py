@@ -142,6 +142,35 @@ def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, confi
     return out
 
 
+def module_singular_values(model: str | os.PathLike, module: ModuleScore,
+                           estimator: str) -> tuple[tuple[int, int], torch.Tensor]:
+    """The shape and singular values of the matrix a scan scored as ``module``, read again from ``model``.
+
+    The tensor goes through ``plan_tensor`` as in the scan, so an expert or a fused part is cut exactly as it
+    was scored, and a matrix the scan could not score is refused for the same reason.
+    """
+    ckpt = open_checkpoint(model)
+    param = module.param or module.name + ".weight"
+    info = next((t for t in ckpt.tensors if t.name == param), None)
+    if info is None:
+        raise SpectrumError(f"{model} has no tensor {param!r}, which the scan scored for {module.name}. Pass the "
+                            "checkpoint this scan was made from (--model).")
+    w = ckpt.load(info) if len(info.shape) > 1 and _readable(info) else None
+    rows = list(module.rows) if module.rows is not None else None
+    planned = next(((m, mat) for m, mat in plan_tensor(info, w, ckpt.config)
+                    if (m.rows, m.part) == (rows, module.part)), None)
+    if planned is None:
+        raise SpectrumError(f"{model} does not cut {param!r} {tuple(info.shape)} into {module.name} as the scan did. "
+                            "Pass the checkpoint this scan was made from (--model).")
+    mod, mat = planned
+    s = singular_values(mat) if mat is not None else None
+    why = mod.skipped if s is None else unscorable(s, *mod.shape, estimator)
+    if why or s is None:
+        raise SpectrumError(f"{module.name} has no spectrum to draw: {why}. Pick another module "
+                            "(`spectrum show SCAN` lists the scored ones).")
+    return (mod.shape[0], mod.shape[1]), s
+
+
 class _Journal:
     """Append-only record of finished tensors, so an interrupted scan loses at most the tensor in flight."""
 

@@ -502,3 +502,17 @@ def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
                      rule={"rule": "per-type", "top_percent": top_percent, "compat": True,
                            "estimator": scan.estimator},
                      extras=list(REFERENCE_EXTRAS), model=scan.model, estimator=scan.estimator)
+
+def rule_text(sel: Any) -> str | None:
+    """Which rule and percent made a selection, as far as its file records it (a .yaml or .txt does not)."""
+    rule = dict(getattr(sel, "rule", None) or {})
+    p = rule.get("top_percent")
+    if rule.get("compat"):
+        return f"the reference tool's rule (--compat): the top {p:g}% of each module type"
+    if rule.get("rule") == "per-type":
+        return f"the per-type rule (Spectrum-{p:g}): the top {p:g}% of each module type"
+    if rule.get("rule") == "global":
+        return f"the global rule: the top {p:g}% of all ranked modules together"
+    if rule.get("rule") == "budget":
+        return f"the budget rule: {rule.get('budget')} ({rule.get('budget_params', 0):,} parameters)"
+    return None

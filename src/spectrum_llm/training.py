@@ -26,6 +26,7 @@ from typing import Any
 from . import estimators
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
 from .errors import SpectrumError, require
+from .params import count_params
 from .results import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
@@ -325,8 +326,7 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
     sel = select(result, top_percent=cfg.top_percent if cfg.top_percent is not None else DEFAULT_TOP_PERCENT,
                  train_embeddings=cfg.train_embeddings, train_lm_head=cfg.train_lm_head)
     if int(os.environ.get("RANK", "0")) == 0:
-        from .reporting import rule_text
-        from .selection import extras_text, tied_embeddings
+        from .selection import extras_text, rule_text, tied_embeddings
 
         LOG.info("selected %d ranked modules%s by %s, from the %s%s scan of %s", len(sel.modules),
                  extras_text(sel, tied_embeddings(result)), rule_text(sel), "cached " if result.cached else "",
@@ -367,18 +367,6 @@ def _upcast_trainable(model) -> int:
             p.data = p.data.float()
             n += 1
     return n
-
-
-def count_params(model) -> tuple[int, int]:
-    seen: set[int] = set()
-    trainable = total = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return trainable, total
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -718,8 +706,7 @@ def _always_trained(model) -> int:
     """Trainable parameters of the embeddings and the head (a tied pair once): what every selection adds."""
     from .naming import parse
 
-    return sum(p.numel() for n, p in model.named_parameters()
-               if p.requires_grad and parse(n, p.dim()).kind in ("embedding", "lm_head"))
+    return count_params(model, lambda n, p: parse(n, p.dim()).kind in ("embedding", "lm_head"))[0]
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
