@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable
 
 from .errors import SpectrumError
 
-if TYPE_CHECKING:  # tensor methods and a local numpy import keep the registry cheap to import (the CLI does)
+if TYPE_CHECKING:  # tensor methods and local numpy imports keep the registry cheap to import (the CLI does)
+    import numpy as np
     import torch
 
 
@@ -94,6 +95,8 @@ def mp_density(x: np.ndarray, sigma: float, m: int, n: int) -> np.ndarray:
     sqrt((b - t)(t - a)) / (2 pi beta t) on [a, b] = [(1 - sqrt beta)^2, (1 + sqrt beta)^2]; the density
     of s follows by the change of variable ds = dt * hi sigma^2 / (2 s).
     """
+    import numpy as np
+
     lo, hi = sorted((m, n))
     beta = lo / hi
     a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
