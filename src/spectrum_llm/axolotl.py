@@ -45,7 +45,8 @@ def module_pattern(m: ModuleScore) -> str:
         if m.dim != 0:
             raise SpectrumError(
                 f"{m.name} covers rows {m.rows} along dimension {m.dim} of {m.param}; Axolotl row ranges "
-                "only cut dimension 0. Select whole modules instead (parts=False / no --parts).")
+                "only cut dimension 0. Select whole modules instead (parts=False / no --parts)."
+            )
         return f"{tensor_pattern(m.param)}[{m.rows[0]}:{m.rows[1]}]"
     if m.param and m.param != m.name + ".weight" and m.param != m.name:
         return tensor_pattern(m.param)
@@ -103,8 +104,10 @@ class AxolotlPattern:
 def check_patterns(patterns: Sequence[str], source: str) -> None:
     """Refuse an empty list or an entry that is not a non-empty string, naming ``source``."""
     if not patterns:
-        raise SpectrumError(f"{source} selects nothing (no patterns). Re-run `spectrum select` with a larger "
-                            "--top-percent or check the file.")
+        raise SpectrumError(
+            f"{source} selects nothing (no patterns). Re-run `spectrum select` with a larger "
+            "--top-percent or check the file."
+        )
     for p in patterns:
         if not isinstance(p, str) or not p.strip():
             raise SpectrumError(f"{source}: {p!r} is not a pattern (expected a non-empty string).")
@@ -113,8 +116,9 @@ def check_patterns(patterns: Sequence[str], source: str) -> None:
 # ---------------------------------------------------------------------------------------------- write
 
 
-def to_yaml(patterns: Sequence[str], sections: Mapping[str, Sequence[str]] | None = None,
-            first: Sequence[str] = ()) -> str:
+def to_yaml(
+    patterns: Sequence[str], sections: Mapping[str, Sequence[str]] | None = None, first: Sequence[str] = ()
+) -> str:
     """Axolotl YAML: ``first``, then each section's patterns under ``# <section> layers``, then the rest of
     ``patterns``. Written by hand (not yaml.dump) to match the reference tool's bytes exactly."""
     lines = ["unfrozen_parameters:"]
@@ -145,8 +149,10 @@ def from_yaml(text: str, source: str) -> list:
     except yaml.YAMLError as e:
         raise SpectrumError(f"{source} is not valid YAML ({e}).") from None
     if not isinstance(data, dict) or not isinstance(data.get("unfrozen_parameters"), list):
-        raise SpectrumError(f"{source} has no `unfrozen_parameters:` list, so it is not an Axolotl selection. "
-                            "Create one with `spectrum select SCAN -o sel.yaml`.")
+        raise SpectrumError(
+            f"{source} has no `unfrozen_parameters:` list, so it is not an Axolotl selection. "
+            "Create one with `spectrum select SCAN -o sel.yaml`."
+        )
     return data["unfrozen_parameters"]
 
 

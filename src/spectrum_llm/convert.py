@@ -45,8 +45,7 @@ def cached_folder(model: str | os.PathLike, dtype: str = "bfloat16") -> Path | N
     return out if _complete(out) else None
 
 
-def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = None,
-                   dtype: str = "bfloat16") -> Path:
+def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = None, dtype: str = "bfloat16") -> Path:
     """A safetensors folder (config, weights, tokenizer) for a GGUF file or builtin model; cached.
 
     Safe to call from many processes at once (every rank of a torchrun job): one converts while the others
@@ -85,8 +84,10 @@ def _convert(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> 
         src = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:  # unsupported architecture/tensors
-        raise SpectrumError(f"transformers could not load {path} ({str(e).splitlines()[0]}). Its architecture may "
-                            "not be supported for GGUF loading; convert it with llama.cpp's tools instead.") from e
+        raise SpectrumError(
+            f"transformers could not load {path} ({str(e).splitlines()[0]}). Its architecture may "
+            "not be supported for GGUF loading; convert it with llama.cpp's tools instead."
+        ) from e
     cfg = src.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
@@ -98,8 +99,9 @@ def _convert(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> 
     try:
         model_.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / cache.SOURCE_FILE).write_text(json.dumps({"source": name, "file": str(path),
-                                                         "fingerprint": fingerprint, "dtype": dtype}, indent=2) + "\n")
+        (tmp / cache.SOURCE_FILE).write_text(
+            json.dumps({"source": name, "file": str(path), "fingerprint": fingerprint, "dtype": dtype}, indent=2) + "\n"
+        )
         if out.exists():  # a damaged earlier attempt (a finished one returned above)
             shutil.rmtree(out)
         tmp.rename(out)

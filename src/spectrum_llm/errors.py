@@ -27,6 +27,7 @@ def require(*modules: str, extra: str) -> list[ModuleType]:
         except ModuleNotFoundError as err:
             if err.name != name.partition(".")[0]:
                 raise
-            raise SpectrumError(f"{name} is not installed; this needs the {extra!r} extra: "
-                                f"pip install 'spectrum-llm[{extra}]'") from err
+            raise SpectrumError(
+                f"{name} is not installed; this needs the {extra!r} extra: pip install 'spectrum-llm[{extra}]'"
+            ) from err
     return found

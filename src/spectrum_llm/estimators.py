@@ -14,9 +14,10 @@ that changes whenever its scores would.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .errors import SpectrumError
 
@@ -36,8 +37,12 @@ class Score:
     max_sv: float
 
     def stats(self) -> dict[str, float]:
-        return {"sigma": self.sigma, "threshold": self.threshold, "signal_rank": self.signal_rank,
-                "max_sv": self.max_sv}
+        return {
+            "sigma": self.sigma,
+            "threshold": self.threshold,
+            "signal_rank": self.signal_rank,
+            "max_sv": self.max_sv,
+        }
 
 
 def reference_snr(s: torch.Tensor, m: int, n: int) -> Score:
@@ -157,12 +162,27 @@ class Estimator:
     unscorable: Callable[[torch.Tensor, int, int], str | None]
 
 
-REGISTRY: dict[str, Estimator] = {e.name: e for e in (
-    Estimator("mp", scale_invariant=True, version=1, description="scale-invariant Marchenko-Pastur",
-              score=mp_snr, unscorable=_unscorable_mp),
-    Estimator("reference", scale_invariant=False, version=1, description="the published formula, exactly",
-              score=reference_snr, unscorable=_unscorable_any),
-)}
+REGISTRY: dict[str, Estimator] = {
+    e.name: e
+    for e in (
+        Estimator(
+            "mp",
+            scale_invariant=True,
+            version=1,
+            description="scale-invariant Marchenko-Pastur",
+            score=mp_snr,
+            unscorable=_unscorable_mp,
+        ),
+        Estimator(
+            "reference",
+            scale_invariant=False,
+            version=1,
+            description="the published formula, exactly",
+            score=reference_snr,
+            unscorable=_unscorable_any,
+        ),
+    )
+}
 ESTIMATORS = tuple(REGISTRY)
 DEFAULT = "mp"
 

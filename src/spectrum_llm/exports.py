@@ -41,8 +41,10 @@ def render(sel: Selection, fmt: str) -> str:
         return axolotl.to_txt(sel.patterns)
     if fmt == ".peft":
         return lora_config(sel).to_json()
-    raise SpectrumError(f"Unknown output format {fmt!r}: name the file .yaml (Axolotl), .json (spectrum-llm) or "
-                        ".txt (one pattern per line), use - for stdout, or pass --format peft (a LoraConfig).")
+    raise SpectrumError(
+        f"Unknown output format {fmt!r}: name the file .yaml (Axolotl), .json (spectrum-llm) or "
+        ".txt (one pattern per line), use - for stdout, or pass --format peft (a LoraConfig)."
+    )
 
 
 def write_selection(sel: Selection, path: str | os.PathLike, fmt: str | None = None) -> Path | None:
@@ -53,6 +55,8 @@ def write_selection(sel: Selection, path: str | os.PathLike, fmt: str | None = N
         return None
     path = Path(path)
     if not (fmt or path.suffix):
-        raise SpectrumError(f"{path} has no extension: name the file .yaml (Axolotl), .json (spectrum-llm) or .txt "
-                            "(one pattern per line), or use - for stdout.")
+        raise SpectrumError(
+            f"{path} has no extension: name the file .yaml (Axolotl), .json (spectrum-llm) or .txt "
+            "(one pattern per line), or use - for stdout."
+        )
     return write_text_atomic(path, render(sel, fmt or path.suffix))

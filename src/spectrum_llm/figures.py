@@ -96,12 +96,17 @@ def _grid_figure(grid: ScoreGrid) -> Figure:
 
 def _draw_grid(ax, grid: ScoreGrid, cmap_name: str, norm: Normalize):
     """Finite cells in colour, cells with modules but no finite score in grey, empty cells blank."""
-    image = ax.imshow(np.ma.masked_invalid(grid.values), cmap=colormaps[cmap_name], norm=norm, aspect="auto",
-                      interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_invalid(grid.values), cmap=colormaps[cmap_name], norm=norm, aspect="auto", interpolation="nearest"
+    )
     masked = grid.masked()
     if masked.any():
-        ax.imshow(np.ma.masked_where(~masked, np.ones(masked.shape)), cmap=ListedColormap([MASK_COLOUR]),
-                  aspect="auto", interpolation="nearest")
+        ax.imshow(
+            np.ma.masked_where(~masked, np.ones(masked.shape)),
+            cmap=ListedColormap([MASK_COLOUR]),
+            aspect="auto",
+            interpolation="nearest",
+        )
     _layer_ticks(ax, grid.layers)
     _type_ticks(ax, grid.types)
     return image
@@ -115,8 +120,9 @@ def heatmap_figure(grid: ScoreGrid, estimator: str, title: str = "") -> Figure:
     image = _draw_grid(ax, grid, "viridis", norm)
     marked = _mark_cells(ax, grid)
     bar = fig.colorbar(image, ax=ax, extend="both", fraction=0.08, pad=0.02)
-    bar.set_label(f"SNR score ({estimator or 'unknown'} estimator; {scale})\nhigher = more signal = trained first",
-                  fontsize=8)
+    bar.set_label(
+        f"SNR score ({estimator or 'unknown'} estimator; {scale})\nhigher = more signal = trained first", fontsize=8
+    )
     bar.ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(_wrap(legend_text(grid, marked), 90), fontsize=7)
@@ -153,8 +159,9 @@ def diff_figure(grid: ScoreGrid, label: str, title: str = "") -> Figure:
     ax.set_title(title, fontsize=9)
     masked = int(grid.masked().sum())
     if masked:
-        ax.set_xlabel(_wrap(f"grey: {masked} cells without a finite difference (+inf or skipped in either scan)",
-                            90), fontsize=7)
+        ax.set_xlabel(
+            _wrap(f"grey: {masked} cells without a finite difference (+inf or skipped in either scan)", 90), fontsize=7
+        )
     return fig
 
 
@@ -184,12 +191,10 @@ def spectrum_figure(sp: Spectrum) -> Figure:
     bins = np.linspace(0.0, top, min(120, max(20, len(s) // 4)))
     ax.hist(s, bins=bins, density=True, color="#7a9cc6", alpha=0.85, label=f"singular values ({len(s)})")
     x = np.linspace(top / 2000, top, 800)
-    ax.plot(x, mp_density(x, sp.sigma, m, n), color="black", lw=1.2,
-            label=f"Marchenko-Pastur, sigma={sp.sigma:.3g}")
+    ax.plot(x, mp_density(x, sp.sigma, m, n), color="black", lw=1.2, label=f"Marchenko-Pastur, sigma={sp.sigma:.3g}")
     ax.axvline(sp.edge, color=SELECTED_COLOUR, lw=1.2, ls="--", label=f"MP edge {sp.edge:.3g}")
     if not math.isclose(sp.threshold, sp.edge, rel_tol=1e-9):
-        ax.axvline(sp.threshold, color="#ff8c00", lw=1.2, ls=":",
-                   label=f"{sp.estimator} threshold {sp.threshold:.3g}")
+        ax.axvline(sp.threshold, color="#ff8c00", lw=1.2, ls=":", label=f"{sp.estimator} threshold {sp.threshold:.3g}")
     ax.set_yscale("symlog", linthresh=max(1e-6, float(mp_density(x, sp.sigma, m, n).max()) / 50))
     ax.set_xlabel("singular value")
     ax.set_ylabel("density")

@@ -55,16 +55,20 @@ class FreezeSummary:
         return self.trainable_params / self.total_params if self.total_params else 0.0
 
     def __str__(self) -> str:
-        lines = [f"trainable {self.trainable_params:,} of {self.total_params:,} parameters "
-                 f"({100 * self.fraction:.2f}%), {len(self.trainable)} tensors"]
+        lines = [
+            f"trainable {self.trainable_params:,} of {self.total_params:,} parameters "
+            f"({100 * self.fraction:.2f}%), {len(self.trainable)} tensors"
+        ]
         for t, (tr, tot) in self.per_type.items():
             if tr:
                 lines.append(f"  {t}: {tr:,} / {tot:,}")
         return "\n".join(lines)
 
 
-_EXPERT = re.compile(r"^(?P<pre>.+)\.(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\."
-                     r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$")
+_EXPERT = re.compile(
+    r"^(?P<pre>.+)\.(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\."
+    r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$"
+)
 _HALF = {"w1": 0, "gate_proj": 0, "w3": 1, "up_proj": 1}
 _MOE_BLOCK = ".block_sparse_moe."
 
@@ -106,8 +110,10 @@ def _merge(ranges: list[tuple[int, int | None]], size: int, name: str) -> list[t
     done = [(a, b if b is not None else size) for a, b in ranges]
     for a, b in done:
         if a < 0 or b > size or a >= b:
-            raise SpectrumError(f"Row range [{a}:{b}] does not fit {name} (dimension 0 has {size} rows). "
-                                "The selection was made for another model: select again from a scan of this one.")
+            raise SpectrumError(
+                f"Row range [{a}:{b}] does not fit {name} (dimension 0 has {size} rows). "
+                "The selection was made for another model: select again from a scan of this one."
+            )
     out: list[tuple[int, int]] = []
     for a, b in sorted(done):
         if out and a <= out[-1][1]:
@@ -136,8 +142,13 @@ def _hook(mask):
     return keep_rows
 
 
-def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *, strict: bool = True,
-           input_require_grads: bool = True) -> FreezeSummary:
+def freeze(
+    model: Any,
+    selection: Selection | str | os.PathLike | list[str],
+    *,
+    strict: bool = True,
+    input_require_grads: bool = True,
+) -> FreezeSummary:
     """Set ``requires_grad`` on ``model`` so that exactly the selection trains; return what trains.
 
     ``selection``: a Selection, a .yaml/.json/.txt file, or a list of Axolotl patterns. With
@@ -203,16 +214,21 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
                 mapped[pat.raw] = f"{name}[{region[0].start}, {_fmt(region[1])}]"
                 mask = _keep_mask(tuple(p.shape), [region])
                 matches[pat.raw].append((name, part_params(p.numel(), int(mask.sum()), mask.numel())))
-    notes = [f"{raw} names {alias}, which is tied to {canon} (one tensor, listed once by that name): like Axolotl, "
-             f"this pattern trains nothing; add ^{canon}$ to train the shared weight"
-             for raw, (alias, canon) in tied_only.items() if id(index[canon]) not in on]
+    notes = [
+        f"{raw} names {alias}, which is tied to {canon} (one tensor, listed once by that name): like Axolotl, "
+        f"this pattern trains nothing; add ^{canon}$ to train the shared weight"
+        for raw, (alias, canon) in tied_only.items()
+        if id(index[canon]) not in on
+    ]
     for note in notes:
         LOG.warning(note)
     if missing:
-        msg = (f"{len(missing)} of {len(pats)} selection patterns match no parameter of this model, e.g. "
-               f"{missing[0]!r} (the model has e.g. {named[0][0]!r}). The selection was made for another model or "
-               "naming: scan this model and select again (`spectrum scan MODEL -o scan.json`, then "
-               "`spectrum select scan.json`).")
+        msg = (
+            f"{len(missing)} of {len(pats)} selection patterns match no parameter of this model, e.g. "
+            f"{missing[0]!r} (the model has e.g. {named[0][0]!r}). The selection was made for another model or "
+            "naming: scan this model and select again (`spectrum scan MODEL -o scan.json`, then "
+            "`spectrum select scan.json`)."
+        )
         if strict or len(missing) == len(pats):
             raise SpectrumError(msg)
         LOG.warning(msg)
@@ -223,8 +239,9 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
     for h in old:
         h.remove()
     hooks = []
-    summary = FreezeSummary(trainable_params=0, total_params=0, mapped=mapped, notes=notes, matches=matches,
-                            unmatched=missing)
+    summary = FreezeSummary(
+        trainable_params=0, total_params=0, mapped=mapped, notes=notes, matches=matches, unmatched=missing
+    )
     for pid, p in by_id.items():
         name = names[pid][0]
         p.requires_grad_(pid in on)
@@ -238,8 +255,9 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
             if reg:
                 mask = _keep_mask(tuple(p.shape), reg)
                 trained = part_params(n, int(mask.sum()), mask.numel())
-                summary.partial[name] = [f"[{r[0].start}:{r[0].stop}" + (f", {_fmt(r[1])}]" if len(r) > 1 else "]")
-                                         for r in reg]
+                summary.partial[name] = [
+                    f"[{r[0].start}:{r[0].stop}" + (f", {_fmt(r[1])}]" if len(r) > 1 else "]") for r in reg
+                ]
                 hooks.append(p.register_hook(_hook(mask)))
         summary.trainable_params += trained
         summary.total_params += n
@@ -251,8 +269,12 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
 
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     weight = getattr(emb, "weight", None)
-    if input_require_grads and weight is not None and not weight.requires_grad \
-            and hasattr(model, "enable_input_require_grads"):
+    if (
+        input_require_grads
+        and weight is not None
+        and not weight.requires_grad
+        and hasattr(model, "enable_input_require_grads")
+    ):
         model.enable_input_require_grads()
         summary.input_require_grads = True
     return summary
@@ -262,4 +284,3 @@ def _fmt(s: slice) -> str:
     if s == slice(None):
         return ":"
     return f"{s.start or ''}:{s.stop if s.stop is not None else ''}"
-

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -63,8 +63,12 @@ def _score_of(m: ModuleScore) -> float | None:
     return m.snr if m.ranked else None
 
 
-def score_grid(scan: ScanResult, selected: Iterable[str] = (), kinds: tuple[str, ...] = RANKED_KINDS,
-               value: Callable[[ModuleScore], float | None] = _score_of) -> ScoreGrid:
+def score_grid(
+    scan: ScanResult,
+    selected: Iterable[str] = (),
+    kinds: tuple[str, ...] = RANKED_KINDS,
+    value: Callable[[ModuleScore], float | None] = _score_of,
+) -> ScoreGrid:
     """Aggregate a scan's modules of ``kinds`` into a layer x type grid of the median ``value``.
 
     Modules outside the layers (embeddings, lm_head, final norm; any kind) have no row and are returned

@@ -12,9 +12,10 @@ import base64
 import html
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,15 @@ from .errors import SpectrumError
 from .figures import Spectrum, heatmap_figure, legend_text, params_figure, png_bytes, spectrum_figure
 from .grids import ScoreGrid, as_scan, score_grid
 from .params import trainable_by_type
-from .results import (RANKED_KINDS, ModuleScore, ScanResult, check_writable, storage_summary, write_bytes_atomic,
-                      write_text_atomic)
+from .results import (
+    RANKED_KINDS,
+    ModuleScore,
+    ScanResult,
+    check_writable,
+    storage_summary,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from .scanner import module_singular_values
 from .selection import count_params, load_selection, rule_text, tied_embeddings
 from .tables import format_score
@@ -59,13 +67,20 @@ def _title(scan: ScanResult) -> str:
 
 def _require_cells(grid: ScoreGrid, scan: ScanResult) -> None:
     if not grid.layers:
-        raise SpectrumError(f"The scan of {scan.model!r} has no scored linear modules inside layers, so there is "
-                            "nothing to draw. Check the scan (`spectrum show SCAN`) or re-run it without --modules.")
+        raise SpectrumError(
+            f"The scan of {scan.model!r} has no scored linear modules inside layers, so there is "
+            "nothing to draw. Check the scan (`spectrum show SCAN`) or re-run it without --modules."
+        )
 
 
-def report(scan: ScanResult | str | os.PathLike, selection: Any = None, output: str | os.PathLike | None = "report.html",
-           png: str | os.PathLike | None = None, module: str | None = None,
-           model: str | os.PathLike | None = None) -> ReportFiles:
+def report(
+    scan: ScanResult | str | os.PathLike,
+    selection: Any = None,
+    output: str | os.PathLike | None = "report.html",
+    png: str | os.PathLike | None = None,
+    module: str | None = None,
+    model: str | os.PathLike | None = None,
+) -> ReportFiles:
     """Write a self-contained HTML report of a scan (and a selection), and/or the heatmap alone as PNG.
 
     The report holds the heatmap, the spectrum of ``module`` read from the checkpoint ``model`` against
@@ -81,7 +96,6 @@ def report(scan: ScanResult | str | os.PathLike, selection: Any = None, output: 
             check_writable(path)
     sel = None
     if selection is not None:
-
         sel = load_selection(selection)
     chosen = selected_modules(sel, scan)
     grid = score_grid(scan, chosen)
@@ -120,15 +134,19 @@ def type_rows(scan: ScanResult, selected: Iterable[str]) -> list[dict[str, Any]]
     for t, mods in scan.by_type().items():
         scores = [m.snr for m in mods if m.ranked]
         finite = [s for s in scores if math.isfinite(s)]
-        out.append({
-            "type": t, "kind": mods[0].kind, "modules": len(mods),
-            "scored": len(scores), "inf": len(scores) - len(finite),
-            "median": float(np.median(finite)) if finite else None,
-            "max": max(finite) if finite else None,
-            "selected": sum(m.name in chosen for m in mods),
-        })
+        out.append(
+            {
+                "type": t,
+                "kind": mods[0].kind,
+                "modules": len(mods),
+                "scored": len(scores),
+                "inf": len(scores) - len(finite),
+                "median": float(np.median(finite)) if finite else None,
+                "max": max(finite) if finite else None,
+                "selected": sum(m.name in chosen for m in mods),
+            }
+        )
     return out
-
 
 
 def selection_text(scan: ScanResult, sel: Any, selected: list[str]) -> str:
@@ -142,48 +160,68 @@ def selection_text(scan: ScanResult, sel: Any, selected: list[str]) -> str:
         tied = tied_embeddings(scan)
         names = [n + (" (tied to lm_head)" if tied and n.endswith("embed_tokens") else "") for n in others]
         listed = ", ".join(names[:4]) + (" …" if len(names) > 4 else "")
-        what += (f" and {listed}" if len(names) == 1 else f" and {len(names)} more modules ({listed})") + \
-            ", which the heatmap does not draw"
+        what += (
+            f" and {listed}" if len(names) == 1 else f" and {len(names)} more modules ({listed})"
+        ) + ", which the heatmap does not draw"
     if trainable is not None and total:
         amount = f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.1f}%)"
     else:
         amount = f"{len(selected)} of {len(scan.modules)} modules (the scan records no shapes to count parameters)"
     rule = rule_text(sel)
-    how = (f"Chosen by {rule}." if rule else f"The rule is not recorded in {sel.rule.get('source', 'the selection')}"
-           " (a .json selection from `spectrum select` records it).")
+    how = (
+        f"Chosen by {rule}."
+        if rule
+        else f"The rule is not recorded in {sel.rule.get('source', 'the selection')}"
+        " (a .json selection from `spectrum select` records it)."
+    )
     return f"Trains {amount}: {what}. {how}"
 
 
-def render_html(scan: ScanResult, grid: ScoreGrid, heat_png: bytes, selected: list[str], sel: Any,
-                spectrum: Spectrum | None) -> str:
+def render_html(
+    scan: ScanResult, grid: ScoreGrid, heat_png: bytes, selected: list[str], sel: Any, spectrum: Spectrum | None
+) -> str:
     esc = html.escape
-    figures = [f"<figure>{_img(heat_png, 'score heatmap')}<figcaption>Rows: layers; columns: module types "
-               f"({esc(scan.estimator or 'unknown')} estimator). A higher score means more signal above the noise "
-               "of a random matrix of the same shape: selection trains the highest-scoring modules first. "
-               f"{esc(legend_text(grid))}.</figcaption></figure>"]
+    figures = [
+        f"<figure>{_img(heat_png, 'score heatmap')}<figcaption>Rows: layers; columns: module types "
+        f"({esc(scan.estimator or 'unknown')} estimator). A higher score means more signal above the noise "
+        "of a random matrix of the same shape: selection trains the highest-scoring modules first. "
+        f"{esc(legend_text(grid))}.</figcaption></figure>"
+    ]
     if spectrum is not None:
-        figures.append(f"<figure>{_img(png_bytes(spectrum_figure(spectrum)), 'spectrum of ' + spectrum.name)}"
-                       "<figcaption>Singular values of the module against the Marchenko-Pastur density of a pure-"
-                       "noise matrix of the same shape and fitted noise scale; values right of the edge are signal."
-                       "</figcaption></figure>")
-    parts = [f"<h1>Spectrum report: {esc(scan.model or 'scan')}</h1>",
-             f'<p class="meta">estimator: <b>{esc(scan.estimator or "unknown")}</b> · {len(scan.modules)} entries: '
-             f"{esc(scan.tally())} · {len(grid.layers)} layers · {len(scan.types())} types · layout {esc(scan.layout)}"
-             + (f" · fingerprint {esc(scan.fingerprint[:16])}" if scan.fingerprint else "") + "</p>"]
+        figures.append(
+            f"<figure>{_img(png_bytes(spectrum_figure(spectrum)), 'spectrum of ' + spectrum.name)}"
+            "<figcaption>Singular values of the module against the Marchenko-Pastur density of a pure-"
+            "noise matrix of the same shape and fitted noise scale; values right of the edge are signal."
+            "</figcaption></figure>"
+        )
+    parts = [
+        f"<h1>Spectrum report: {esc(scan.model or 'scan')}</h1>",
+        f'<p class="meta">estimator: <b>{esc(scan.estimator or "unknown")}</b> · {len(scan.modules)} entries: '
+        f"{esc(scan.tally())} · {len(grid.layers)} layers · {len(scan.types())} types · layout {esc(scan.layout)}"
+        + (f" · fingerprint {esc(scan.fingerprint[:16])}" if scan.fingerprint else "")
+        + "</p>",
+    ]
     if storage_summary(scan):
-        parts.append(f'<p class="meta">{esc(storage_summary(scan))}: quantization rounding adds noise to their '
-                     "spectra (see docs/estimators.md).</p>")
+        parts.append(
+            f'<p class="meta">{esc(storage_summary(scan))}: quantization rounding adds noise to their '
+            "spectra (see docs/estimators.md).</p>"
+        )
     if sel is not None:
         parts.append(f"<p><b>Selection.</b> {esc(selection_text(scan, sel, selected))}</p>")
     parts.append('<div class="row">' + "".join(figures) + "</div>")
     if sel is not None:
         rows, unit = trainable_by_type(scan, selected)
-        parts.append(f"<h2>Selected by type</h2><p>Per module type: selected (red) against all (grey) {esc(unit)}."
-                     "</p>" + _img(png_bytes(params_figure(rows, unit)), "trainable parameters by type"))
+        parts.append(
+            f"<h2>Selected by type</h2><p>Per module type: selected (red) against all (grey) {esc(unit)}."
+            "</p>" + _img(png_bytes(params_figure(rows, unit)), "trainable parameters by type")
+        )
     if grid.outside:
         names = ", ".join(esc(m.name) for m in grid.outside[:12])
-        parts.append(f"<p class=\"meta\">Outside the layers (not in the heatmap): {names}"
-                     + (" …" if len(grid.outside) > 12 else "") + "</p>")
+        parts.append(
+            f'<p class="meta">Outside the layers (not in the heatmap): {names}'
+            + (" …" if len(grid.outside) > 12 else "")
+            + "</p>"
+        )
     head = "".join(f"<th>{h}</th>" for h in ("type", "kind", "modules", "scored", "+inf", "median", "max", "selected"))
     body = "".join(
         f"<tr><td>{esc(r['type'])}</td><td>{esc(r['kind'])}</td><td>{r['modules']}</td><td>{r['scored']}</td>"
@@ -193,8 +231,10 @@ def render_html(scan: ScanResult, grid: ScoreGrid, heat_png: bytes, selected: li
     )
     parts.append(f"<h2>Module types</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
     title = esc(f"Spectrum report: {scan.model}")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def selected_modules(selection: Any, scan: ScanResult) -> list[str]:
@@ -237,5 +277,6 @@ def module_spectrum(scan: ScanResult, module: str, model: str | os.PathLike) -> 
     (rows, cols), s = module_singular_values(model, _find_module(scan, module), estimator)
     sc = estimators.score(s, rows, cols, estimator)
     sigma = estimators.mp_sigma(s, rows, cols)
-    return Spectrum(module, (rows, cols), s.numpy(), sigma, estimators.mp_edge(sigma, rows, cols), sc.threshold,
-                    estimator, sc.snr)
+    return Spectrum(
+        module, (rows, cols), s.numpy(), sigma, estimators.mp_edge(sigma, rows, cols), sc.threshold, estimator, sc.snr
+    )

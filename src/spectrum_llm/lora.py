@@ -37,8 +37,16 @@ from .results import write_text_atomic
 from .selection import Selection, load_selection
 
 _PER_EXPERT = re.compile(r"\.experts\.\d+\.")
-_CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "rank_pattern", "alpha_pattern", "bias",
-                "task_type")
+_CONFIG_KEYS = (
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "rank_pattern",
+    "alpha_pattern",
+    "bias",
+    "task_type",
+)
 
 
 @dataclass
@@ -66,14 +74,18 @@ class LoraPlan:
 
     def __str__(self) -> str:
         rs = sorted(self.ranks.values())
-        size = f"{self.adapter_params:,} adapter parameters" if self.adapter_params is not None else \
-            "adapter size unknown (the scan has no shapes: pass --model)"
+        size = (
+            f"{self.adapter_params:,} adapter parameters"
+            if self.adapter_params is not None
+            else "adapter size unknown (the scan has no shapes: pass --model)"
+        )
         if self.adapter_params is not None and self.total_params:
             size += f" ({100 * self.adapter_params / self.total_params:.2f}% of {self.total_params:,})"
         line = f"LoRA on {len(self.ranks)} modules, ranks {rs[0]}..{rs[-1]}, {size}"
         if self.left_out:
-            line += f"; left out {len(self.left_out)}: " + ", ".join(f"{k} ({v})" for k, v in
-                                                                    list(self.left_out.items())[:3])
+            line += f"; left out {len(self.left_out)}: " + ", ".join(
+                f"{k} ({v})" for k, v in list(self.left_out.items())[:3]
+            )
             line += ", ..." if len(self.left_out) > 3 else ""
         return line
 
@@ -103,9 +115,15 @@ def _positions(names: list[str], scores: dict[str, float | None]) -> list[float]
     return out
 
 
-def lora_config(selection: "Selection | str | os.PathLike | list[str]", *, max_rank: int = 32,
-                min_rank: int | None = None, alpha_ratio: float = 2.0, dropout: float = 0.0,
-                model: Any = None) -> LoraPlan:
+def lora_config(
+    selection: Selection | str | os.PathLike | list[str],
+    *,
+    max_rank: int = 32,
+    min_rank: int | None = None,
+    alpha_ratio: float = 2.0,
+    dropout: float = 0.0,
+    model: Any = None,
+) -> LoraPlan:
     """A Spectrum-guided LoRA plan for ``selection`` (ranks by score; see the module docstring).
 
     ``min_rank`` defaults to a quarter of ``max_rank``. ``model`` (a module or a folder, built on the meta
@@ -128,8 +146,12 @@ def lora_config(selection: "Selection | str | os.PathLike | list[str]", *, max_r
         for name, q in zip(names, places):
             target = pattern_module(by_entry_pattern.get(name, "")) or name
             why = _why_not(target)
-            if why is None and target.rsplit(".", 1)[-1] in ("gate_up_proj", "down_proj") and ".experts." in target \
-                    and has_rows(by_entry_pattern.get(name, "")):
+            if (
+                why is None
+                and target.rsplit(".", 1)[-1] in ("gate_up_proj", "down_proj")
+                and ".experts." in target
+                and has_rows(by_entry_pattern.get(name, ""))
+            ):
                 why = "one expert of a fused 3-D expert tensor: LoRA adapts modules, not one expert's slice"
             if why:
                 left_out[name] = why
@@ -138,27 +160,36 @@ def lora_config(selection: "Selection | str | os.PathLike | list[str]", *, max_r
             ranks[target] = max(ranks.get(target, 0), r)
     sizes, total = _sizes(sel, model, ranks, left_out)
     if not ranks:
-        raise SpectrumError("The selection has no module LoRA can adapt (" + "; ".join(
-            f"{k}: {v}" for k, v in list(left_out.items())[:2]) + "). Select weight matrices, or use "
-            "--method spectrum to train the selection whole.")
+        raise SpectrumError(
+            "The selection has no module LoRA can adapt ("
+            + "; ".join(f"{k}: {v}" for k, v in list(left_out.items())[:2])
+            + "). Select weight matrices, or use "
+            "--method spectrum to train the selection whole."
+        )
     alphas = {t: _num(alpha_ratio * r) for t, r in ranks.items()}
     config = {
-        "r": min_rank, "lora_alpha": _num(alpha_ratio * min_rank), "lora_dropout": dropout,
-        "target_modules": list(ranks), "bias": "none", "task_type": "CAUSAL_LM",
+        "r": min_rank,
+        "lora_alpha": _num(alpha_ratio * min_rank),
+        "lora_dropout": dropout,
+        "target_modules": list(ranks),
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
         "rank_pattern": {re.escape(t): r for t, r in ranks.items()},
         "alpha_pattern": {re.escape(t): a for t, a in alphas.items()},
     }
     adapter = sum(ranks[t] * sizes[t] for t in ranks) if sizes is not None else None
-    return LoraPlan(config=config, ranks=ranks, adapter_params=adapter, total_params=total or sel.total_params,
-                    left_out=left_out)
+    return LoraPlan(
+        config=config, ranks=ranks, adapter_params=adapter, total_params=total or sel.total_params, left_out=left_out
+    )
 
 
 def _num(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
 
 
-def _sizes(sel: Selection, model: Any, ranks: dict[str, int],
-           left_out: dict[str, str]) -> tuple[dict[str, int] | None, int | None]:
+def _sizes(
+    sel: Selection, model: Any, ranks: dict[str, int], left_out: dict[str, str]
+) -> tuple[dict[str, int] | None, int | None]:
     """in + out features of each target (so rank r costs r * (in + out) parameters), and the model's size."""
     if model is None:
         shapes = {t: sel.shapes.get(t) for t in ranks}

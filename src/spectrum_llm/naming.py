@@ -14,8 +14,21 @@ from dataclasses import dataclass
 
 _BLOCK = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer|block|decoder_layers))\.(?P<layer>\d+)\.(?P<rest>.+)$")
 _EXPERT = re.compile(r"(?:^|\.)experts\.(?P<expert>\d+)\.")
-_QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_scale", ".weight_scale_inv", ".SCB", ".CB",
-                   ".absmax", ".quant_map", ".quant_state", ".input_scale", ".weight_zero_point")
+_QUANT_SUFFIXES = (
+    ".qweight",
+    ".qzeros",
+    ".scales",
+    ".g_idx",
+    ".weight_scale",
+    ".weight_scale_inv",
+    ".SCB",
+    ".CB",
+    ".absmax",
+    ".quant_map",
+    ".quant_state",
+    ".input_scale",
+    ".weight_zero_point",
+)
 
 
 @dataclass(frozen=True)

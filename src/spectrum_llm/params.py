@@ -7,7 +7,8 @@ embedding counts once (as the embedding), under the name Axolotl's patterns matc
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .grids import column_type
 from .results import RANKED_KINDS, ModuleScore, ScanResult

@@ -41,7 +41,7 @@ def reference_type(name: str) -> str:
     """The reference tool's type of a module: the name after its first all-digit part, else the name."""
     parts = name.split(".")
     i = next((k for k, p in enumerate(parts) if p.isdigit()), -1)
-    return ".".join(parts[i + 1:]) if i != -1 else name
+    return ".".join(parts[i + 1 :]) if i != -1 else name
 
 
 def sort_types(types: list[str]) -> list[str]:
@@ -121,5 +121,6 @@ def top_by_type(scan: ScanResult, top_percent: float) -> dict[str, list[tuple[st
     groups: dict[str, list[tuple[str, float]]] = {}
     for name, type_, snr in entries(scan):
         groups.setdefault(type_, []).append((name, snr))
-    return {t: sorted(ms, key=lambda x: x[1], reverse=True)[: int(len(ms) * top_percent / 100)]
-            for t, ms in groups.items()}
+    return {
+        t: sorted(ms, key=lambda x: x[1], reverse=True)[: int(len(ms) * top_percent / 100)] for t, ms in groups.items()
+    }

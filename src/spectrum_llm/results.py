@@ -14,9 +14,10 @@ import os
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import SpectrumError
 
@@ -63,7 +64,7 @@ class ModuleScore:
         return {k: v for k, v in d.items() if v not in (None, {}) or k in ("snr", "layer")}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ModuleScore":
+    def from_json(cls, d: dict[str, Any]) -> ModuleScore:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -316,8 +317,16 @@ def _from_reference(data: dict[str, Any], where: str, model: str) -> ScanResult:
         if snr is None:
             skipped = "the scan recorded no score (NaN)"
         modules.append(
-            ModuleScore(name=name, type=type_, layer=_layer_of(name), shape=[], snr=snr,
-                        kind=_reference_kind(name), param=name + ".weight", skipped=skipped)
+            ModuleScore(
+                name=name,
+                type=type_,
+                layer=_layer_of(name),
+                shape=[],
+                snr=snr,
+                kind=_reference_kind(name),
+                param=name + ".weight",
+                skipped=skipped,
+            )
         )
     return ScanResult(model=model, estimator="reference", modules=modules, layout=layout)
 

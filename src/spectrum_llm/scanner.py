@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -27,8 +27,24 @@ from .results import ModuleScore, ScanResult, check_writable, load_scan, output_
 from .spectra import METHODS, float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
-_GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-                       "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS")
+_GGUF_DEQUANTIZABLE = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "Q8_K",
+    "IQ4_NL",
+    "IQ4_XS",
+)
 
 
 def _natural_key(name: str):
@@ -37,16 +53,19 @@ def _natural_key(name: str):
 
 def _readable(info: TensorInfo) -> bool:
     """Float weights, GGUF blocks that dequantize exactly to what llama.cpp computes with, fp8 and MXFP4."""
-    return not is_quantization_aux(info.name) and (info.dtype.upper() in _FLOAT_DTYPES
-                                                   or info.dtype in _GGUF_DEQUANTIZABLE or info.dequantizable)
+    return not is_quantization_aux(info.name) and (
+        info.dtype.upper() in _FLOAT_DTYPES or info.dtype in _GGUF_DEQUANTIZABLE or info.dequantizable
+    )
 
 
 def _unreadable(info: TensorInfo) -> str:
     """Why a tensor's values cannot be read: the quantization method and the fix where it is known."""
     if info.scheme is not None and info.scheme.why:
         return info.scheme.why
-    return (f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
-            "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model.")
+    return (
+        f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
+        "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model."
+    )
 
 
 def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
@@ -65,8 +84,20 @@ def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
 
 def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
     p = parse(info.name, len(info.shape))
-    return [ModuleScore(name=p.module, type=p.type, layer=p.layer, shape=list(info.shape), snr=None, kind=p.kind,
-                        param=info.name, expert=p.expert, numel=_numel(info.shape), skipped=reason)]
+    return [
+        ModuleScore(
+            name=p.module,
+            type=p.type,
+            layer=p.layer,
+            shape=list(info.shape),
+            snr=None,
+            kind=p.kind,
+            param=info.name,
+            expert=p.expert,
+            numel=_numel(info.shape),
+            skipped=reason,
+        )
+    ]
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -96,8 +127,9 @@ def _finite(w: torch.Tensor, chunk: int = 2**22) -> bool:
     return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
-def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
-                config: dict) -> list[tuple[ModuleScore, torch.Tensor | None]]:
+def plan_tensor(
+    info: TensorInfo, w: torch.Tensor | None, config: dict
+) -> list[tuple[ModuleScore, torch.Tensor | None]]:
     """The modules one checkpoint tensor yields (one matrix, one per expert, plus fused parts), each with the
     matrix to decompose, or None where the module is skipped (the reason is already in it)."""
     if not _readable(info):
@@ -109,32 +141,81 @@ def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
     assert w is not None
     if not _finite(w):
         bad = int((~torch.isfinite(w)).sum())
-        return [(m, None) for m in _skip(info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; "
-                                               "re-download or re-convert it")]
+        return [
+            (m, None)
+            for m in _skip(
+                info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; re-download or re-convert it"
+            )
+        ]
     p = parse(info.name, len(info.shape))
     out: list[tuple[ModuleScore, torch.Tensor | None]] = []
     if len(info.shape) == 3:
         base, leaf = p.module.rsplit(".", 1)
         for e in range(info.shape[0]):
-            out.append((ModuleScore(name=f"{base}.{e}.{leaf}", type=p.type, layer=p.layer, shape=list(info.shape[1:]),
-                                    snr=None, kind=p.kind, param=info.name, expert=e, rows=[e, e + 1],
-                                    numel=_numel(info.shape[1:])), w[e]))
+            out.append(
+                (
+                    ModuleScore(
+                        name=f"{base}.{e}.{leaf}",
+                        type=p.type,
+                        layer=p.layer,
+                        shape=list(info.shape[1:]),
+                        snr=None,
+                        kind=p.kind,
+                        param=info.name,
+                        expert=e,
+                        rows=[e, e + 1],
+                        numel=_numel(info.shape[1:]),
+                    ),
+                    w[e],
+                )
+            )
     else:
-        out.append((ModuleScore(name=p.module, type=p.type, layer=p.layer, shape=list(info.shape), snr=None,
-                                kind=p.kind, param=info.name, expert=p.expert, numel=_numel(info.shape)), w))
+        out.append(
+            (
+                ModuleScore(
+                    name=p.module,
+                    type=p.type,
+                    layer=p.layer,
+                    shape=list(info.shape),
+                    snr=None,
+                    kind=p.kind,
+                    param=info.name,
+                    expert=p.expert,
+                    numel=_numel(info.shape),
+                ),
+                w,
+            )
+        )
         for part, dim, a, b in fused_parts(info.name, info.shape, config):
             piece = w[a:b] if dim == 0 else w[:, a:b]
-            out.append((ModuleScore(name=f"{p.module}.{part}", type=f"{p.type}.{part}", layer=p.layer,
-                                    shape=list(piece.shape), snr=None, kind=p.kind, param=info.name, expert=p.expert,
-                                    part=part, rows=[a, b], dim=dim, numel=piece.numel()), piece))
-    for mod, mat in out:
+            out.append(
+                (
+                    ModuleScore(
+                        name=f"{p.module}.{part}",
+                        type=f"{p.type}.{part}",
+                        layer=p.layer,
+                        shape=list(piece.shape),
+                        snr=None,
+                        kind=p.kind,
+                        param=info.name,
+                        expert=p.expert,
+                        part=part,
+                        rows=[a, b],
+                        dim=dim,
+                        numel=piece.numel(),
+                    ),
+                    piece,
+                )
+            )
+    for mod, _mat in out:
         if min(mod.shape) < 2:
             mod.skipped = f"{mod.shape[0]}x{mod.shape[1]} matrix: too few singular values for a noise estimate"
     return [(mod, None if mod.skipped else mat) for mod, mat in out]
 
 
-def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict,
-                 device: str = "cpu", method: str = "gram") -> list[ModuleScore]:
+def score_tensor(
+    info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict, device: str = "cpu", method: str = "gram"
+) -> list[ModuleScore]:
     """All module scores one checkpoint tensor yields: one matrix, one per expert, plus fused parts."""
     out = []
     for mod, mat in plan_tensor(info, w, config):
@@ -142,8 +223,9 @@ def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, confi
     return out
 
 
-def module_singular_values(model: str | os.PathLike, module: ModuleScore,
-                           estimator: str) -> tuple[tuple[int, int], torch.Tensor]:
+def module_singular_values(
+    model: str | os.PathLike, module: ModuleScore, estimator: str
+) -> tuple[tuple[int, int], torch.Tensor]:
     """The shape and singular values of the matrix a scan scored as ``module``, read again from ``model``.
 
     The tensor goes through ``plan_tensor`` as in the scan, so an expert or a fused part is cut exactly as it
@@ -153,21 +235,28 @@ def module_singular_values(model: str | os.PathLike, module: ModuleScore,
     param = module.param or module.name + ".weight"
     info = next((t for t in ckpt.tensors if t.name == param), None)
     if info is None:
-        raise SpectrumError(f"{model} has no tensor {param!r}, which the scan scored for {module.name}. Pass the "
-                            "checkpoint this scan was made from (--model).")
+        raise SpectrumError(
+            f"{model} has no tensor {param!r}, which the scan scored for {module.name}. Pass the "
+            "checkpoint this scan was made from (--model)."
+        )
     w = ckpt.load(info) if len(info.shape) > 1 and _readable(info) else None
     rows = list(module.rows) if module.rows is not None else None
-    planned = next(((m, mat) for m, mat in plan_tensor(info, w, ckpt.config)
-                    if (m.rows, m.part) == (rows, module.part)), None)
+    planned = next(
+        ((m, mat) for m, mat in plan_tensor(info, w, ckpt.config) if (m.rows, m.part) == (rows, module.part)), None
+    )
     if planned is None:
-        raise SpectrumError(f"{model} does not cut {param!r} {tuple(info.shape)} into {module.name} as the scan did. "
-                            "Pass the checkpoint this scan was made from (--model).")
+        raise SpectrumError(
+            f"{model} does not cut {param!r} {tuple(info.shape)} into {module.name} as the scan did. "
+            "Pass the checkpoint this scan was made from (--model)."
+        )
     mod, mat = planned
     s = singular_values(mat) if mat is not None else None
     why = mod.skipped if s is None else unscorable(s, *mod.shape, estimator)
     if why or s is None:
-        raise SpectrumError(f"{module.name} has no spectrum to draw: {why}. Pick another module "
-                            "(`spectrum show SCAN` lists the scored ones).")
+        raise SpectrumError(
+            f"{module.name} has no spectrum to draw: {why}. Pick another module "
+            "(`spectrum show SCAN` lists the scored ones)."
+        )
     return (mod.shape[0], mod.shape[1]), s
 
 
@@ -242,18 +331,41 @@ def _share(tensors: list[TensorInfo], rank: int, world: int) -> list[TensorInfo]
 
 def _progress(enabled: bool):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"),
-                    TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("left"),
-                    TimeRemainingColumn(), disable=not enabled, console=Console(stderr=True))
+    return Progress(
+        TextColumn("[bold]scan"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tensors"),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        console=Console(stderr=True),
+    )
 
 
-def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLike | None = None,
-         estimator: str = estimators.DEFAULT, device: str = "cpu", modules: str | None = None,
-         reference_json: str | os.PathLike | None = None, resume: bool = True, progress: bool = False,
-         method: str = "gram") -> ScanResult:
+def scan(
+    model: str | os.PathLike | torch.nn.Module,
+    *,
+    output: str | os.PathLike | None = None,
+    estimator: str = estimators.DEFAULT,
+    device: str = "cpu",
+    modules: str | None = None,
+    reference_json: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    method: str = "gram",
+) -> ScanResult:
     """Score every weight matrix of a checkpoint (folder, file, hub id in the cache) or an in-memory model.
 
     Returns the ScanResult and, with ``output``, writes it as JSON. ``modules`` is a regex on tensor names;
@@ -280,8 +392,13 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         check_writable(out)
     if reference_json is not None:
         check_writable(reference_json, folder=True)
-    header = {"fingerprint": fingerprint, "estimator": estimator, "estimator_version": version,
-              "modules_regex": modules, "method": method}
+    header = {
+        "fingerprint": fingerprint,
+        "estimator": estimator,
+        "estimator_version": version,
+        "modules_regex": modules,
+        "method": method,
+    }
     key = cache.source_fingerprint(ckpt.root) if ckpt.format == "safetensors" else None
     cache_file = cache.scan_path(key or fingerprint, estimator, method) if modules is None else None
     cached = _cached(out, header) if out is not None and resume and out.is_file() else None
@@ -324,9 +441,16 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         results = {p: [ModuleScore.from_json(m) for m in ms] for part in gathered for p, ms in part.items()}
     flat = [m for p in sorted(results, key=_natural_key) for m in results[p]]
     _mark_storage(flat, ckpt)
-    result = ScanResult(model=str(model), estimator=estimator, modules=flat, fingerprint=fingerprint,
-                        version=__version__, modules_regex=modules, config=_config_summary(ckpt),
-                        estimator_version=version)
+    result = ScanResult(
+        model=str(model),
+        estimator=estimator,
+        modules=flat,
+        fingerprint=fingerprint,
+        version=__version__,
+        modules_regex=modules,
+        config=_config_summary(ckpt),
+        estimator_version=version,
+    )
     if rank == 0:
         if out is not None:
             result.save(out)
@@ -345,8 +469,17 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
     return result
 
 
-def _run(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Journal | None, estimator: str,
-         device: str, method: str, show: bool, total: int) -> None:
+def _run(
+    ckpt: Checkpoint,
+    todo: list[TensorInfo],
+    results: dict,
+    journal: _Journal | None,
+    estimator: str,
+    device: str,
+    method: str,
+    show: bool,
+    total: int,
+) -> None:
     """Score tensors in order, reading tensor i+1 on a thread while tensor i is decomposed."""
     import time
 
@@ -398,7 +531,7 @@ class _Stager:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._work, name="spectrum-stager", daemon=True)
 
-    def __enter__(self) -> "_Stager":
+    def __enter__(self) -> _Stager:
         self.thread.start()
         return self
 
@@ -473,8 +606,14 @@ class _Solver:
     ``add`` and ``flush`` return the tensors whose modules are all scored.
     """
 
-    def __init__(self, device: torch.device, method: str, estimator: str, bucket_bytes: int = _BUCKET_BYTES,
-                 max_open: int = _MAX_OPEN):
+    def __init__(
+        self,
+        device: torch.device,
+        method: str,
+        estimator: str,
+        bucket_bytes: int = _BUCKET_BYTES,
+        max_open: int = _MAX_OPEN,
+    ):
         self.device, self.method, self.estimator = device, method, estimator
         self.bucket_bytes, self.max_open = bucket_bytes, max_open
         self.buckets: dict[int, list[tuple[str, ModuleScore, torch.Tensor]]] = {}
@@ -517,8 +656,17 @@ class _Solver:
         return done
 
 
-def _run_staged(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Journal | None, estimator: str,
-                device: str, method: str, show: bool, total: int) -> None:
+def _run_staged(
+    ckpt: Checkpoint,
+    todo: list[TensorInfo],
+    results: dict,
+    journal: _Journal | None,
+    estimator: str,
+    device: str,
+    method: str,
+    show: bool,
+    total: int,
+) -> None:
     """The GPU scan: tensors staged ahead through pinned memory, Gram and eigensolver on the device, batched."""
     import sys
     import time
@@ -561,16 +709,31 @@ def _cached(out: Path, header: dict, source: str | None = None) -> ScanResult | 
         data = json.loads(out.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
-    same = (data.get("fingerprint") in (header["fingerprint"], source) and data.get("estimator") == header["estimator"]
-            and data.get("estimator_version", 1) == header["estimator_version"]  # unrecorded: made by version 1
-            and data.get("modules_regex") == header["modules_regex"])
+    same = (
+        data.get("fingerprint") in (header["fingerprint"], source)
+        and data.get("estimator") == header["estimator"]
+        and data.get("estimator_version", 1) == header["estimator_version"]  # unrecorded: made by version 1
+        and data.get("modules_regex") == header["modules_regex"]
+    )
     return load_scan(out) if same else None
 
 
 def _config_summary(ckpt: Checkpoint) -> dict:
-    keys = ("model_type", "architectures", "num_hidden_layers", "hidden_size", "intermediate_size",
-            "num_attention_heads", "num_key_value_heads", "num_local_experts", "num_experts", "n_layer", "n_embd",
-            "gguf_name", "tie_word_embeddings")
+    keys = (
+        "model_type",
+        "architectures",
+        "num_hidden_layers",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "num_local_experts",
+        "num_experts",
+        "n_layer",
+        "n_embd",
+        "gguf_name",
+        "tie_word_embeddings",
+    )
     cfg = {k: ckpt.config[k] for k in keys if k in ckpt.config}
     cfg["format"] = ckpt.format
     if method_label(ckpt.config):
@@ -591,8 +754,7 @@ def _write_reference(result: ScanResult, folder: str | os.PathLike | None) -> No
     write_json(result, folder)
 
 
-def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, method: str,
-                 output) -> ScanResult:
+def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, method: str, output) -> ScanResult:
     """Scan a model already in memory. Offloaded (meta) parameters are reported as skipped, never as NaN."""
     config = model.config.to_dict() if hasattr(model, "config") else {}
     mods: list[ModuleScore] = []
@@ -601,15 +763,25 @@ def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, m
             continue
         info = TensorInfo(name, tuple(param.shape), str(param.dtype).removeprefix("torch."), "<memory>", name)
         if param.device.type == "meta":
-            mods.extend(_skip(info, "parameter is offloaded (on the meta device): scan the checkpoint folder "
-                                    "instead, which reads every tensor from disk"))
+            mods.extend(
+                _skip(
+                    info,
+                    "parameter is offloaded (on the meta device): scan the checkpoint folder "
+                    "instead, which reads every tensor from disk",
+                )
+            )
             continue
         mods.extend(score_tensor(info, param.detach(), estimator, config, device, method))
     if not mods:
         raise SpectrumError("The model has no parameters to scan (or --modules matched none).")
-    result = ScanResult(model=getattr(model, "name_or_path", type(model).__name__), estimator=estimator,
-                        modules=mods, version=__version__, config={k: config[k] for k in ("model_type",) if k in config},
-                        estimator_version=estimators.get(estimator).version)
+    result = ScanResult(
+        model=getattr(model, "name_or_path", type(model).__name__),
+        estimator=estimator,
+        modules=mods,
+        version=__version__,
+        config={k: config[k] for k in ("model_type",) if k in config},
+        estimator_version=estimators.get(estimator).version,
+    )
     if output:
         result.save(output)
     return result

@@ -15,9 +15,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from . import axolotl
 from .axolotl import module_pattern, pattern_module
@@ -88,27 +89,38 @@ class Selection:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "selection") -> "Selection":
+    def from_json(cls, data: dict[str, Any], source: str = "selection") -> Selection:
         if data.get("format") != FORMAT:
-            raise SpectrumError(f"{source} is JSON but not a spectrum-llm selection (no \"format\": \"{FORMAT}\"). "
-                                "Create one with `spectrum select SCAN -o sel.json`.")
+            raise SpectrumError(
+                f'{source} is JSON but not a spectrum-llm selection (no "format": "{FORMAT}"). '
+                "Create one with `spectrum select SCAN -o sel.json`."
+            )
         try:
             types = {t: TypeSelection(**v) for t, v in (data.get("types") or {}).items()}
             scores = {k: (float(v) if v is not None else None) for k, v in (data.get("scores") or {}).items()}
-            sel = cls(modules=list(data["modules"]), patterns=list(data["patterns"]), types=types, scores=scores,
-                      rule=dict(data.get("rule") or {}), extras=list(data.get("extras") or []),
-                      model=data.get("model", ""), estimator=data.get("estimator", ""),
-                      trainable_params=data.get("trainable_params"), total_params=data.get("total_params"),
-                      shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()},
-                      extra_params=data.get("extra_params"))
+            sel = cls(
+                modules=list(data["modules"]),
+                patterns=list(data["patterns"]),
+                types=types,
+                scores=scores,
+                rule=dict(data.get("rule") or {}),
+                extras=list(data.get("extras") or []),
+                model=data.get("model", ""),
+                estimator=data.get("estimator", ""),
+                trainable_params=data.get("trainable_params"),
+                total_params=data.get("total_params"),
+                shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()},
+                extra_params=data.get("extra_params"),
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise SpectrumError(f"{source} is a damaged selection file ({e}). Re-create it with `spectrum select`.") \
-                from None
+            raise SpectrumError(
+                f"{source} is a damaged selection file ({e}). Re-create it with `spectrum select`."
+            ) from None
         axolotl.check_patterns(sel.patterns, source)
         return sel
 
     @classmethod
-    def from_patterns(cls, patterns: Sequence[str], source: str = "patterns") -> "Selection":
+    def from_patterns(cls, patterns: Sequence[str], source: str = "patterns") -> Selection:
         """A selection known only by its patterns (an Axolotl YAML or a .txt list)."""
         patterns = [str(p) for p in patterns]
         axolotl.check_patterns(patterns, source)
@@ -116,15 +128,17 @@ class Selection:
         return cls(modules=modules, patterns=patterns, extras=list(patterns), rule={"source": source})
 
 
-def load_selection(obj: "Selection | str | os.PathLike | Sequence[str]") -> Selection:
+def load_selection(obj: Selection | str | os.PathLike | Sequence[str]) -> Selection:
     """Accept a Selection, a .yaml/.json/.txt file, or a list of Axolotl patterns."""
     if isinstance(obj, Selection):
         return obj
     if isinstance(obj, (list, tuple)):
         return Selection.from_patterns(obj, "the pattern list")
     if not isinstance(obj, (str, os.PathLike)):
-        raise SpectrumError(f"Cannot read a selection from {type(obj).__name__}: pass a Selection, a path to a "
-                            ".yaml/.json/.txt file, or a list of patterns.")
+        raise SpectrumError(
+            f"Cannot read a selection from {type(obj).__name__}: pass a Selection, a path to a "
+            ".yaml/.json/.txt file, or a list of patterns."
+        )
     path = Path(obj)
     if not path.is_file():
         raise SpectrumError(f"Selection file {path} does not exist. Create it with `spectrum select SCAN -o {path}`.")
@@ -177,8 +191,9 @@ def parse_budget(budget: float | int | str) -> tuple[float | None, int | None]:
     if isinstance(budget, str):
         m = _SIZE.match(budget)
         if not m:
-            raise SpectrumError(f"Budget {budget!r} is not understood: use a fraction like 0.25 or a count like "
-                                "500M, 1.5B or 200000.")
+            raise SpectrumError(
+                f"Budget {budget!r} is not understood: use a fraction like 0.25 or a count like 500M, 1.5B or 200000."
+            )
         value, unit = float(m.group(1)), m.group(2).lower()
         if not unit and value <= 1:
             budget = value
@@ -244,7 +259,7 @@ def select(
     parts: bool = False,
     compat: bool = False,
     model: Any = None,
-    catalogue: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None,
+    catalogue: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> Selection:
     """Choose the modules to train from a scan.
 
@@ -269,26 +284,52 @@ def select(
     source = None
     if not isinstance(scan, ScanResult):
         scan, source = resolve_scan(scan, catalogue=catalogue)
-    sel = _select(scan, top_percent=top_percent, rule=rule, budget=budget, include=include, exclude=exclude,
-                  train_embeddings=train_embeddings, train_lm_head=train_lm_head, train_norms=train_norms,
-                  parts=parts, compat=compat, model=model)
+    sel = _select(
+        scan,
+        top_percent=top_percent,
+        rule=rule,
+        budget=budget,
+        include=include,
+        exclude=exclude,
+        train_embeddings=train_embeddings,
+        train_lm_head=train_lm_head,
+        train_norms=train_norms,
+        parts=parts,
+        compat=compat,
+        model=model,
+    )
     if source:
         sel.rule["scan"] = source
     targets = {pattern_module(p) for p in sel.patterns}
-    sel.shapes = {m.name: list(m.shape) for m in scan.modules
-                  if m.name in targets and m.part is None and m.rows is None and len(m.shape) == 2}
+    sel.shapes = {
+        m.name: list(m.shape)
+        for m in scan.modules
+        if m.name in targets and m.part is None and m.rows is None and len(m.shape) == 2
+    }
     return sel
 
 
-def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, train_embeddings, train_lm_head,
-            train_norms, parts, compat, model) -> Selection:
+def _select(
+    scan: ScanResult,
+    *,
+    top_percent,
+    rule,
+    budget,
+    include,
+    exclude,
+    train_embeddings,
+    train_lm_head,
+    train_norms,
+    parts,
+    compat,
+    model,
+) -> Selection:
     if budget is not None:
         rule = "budget"
     if rule not in RULES:
         raise SpectrumError(f"Unknown rule {rule!r}: use one of {', '.join(RULES)}.")
     if rule != "budget":
-        if isinstance(top_percent, bool) or not isinstance(top_percent, (int, float)) \
-                or not (0 < top_percent <= 100):
+        if isinstance(top_percent, bool) or not isinstance(top_percent, (int, float)) or not (0 < top_percent <= 100):
             raise SpectrumError(f"--top-percent must be in (0, 100], got {top_percent!r}.")
     elif budget is None:
         raise SpectrumError("The budget rule needs a budget: --budget 0.25 (a fraction) or --budget 500M.")
@@ -307,16 +348,22 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
             raise SpectrumError(f"--{flag} {regex!r} is not a valid regex ({e}).") from None
         cands = [m for m in cands if bool(rx.search(m.name)) == (flag == "include")]
     if not cands:
-        raise SpectrumError(f"No rankable modules in the scan of {scan.model or 'this model'}"
-                            f"{' after --include/--exclude' if include or exclude else ''}: "
-                            "check the filters, or scan the model again.")
+        raise SpectrumError(
+            f"No rankable modules in the scan of {scan.model or 'this model'}"
+            f"{' after --include/--exclude' if include or exclude else ''}: "
+            "check the filters, or scan the model again."
+        )
     if all(m.snr is None or math.isnan(m.snr) for m in cands):
-        raise SpectrumError(f"Every candidate module's score is missing or NaN in the scan of "
-                            f"{scan.model or 'this model'}; nothing can be ranked. Re-run the scan "
-                            "(see the skipped reasons in the scan file).")
+        raise SpectrumError(
+            f"Every candidate module's score is missing or NaN in the scan of "
+            f"{scan.model or 'this model'}; nothing can be ranked. Re-run the scan "
+            "(see the skipped reasons in the scan file)."
+        )
     if rule == "global" and (est := REGISTRY.get(scan.estimator)) is not None and not est.scale_invariant:
-        raise SpectrumError("The global rule compares scores across module types, but the reference estimator's "
-                            "scale differs by type. Use --rule per-type, or re-scan with --estimator mp.")
+        raise SpectrumError(
+            "The global rule compares scores across module types, but the reference estimator's "
+            "scale differs by type. Use --rule per-type, or re-scan with --estimator mp."
+        )
 
     by_param, tied = _model_numel(model) if model is not None else (None, tied_head(scan))
     if train_lm_head is None:
@@ -330,9 +377,16 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
 
     extras, extra_numel = _extras(scan, train_embeddings, train_lm_head, train_norms, by_param, bool(tied))
     chosen: set[str]
-    info: dict[str, Any] = {"rule": rule, "estimator": scan.estimator, "parts": parts,
-                            "train_embeddings": train_embeddings, "train_lm_head": train_lm_head,
-                            "train_norms": train_norms, "include": include, "exclude": exclude}
+    info: dict[str, Any] = {
+        "rule": rule,
+        "estimator": scan.estimator,
+        "parts": parts,
+        "train_embeddings": train_embeddings,
+        "train_lm_head": train_lm_head,
+        "train_norms": train_norms,
+        "include": include,
+        "exclude": exclude,
+    }
     if tied:
         info["lm_head_tied"] = True
     if rule == "per-type":
@@ -351,22 +405,39 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
     patterns = list(extras)
     for t, ms in ranked.items():
         kept = [m for m in ms if m.name in chosen]
-        ts = TypeSelection(type=t, total=len(ms), kept=len(kept), modules=[m.name for m in kept],
-                           patterns=[module_pattern(m) for m in kept], numel=sum(numel[m.name] for m in ms),
-                           selected_numel=sum(numel[m.name] for m in kept))
+        ts = TypeSelection(
+            type=t,
+            total=len(ms),
+            kept=len(kept),
+            modules=[m.name for m in kept],
+            patterns=[module_pattern(m) for m in kept],
+            numel=sum(numel[m.name] for m in ms),
+            selected_numel=sum(numel[m.name] for m in kept),
+        )
         types[t] = ts
         modules += ts.modules
         patterns += ts.patterns
     if not patterns:
-        raise SpectrumError(f"--top-percent {top_percent} keeps no module (each type keeps int(n * P / 100)) and "
-                            "embeddings, lm_head and norms are off: raise --top-percent.")
+        raise SpectrumError(
+            f"--top-percent {top_percent} keeps no module (each type keeps int(n * P / 100)) and "
+            "embeddings, lm_head and norms are off: raise --top-percent."
+        )
     known = all(numel[m.name] for m in cands)
     total = _total_params(scan, by_param)
     trainable = sum(t.selected_numel for t in types.values()) + extra_numel if known and total else None
-    return Selection(modules=modules, patterns=patterns, types=types,
-                     scores={m.name: m.snr for m in cands}, rule=info, extras=extras, model=scan.model,
-                     estimator=scan.estimator, trainable_params=trainable, total_params=total,
-                     extra_params=extra_numel if trainable is not None else None)
+    return Selection(
+        modules=modules,
+        patterns=patterns,
+        types=types,
+        scores={m.name: m.snr for m in cands},
+        rule=info,
+        extras=extras,
+        model=scan.model,
+        estimator=scan.estimator,
+        trainable_params=trainable,
+        total_params=total,
+        extra_params=extra_numel if trainable is not None else None,
+    )
 
 
 def count_params(scan: ScanResult, names: Iterable[str]) -> tuple[int | None, int | None]:
@@ -391,21 +462,25 @@ def _total_params(scan: ScanResult, by_param: dict[str, int] | None) -> int | No
     if not by_tensor or not all(m.numel for ms in by_tensor.values() for m in ms):
         return None
     # a tensor listed whole counts once; one listed only per expert counts as the sum of its slices
-    return sum(next((m.numel for m in ms if m.rows is None), None) or sum(m.numel for m in ms)
-               for ms in by_tensor.values())
+    return sum(
+        next((m.numel for m in ms if m.rows is None), None) or sum(m.numel for m in ms) for ms in by_tensor.values()
+    )
 
 
-def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
-            by_param: dict[str, int] | None, tied: bool = False) -> tuple[list[str], int]:
+def _extras(
+    scan: ScanResult, emb: bool, head: bool, norms: bool, by_param: dict[str, int] | None, tied: bool = False
+) -> tuple[list[str], int]:
     """Patterns for embeddings, lm_head and norms (which are not ranked), with their parameter count.
 
     Tied, the head is the embedding: its own pattern matches nothing in Axolotl, so asking for the head
     lists the embedding pattern too, and the shared tensor counts once (as the embedding)."""
     out: list[str] = []
     size = 0
-    for flag, kind, fallback in ((head, "lm_head", axolotl.LM_HEAD),
-                                 (emb or (tied and head), "embedding", axolotl.EMBED_TOKENS),
-                                 (norms, "norm", axolotl.ALL_NORMS)):
+    for flag, kind, fallback in (
+        (head, "lm_head", axolotl.LM_HEAD),
+        (emb or (tied and head), "embedding", axolotl.EMBED_TOKENS),
+        (norms, "norm", axolotl.ALL_NORMS),
+    ):
         if not flag:
             continue
         if kind == "lm_head" and tied:
@@ -413,8 +488,10 @@ def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
             continue
         ms = [m for m in scan.modules if m.kind == kind and m.part is None]
         if ms:
-            out += [module_pattern(m) if kind == "norm" else axolotl.tensor_pattern(m.param or m.name + ".weight")
-                    for m in ms]
+            out += [
+                module_pattern(m) if kind == "norm" else axolotl.tensor_pattern(m.param or m.name + ".weight")
+                for m in ms
+            ]
             size += sum(_numel_of(m, by_param) for m in ms)
         else:
             out.append(fallback)
@@ -447,8 +524,10 @@ def embedding_note(trainable: int | None, always: int | None, flags: str) -> str
     drop them: Gemma-3-270M's tied 262,144 x 640 embedding is 168M of Spectrum-25's 190M trainable parameters."""
     if not trainable or not always or 2 * always <= trainable:
         return None
-    return (f"note: {always:,} of the {trainable:,} trainable parameters ({100 * always / trainable:.0f}%) are "
-            f"embeddings/lm_head, which every selection trains; {flags} to train only the selected modules.")
+    return (
+        f"note: {always:,} of the {trainable:,} trainable parameters ({100 * always / trainable:.0f}%) are "
+        f"embeddings/lm_head, which every selection trains; {flags} to train only the selected modules."
+    )
 
 
 def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[set[str], dict[str, Any]]:
@@ -457,17 +536,25 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
     if fraction is not None:
         total = _total_params(scan, by_param)
         if not total:
-            raise SpectrumError("A fractional budget needs the model's size, which this scan does not record "
-                                "(reference scans do not). Pass --model DIR, or give the budget as a count (500M).")
+            raise SpectrumError(
+                "A fractional budget needs the model's size, which this scan does not record "
+                "(reference scans do not). Pass --model DIR, or give the budget as a count (500M)."
+            )
         count = int(total * fraction)
     if any(not numel[m.name] for ms in ranked.values() for m in ms):
-        raise SpectrumError("The budget rule needs each module's parameter count, which this scan lacks. "
-                            "Pass --model DIR (the checkpoint folder) or use --rule per-type.")
+        raise SpectrumError(
+            "The budget rule needs each module's parameter count, which this scan lacks. "
+            "Pass --model DIR (the checkpoint folder) or use --rule per-type."
+        )
     if extra_numel > count:
-        raise SpectrumError(f"Embeddings/lm_head/norms alone have {extra_numel:,} parameters, over the budget of "
-                            f"{count:,}. Raise --budget or pass --no-train-embeddings/--no-train-lm-head.")
-    order = sorted(((k / len(ms), ti, k, m) for ti, ms in enumerate(ranked.values()) for k, m in enumerate(ms, 1)),
-                   key=lambda x: x[:3])
+        raise SpectrumError(
+            f"Embeddings/lm_head/norms alone have {extra_numel:,} parameters, over the budget of "
+            f"{count:,}. Raise --budget or pass --no-train-embeddings/--no-train-lm-head."
+        )
+    order = sorted(
+        ((k / len(ms), ti, k, m) for ti, ms in enumerate(ranked.values()) for k, m in enumerate(ms, 1)),
+        key=lambda x: x[:3],
+    )
     chosen: set[str] = set()
     used = extra_numel
     for _, _, _, m in order:
@@ -482,8 +569,10 @@ def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
     """The reference tool's YAML for this scan, byte for byte (its rules: see ``reference``)."""
     listed = entries(scan)
     if all(math.isnan(s) for _, _, s in listed):
-        raise SpectrumError(f"Every score in the scan of {scan.model or 'this model'} is missing or NaN; "
-                            "nothing can be ranked. Re-run the scan.")
+        raise SpectrumError(
+            f"Every score in the scan of {scan.model or 'this model'} is missing or NaN; "
+            "nothing can be ranked. Re-run the scan."
+        )
     numel = {m.name: m.numel for m in scan.modules}
     counts: dict[str, int] = {}
     for _, t, _ in listed:
@@ -492,16 +581,28 @@ def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
     modules: list[str] = []
     for t, kept in top_by_type(scan, top_percent).items():
         names = [n for n, _ in kept]
-        types[t] = TypeSelection(type=t, total=counts[t], kept=len(kept), modules=names, patterns=list(names),
-                                 numel=sum(numel.get(n, 0) for n, tt, _ in listed if tt == t),
-                                 selected_numel=sum(numel.get(n, 0) for n in names))
+        types[t] = TypeSelection(
+            type=t,
+            total=counts[t],
+            kept=len(kept),
+            modules=names,
+            patterns=list(names),
+            numel=sum(numel.get(n, 0) for n, tt, _ in listed if tt == t),
+            selected_numel=sum(numel.get(n, 0) for n in names),
+        )
         modules += names
     patterns = list(REFERENCE_EXTRAS) + modules
-    return Selection(modules=modules, patterns=patterns, types=types,
-                     scores={n: (None if math.isnan(s) else s) for n, _, s in listed},
-                     rule={"rule": "per-type", "top_percent": top_percent, "compat": True,
-                           "estimator": scan.estimator},
-                     extras=list(REFERENCE_EXTRAS), model=scan.model, estimator=scan.estimator)
+    return Selection(
+        modules=modules,
+        patterns=patterns,
+        types=types,
+        scores={n: (None if math.isnan(s) else s) for n, _, s in listed},
+        rule={"rule": "per-type", "top_percent": top_percent, "compat": True, "estimator": scan.estimator},
+        extras=list(REFERENCE_EXTRAS),
+        model=scan.model,
+        estimator=scan.estimator,
+    )
+
 
 def rule_text(sel: Any) -> str | None:
     """Which rule and percent made a selection, as far as its file records it (a .yaml or .txt does not)."""

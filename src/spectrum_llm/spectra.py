@@ -87,9 +87,11 @@ def float64_note(device: torch.device) -> str | None:
     if cap in _FULL_RATE_FLOAT64:
         return None
     name = torch.cuda.get_device_name(device)
-    return (f"{name} (compute capability {cap[0]}.{cap[1]}) computes float64 at 1/32-1/64 of its float32 rate; "
-            "the scan still forms the Gram matrices in float64, because float32 would miss the 1e-6 accuracy "
-            "of the singular values (about 3e-4 of the largest). Expect CPU-like speed for the Gram products.")
+    return (
+        f"{name} (compute capability {cap[0]}.{cap[1]}) computes float64 at 1/32-1/64 of its float32 rate; "
+        "the scan still forms the Gram matrices in float64, because float32 would miss the 1e-6 accuracy "
+        "of the singular values (about 3e-4 of the largest). Expect CPU-like speed for the Gram products."
+    )
 
 
 def singular_values(w: torch.Tensor, device: str | torch.device = "cpu", method: str = "gram") -> torch.Tensor:

@@ -21,8 +21,9 @@ def format_score(x: float | None) -> str:
     return f"{x:.4g}"
 
 
-def top_modules(scan: ScanResult, top: int | None = None, type: str | None = None,
-                kinds: tuple[str, ...] | None = RANKED_KINDS) -> list[ModuleScore]:
+def top_modules(
+    scan: ScanResult, top: int | None = None, type: str | None = None, kinds: tuple[str, ...] | None = RANKED_KINDS
+) -> list[ModuleScore]:
     """Modules sorted by score, highest first (+inf first, unscored last), optionally one type only.
 
     ``type`` matches a type as written in the scan or its expert-grouped column
@@ -35,8 +36,10 @@ def top_modules(scan: ScanResult, top: int | None = None, type: str | None = Non
         mods = [m for m in mods if m.type == type or column_type(m) == type]
         if not mods:
             avail = list(dict.fromkeys(column_type(m) for m in scan.modules))
-            raise SpectrumError(f"No module of type {type!r} in the scan of {scan.model!r}. "
-                                f"Types: {', '.join(avail[:30])}" + (" …" if len(avail) > 30 else ""))
+            raise SpectrumError(
+                f"No module of type {type!r} in the scan of {scan.model!r}. "
+                f"Types: {', '.join(avail[:30])}" + (" …" if len(avail) > 30 else "")
+            )
     mods = sorted(mods, key=lambda m: (not m.ranked, -(m.snr if m.ranked else 0.0)))
     return mods[:top] if top is not None else mods
 
@@ -69,4 +72,3 @@ def scan_table(scan: ScanResult, top: int | None = None, type: str | None = None
 
 def _stored(m: ModuleScore) -> str:
     return f"{m.dtype or '?'}, dequantized" if m.dequantized else (m.dtype or "")
-
