@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -169,9 +170,11 @@ def near(model_id: str, catalogue=None, n: int = 3) -> list[str]:
 
 
 def _problem(scan: ScanResult) -> str | None:
-    """What makes a parsed scan unusable for selection, or None."""
-    from .selection import select
+    """What makes a parsed scan unusable for selection, or None.
 
+    The same conditions under which ``select`` refuses a scan, stated on the scan itself, so the catalogue
+    does not depend on selection (which finds scans through the catalogue).
+    """
     if not scan.modules:
         return "it holds no modules"
     names = [m.name for m in scan.modules]
@@ -181,11 +184,8 @@ def _problem(scan: ScanResult) -> str | None:
             f"it scores the mixture-of-experts router ({routers[0]}) but no expert: the scan missed the "
             "model's expert weights (fused 3-D tensors), so a selection from it would leave every expert frozen"
         )
-    try:
-        select(scan, top_percent=50)
-        select(scan, top_percent=50, compat=True)
-    except SpectrumError as e:
-        return f"no selection can be made from it ({e})"
+    if not any(m.kind == "linear" and m.snr is not None and not math.isnan(m.snr) for m in scan.modules):
+        return "no weight matrix in it has a score, so no selection can be made from it"
     return None
 
 
