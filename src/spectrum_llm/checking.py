@@ -295,7 +295,7 @@ def _missing_modules(sel: Selection, names: set[str], mapped: dict[str, str]) ->
     pairs = (
         [(m, p) for ts in sel.types.values() for m, p in zip(ts.modules, ts.patterns)]
         if sel.types
-        else [(pattern_module(p), p) for p in sel.patterns if pattern_module(p)]
+        else [(m, p) for p in sel.patterns if (m := pattern_module(p))]
     )
     missing = []
     for module, pat in pairs:

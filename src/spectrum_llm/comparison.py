@@ -11,11 +11,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SpectrumError
 from .figures import diff_figure, png_bytes
 from .grids import ScoreGrid, as_scan, score_grid
 from .results import ModuleScore, ScanResult, check_writable, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 
 @dataclass
@@ -136,7 +140,14 @@ def diff_table(result: ScanDiff, top: int | None = 20, relative: bool = True):
         caption=f"{len(rows)} largest {'relative' if relative else 'absolute'} changes "
         f"of {len(result.modules)} modules",
     )
-    for col, just in (("module", "left"), ("A", "right"), ("B", "right"), ("B - A", "right"), ("change", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("module", "left"),
+        ("A", "right"),
+        ("B", "right"),
+        ("B - A", "right"),
+        ("change", "right"),
+    )
+    for col, just in columns:
         table.add_column(col, justify=just)
     for d in rows:
         change = f"{100 * d.relative:+.2f}%" if d.relative is not None else "–"

@@ -65,6 +65,7 @@ def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = 
     from filelock import FileLock
 
     locks = cache.root() / "locks"
+    lock: contextlib.AbstractContextManager[object]
     try:
         locks.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(locks / f"convert-{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.lock"))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -189,7 +191,15 @@ def spectrum_figure(sp: Spectrum) -> Figure:
     s = sp.values
     top = max(float(s.max()), sp.edge, sp.threshold) * 1.02
     bins = np.linspace(0.0, top, min(120, max(20, len(s) // 4)))
-    ax.hist(s, bins=bins, density=True, color="#7a9cc6", alpha=0.85, label=f"singular values ({len(s)})")
+    # matplotlib's stubs type bins as Sequence[float]; an ndarray of edges is what it documents and accepts
+    ax.hist(
+        s,
+        bins=cast(Sequence[float], bins),
+        density=True,
+        color="#7a9cc6",
+        alpha=0.85,
+        label=f"singular values ({len(s)})",
+    )
     x = np.linspace(top / 2000, top, 800)
     ax.plot(x, mp_density(x, sp.sigma, m, n), color="black", lw=1.2, label=f"Marchenko-Pastur, sigma={sp.sigma:.3g}")
     ax.axvline(sp.edge, color=SELECTED_COLOUR, lw=1.2, ls="--", label=f"MP edge {sp.edge:.3g}")

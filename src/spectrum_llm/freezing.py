@@ -85,7 +85,9 @@ def _to_memory(pattern: str, shapes: dict[str, tuple[int, ...]]) -> list[tuple[s
     if not m:
         if module and _MOE_BLOCK in module:
             moved = module.replace(_MOE_BLOCK, ".mlp.")
-            found = [(f"{moved}.{leaf}", None) for leaf in ("weight", "bias") if f"{moved}.{leaf}" in shapes]
+            found: list[tuple[str, tuple | None]] = [
+                (f"{moved}.{leaf}", None) for leaf in ("weight", "bias") if f"{moved}.{leaf}" in shapes
+            ]
             return found or None
         return None
     pre, e, proj = m.group("pre"), int(m.group("e")), m.group("proj")
@@ -250,8 +252,8 @@ def freeze(
         if pid in on:
             summary.trainable.append(name)
             trained = n
-            rows = [(a, b) for a, b in _merge(ranges.get(pid, []), len(p) if p.dim() else 1, name)]
-            reg = [(slice(a, b),) for a, b in rows] + regions.get(pid, [])
+            spans = [(a, b) for a, b in _merge(ranges.get(pid, []), len(p) if p.dim() else 1, name)]
+            reg = [(slice(a, b),) for a, b in spans] + regions.get(pid, [])
             if reg:
                 mask = _keep_mask(tuple(p.shape), reg)
                 trained = part_params(n, int(mask.sum()), mask.numel())

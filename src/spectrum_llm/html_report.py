@@ -101,12 +101,15 @@ def report(
     grid = score_grid(scan, chosen)
     _require_cells(grid, scan)
     heat = png_bytes(heatmap_figure(grid, scan.estimator, _title(scan)))
-    spectrum = module_spectrum(scan, module, model) if module is not None else None
+    spectrum = None
+    if module is not None:
+        assert model is not None  # refused above: --module needs --model
+        spectrum = module_spectrum(scan, module, model)
     html_text = None
     if output is not None:
         html_text = render_html(scan, grid, heat, chosen, sel, spectrum)
     png_path = write_bytes_atomic(png, heat) if png is not None else None
-    html_path = write_text_atomic(output, html_text) if html_text is not None else None
+    html_path = write_text_atomic(output, html_text) if output is not None and html_text is not None else None
     return ReportFiles(html_path, png_path, grid, chosen)
 
 
@@ -132,7 +135,7 @@ def type_rows(scan: ScanResult, selected: Iterable[str]) -> list[dict[str, Any]]
     chosen = set(selected)
     out = []
     for t, mods in scan.by_type().items():
-        scores = [m.snr for m in mods if m.ranked]
+        scores = [m.snr for m in mods if m.ranked and m.snr is not None]
         finite = [s for s in scores if math.isfinite(s)]
         out.append(
             {
@@ -201,9 +204,10 @@ def render_html(
         + (f" · fingerprint {esc(scan.fingerprint[:16])}" if scan.fingerprint else "")
         + "</p>",
     ]
-    if storage_summary(scan):
+    storage = storage_summary(scan)
+    if storage:
         parts.append(
-            f'<p class="meta">{esc(storage_summary(scan))}: quantization rounding adds noise to their '
+            f'<p class="meta">{esc(storage)}: quantization rounding adds noise to their '
             "spectra (see docs/estimators.md).</p>"
         )
     if sel is not None:

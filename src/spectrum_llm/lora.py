@@ -106,7 +106,8 @@ def _positions(names: list[str], scores: dict[str, float | None]) -> list[float]
     k = len(names)
     if k == 1:
         return [1.0]
-    out, first = [], {}
+    out: list[float] = []
+    first: dict[float | tuple[str, int], int] = {}
     for i, n in enumerate(names):
         s = scores.get(n)
         key = s if s is not None and not math.isnan(s) else ("nan", i)
@@ -195,7 +196,7 @@ def _sizes(
         shapes = {t: sel.shapes.get(t) for t in ranks}
         if any(s is None or len(s) != 2 for s in shapes.values()):
             return None, None
-        return {t: int(s[0]) + int(s[1]) for t, s in shapes.items()}, None
+        return {t: int(s[0]) + int(s[1]) for t, s in shapes.items() if s is not None}, None
     if isinstance(model, (str, os.PathLike)):
         model = load_meta_model(model)
     modules = dict(model.named_modules())

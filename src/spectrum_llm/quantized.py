@@ -202,12 +202,12 @@ class QuantizedTensor:
 
     # views ------------------------------------------------------------------------------------------
     @property
-    def T(self) -> QuantizedTensor:
+    def T(self) -> torch.Tensor | QuantizedTensor:  # a Tensor where not 2-D
         if self.ndim != 2:
             return self.materialize().T
         return QuantizedTensor(self._reader, self._stored, not self._t, self._expert, self._rows, self._cols)
 
-    def t(self) -> QuantizedTensor:
+    def t(self) -> torch.Tensor | QuantizedTensor:
         return self.T
 
     def __getitem__(self, idx):

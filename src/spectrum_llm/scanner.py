@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -77,6 +78,7 @@ def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
             continue
         m.dtype = stored_dtype(info)
         if info.dequantizable:
+            assert info.scheme is not None  # dequantizable implies a scheme
             m.dequantized = info.scheme.label
         elif info.dtype in _GGUF_DEQUANTIZABLE and info.dtype not in _FLOAT_DTYPES:
             m.dequantized = f"gguf {info.dtype}"
@@ -239,7 +241,8 @@ def module_singular_values(
             f"{model} has no tensor {param!r}, which the scan scored for {module.name}. Pass the "
             "checkpoint this scan was made from (--model)."
         )
-    w = ckpt.load(info) if len(info.shape) > 1 and _readable(info) else None
+    # a QuantizedTensor stands in for a Tensor (torch functions reach it through __torch_function__), as in _run
+    w = cast("torch.Tensor | None", ckpt.load(info) if len(info.shape) > 1 and _readable(info) else None)
     rows = list(module.rows) if module.rows is not None else None
     planned = next(
         ((m, mat) for m, mat in plan_tensor(info, w, ckpt.config) if (m.rows, m.part) == (rows, module.part)), None
@@ -251,7 +254,7 @@ def module_singular_values(
         )
     mod, mat = planned
     s = singular_values(mat) if mat is not None else None
-    why = mod.skipped if s is None else unscorable(s, *mod.shape, estimator)
+    why = mod.skipped if s is None else unscorable(s, mod.shape[0], mod.shape[1], estimator)
     if why or s is None:
         raise SpectrumError(
             f"{module.name} has no spectrum to draw: {why}. Pick another module "
@@ -494,6 +497,7 @@ def _run(
         pending = pool.submit(fetch, todo[0]) if todo else None
         for i, info in enumerate(todo):
             try:
+                assert pending is not None  # submitted for todo[i] before this iteration
                 w = pending.result()
                 failure = None
             except SpectrumError as e:
@@ -756,7 +760,8 @@ def _write_reference(result: ScanResult, folder: str | os.PathLike | None) -> No
 
 def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, method: str, output) -> ScanResult:
     """Scan a model already in memory. Offloaded (meta) parameters are reported as skipped, never as NaN."""
-    config = model.config.to_dict() if hasattr(model, "config") else {}
+    # torch types a Module's attributes as Tensor | Module; ``config`` is a transformers PretrainedConfig
+    config = cast(Any, model).config.to_dict() if hasattr(model, "config") else {}
     mods: list[ModuleScore] = []
     for name, param in model.named_parameters():
         if pattern is not None and not pattern.search(name):

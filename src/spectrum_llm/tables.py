@@ -40,7 +40,7 @@ def top_modules(
                 f"No module of type {type!r} in the scan of {scan.model!r}. "
                 f"Types: {', '.join(avail[:30])}" + (" …" if len(avail) > 30 else "")
             )
-    mods = sorted(mods, key=lambda m: (not m.ranked, -(m.snr if m.ranked else 0.0)))
+    mods = sorted(mods, key=lambda m: (not m.ranked, -(m.snr if m.ranked and m.snr is not None else 0.0)))
     return mods[:top] if top is not None else mods
 
 

@@ -673,7 +673,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     resume_from = _check_output_dir(cfg)
     model_cfg = _load_model_config(cfg.model)
     max_positions = getattr(model_cfg, "max_position_embeddings", None)
-    cfg = dataclasses.replace(cfg, seq_len=_resolve_seq_len(cfg, max_positions, main))
+    seq_len = _resolve_seq_len(cfg, max_positions, main)
+    cfg = dataclasses.replace(cfg, seq_len=seq_len)
     dtype = _model_dtype(model_cfg)
     precision = _precision(cfg, dtype)
     args = _training_args(cfg, precision)  # sets up the distributed state first
@@ -690,7 +691,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     dcfg = DataConfig(
         path=cfg.data,
         task=cfg.task,
-        seq_len=cfg.seq_len,
+        seq_len=seq_len,
         text_field=cfg.text_field,
         packing=cfg.packing,
         eval_split=cfg.eval_split,
@@ -709,6 +710,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     if cfg.method == "spectrum":
         from .freezing import freeze
 
+        assert selection is not None  # resolved above for the spectrum method
         frozen = freeze(model, selection)
         if frozen.partial and cfg.weight_decay and args.process_index == 0:
             LOG.warning(
