@@ -52,7 +52,7 @@ def _natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _readable(info: TensorInfo) -> bool:
+def readable(info: TensorInfo) -> bool:
     """Float weights, GGUF blocks that dequantize exactly to what llama.cpp computes with, fp8 and MXFP4."""
     return not is_quantization_aux(info.name) and (
         info.dtype.upper() in _FLOAT_DTYPES or info.dtype in _GGUF_DEQUANTIZABLE or info.dequantizable
@@ -134,7 +134,7 @@ def plan_tensor(
 ) -> list[tuple[ModuleScore, torch.Tensor | None]]:
     """The modules one checkpoint tensor yields (one matrix, one per expert, plus fused parts), each with the
     matrix to decompose, or None where the module is skipped (the reason is already in it)."""
-    if not _readable(info):
+    if not readable(info):
         return [(m, None) for m in _skip(info, _unreadable(info))]
     if len(info.shape) <= 1:
         return [(m, None) for m in _skip(info, "1-D weight (norm or bias): not ranked")]
@@ -242,7 +242,7 @@ def module_singular_values(
             "checkpoint this scan was made from (--model)."
         )
     # a QuantizedTensor stands in for a Tensor (torch functions reach it through __torch_function__), as in _run
-    w = cast("torch.Tensor | None", ckpt.load(info) if len(info.shape) > 1 and _readable(info) else None)
+    w = cast("torch.Tensor | None", ckpt.load(info) if len(info.shape) > 1 and readable(info) else None)
     rows = list(module.rows) if module.rows is not None else None
     planned = next(
         ((m, mat) for m, mat in plan_tensor(info, w, ckpt.config) if (m.rows, m.part) == (rows, module.part)), None
@@ -487,7 +487,7 @@ def _run(
     import time
 
     def fetch(info: TensorInfo):
-        if len(info.shape) <= 1 or not _readable(info):
+        if len(info.shape) <= 1 or not readable(info):
             return None
         return ckpt.load(info)
 
@@ -569,7 +569,7 @@ class _Stager:
                     return
                 w, event, failure = None, None, None
                 try:
-                    if len(info.shape) > 1 and _readable(info):
+                    if len(info.shape) > 1 and readable(info):
                         w = self.ckpt.load(info)
                 except SpectrumError as e:
                     failure = str(e)

@@ -395,7 +395,7 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
     return sel
 
 
-def _lora_kwargs(cfg: TrainConfig, source: str, model, resumed: bool) -> tuple[dict[str, Any], Any]:
+def lora_kwargs(cfg: TrainConfig, source: str, model, resumed: bool) -> tuple[dict[str, Any], Any]:
     """LoraConfig arguments: all linear layers, or Spectrum-guided (a PEFT file, or a selection: targets the
     selected modules, rank by score up to --lora-rank); and the selection it came from, if any."""
     from .lora import is_lora_config, load_lora_config, lora_config
@@ -417,13 +417,13 @@ def _lora_kwargs(cfg: TrainConfig, source: str, model, resumed: bool) -> tuple[d
     return plan.config, selection
 
 
-def _apply_lora(model, kwargs: dict[str, Any]):
+def apply_lora(model, kwargs: dict[str, Any]):
     from peft import LoraConfig, get_peft_model
 
     return get_peft_model(model, LoraConfig(**kwargs))
 
 
-def _upcast_trainable(model) -> int:
+def upcast_trainable(model) -> int:
     """fp32 master copies for trainable low-precision parameters; frozen ones keep their dtype."""
     import torch
 
@@ -719,14 +719,14 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
                 ", ".join(frozen.partial),
             )
     elif cfg.method == "lora":
-        lora_kwargs, selection = _lora_kwargs(cfg, config.model, model, resume_from is not None)
-        model = _apply_lora(model, lora_kwargs)
+        lora_args, selection = lora_kwargs(cfg, config.model, model, resume_from is not None)
+        model = apply_lora(model, lora_args)
         if args.process_index == 0:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            write_text_atomic(Path(cfg.output_dir) / "lora_config.json", json.dumps(lora_kwargs, indent=2) + "\n")
+            write_text_atomic(Path(cfg.output_dir) / "lora_config.json", json.dumps(lora_args, indent=2) + "\n")
     always = _always_trained(model) if cfg.method == "spectrum" else 0
     if precision != "fp32" and getattr(args, "deepspeed_plugin", None) is None:
-        _upcast_trainable(model)  # DeepSpeed keeps its own fp32 master copies
+        upcast_trainable(model)  # DeepSpeed keeps its own fp32 master copies
     trainable, total = count_params(model)
     if cfg.method == "spectrum":
         trainable = frozen.trainable_params  # partial tensors count only their trainable rows
