@@ -144,8 +144,8 @@ def module_table(scan) -> list[dict]:
 
 
 def convert_model(work: Path, dtype: str) -> Path:
-    """The GGUF model as an ordinary safetensors folder, converted once and cached (spectrum_llm.convert)."""
-    from spectrum_llm.convert import gguf_to_folder
+    """The GGUF model as an ordinary safetensors folder, converted once and cached (spectrum_llm.conversion)."""
+    from spectrum_llm.conversion import gguf_to_folder
 
     out = work / f"smollm2-135m-{dtype}"
     if not (out / "config.json").exists():

@@ -82,7 +82,7 @@ def preflight(args) -> dict:
              "(accelerate optional); install them, or carry their wheels to this machine.")
     sys.path.insert(0, str(SRC))
     try:
-        for mod in ("spectrum_llm", "spectrum_llm.freezing", "spectrum_llm.scanner", "spectrum_llm.selection",
+        for mod in ("spectrum_llm", "spectrum_llm.freezing", "spectrum_llm.scanning", "spectrum_llm.selection",
                     "spectrum_llm.training"):
             importlib.import_module(mod)
     except Exception as e:

@@ -63,7 +63,7 @@ print("modules", len(r.ranked()))
 BASELINE_CODE = r"""
 import sys
 sys.path.insert(0, {src!r})
-import torch, numpy, spectrum_llm.scanner, spectrum_llm.checkpoint
+import torch, numpy, spectrum_llm.scanning, spectrum_llm.checkpoint
 try:
     import gguf
 except ImportError:
@@ -150,7 +150,7 @@ def matrices(path: str) -> tuple[list[Path], list[tuple[int, int]]]:
     """A checkpoint's weight files and the (m, n) of every matrix the scan decomposes, m <= n."""
     from spectrum_llm.checkpoint import open_checkpoint
     from spectrum_llm.naming import fused_parts
-    from spectrum_llm.scanner import readable
+    from spectrum_llm.scanning import readable
 
     ckpt = open_checkpoint(path)
     mats = []

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from spectrum_llm.checkpoint import open_checkpoint
-from spectrum_llm.convert import cached_folder, gguf_to_folder, is_gguf
+from spectrum_llm.conversion import cached_folder, gguf_to_folder, is_gguf
 from spectrum_llm.errors import SpectrumError
 
 
@@ -36,7 +36,7 @@ def test_default_model_converts_to_a_loadable_folder_with_the_same_weights(tmp_p
 
 def test_train_converts_a_gguf_model_first(tmp_path, monkeypatch):
     """`spectrum train --model x.gguf` trains the converted folder (conversion stubbed with a tiny Llama)."""
-    import spectrum_llm.convert as convert
+    import spectrum_llm.conversion as convert
     from helpers_models import build_tiny_llama, write_cpt_data
     from spectrum_llm.training import TrainConfig, train
 
@@ -69,7 +69,7 @@ def _tiny_gguf(path):
 @pytest.mark.parametrize("env", ["SPECTRUM_CACHE", "XDG_CACHE_HOME"])
 def test_conversions_are_cached_where_the_environment_says(env, tmp_path, monkeypatch):
     """The default output folder follows $SPECTRUM_CACHE, else $XDG_CACHE_HOME/spectrum-llm (conversion stubbed)."""
-    import spectrum_llm.convert as convert
+    import spectrum_llm.conversion as convert
 
     def fake_convert(path, name, fingerprint, out, dtype):
         out.mkdir(parents=True)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spectrum_llm
-from spectrum_llm import scanner as scan_mod
+from spectrum_llm import scanning as scan_mod
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.results import load_scan
 

@@ -49,7 +49,7 @@ def test_scan_killed_with_sigkill_resumes(tmp_path):
     done_before = len(journal.read_text().splitlines()) - 1
     assert not out.exists() and 3 <= done_before < 40
 
-    from spectrum_llm import scanner
+    from spectrum_llm import scanning as scanner
 
     calls = []
     real = scanner.score_tensor

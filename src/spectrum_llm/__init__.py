@@ -1,7 +1,7 @@
 """spectrum-llm: train only the most informative weight matrices of an LLM (Spectrum, arXiv 2406.06623).
 
 The pipeline, one module per step:
-checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scan``)
+checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scanning``)
 -> selection (``selection``) -> exports / frozen model (``exports``, ``freezing``; Axolotl's pattern format:
 ``axolotl``; meta-device model skeletons: ``models``) -> training (``training``).
 Seeing a scan: ``grids`` (the layer x type grid), ``figures``, ``html_report`` (``report``), ``tables``
@@ -19,7 +19,7 @@ _API = {
     "ModuleScore": "results",
     "ScanResult": "results",
     "load_scan": "results",
-    "scan": "scanner",
+    "scan": "scanning",
     "select": "selection",
     "Selection": "selection",
     "freeze": "freezing",

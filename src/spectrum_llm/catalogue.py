@@ -273,7 +273,7 @@ def resolve_scan(
             + f". `spectrum catalogue` lists the scans it has; add your own with --catalogue DIR or ${ENV}, or "
             f"scan the model: `spectrum scan MODEL -o scan.json`."
         ) from None
-    from .scanner import scan
+    from .scanning import scan
 
     result = scan(text, estimator=estimator, progress=progress)  # filed in the scan cache by content
     return result, f"a scan of the checkpoint {text}{' (reused from an earlier scan)' if result.cached else ''}"

@@ -108,7 +108,7 @@ def scan_cmd(
 ):
     """Score every weight matrix of a checkpoint by its signal-to-noise ratio (higher: more signal)."""
     from .results import storage_summary
-    from .scanner import scan
+    from .scanning import scan
 
     result = scan(
         model,
@@ -452,7 +452,7 @@ def convert_cmd(
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
 ):
     """Convert a GGUF model into a transformers safetensors folder (config, weights, tokenizer) for training."""
-    from .convert import gguf_to_folder
+    from .conversion import gguf_to_folder
 
     console.print(f"[green]Wrote[/] {gguf_to_folder(model, output, dtype)}")
 

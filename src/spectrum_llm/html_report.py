@@ -34,7 +34,7 @@ from .results import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from .scanner import module_singular_values
+from .scanning import module_singular_values
 from .selection import count_params, load_selection, rule_text, tied_embeddings
 from .tables import format_score
 

@@ -364,8 +364,8 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
         return load_selection(cfg.selection)
     if resumed and saved.is_file() and cfg.top_percent is None:
         return load_selection(saved)
-    from .convert import is_gguf
-    from .scanner import scan
+    from .conversion import is_gguf
+    from .scanning import scan
 
     result = scan(
         source if is_gguf(source) else cfg.model,
@@ -663,7 +663,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
 
 def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     cfg = config
-    from .convert import cached_folder, gguf_to_folder, is_gguf
+    from .conversion import cached_folder, gguf_to_folder, is_gguf
 
     main = int(os.environ.get("RANK", "0")) == 0
     if is_gguf(cfg.model):
