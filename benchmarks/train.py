@@ -187,9 +187,12 @@ def _eval_blocks(tokenizer, files: dict[str, str], s: dict) -> dict[str, list[di
 
 def worker(spec_path: Path, result_path: Path) -> None:
     """One method (or the baseline evaluation): train through spectrum_llm.train, evaluate, write a result."""
+    import logging
+
     import torch
     from transformers import AutoTokenizer, TrainerCallback
 
+    logging.basicConfig(level=logging.INFO, format="[spectrum] %(message)s")  # train()'s lines, in the run's log
     t0 = time.monotonic()
     spec = json.loads(spec_path.read_text())
     s = spec["settings"]

@@ -15,17 +15,19 @@ def synthetic_scan(scores: dict[str, list[float | None]], numel: int | dict[str,
     """A Llama-like scan: ``scores[type][layer]`` is the SNR of ``model.layers.<layer>.<type>``."""
     mods: list[ModuleScore] = []
     if extras:
-        mods.append(ModuleScore("model.embed_tokens", "embed_tokens", None, [10, 10], 1.0, "embedding",
-                                "model.embed_tokens.weight", numel=100))
+        mods.append(ModuleScore(name="model.embed_tokens", type="embed_tokens", layer=None, shape=[10, 10], snr=1.0,
+                                kind="embedding", param="model.embed_tokens.weight", numel=100))
     layers = max(len(v) for v in scores.values())
     for layer in range(layers):
         for t, vals in scores.items():
             if layer < len(vals):
                 n = numel if isinstance(numel, int) else numel[t]
-                mods.append(ModuleScore(f"model.layers.{layer}.{t}", t, layer, [10, 10], vals[layer], "linear",
-                                        f"model.layers.{layer}.{t}.weight", numel=n))
+                mods.append(ModuleScore(name=f"model.layers.{layer}.{t}", type=t, layer=layer, shape=[10, 10],
+                                        snr=vals[layer], kind="linear", param=f"model.layers.{layer}.{t}.weight",
+                                        numel=n))
     if extras:
-        mods.append(ModuleScore("lm_head", "lm_head", None, [10, 10], 1.0, "lm_head", "lm_head.weight", numel=100))
+        mods.append(ModuleScore(name="lm_head", type="lm_head", layer=None, shape=[10, 10], snr=1.0, kind="lm_head",
+                                param="lm_head.weight", numel=100))
     return ScanResult(model="synthetic", estimator=estimator, modules=mods)
 
 

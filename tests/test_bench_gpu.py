@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("datasets", "gguf", "trl")
 
+pytestmark = pytest.mark.slow  # the tiny run trains three methods in child processes
+
 
 @pytest.fixture(scope="module")
 def no_extras_env(tmp_path_factory):

@@ -94,6 +94,14 @@ def test_defective_user_scan_is_an_error_not_a_fallback(tmp_path):
     assert f"snr_results_{slug(LLAMA)}.json" in str(e.value)
 
 
+def test_user_scan_without_any_score_is_refused_before_selection(tmp_path):
+    unscored = {f"model.layers.{i}.mlp.down_proj": {"snr": None, "type": "mlp.down_proj"} for i in range(3)}
+    (tmp_path / f"snr_results_{slug(LLAMA)}.json").write_text(json.dumps(unscored))
+    assert "no weight matrix in it has a score" in entries(tmp_path)[0].problem
+    with pytest.raises(SpectrumError, match="no weight matrix in it has a score"):
+        select(LLAMA, top_percent=50, catalogue=tmp_path)
+
+
 def test_missing_catalogue_folder_is_an_error(tmp_path):
     with pytest.raises(SpectrumError, match="does not exist"):
         select(LLAMA, catalogue=tmp_path / "nope")

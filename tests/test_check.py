@@ -13,6 +13,7 @@ from helpers_selection import axolotl_unfrozen
 from spectrum_llm.checking import activation_bytes, check
 from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
+from spectrum_llm.exports import write_selection
 from spectrum_llm.freezing import freeze
 from spectrum_llm.selection import select
 
@@ -27,7 +28,7 @@ def llama_sel(llama_dir):
 @pytest.mark.parametrize("suffix", [".yaml", ".json", ".txt"])
 def test_every_layout_reports_each_pattern_and_the_trainable_share(llama_dir, llama_sel, tmp_path, suffix):
     path = tmp_path / f"sel{suffix}"
-    llama_sel.save(path)
+    write_selection(llama_sel, path)
     report = check(path, llama_dir, seq_len=16)
     assert [p.pattern for p in report.patterns] == llama_sel.patterns
     assert all(p.tensors and p.params for p in report.patterns)

@@ -146,8 +146,25 @@ def test_truncated_safetensors(tmp_path):
 
 def test_corrupt_safetensors_header(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\0" * 64)
-    with pytest.raises(SpectrumError, match="not a readable safetensors"):
+    with pytest.raises(SpectrumError, match="not a readable safetensors") as err:
         spectrum_llm.scan(tmp_path)
+    from safetensors import SafetensorError
+
+    assert isinstance(err.value.__cause__, SafetensorError)  # the library's own error is kept, for debugging
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "bin"])
+def test_damaged_gguf_and_bin_files_keep_the_cause(tmp_path, fmt):
+    if fmt == "gguf":
+        (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 8)
+        match, cause = "not a readable GGUF", ValueError
+    else:
+        torch.save({"a": torch.ones(64, 64)}, tmp_path / "m.bin")
+        (tmp_path / "m.bin").write_bytes((tmp_path / "m.bin").read_bytes()[:100])
+        match, cause = "could not be read as a PyTorch checkpoint", RuntimeError
+    with pytest.raises(SpectrumError, match=match) as err:
+        spectrum_llm.scan(tmp_path / f"m.{fmt}")
+    assert isinstance(err.value.__cause__, cause)
 
 
 def test_nan_inside_a_weight_skips_that_tensor_only(tmp_path):
@@ -187,6 +204,8 @@ def test_quantized_weights_are_skipped_with_the_fix(tmp_path):
 def test_unknown_estimator_and_bad_regex(llama_dir):
     with pytest.raises(SpectrumError, match="Unknown estimator"):
         spectrum_llm.scan(llama_dir, estimator="magic")
+    with pytest.raises(SpectrumError, match="Unknown singular-value method 'auto'"):
+        spectrum_llm.scan(llama_dir, method="auto")
     with pytest.raises(SpectrumError, match="not a valid regular expression"):
         spectrum_llm.scan(llama_dir, modules="(")
     with pytest.raises(SpectrumError, match="matches none"):

@@ -83,3 +83,41 @@ def test_select_on_a_tied_model_names_one_flag(tmp_path, capsys):
     assert "pass --no-train-embeddings to train only" in err
     _, _, err = _run(capsys, "select", path, "--no-train-embeddings", "-o", tmp_path / "t.yaml")
     assert "lm_head" not in (tmp_path / "t.yaml").read_text()
+
+
+def test_train_flags_are_the_train_config_fields():
+    import dataclasses
+
+    import typer
+
+    from spectrum_llm.training import TrainConfig
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata["cli"]:
+            assert params[f.name].help == f.metadata["help"] and params[f.name].default is None, f.name
+        else:
+            assert f.name not in params, f.name
+    assert "(default 4)" in params["batch_size"].help and TrainConfig().batch_size == 4
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_train_prints_the_log_lines_plainly_and_verbose_adds_debug(monkeypatch, capsys, verbose):
+    import logging
+
+    import spectrum_llm.training as training
+
+    def fake_train(cfg):
+        log = logging.getLogger("spectrum_llm.training")
+        log.debug("details")
+        log.info("started")
+        log.warning("careful")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    package = logging.getLogger("spectrum_llm")
+    before = (package.level, list(package.handlers))
+    code, out, _ = _run(capsys, "train", "--model", "m", "--data", "d", "-o", "o", *(["--verbose"] if verbose else []))
+    assert code == 0
+    assert out.splitlines() == [*(["[spectrum] details"] if verbose else []), "[spectrum] started",
+                                "[spectrum] warning: careful"]
+    assert (package.level, package.handlers) == before

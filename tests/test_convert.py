@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from spectrum_llm.checkpoint import open_checkpoint
-from spectrum_llm.convert import gguf_to_folder, is_gguf
+from spectrum_llm.conversion import cached_folder, gguf_to_folder, is_gguf
 from spectrum_llm.errors import SpectrumError
 
 
@@ -36,7 +36,7 @@ def test_default_model_converts_to_a_loadable_folder_with_the_same_weights(tmp_p
 
 def test_train_converts_a_gguf_model_first(tmp_path, monkeypatch):
     """`spectrum train --model x.gguf` trains the converted folder (conversion stubbed with a tiny Llama)."""
-    import spectrum_llm.convert as convert
+    import spectrum_llm.conversion as convert
     from helpers_models import build_tiny_llama, write_cpt_data
     from spectrum_llm.training import TrainConfig, train
 
@@ -50,3 +50,37 @@ def test_train_converts_a_gguf_model_first(tmp_path, monkeypatch):
     assert seen == [str(tmp_path / "model.Q4_K_M.gguf")]
     assert cfg.model.endswith(".gguf")  # the caller's config is not changed
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def _tiny_gguf(path):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("blk.0.attn_q.weight", np.ones((8, 16), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("env", ["SPECTRUM_CACHE", "XDG_CACHE_HOME"])
+def test_conversions_are_cached_where_the_environment_says(env, tmp_path, monkeypatch):
+    """The default output folder follows $SPECTRUM_CACHE, else $XDG_CACHE_HOME/spectrum-llm (conversion stubbed)."""
+    import spectrum_llm.conversion as convert
+
+    def fake_convert(path, name, fingerprint, out, dtype):
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(convert, "_convert", fake_convert)
+    monkeypatch.delenv("SPECTRUM_CACHE")
+    monkeypatch.setenv(env, str(tmp_path / "here"))
+    root = tmp_path / "here" / ("spectrum-llm" if env == "XDG_CACHE_HOME" else "")
+    gguf = _tiny_gguf(tmp_path / "m.gguf")
+    out = gguf_to_folder(gguf)
+    assert out.parent == root / "models" and out.name.startswith("m-")
+    assert cached_folder(gguf) == out and list((root / "locks").iterdir())

@@ -5,7 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from spectrum_llm.estimators import mp_median, mp_snr, reference_snr, unscorable
+from spectrum_llm.errors import SpectrumError
+from spectrum_llm.estimators import REGISTRY, get, mp_density, mp_median, mp_snr, reference_snr, score, unscorable
 
 
 def direct_reference(w: torch.Tensor) -> float:
@@ -96,3 +97,39 @@ def test_rank_deficient_matrix_is_unscorable_for_mp():
     s = torch.linalg.svdvals(w)
     s[2:] = 0
     assert "rank-deficient" in unscorable(s, 20, 30, "mp")
+
+
+def test_registry_entries_carry_their_properties():
+    assert set(REGISTRY) == {"mp", "reference"}
+    assert get("mp").scale_invariant and not get("reference").scale_invariant
+    assert all(e.name == name and e.version >= 1 for name, e in REGISTRY.items())
+
+
+def test_registry_scores_are_the_estimators_own():
+    w = spiked(40, 60, rank=3, strength=4.0)
+    s = torch.linalg.svdvals(w)
+    assert score(s, 40, 60, "mp") == mp_snr(s, 40, 60)
+    assert score(s, 40, 60, "reference") == reference_snr(s, 40, 60)
+
+
+def test_mp_score_does_not_change_with_the_weight_scale():
+    s = torch.linalg.svdvals(spiked(40, 60, rank=3, strength=4.0))
+    assert get("mp").score(s * 7.5, 40, 60).snr == pytest.approx(get("mp").score(s, 40, 60).snr, rel=1e-12)
+    assert get("reference").score(s * 7.5, 40, 60).snr != pytest.approx(get("reference").score(s, 40, 60).snr)
+
+
+@pytest.mark.parametrize("name", ["magic", "", "MP", None])
+def test_unknown_estimator_names_the_known_ones(name):
+    with pytest.raises(SpectrumError, match=r"Unknown estimator .*Use one of: mp, reference\."):
+        get(name)
+    with pytest.raises(SpectrumError, match="Unknown estimator"):
+        score(torch.ones(3), 3, 3, name)
+
+
+def test_mp_density_is_a_density():
+    sigma, m, n = 0.02, 64, 256
+    edge = sigma * (math.sqrt(m) + math.sqrt(n))
+    x = np.linspace(1e-6, edge * 1.05, 200001)
+    area = float(np.sum(mp_density(x, sigma, m, n)) * (x[1] - x[0]))
+    assert area == pytest.approx(1.0, abs=2e-3)
+    assert mp_density(np.array([edge * 1.01]), sigma, m, n)[0] == 0.0

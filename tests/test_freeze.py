@@ -10,7 +10,9 @@ import torch
 from conftest import tiny_llama
 from helpers_selection import axolotl_unfrozen
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.freezing import freeze, load_meta_model
+from spectrum_llm.exports import write_selection
+from spectrum_llm.freezing import freeze
+from spectrum_llm.models import load_meta_model
 from spectrum_llm.selection import select
 
 
@@ -41,7 +43,7 @@ def _snapshot(model):
                                 {"top_percent": 100, "train_norms": True}, {"budget": 0.5}])
 def test_axolotl_rule_freeze_and_selection_agree(llama_scan, kw, tmp_path):
     sel = select(llama_scan, **kw)
-    sel.save(tmp_path / "s.yaml")
+    write_selection(sel, tmp_path / "s.yaml")
     model = tiny_llama()
     axolotl = set(axolotl_unfrozen(model.named_parameters(), sel.patterns))
     summary = freeze(model, tmp_path / "s.yaml")
@@ -133,7 +135,7 @@ def test_tied_selection_select_freeze_and_axolotl_count_the_same(tied_dir, emb, 
     scan = spectrum_llm.scan(tied_dir, progress=False)
     for model_arg in (None, tied_dir):
         sel = select(scan, top_percent=50, train_embeddings=emb, train_lm_head=head, model=model_arg)
-        sel.save(tmp_path / "s.yaml")
+        write_selection(sel, tmp_path / "s.yaml")
         model = tiny_llama(tie_word_embeddings=True)
         axolotl = axolotl_unfrozen(model.named_parameters(), sel.patterns)
         summary = freeze(model, tmp_path / "s.yaml")

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 import spectrum_llm
-from spectrum_llm.naming import gguf_to_hf, parse
+from spectrum_llm.naming import fused_parts, gguf_to_hf, parse
 
 from conftest import save_model
 
@@ -136,3 +136,13 @@ def test_gemma3_gguf_names_are_unique(tmp_path):
 
     names = [t.name for t in open_checkpoint(tmp_path / "g.gguf").tensors]
     assert len(set(names)) == 4 and "model.layers.0.pre_feedforward_layernorm.weight" in names
+
+
+def test_fused_parts_follow_the_config():
+    cfg = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32, "intermediate_size": 48}
+    assert fused_parts("model.layers.0.self_attn.qkv_proj.weight", (64, 32), cfg) == [
+        ("q", 0, 0, 32), ("k", 0, 32, 48), ("v", 0, 48, 64)]
+    assert fused_parts("model.layers.0.mlp.gate_up_proj.weight", (96, 32), cfg) == [("gate", 0, 0, 48), ("up", 0, 48, 96)]
+    assert fused_parts("h.0.attn.c_attn.weight", (32, 96), {"n_head": 4, "n_embd": 32})[2] == ("v", 1, 64, 96)
+    assert fused_parts("model.layers.0.self_attn.qkv_proj.weight", (60, 32), cfg) == []  # the config disagrees
+

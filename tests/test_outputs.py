@@ -173,7 +173,7 @@ def test_concurrent_conversions_convert_once(tmp_path, monkeypatch):
     """Every rank converts the same GGUF at start-up: one converts, the others wait and reuse its folder."""
     import time
 
-    from spectrum_llm import convert
+    from spectrum_llm import conversion as convert
 
     calls = []
 

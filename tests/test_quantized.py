@@ -204,8 +204,10 @@ def test_a_scan_dequantizes_one_block_at_a_time(layout, monkeypatch):
 
 
 def test_select_freeze_and_report_on_a_quantized_scan(layout, tmp_path):
-    from spectrum_llm.freezing import freeze, load_meta_model
-    from spectrum_llm.reporting import report, scan_table
+    from spectrum_llm.freezing import freeze
+    from spectrum_llm.html_report import report
+    from spectrum_llm.models import load_meta_model
+    from spectrum_llm.tables import scan_table
 
     name, folder, dtype = layout["name"], layout["folder"], layout["dtype"]
     scan = layout["scans"]["mp"][0]
@@ -228,7 +230,7 @@ def test_select_freeze_and_report_on_a_quantized_scan(layout, tmp_path):
 
 
 def test_module_spectrum_reads_a_quantized_module(tmp_path):
-    from spectrum_llm.reporting import module_spectrum
+    from spectrum_llm.html_report import module_spectrum
 
     folder, reference = _gpt_oss(tmp_path)
     scan = spectrum_llm.scan(folder)

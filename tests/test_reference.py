@@ -12,7 +12,7 @@ import spectrum_llm
 from conftest import plant_signal, save_model, tiny_llama
 from helpers_reference import reference_scan, reference_yaml
 from spectrum_llm.exports import to_yaml
-from spectrum_llm.reference import file_name, model_id, reference_type, sort_types
+from spectrum_llm.reference import file_name, model_id, reference_type, sort_types, to_json_text
 from spectrum_llm.results import ScanResult, load_scan
 from spectrum_llm.selection import select
 
@@ -37,7 +37,7 @@ def test_reference_types_and_order():
 def test_reference_json_has_its_entries_types_order_and_values(model_and_scan):
     model, scan = model_and_scan
     theirs = reference_scan(model)
-    ours = scan.to_reference_json()
+    ours = json.loads(to_json_text(scan))
     assert list(ours) == list(theirs)
     assert [v["type"] for v in ours.values()] == [v["type"] for v in theirs.values()]
     for name, v in theirs.items():

@@ -1,12 +1,10 @@
-import math
 
 import pytest
 
 from spectrum_llm.cli import main
 from spectrum_llm.comparison import compare
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.reporting import top_modules
-from spectrum_llm.results import ModuleScore, ScanResult, load_scan
+from spectrum_llm.results import ModuleScore, ScanResult
 
 from helpers_report import assert_sane_png, synthetic_scan
 
@@ -26,33 +24,6 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 
 
 # --------------------------------------------------------------------------------------------- show
-
-
-def test_top_modules_sorted_high_to_low_inf_first_skipped_last():
-    mods = top_modules(synthetic_scan())
-    assert mods[0].name == "model.layers.0.self_attn.k_proj" and math.isinf(mods[0].snr)
-    scores = [m.snr for m in mods if m.ranked]
-    assert scores == sorted(scores, reverse=True)
-    assert [m.ranked for m in mods[-2:]] == [False, False]
-    assert all(m.kind == "linear" for m in mods)
-
-
-def test_top_and_type_filter():
-    mods = top_modules(synthetic_scan(), top=2, type="mlp.experts.down_proj")
-    assert [m.name for m in mods] == ["model.layers.2.mlp.experts.3.down_proj", "model.layers.2.mlp.experts.2.down_proj"]
-
-
-def test_type_filter_matches_reference_per_expert_types(reference_dir):
-    scan = load_scan(reference_dir / "snr_results_Qwen-Qwen2-MoE-57B-A14B.json")
-    mods = top_modules(scan, type="mlp.experts.down_proj")
-    assert len({m.type for m in mods}) == 64 and all(".experts." in m.name for m in mods)
-
-
-def test_unknown_type_and_bad_top_are_refused():
-    with pytest.raises(SpectrumError, match="No module of type 'mlp.nope'"):
-        top_modules(synthetic_scan(), type="mlp.nope")
-    with pytest.raises(SpectrumError, match="positive"):
-        top_modules(synthetic_scan(), top=0)
 
 
 def test_show_cli_prints_sorted_table(reference_dir, capsys):
@@ -151,7 +122,8 @@ def test_report_cli_writes_html_and_png(reference_dir, tmp_path, capsys):
 
 
 def test_report_cli_module_without_model_exits_2(tmp_path, capsys):
-    scan = ScanResult("m", "mp", [ModuleScore("model.layers.0.mlp.down_proj", "mlp.down_proj", 0, [4, 4], 1.0)])
+    scan = ScanResult("m", "mp", [ModuleScore(name="model.layers.0.mlp.down_proj", type="mlp.down_proj", layer=0,
+                                              shape=[4, 4], snr=1.0)])
     path = scan.save(tmp_path / "scan.json")
     code, _, err = _run(capsys, "report", path, "--module", "model.layers.0.mlp.down_proj", "-o", tmp_path / "r.html")
     assert code == 2 and "--model" in err

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spectrum_llm
-from spectrum_llm import scanner as scan_mod
+from spectrum_llm import scanning as scan_mod
+from spectrum_llm.errors import SpectrumError
 from spectrum_llm.results import load_scan
 
 from conftest import save_model, tiny_llama
@@ -75,6 +76,42 @@ def test_reference_json_flat_layout(llama_dir, tmp_path):
     data = json.loads(f.read_text())
     assert data["model.layers.0.mlp.down_proj"]["type"] == "mlp.down_proj"
     assert load_scan(f).layout == "reference-flat"
+
+
+def test_scan_files_record_the_estimator_version(llama_dir, tmp_path):
+    from spectrum_llm.estimators import get
+
+    out = tmp_path / "scan.json"
+    result = spectrum_llm.scan(llama_dir, output=out, estimator="reference")
+    assert json.loads(out.read_text())["estimator_version"] == get("reference").version == result.estimator_version
+    assert load_scan(out).estimator_version == get("reference").version
+    spectrum_llm.scan(llama_dir, estimator="reference", reference_json=tmp_path)
+    (flat,) = tmp_path.glob("snr_results_*.json")
+    assert all(set(v) == {"snr", "type"} for v in json.loads(flat.read_text()).values())  # the reference layout
+
+
+def test_scan_files_without_an_estimator_version_load_and_are_reused(llama_dir, tmp_path, monkeypatch):
+    out = tmp_path / "scan.json"
+    first = spectrum_llm.scan(llama_dir, output=out)
+    data = json.loads(out.read_text())
+    del data["estimator_version"]
+    out.write_text(json.dumps(data))
+    assert load_scan(out).estimator_version is None
+    assert [m.snr for m in load_scan(out).modules] == [m.snr for m in first.modules]
+    _no_scoring(monkeypatch)
+    assert spectrum_llm.scan(llama_dir, output=out).cached
+
+
+def test_a_scan_by_another_estimator_version_is_not_reused(llama_dir, tmp_path, monkeypatch):
+    import dataclasses
+
+    from spectrum_llm.estimators import REGISTRY
+
+    out = tmp_path / "scan.json"
+    spectrum_llm.scan(llama_dir, output=out)
+    monkeypatch.setitem(REGISTRY, "mp", dataclasses.replace(REGISTRY["mp"], version=REGISTRY["mp"].version + 1))
+    again = spectrum_llm.scan(llama_dir, output=out)
+    assert not again.cached and load_scan(out).estimator_version == REGISTRY["mp"].version
 
 
 def test_modules_regex_limits_the_scan(llama_dir):
@@ -198,3 +235,23 @@ def test_cli_says_how_many_were_scored_and_skipped(llama_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["scan", str(llama_dir), "-o", str(tmp_path / "t.json"), "--no-progress"])
     assert "reused from an earlier scan" in capsys.readouterr().err
+
+
+def test_one_module_is_read_again_as_the_scan_cut_it(tmp_path):
+    torch.manual_seed(0)
+    experts, qkv = torch.randn(3, 16, 24), torch.randn(48, 16)
+    save_file({"model.layers.0.mlp.experts.down_proj": experts, "model.layers.0.self_attn.qkv_proj.weight": qkv},
+              tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 2, "hidden_size": 16}))
+    by_name = {m.name: m for m in spectrum_llm.scan(tmp_path, resume=False).modules}
+    for name, w in (("model.layers.0.mlp.experts.1.down_proj", experts[1]),
+                    ("model.layers.0.self_attn.qkv_proj.k", qkv[16:32])):
+        shape, s = scan_mod.module_singular_values(tmp_path, by_name[name], "mp")
+        assert shape == tuple(w.shape)
+        np.testing.assert_allclose(s.numpy(), torch.linalg.svdvals(w.double()).numpy(), rtol=1e-6)
+
+
+def test_a_module_the_scan_skipped_has_no_spectrum(llama_dir):
+    norm = next(m for m in spectrum_llm.scan(llama_dir).modules if m.kind == "norm")
+    with pytest.raises(SpectrumError, match="no spectrum to draw: 1-D weight"):
+        scan_mod.module_singular_values(llama_dir, norm, "mp")

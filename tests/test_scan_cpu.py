@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from spectrum_llm import scanner, spectra
+from spectrum_llm import scanning as scanner, spectra
 from spectrum_llm.checkpoint import open_checkpoint
 from spectrum_llm.errors import SpectrumError
 

@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 import spectrum_llm
 from spectrum_llm.results import load_scan
+
+pytestmark = pytest.mark.slow  # torchrun ranks and a killed-and-resumed scan, each in its own processes
 
 
 def test_two_process_scan_matches_one_process(llama_dir, tmp_path, free_port):
@@ -46,7 +49,7 @@ def test_scan_killed_with_sigkill_resumes(tmp_path):
     done_before = len(journal.read_text().splitlines()) - 1
     assert not out.exists() and 3 <= done_before < 40
 
-    from spectrum_llm import scanner
+    from spectrum_llm import scanning as scanner
 
     calls = []
     real = scanner.score_tensor

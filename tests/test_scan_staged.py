@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 import spectrum_llm
-from spectrum_llm import scanner
+from spectrum_llm import scanning as scanner
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.spectra import float64_note, gram, singular_values, singular_values_from_gram
 

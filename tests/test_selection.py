@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from helpers_selection import LLAMA_TYPES, synthetic_scan
 from spectrum_llm.errors import SpectrumError
+from spectrum_llm.exports import write_selection
 from spectrum_llm.results import ModuleScore, ScanResult
-from spectrum_llm.selection import (Selection, _order_key, load_selection, pattern_module, rank, select)
+from spectrum_llm.selection import _order_key, candidates, load_selection, rank, select
 
 score = st.one_of(st.floats(-5, 50, allow_nan=False), st.none(), st.just(math.nan), st.just(math.inf))
 scans = st.dictionaries(st.sampled_from(LLAMA_TYPES), st.lists(score, min_size=1, max_size=9), min_size=1)
@@ -52,7 +53,8 @@ def test_compat_ranks_inf_first():
 
 def test_default_selection_trains_embeddings_and_head_not_norms():
     scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0]})
-    scan.modules.append(ModuleScore("model.norm", "norm", None, [10], None, "norm", "model.norm.weight", numel=10))
+    scan.modules.append(ModuleScore(name="model.norm", type="norm", layer=None, shape=[10], snr=None, kind="norm",
+                                    param="model.norm.weight", numel=10))
     sel = select(scan, top_percent=50)
     assert sel.extras == ["^lm_head.weight$", "^model.embed_tokens.weight$"]
     assert sel.modules == ["model.layers.1.mlp.down_proj"]
@@ -118,10 +120,11 @@ def test_include_and_exclude_narrow_the_candidates():
 
 
 def test_fused_parts_become_row_ranges_and_never_double_with_the_whole():
-    whole = ModuleScore("model.layers.0.self_attn.qkv_proj", "self_attn.qkv_proj", 0, [9216, 3072], 1.0, "linear",
-                        "model.layers.0.self_attn.qkv_proj.weight", numel=9216 * 3072)
-    parts = [ModuleScore(f"{whole.name}.{p}", f"self_attn.qkv_proj.{p}", 0, [3072, 3072], s, "linear", whole.param,
-                         part=p, rows=[i * 3072, (i + 1) * 3072], numel=3072 * 3072)
+    whole = ModuleScore(name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0,
+                        shape=[9216, 3072], snr=1.0, kind="linear", param="model.layers.0.self_attn.qkv_proj.weight",
+                        numel=9216 * 3072)
+    parts = [ModuleScore(name=f"{whole.name}.{p}", type=f"self_attn.qkv_proj.{p}", layer=0, shape=[3072, 3072], snr=s,
+                         kind="linear", param=whole.param, part=p, rows=[i * 3072, (i + 1) * 3072], numel=3072 * 3072)
              for i, (p, s) in enumerate(zip("qkv", (5.0, 1.0, 2.0)))]
     scan = ScanResult("phi", "mp", [whole, *parts])
     assert select(scan, top_percent=100).modules == [whole.name]
@@ -130,17 +133,30 @@ def test_fused_parts_become_row_ranges_and_never_double_with_the_whole():
                             f"^{whole.param}$[6144:9216]"]
 
 
+def test_candidates_are_the_linear_modules_in_scan_order_parts_replacing_their_wholes():
+    whole = ModuleScore(name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0, shape=[6, 2], snr=1.0, kind="linear",
+                        param="model.layers.0.self_attn.qkv_proj.weight")
+    parts = [ModuleScore(name=f"{whole.name}.{p}", type=f"self_attn.qkv_proj.{p}", layer=0, shape=[2, 2], snr=1.0, kind="linear", param=whole.param,
+                         part=p, rows=[2 * i, 2 * i + 2]) for i, p in enumerate("qkv")]
+    scan = synthetic_scan({"mlp.down_proj": [2.0, 1.0]})
+    scan.modules += [whole, *parts]
+    linear = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert [m.name for m in candidates(scan)] == linear + [whole.name]
+    assert [m.name for m in candidates(scan, parts=True)] == linear + [m.name for m in parts]
+
+
 def test_experts_of_a_3d_tensor_become_row_ranges():
     p = "model.layers.0.mlp.experts.gate_up_proj"
-    mods = [ModuleScore(f"model.layers.0.mlp.experts.{e}.gate_up_proj", "mlp.experts.gate_up_proj", 0, [8, 4],
-                        float(e), "linear", p, e, rows=[e, e + 1], numel=32) for e in range(4)]
+    mods = [ModuleScore(name=f"model.layers.0.mlp.experts.{e}.gate_up_proj", type="mlp.experts.gate_up_proj", layer=0,
+                        shape=[8, 4], snr=float(e), kind="linear", param=p, expert=e, rows=[e, e + 1],
+                        numel=32) for e in range(4)]
     sel = select(ScanResult("moe", "mp", mods), top_percent=50, train_embeddings=False, train_lm_head=False)
     assert sel.patterns == [f"^{p}$[3:4]", f"^{p}$[2:3]"]
 
 
 def test_column_parts_cannot_be_exported():
-    m = ModuleScore("h.0.attn.c_attn.q", "attn.c_attn.q", 0, [4, 4], 1.0, "linear", "h.0.attn.c_attn.weight",
-                    part="q", rows=[0, 4], dim=1, numel=16)
+    m = ModuleScore(name="h.0.attn.c_attn.q", type="attn.c_attn.q", layer=0, shape=[4, 4], snr=1.0, kind="linear",
+                    param="h.0.attn.c_attn.weight", part="q", rows=[0, 4], dim=1, numel=16)
     with pytest.raises(SpectrumError, match="dimension 0"):
         select(ScanResult("gpt2", "mp", [m]), top_percent=100, parts=True)
 
@@ -178,8 +194,8 @@ def test_load_selection_accepts_every_form(tmp_path):
     assert load_selection(sel) is sel
     assert load_selection(sel.patterns).patterns == sel.patterns
     for ext in (".json", ".yaml", ".txt"):
-        sel.save(tmp_path / f"s{ext}")
-        back = Selection.load(tmp_path / f"s{ext}")
+        write_selection(sel, tmp_path / f"s{ext}")
+        back = load_selection(tmp_path / f"s{ext}")
         assert back.patterns == sel.patterns
         assert "model.layers.1.mlp.down_proj" in back.modules
     assert load_selection(tmp_path / "s.json").types["mlp.down_proj"].kept == 1
@@ -195,14 +211,7 @@ def test_load_selection_rejects_empty_or_foreign_files(tmp_path, name, text):
 
 def test_selection_json_is_strict_json_with_inf_scores(tmp_path):
     sel = select(synthetic_scan({"mlp.down_proj": [math.inf, 2.0]}), top_percent=50)
-    sel.save(tmp_path / "s.json")
+    write_selection(sel, tmp_path / "s.json")
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["scores"]["model.layers.0.mlp.down_proj"] == "inf"
     assert load_selection(tmp_path / "s.json").scores["model.layers.0.mlp.down_proj"] == math.inf
-
-
-def test_pattern_module_reads_plain_patterns_only():
-    assert pattern_module("^model.layers.1.mlp.down_proj.(weight|bias)$") == "model.layers.1.mlp.down_proj"
-    assert pattern_module("model.layers.0.mlp.experts.3.w1") == "model.layers.0.mlp.experts.3.w1"
-    assert pattern_module("^lm_head.weight$") == "lm_head"
-    assert pattern_module("layers.2[0-9]+.mlp") is None

@@ -39,3 +39,15 @@ def test_cuda_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(SpectrumError, match="no CUDA GPU"):
         singular_values(torch.randn(4, 4), device="cuda")
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(SpectrumError, match="use one of gram, svd"):
+        singular_values(torch.randn(4, 4), method="auto")
+
+
+def test_the_default_scan_keeps_its_cache_file_name():
+    from spectrum_llm import cache
+
+    assert cache.scan_path("abc", "mp").name == "abc-mp.json"
+    assert cache.scan_path("abc", "mp", "svd").name == "abc-mp-svd.json"

@@ -6,6 +6,7 @@ Each training run is a module-scoped fixture shared by the tests that check it, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from safetensors.torch import load_file
 from helpers_models import build_tiny_llama, write_cpt_data, write_sft_data
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.training import SUMMARY_FILE, TrainConfig, train
+
+pytestmark = pytest.mark.slow  # every test here trains (the torchrun ones in two processes)
 
 # the embeddings stay frozen here, so gradient checkpointing must still reach layer 0
 SELECTION = ["^model.layers.0.self_attn.q_proj.(weight|bias)$", "^model.layers.1.mlp.down_proj.(weight|bias)$",
@@ -268,10 +271,11 @@ def test_keep_checkpoints_keeps_the_last_resumable_one(work, tmp_path):
     assert (out / "checkpoint-3" / "optimizer.pt").is_file()
 
 
-def test_default_seq_len_is_the_models_maximum_when_shorter(work, tmp_path, capsys):
-    summary = train(_cfg(work["bf16"], work["cpt"], tmp_path / "o", method="full", seq_len=None, max_steps=1))
+def test_default_seq_len_is_the_models_maximum_when_shorter(work, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="spectrum_llm"):
+        summary = train(_cfg(work["bf16"], work["cpt"], tmp_path / "o", method="full", seq_len=None, max_steps=1))
     assert summary.config["seq_len"] == 128
-    assert "[spectrum] seq-len 128: the model's maximum (the default is 512)" in capsys.readouterr().out
+    assert "seq-len 128: the model's maximum (the default is 512)" in caplog.messages
 
 
 def test_cli_train_is_quiet_one_bar_one_start_and_one_summary_line(work, tmp_path, capsys):
@@ -293,13 +297,16 @@ def test_cli_train_is_quiet_one_bar_one_start_and_one_summary_line(work, tmp_pat
     assert re.search(r"scan .* 21/21 tensors", cap.err)  # the scan before training shows its progress too
 
 
-def test_embeddings_that_dominate_the_trainable_parameters_are_named(work, tmp_path, capsys):
-    train(_cfg(work["bf16"], work["cpt"], tmp_path / "e", top_percent=10, max_steps=1))
-    out = capsys.readouterr().out
-    assert "are embeddings/lm_head, which every selection trains; pass --no-train-embeddings --no-train-lm-head" in out
-    summary = train(_cfg(work["bf16"], work["cpt"], tmp_path / "n", top_percent=50, max_steps=1,
-                         train_embeddings=False, train_lm_head=False))
-    assert "embeddings/lm_head" not in capsys.readouterr().out
+def test_embeddings_that_dominate_the_trainable_parameters_are_named(work, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="spectrum_llm"):
+        train(_cfg(work["bf16"], work["cpt"], tmp_path / "e", top_percent=10, max_steps=1))
+    assert ("are embeddings/lm_head, which every selection trains; pass --no-train-embeddings --no-train-lm-head"
+            in caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="spectrum_llm"):
+        summary = train(_cfg(work["bf16"], work["cpt"], tmp_path / "n", top_percent=50, max_steps=1,
+                             train_embeddings=False, train_lm_head=False))
+    assert "embeddings/lm_head" not in caplog.text
     selected = json.loads((tmp_path / "n" / "selection.json").read_text())
     assert selected["extras"] == [] and summary.trainable_params == selected["trainable_params"]
 

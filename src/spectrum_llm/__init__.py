@@ -1,8 +1,11 @@
 """spectrum-llm: train only the most informative weight matrices of an LLM (Spectrum, arXiv 2406.06623).
 
 The pipeline, one module per step:
-checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scan``)
--> selection (``selection``) -> exports / frozen model (``exports``, ``freeze``) -> training (``training``).
+checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scanning``)
+-> selection (``selection``) -> exports / frozen model (``exports``, ``freezing``; Axolotl's pattern format:
+``axolotl``; meta-device model skeletons: ``models``) -> training (``training``).
+Seeing a scan: ``grids`` (the layer x type grid), ``figures``, ``html_report`` (``report``), ``tables``
+(``spectrum show``) and ``comparison`` (``compare``); ``params`` counts parameters.
 
 Names are imported lazily so that ``import spectrum_llm`` stays fast and does not pull in torch.
 """
@@ -16,7 +19,7 @@ _API = {
     "ModuleScore": "results",
     "ScanResult": "results",
     "load_scan": "results",
-    "scan": "scanner",
+    "scan": "scanning",
     "select": "selection",
     "Selection": "selection",
     "freeze": "freezing",
@@ -30,7 +33,7 @@ _API = {
     "SpectrumCallback": "integrations",
     "train": "training",
     "TrainConfig": "training",
-    "report": "reporting",
+    "report": "html_report",
     "compare": "comparison",
     "ScanDiff": "comparison",
 }

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 SOURCE_FILE = "spectrum_source.json"  # written by `spectrum convert` into the folders it makes
+WHERE = "$SPECTRUM_CACHE, else $XDG_CACHE_HOME/spectrum-llm, else ~/.cache/spectrum-llm"  # root(), for help texts
 
 
 def root() -> Path:
@@ -42,7 +43,7 @@ def source_fingerprint(folder: Path) -> str | None:
     return fp if isinstance(fp, str) and fp else None
 
 
-def scan_path(fingerprint: str, estimator: str, method: str = "auto") -> Path:
-    """The cache file of a full scan of the weights with this fingerprint."""
-    suffix = "" if method == "auto" else f"-{method}"
+def scan_path(fingerprint: str, estimator: str, method: str = "gram") -> Path:
+    """The cache file of a full scan of the weights with this fingerprint (the default method's has no suffix)."""
+    suffix = "" if method == "gram" else f"-{method}"
     return scans_dir() / f"{fingerprint}-{estimator}{suffix}.json"

@@ -17,22 +17,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from . import estimators
 from .errors import SpectrumError
+from .reference import slug
 from .results import ScanResult, load_scan, parse_scan, read_scan_text, scan_stem
 
 DATA = Path(__file__).parent / "catalogue_data"
 ENV = "SPECTRUM_CATALOGUE"
 SOURCES: dict[str, dict[str, str]] = {
-    "reference-tool": {"repo": "QuixiAI/spectrum (formerly cognitivecomputations/spectrum)",
-                       "path": "model_snr_results/", "commit": "13dcd40c44fdfb4a41a123e9e8a7106c827d4b59"},
-    "axolotl": {"repo": "axolotl-ai-cloud/axolotl", "path": "src/axolotl/integrations/spectrum/model_snr_results/",
-                "commit": "067b021c8b87a9e5e380b9173c704cf7340e30f5"},
+    "reference-tool": {
+        "repo": "QuixiAI/spectrum (formerly cognitivecomputations/spectrum)",
+        "path": "model_snr_results/",
+        "commit": "13dcd40c44fdfb4a41a123e9e8a7106c827d4b59",
+    },
+    "axolotl": {
+        "repo": "axolotl-ai-cloud/axolotl",
+        "path": "src/axolotl/integrations/spectrum/model_snr_results/",
+        "commit": "067b021c8b87a9e5e380b9173c704cf7340e30f5",
+    },
 }
 _ROUTER_LEAVES = ("router", "gate")
 
@@ -73,42 +83,47 @@ class Entry:
             self.problem = _problem(scan)
             if self.problem is None:
                 return scan
-        raise SpectrumError(f"The catalogue scan {self.file} ({self.describe_source()}) cannot be used: "
-                            f"{self.problem}. Scan the model instead (`spectrum scan MODEL -o scan.json`) or put a "
-                            f"good snr_results_{self.name}.json into a --catalogue folder.")
+        raise SpectrumError(
+            f"The catalogue scan {self.file} ({self.describe_source()}) cannot be used: "
+            f"{self.problem}. Scan the model instead (`spectrum scan MODEL -o scan.json`) or put a "
+            f"good snr_results_{self.name}.json into a --catalogue folder."
+        )
 
 
-def slug(model_id: str) -> str:
-    """Axolotl's and the reference tool's file-name form of a model id: ``/`` and ``_`` become ``-``."""
-    return str(model_id).replace("/", "-").replace("_", "-")
-
-
-def folders(catalogue: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None) -> list[Path]:
+def folders(catalogue: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> list[Path]:
     """Users' catalogue folders: ``catalogue`` (one or several), then ``$SPECTRUM_CATALOGUE`` (os.pathsep-separated)."""
-    given: list[Any] = [] if catalogue is None else [catalogue] if isinstance(catalogue, (str, os.PathLike)) \
-        else list(catalogue)
+    given: list[Any] = (
+        [] if catalogue is None else [catalogue] if isinstance(catalogue, (str, os.PathLike)) else list(catalogue)
+    )
     env = [p for p in os.environ.get(ENV, "").split(os.pathsep) if p]
     out = []
     for where, items in (("--catalogue", given), (ENV, env)):
         for item in items:
             path = Path(item).expanduser()
             if not path.is_dir():
-                raise SpectrumError(f"Catalogue folder {path} (from {where}) does not exist or is not a folder. "
-                                    "Create it and put snr_results_<model>.json scans into it.")
+                raise SpectrumError(
+                    f"Catalogue folder {path} (from {where}) does not exist or is not a folder. "
+                    "Create it and put snr_results_<model>.json scans into it."
+                )
             out.append(path)
     return out
 
 
 def _user_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith("snr_results_")
-                  and p.name.endswith((".json", ".json.gz")))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.name.startswith("snr_results_") and p.name.endswith((".json", ".json.gz"))
+    )
 
 
 def builtin() -> list[Entry]:
     """The packaged scans, described by ``index.json`` (no file is read)."""
     index = json.loads((DATA / "index.json").read_text(encoding="utf-8"))
-    return [Entry(scan_stem(e["file"]), DATA / e["file"], e["source"], e["modules"], e["layout"],
-                  problem=e["problem"]) for e in index["files"]]
+    return [
+        Entry(scan_stem(e["file"]), DATA / e["file"], e["source"], e["modules"], e["layout"], problem=e["problem"])
+        for e in index["files"]
+    ]
 
 
 def entries(catalogue=None) -> list[Entry]:
@@ -117,8 +132,17 @@ def entries(catalogue=None) -> list[Entry]:
     for folder in folders(catalogue):
         for path in _user_files(folder):
             info = problem_of(path)
-            out.append(Entry(scan_stem(path), path, str(folder), info["modules"], info["layout"],
-                             info["estimator"], info["problem"]))
+            out.append(
+                Entry(
+                    scan_stem(path),
+                    path,
+                    str(folder),
+                    info["modules"],
+                    info["layout"],
+                    info["estimator"],
+                    info["problem"],
+                )
+            )
     return out + builtin()
 
 
@@ -146,21 +170,22 @@ def near(model_id: str, catalogue=None, n: int = 3) -> list[str]:
 
 
 def _problem(scan: ScanResult) -> str | None:
-    """What makes a parsed scan unusable for selection, or None."""
-    from .selection import select
+    """What makes a parsed scan unusable for selection, or None.
 
+    The same conditions under which ``select`` refuses a scan, stated on the scan itself, so the catalogue
+    does not depend on selection (which finds scans through the catalogue).
+    """
     if not scan.modules:
         return "it holds no modules"
     names = [m.name for m in scan.modules]
     routers = sorted({m.type for m in scan.modules if m.type.rsplit(".", 1)[-1] in _ROUTER_LEAVES})
     if routers and not any(re.search(r"(^|\.)experts(\.|$)", n) for n in names):
-        return (f"it scores the mixture-of-experts router ({routers[0]}) but no expert: the scan missed the "
-                "model's expert weights (fused 3-D tensors), so a selection from it would leave every expert frozen")
-    try:
-        select(scan, top_percent=50)
-        select(scan, top_percent=50, compat=True)
-    except SpectrumError as e:
-        return f"no selection can be made from it ({e})"
+        return (
+            f"it scores the mixture-of-experts router ({routers[0]}) but no expert: the scan missed the "
+            "model's expert weights (fused 3-D tensors), so a selection from it would leave every expert frozen"
+        )
+    if not any(m.kind == "linear" and m.snr is not None and not math.isnan(m.snr) for m in scan.modules):
+        return "no weight matrix in it has a score, so no selection can be made from it"
     return None
 
 
@@ -171,8 +196,7 @@ def problem_of(path: str | os.PathLike) -> dict[str, Any]:
         scan = parse_scan(read_scan_text(path), "the file", scan_stem(path))
     except SpectrumError as e:
         return {"modules": 0, "layout": "", "estimator": "", "problem": str(e).rstrip(".")}
-    return {"modules": len(scan.modules), "layout": scan.layout, "estimator": scan.estimator,
-            "problem": _problem(scan)}
+    return {"modules": len(scan.modules), "layout": scan.layout, "estimator": scan.estimator, "problem": _problem(scan)}
 
 
 def validate_data() -> list[str]:
@@ -210,8 +234,13 @@ def validate_data() -> list[str]:
 # ----------------------------------------------------------------------------------------- resolution
 
 
-def resolve_scan(arg: "ScanResult | str | os.PathLike", *, catalogue=None, estimator: str = "mp",
-                 progress: bool = False) -> tuple[ScanResult, str]:
+def resolve_scan(
+    arg: ScanResult | str | os.PathLike,
+    *,
+    catalogue=None,
+    estimator: str = estimators.DEFAULT,
+    progress: bool = False,
+) -> tuple[ScanResult, str]:
     """The scan to select from, and how it was found.
 
     In order: a scan file; a scan in a users' catalogue folder; a local checkpoint (folder, weight file,
@@ -233,16 +262,18 @@ def resolve_scan(arg: "ScanResult | str | os.PathLike", *, catalogue=None, estim
     except SpectrumError:
         entry = find(text)
         if entry is not None:
-            return entry.load(), (f"the published scan {entry.file} ({entry.describe_source()}), since {text} has "
-                                  "no local weights")
+            return entry.load(), (
+                f"the published scan {entry.file} ({entry.describe_source()}), since {text} has no local weights"
+            )
         hint = near(text, catalogue)
         raise SpectrumError(
             f"{text}: no such scan file or local checkpoint (folder, weight file, or hub id in the local Hugging "
             f"Face cache; nothing is downloaded), and no catalogue holds snr_results_{slug(text)}.json"
             + (f" (did you mean {', '.join(hint)}?)" if hint else "")
             + f". `spectrum catalogue` lists the scans it has; add your own with --catalogue DIR or ${ENV}, or "
-            f"scan the model: `spectrum scan MODEL -o scan.json`.") from None
-    from .scanner import scan
+            f"scan the model: `spectrum scan MODEL -o scan.json`."
+        ) from None
+    from .scanning import scan
 
     result = scan(text, estimator=estimator, progress=progress)  # filed in the scan cache by content
     return result, f"a scan of the checkpoint {text}{' (reused from an earlier scan)' if result.cached else ''}"

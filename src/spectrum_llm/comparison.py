@@ -11,10 +11,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SpectrumError
-from .reporting import ScoreGrid, _png, as_scan, diff_figure, score_grid
+from .figures import diff_figure, png_bytes
+from .grids import ScoreGrid, as_scan, score_grid
 from .results import ModuleScore, ScanResult, check_writable, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 
 @dataclass
@@ -65,22 +70,32 @@ def check_comparable(a: ScanResult, b: ScanResult) -> None:
         detail = "; ".join(
             f"{len(only)} only in {label} (e.g. {only[0]})" for only, label in ((only_a, "A"), (only_b, "B")) if only
         )
-        raise SpectrumError(f"The scans hold different modules ({detail}), so they cannot be compared cell by cell. "
-                            "Compare scans of the same architecture (e.g. a base model and its instruct version), "
-                            "made with the same --modules.")
+        raise SpectrumError(
+            f"The scans hold different modules ({detail}), so they cannot be compared cell by cell. "
+            "Compare scans of the same architecture (e.g. a base model and its instruct version), "
+            "made with the same --modules."
+        )
     shape_b = {m.name: m.shape for m in b.modules}
     for m in a.modules:
         other = shape_b[m.name]
         if m.shape and other and list(m.shape) != list(other):
-            raise SpectrumError(f"{m.name} has shape {m.shape} in A but {other} in B: these are different "
-                                "architectures. Compare scans of the same model family and size.")
+            raise SpectrumError(
+                f"{m.name} has shape {m.shape} in A but {other} in B: these are different "
+                "architectures. Compare scans of the same model family and size."
+            )
     if a.estimator and b.estimator and a.estimator != b.estimator:
-        raise SpectrumError(f"Scan A was scored with the {a.estimator!r} estimator and B with {b.estimator!r}; their "
-                            f"scores are on different scales. Re-scan one with --estimator {a.estimator}.")
+        raise SpectrumError(
+            f"Scan A was scored with the {a.estimator!r} estimator and B with {b.estimator!r}; their "
+            f"scores are on different scales. Re-scan one with --estimator {a.estimator}."
+        )
 
 
-def compare(scan_a: ScanResult | str | os.PathLike, scan_b: ScanResult | str | os.PathLike,
-            png: str | os.PathLike | None = None, relative: bool = True) -> ScanDiff:
+def compare(
+    scan_a: ScanResult | str | os.PathLike,
+    scan_b: ScanResult | str | os.PathLike,
+    png: str | os.PathLike | None = None,
+    relative: bool = True,
+) -> ScanDiff:
     """Differences B - A per module and per heatmap cell; writes the difference heatmap to ``png`` if given.
 
     The heatmap shows the relative change B / A - 1 (in percent) by default, because scores span decades
@@ -100,9 +115,8 @@ def compare(scan_a: ScanResult | str | os.PathLike, scan_b: ScanResult | str | o
     result = ScanDiff(a.model, b.model, a.estimator or b.estimator, diffs, grid)
     if png is not None:
         what = "change B / A - 1, %" if relative else "score B - A"
-        fig = diff_figure(grid, f"{what}, {result.estimator or 'unknown'} estimator",
-                          f"A: {a.model}\nB: {b.model}")
-        result.png = write_bytes_atomic(png, _png(fig))
+        fig = diff_figure(grid, f"{what}, {result.estimator or 'unknown'} estimator", f"A: {a.model}\nB: {b.model}")
+        result.png = write_bytes_atomic(png, png_bytes(fig))
     return result
 
 
@@ -116,16 +130,27 @@ def diff_table(result: ScanDiff, top: int | None = 20, relative: bool = True):
     """A rich Table of the largest changes."""
     from rich.table import Table
 
-    from .reporting import _fmt
+    from .tables import format_score
 
     rows = result.top(top)
-    table = Table(title=f"A = {result.model_a}  B = {result.model_b}  ({result.estimator} estimator)", box=None,
-                  pad_edge=False, caption=f"{len(rows)} largest {'relative' if relative else 'absolute'} changes "
-                  f"of {len(result.modules)} modules")
-    for col, just in (("module", "left"), ("A", "right"), ("B", "right"), ("B - A", "right"), ("change", "right")):
+    table = Table(
+        title=f"A = {result.model_a}  B = {result.model_b}  ({result.estimator} estimator)",
+        box=None,
+        pad_edge=False,
+        caption=f"{len(rows)} largest {'relative' if relative else 'absolute'} changes "
+        f"of {len(result.modules)} modules",
+    )
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("module", "left"),
+        ("A", "right"),
+        ("B", "right"),
+        ("B - A", "right"),
+        ("change", "right"),
+    )
+    for col, just in columns:
         table.add_column(col, justify=just)
     for d in rows:
         change = f"{100 * d.relative:+.2f}%" if d.relative is not None else "–"
         diff = f"{d.diff:+.4g}" if d.diff is not None else "–"
-        table.add_row(d.name, _fmt(d.a), _fmt(d.b), diff, change)
+        table.add_row(d.name, format_score(d.a), format_score(d.b), diff, change)
     return table

@@ -53,31 +53,42 @@ def load_rows(path: str):
 
     p = Path(path)
     if not p.exists():
-        raise SpectrumError(f"Data {p} does not exist. Pass --data with a .jsonl, .json, .parquet or .txt file, "
-                            "or a folder written by datasets' save_to_disk.")
+        raise SpectrumError(
+            f"Data {p} does not exist. Pass --data with a .jsonl, .json, .parquet or .txt file, "
+            "or a folder written by datasets' save_to_disk."
+        )
     if p.is_dir():
-        if not ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
-                or (p / "state.json").exists()):
-            raise SpectrumError(f"{p} is a folder but not one written by datasets' save_to_disk "
-                                "(no dataset_info.json / dataset_dict.json). Pass a data file or such a folder.")
+        if not (
+            (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists()
+        ):
+            raise SpectrumError(
+                f"{p} is a folder but not one written by datasets' save_to_disk "
+                "(no dataset_info.json / dataset_dict.json). Pass a data file or such a folder."
+            )
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
-                raise SpectrumError(f"{p} holds splits {list(ds)} but no 'train' split. Save the training "
-                                    "rows as the 'train' split.")
+                raise SpectrumError(
+                    f"{p} holds splits {list(ds)} but no 'train' split. Save the training rows as the 'train' split."
+                )
             ds = ds["train"]
     else:
         kind = FILE_KINDS.get(p.suffix.lower())
         if kind is None:
-            raise SpectrumError(f"Cannot read {p}: unknown extension {p.suffix!r}. Use .jsonl, .json, .parquet "
-                                "or .txt, or a save_to_disk folder.")
+            raise SpectrumError(
+                f"Cannot read {p}: unknown extension {p.suffix!r}. Use .jsonl, .json, .parquet "
+                "or .txt, or a save_to_disk folder."
+            )
         if p.stat().st_size == 0:
             raise SpectrumError(f"Data file {p} is empty. Point --data at a file with training rows.")
+        import pyarrow
+
         try:
             ds = datasets.load_dataset(kind, data_files=str(p), split="train")
-        except Exception as e:  # pyarrow / json parse errors, named by the library
-            raise SpectrumError(f"Cannot read {p} as {kind}: {e}. Fix the file (one JSON object per line "
-                                "for .jsonl).") from None
+        except (datasets.exceptions.DatasetsError, pyarrow.ArrowException, ValueError, OSError) as e:  # parse errors
+            raise SpectrumError(
+                f"Cannot read {p} as {kind}: {e}. Fix the file (one JSON object per line for .jsonl)."
+            ) from e
     if len(ds) == 0:
         raise SpectrumError(f"Data {p} has no rows. Point --data at a file with training rows.")
     return ds
@@ -87,8 +98,10 @@ def check_seq_len(seq_len: int, max_positions: int | None, model: str = "the mod
     if seq_len <= 1:
         raise SpectrumError(f"Sequence length {seq_len} is too short; use --seq-len 2 or more.")
     if max_positions and seq_len > max_positions:
-        raise SpectrumError(f"Sequence length {seq_len} is beyond {model}'s maximum of {max_positions} positions. "
-                            f"Use --seq-len {max_positions} or less.")
+        raise SpectrumError(
+            f"Sequence length {seq_len} is beyond {model}'s maximum of {max_positions} positions. "
+            f"Use --seq-len {max_positions} or less."
+        )
 
 
 def _row_error(i: int, what: str, cols: list[str], fix: str) -> SpectrumError:
@@ -98,16 +111,21 @@ def _row_error(i: int, what: str, cols: list[str], fix: str) -> SpectrumError:
 def _tokenize_cpt(ds, tok, field: str):
     cols = ds.column_names
     if field not in cols:
-        raise _row_error(0, f"has no {field!r} field", cols,
-                         f"Use --text-field to name the text column, or add a {field!r} field.")
+        raise _row_error(
+            0, f"has no {field!r} field", cols, f"Use --text-field to name the text column, or add a {field!r} field."
+        )
     eos = tok.eos_token_id
 
     def fn(batch, idx):
         ids = []
         for i, text in zip(idx, batch[field]):
             if not isinstance(text, str):
-                raise _row_error(i, f"has a {field!r} that is not text ({type(text).__name__})", cols,
-                                 "Give every row a string in that field.")
+                raise _row_error(
+                    i,
+                    f"has a {field!r} that is not text ({type(text).__name__})",
+                    cols,
+                    "Give every row a string in that field.",
+                )
             t = tok(text)["input_ids"]
             if eos is not None and (not t or t[-1] != eos):
                 t = t + [eos]
@@ -122,8 +140,10 @@ def _sft_format(cols: list[str]) -> str:
         return "messages"
     if "prompt" in cols and "completion" in cols:
         return "prompt-completion"
-    raise SpectrumError(f"SFT data needs a 'messages' column (chat) or 'prompt' and 'completion' columns; "
-                        f"this data has {', '.join(cols)}. Rename the columns, or use --task cpt for plain text.")
+    raise SpectrumError(
+        f"SFT data needs a 'messages' column (chat) or 'prompt' and 'completion' columns; "
+        f"this data has {', '.join(cols)}. Rename the columns, or use --task cpt for plain text."
+    )
 
 
 def _render(tok, messages, **kw) -> list[int]:
@@ -137,13 +157,24 @@ def _chat_example(tok, messages, i: int, cols: list[str]) -> tuple[list[int], li
     Each assistant turn's span is found by rendering the conversation up to it (with the generation
     prompt) and through it; this works for any template whose renderings of a prefix are a prefix.
     """
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-        raise _row_error(i, "has 'messages' that are not a list of {role, content}", cols,
-                         "Write each conversation as [{\"role\": ..., \"content\": ...}, ...].")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+    ):
+        raise _row_error(
+            i,
+            "has 'messages' that are not a list of {role, content}",
+            cols,
+            'Write each conversation as [{"role": ..., "content": ...}, ...].',
+        )
     if not any(m["role"] == "assistant" for m in messages):
-        raise _row_error(i, "has no assistant message, so nothing to learn", cols,
-                         "Give every conversation at least one assistant turn.")
+        raise _row_error(
+            i,
+            "has no assistant message, so nothing to learn",
+            cols,
+            "Give every conversation at least one assistant turn.",
+        )
     ids = _render(tok, messages)
     labels = [IGNORE] * len(ids)
     for k, m in enumerate(messages):
@@ -152,10 +183,12 @@ def _chat_example(tok, messages, i: int, cols: list[str]) -> tuple[list[int], li
         start = len(_render(tok, messages[:k], add_generation_prompt=True))
         through = _render(tok, messages[: k + 1])
         if ids[: len(through)] != through or through[:start] != ids[:start]:
-            raise SpectrumError("The tokenizer's chat template does not render a conversation's prefix as a prefix "
-                                "of the whole, so the answer tokens cannot be located. Use prompt/completion data "
-                                "or a template without that property.")
-        labels[start: len(through)] = ids[start: len(through)]
+            raise SpectrumError(
+                "The tokenizer's chat template does not render a conversation's prefix as a prefix "
+                "of the whole, so the answer tokens cannot be located. Use prompt/completion data "
+                "or a template without that property."
+            )
+        labels[start : len(through)] = ids[start : len(through)]
     return ids, labels
 
 
@@ -163,8 +196,10 @@ def _tokenize_sft(ds, tok):
     cols = ds.column_names
     fmt = _sft_format(cols)
     if fmt == "messages" and not tok.chat_template:
-        raise SpectrumError("The tokenizer has no chat template, so 'messages' cannot be rendered. Use a model "
-                            "with a chat template, or prompt/completion data.")
+        raise SpectrumError(
+            "The tokenizer has no chat template, so 'messages' cannot be rendered. Use a model "
+            "with a chat template, or prompt/completion data."
+        )
     eos = tok.eos_token_id
 
     def fn(batch, idx):
@@ -175,8 +210,12 @@ def _tokenize_sft(ds, tok):
             else:
                 prompt, completion = batch["prompt"][j], batch["completion"][j]
                 if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
-                    raise _row_error(i, "has a prompt or completion that is missing or not text", cols,
-                                     "Give every row a 'prompt' string and a non-empty 'completion' string.")
+                    raise _row_error(
+                        i,
+                        "has a prompt or completion that is missing or not text",
+                        cols,
+                        "Give every row a 'prompt' string and a non-empty 'completion' string.",
+                    )
                 p = tok(prompt)["input_ids"]
                 c = tok(" " + completion, add_special_tokens=False)["input_ids"]
                 if eos is not None:
@@ -197,8 +236,10 @@ def _pack(ds, seq_len: int):
         ids = [t for x in batch["input_ids"] for t in x]
         labels = [t for x in batch["labels"] for t in x] if has_labels else ids
         starts = range(0, len(ids), seq_len)
-        return {"input_ids": [ids[s: s + seq_len] for s in starts],
-                "labels": [labels[s: s + seq_len] for s in starts]}
+        return {
+            "input_ids": [ids[s : s + seq_len] for s in starts],
+            "labels": [labels[s : s + seq_len] for s in starts],
+        }
 
     return ds.map(fn, batched=True, batch_size=10_000, remove_columns=ds.column_names, desc="pack")
 
@@ -218,8 +259,9 @@ def build_datasets(cfg: DataConfig, tokenizer, max_positions: int | None = None)
     Examples whose answer was cut away entirely by truncation are dropped (they teach nothing).
     """
     if cfg.task not in TASKS:
-        raise SpectrumError(f"Unknown task {cfg.task!r}. Use --task cpt (plain text) or --task sft (chat or "
-                            "prompt/completion).")
+        raise SpectrumError(
+            f"Unknown task {cfg.task!r}. Use --task cpt (plain text) or --task sft (chat or prompt/completion)."
+        )
     check_seq_len(cfg.seq_len, max_positions)
     if not 0.0 <= cfg.eval_split < 1.0:
         raise SpectrumError(f"--eval-split {cfg.eval_split} must be a fraction in [0, 1).")
@@ -239,22 +281,28 @@ def build_datasets(cfg: DataConfig, tokenizer, max_positions: int | None = None)
 
     rows, train, fmt, dropped = prepare(cfg.path)
     if len(train) == 0:
-        raise SpectrumError(f"No training examples are left from {cfg.path}: every answer lies beyond "
-                            f"--seq-len {cfg.seq_len}. Raise --seq-len or shorten the prompts.")
+        raise SpectrumError(
+            f"No training examples are left from {cfg.path}: every answer lies beyond "
+            f"--seq-len {cfg.seq_len}. Raise --seq-len or shorten the prompts."
+        )
     evalset = None
     if cfg.eval_path:
         _, evalset, _, _ = prepare(cfg.eval_path)
     elif cfg.eval_split > 0:
         if len(train) < 2:
-            raise SpectrumError(f"--eval-split needs at least 2 examples; {cfg.path} gives {len(train)}. "
-                                "Add data or drop --eval-split.")
+            raise SpectrumError(
+                f"--eval-split needs at least 2 examples; {cfg.path} gives {len(train)}. Add data or drop --eval-split."
+            )
         parts = train.train_test_split(test_size=cfg.eval_split, seed=cfg.seed)
         train, evalset = parts["train"], parts["test"]
     summary = DataSummary(
-        rows=len(rows), train_examples=len(train), eval_examples=len(evalset) if evalset is not None else 0,
+        rows=len(rows),
+        train_examples=len(train),
+        eval_examples=len(evalset) if evalset is not None else 0,
         train_tokens=sum(len(x) for x in train["input_ids"]),
         target_tokens=sum(sum(t != IGNORE for t in x) for x in train["labels"]),
-        dropped=dropped, format=fmt,
+        dropped=dropped,
+        format=fmt,
     )
     return train, evalset, summary
 
@@ -273,5 +321,8 @@ class PadCollator:
         def pad(key, value):
             return torch.tensor([list(f[key]) + [value] * (n - len(f[key])) for f in features], dtype=torch.long)
 
-        return {"input_ids": pad("input_ids", self.pad), "attention_mask": pad("attention_mask", 0),
-                "labels": pad("labels", IGNORE)}
+        return {
+            "input_ids": pad("input_ids", self.pad),
+            "attention_mask": pad("attention_mask", 0),
+            "labels": pad("labels", IGNORE),
+        }

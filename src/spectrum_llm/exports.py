@@ -1,9 +1,9 @@
 """Write a Selection in the form a trainer reads, chosen by the output file's extension.
 
 ``.yaml``: Axolotl's ``unfrozen_parameters:`` list (with ``# <type> layers`` comments, the layout
-of the reference tool); ``.json``: our selection file (modules, types, scores, parameter counts and
-the rule); ``.txt``: one pattern per line; format ``peft``: a LoraConfig on the selected modules (see
-``lora``). ``-`` writes YAML to stdout. Files are written atomically.
+of the reference tool); ``.txt``: one pattern per line (both made by ``axolotl``); ``.json``: our
+selection file (modules, types, scores, parameter counts and the rule); format ``peft``: a LoraConfig on
+the selected modules (see ``lora``). ``-`` writes YAML to stdout. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from . import axolotl
 from .errors import SpectrumError
+from .lora import lora_config
 from .results import write_text_atomic
 from .selection import Selection
 
@@ -21,20 +23,8 @@ FORMATS = (".yaml", ".yml", ".json", ".txt")
 
 
 def to_yaml(sel: Selection) -> str:
-    """Axolotl YAML. Written by hand (not yaml.dump) to match the reference tool's bytes exactly."""
-    lines = ["unfrozen_parameters:"]
-    lines += [f"- {p}" for p in sel.extras]
-    listed = set(sel.extras)
-    for t, ts in sel.types.items():
-        lines.append(f"# {t} layers")
-        lines += [f"- {p}" for p in ts.patterns]
-        listed.update(ts.patterns)
-    lines += [f"- {p}" for p in sel.patterns if p not in listed]
-    return "\n".join(lines) + "\n"
-
-
-def to_txt(sel: Selection) -> str:
-    return "".join(p + "\n" for p in sel.patterns)
+    """Axolotl YAML: the extras, then each type's patterns under ``# <type> layers`` (the reference tool's bytes)."""
+    return axolotl.to_yaml(sel.patterns, {t: ts.patterns for t, ts in sel.types.items()}, first=sel.extras)
 
 
 def to_json(sel: Selection) -> str:
@@ -48,13 +38,13 @@ def render(sel: Selection, fmt: str) -> str:
     if fmt == ".json":
         return to_json(sel)
     if fmt == ".txt":
-        return to_txt(sel)
+        return axolotl.to_txt(sel.patterns)
     if fmt == ".peft":
-        from .lora import lora_config
-
         return lora_config(sel).to_json()
-    raise SpectrumError(f"Unknown output format {fmt!r}: name the file .yaml (Axolotl), .json (spectrum-llm) or "
-                        ".txt (one pattern per line), use - for stdout, or pass --format peft (a LoraConfig).")
+    raise SpectrumError(
+        f"Unknown output format {fmt!r}: name the file .yaml (Axolotl), .json (spectrum-llm) or "
+        ".txt (one pattern per line), use - for stdout, or pass --format peft (a LoraConfig)."
+    )
 
 
 def write_selection(sel: Selection, path: str | os.PathLike, fmt: str | None = None) -> Path | None:
@@ -65,6 +55,8 @@ def write_selection(sel: Selection, path: str | os.PathLike, fmt: str | None = N
         return None
     path = Path(path)
     if not (fmt or path.suffix):
-        raise SpectrumError(f"{path} has no extension: name the file .yaml (Axolotl), .json (spectrum-llm) or .txt "
-                            "(one pattern per line), or use - for stdout.")
+        raise SpectrumError(
+            f"{path} has no extension: name the file .yaml (Axolotl), .json (spectrum-llm) or .txt "
+            "(one pattern per line), or use - for stdout."
+        )
     return write_text_atomic(path, render(sel, fmt or path.suffix))

@@ -1,8 +1,8 @@
 """Freeze a model to a selection, exactly as Axolotl's ``unfrozen_parameters`` would.
 
-Axolotl (``axolotl/utils/freeze.py``, ``freeze_layers_except``) reads each pattern as: an optional
-trailing row range ``[a:b]`` (not part of the regex), dots escaped unless followed by ``+``, then
-``re.match`` against every parameter name. A parameter is trainable if any pattern matches; if some
+Axolotl (``axolotl/utils/freeze.py``, ``freeze_layers_except``) reads each pattern as ``axolotl.AxolotlPattern``
+does: an optional trailing row range ``[a:b]`` (not part of the regex), dots escaped unless followed by ``+``,
+then ``re.match`` against every parameter name. A parameter is trainable if any pattern matches; if some
 matching patterns carry a range, only the union of those ranges trains, enforced by a gradient hook
 that zeroes the other rows. Patterns are matched against ``model.named_parameters()``, which lists a tied
 weight once, by its first name: a tied ``lm_head.weight`` is ``model.embed_tokens.weight`` there, so
@@ -23,42 +23,15 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .axolotl import AxolotlPattern, pattern_module
 from .errors import SpectrumError
+from .models import tied_aliases
 from .naming import parse
-from .selection import Selection, load_selection, pattern_module
+from .selection import Selection, load_selection
 
 LOG = logging.getLogger(__name__)
-_RANGE = re.compile(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$")
-
-
-class AxolotlPattern:
-    """One ``unfrozen_parameters`` entry, parsed as Axolotl's ``LayerNamePattern`` parses it."""
-
-    def __init__(self, pattern: str):
-        self.raw = pattern
-        base, self.range = pattern, None
-        m = _RANGE.match(pattern)
-        if m:
-            base, start, end = m.groups()
-            if end is None and start.isdecimal():
-                self.range = (int(start), int(start) + 1)
-            else:
-                self.range = (int(start) if start else 0, int(end) if end else None)
-                if self.range[1] is not None and self.range[0] >= self.range[1]:
-                    raise SpectrumError(f"Pattern {pattern!r}: the row range must end after it starts.")
-        try:
-            self.regex = re.compile(re.sub(r"\.(?!\+)", r"\\.", base))
-        except re.error as e:
-            raise SpectrumError(f"Pattern {pattern!r} is not a valid regex once dots are escaped ({e}).") from None
-
-    def match(self, name: str) -> bool:
-        return self.regex.match(name) is not None
-
-    def __repr__(self) -> str:
-        return f"AxolotlPattern({self.raw!r})"
 
 
 @dataclass
@@ -82,16 +55,20 @@ class FreezeSummary:
         return self.trainable_params / self.total_params if self.total_params else 0.0
 
     def __str__(self) -> str:
-        lines = [f"trainable {self.trainable_params:,} of {self.total_params:,} parameters "
-                 f"({100 * self.fraction:.2f}%), {len(self.trainable)} tensors"]
+        lines = [
+            f"trainable {self.trainable_params:,} of {self.total_params:,} parameters "
+            f"({100 * self.fraction:.2f}%), {len(self.trainable)} tensors"
+        ]
         for t, (tr, tot) in self.per_type.items():
             if tr:
                 lines.append(f"  {t}: {tr:,} / {tot:,}")
         return "\n".join(lines)
 
 
-_EXPERT = re.compile(r"^(?P<pre>.+)\.(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\."
-                     r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$")
+_EXPERT = re.compile(
+    r"^(?P<pre>.+)\.(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\."
+    r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)$"
+)
 _HALF = {"w1": 0, "gate_proj": 0, "w3": 1, "up_proj": 1}
 _MOE_BLOCK = ".block_sparse_moe."
 
@@ -108,7 +85,9 @@ def _to_memory(pattern: str, shapes: dict[str, tuple[int, ...]]) -> list[tuple[s
     if not m:
         if module and _MOE_BLOCK in module:
             moved = module.replace(_MOE_BLOCK, ".mlp.")
-            found = [(f"{moved}.{leaf}", None) for leaf in ("weight", "bias") if f"{moved}.{leaf}" in shapes]
+            found: list[tuple[str, tuple | None]] = [
+                (f"{moved}.{leaf}", None) for leaf in ("weight", "bias") if f"{moved}.{leaf}" in shapes
+            ]
             return found or None
         return None
     pre, e, proj = m.group("pre"), int(m.group("e")), m.group("proj")
@@ -133,8 +112,10 @@ def _merge(ranges: list[tuple[int, int | None]], size: int, name: str) -> list[t
     done = [(a, b if b is not None else size) for a, b in ranges]
     for a, b in done:
         if a < 0 or b > size or a >= b:
-            raise SpectrumError(f"Row range [{a}:{b}] does not fit {name} (dimension 0 has {size} rows). "
-                                "The selection was made for another model: select again from a scan of this one.")
+            raise SpectrumError(
+                f"Row range [{a}:{b}] does not fit {name} (dimension 0 has {size} rows). "
+                "The selection was made for another model: select again from a scan of this one."
+            )
     out: list[tuple[int, int]] = []
     for a, b in sorted(done):
         if out and a <= out[-1][1]:
@@ -163,8 +144,13 @@ def _hook(mask):
     return keep_rows
 
 
-def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *, strict: bool = True,
-           input_require_grads: bool = True) -> FreezeSummary:
+def freeze(
+    model: Any,
+    selection: Selection | str | os.PathLike | list[str],
+    *,
+    strict: bool = True,
+    input_require_grads: bool = True,
+) -> FreezeSummary:
     """Set ``requires_grad`` on ``model`` so that exactly the selection trains; return what trains.
 
     ``selection``: a Selection, a .yaml/.json/.txt file, or a list of Axolotl patterns. With
@@ -172,6 +158,8 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
     Call it before the optimizer is built (before ``Trainer.train()``), so frozen tensors get no state.
     """
     import torch
+
+    from .params import part_params
 
     sel = load_selection(selection)
     pats = [AxolotlPattern(p) for p in sel.patterns]
@@ -198,7 +186,7 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
                     ranges.setdefault(id(p), []).append(pat.range)
                     rows = len(p) if p.dim() else 1
                     a, b = pat.range
-                    covered = max(0, min(rows, rows if b is None else b) - a) * (p.numel() // max(rows, 1))
+                    covered = part_params(p.numel(), max(0, min(rows, rows if b is None else b) - a), rows)
                 matches[pat.raw].append((name, covered))
 
     regions: dict[int, list[tuple]] = {}
@@ -211,9 +199,9 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
             continue
         target = _to_memory(pat.raw, shapes)
         if target is None:
-            alias = next(((a, c) for a, c in aliases.items() if pat.match(a)), None)
+            alias = pat.first_match(aliases)
             if alias is not None:
-                tied_only[pat.raw] = alias
+                tied_only[pat.raw] = (alias, aliases[alias])
             else:
                 missing.append(pat.raw)
             continue
@@ -227,17 +215,22 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
                 regions.setdefault(id(p), []).append(region)
                 mapped[pat.raw] = f"{name}[{region[0].start}, {_fmt(region[1])}]"
                 mask = _keep_mask(tuple(p.shape), [region])
-                matches[pat.raw].append((name, int(mask.sum()) * (p.numel() // max(mask.numel(), 1))))
-    notes = [f"{raw} names {alias}, which is tied to {canon} (one tensor, listed once by that name): like Axolotl, "
-             f"this pattern trains nothing; add ^{canon}$ to train the shared weight"
-             for raw, (alias, canon) in tied_only.items() if id(index[canon]) not in on]
+                matches[pat.raw].append((name, part_params(p.numel(), int(mask.sum()), mask.numel())))
+    notes = [
+        f"{raw} names {alias}, which is tied to {canon} (one tensor, listed once by that name): like Axolotl, "
+        f"this pattern trains nothing; add ^{canon}$ to train the shared weight"
+        for raw, (alias, canon) in tied_only.items()
+        if id(index[canon]) not in on
+    ]
     for note in notes:
         LOG.warning(note)
     if missing:
-        msg = (f"{len(missing)} of {len(pats)} selection patterns match no parameter of this model, e.g. "
-               f"{missing[0]!r} (the model has e.g. {named[0][0]!r}). The selection was made for another model or "
-               "naming: scan this model and select again (`spectrum scan MODEL -o scan.json`, then "
-               "`spectrum select scan.json`).")
+        msg = (
+            f"{len(missing)} of {len(pats)} selection patterns match no parameter of this model, e.g. "
+            f"{missing[0]!r} (the model has e.g. {named[0][0]!r}). The selection was made for another model or "
+            "naming: scan this model and select again (`spectrum scan MODEL -o scan.json`, then "
+            "`spectrum select scan.json`)."
+        )
         if strict or len(missing) == len(pats):
             raise SpectrumError(msg)
         LOG.warning(msg)
@@ -248,8 +241,9 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
     for h in old:
         h.remove()
     hooks = []
-    summary = FreezeSummary(trainable_params=0, total_params=0, mapped=mapped, notes=notes, matches=matches,
-                            unmatched=missing)
+    summary = FreezeSummary(
+        trainable_params=0, total_params=0, mapped=mapped, notes=notes, matches=matches, unmatched=missing
+    )
     for pid, p in by_id.items():
         name = names[pid][0]
         p.requires_grad_(pid in on)
@@ -258,13 +252,14 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
         if pid in on:
             summary.trainable.append(name)
             trained = n
-            rows = [(a, b) for a, b in _merge(ranges.get(pid, []), len(p) if p.dim() else 1, name)]
-            reg = [(slice(a, b),) for a, b in rows] + regions.get(pid, [])
+            spans = [(a, b) for a, b in _merge(ranges.get(pid, []), len(p) if p.dim() else 1, name)]
+            reg = [(slice(a, b),) for a, b in spans] + regions.get(pid, [])
             if reg:
                 mask = _keep_mask(tuple(p.shape), reg)
-                trained = int(mask.sum()) * (n // max(mask.numel(), 1))
-                summary.partial[name] = [f"[{r[0].start}:{r[0].stop}" + (f", {_fmt(r[1])}]" if len(r) > 1 else "]")
-                                         for r in reg]
+                trained = part_params(n, int(mask.sum()), mask.numel())
+                summary.partial[name] = [
+                    f"[{r[0].start}:{r[0].stop}" + (f", {_fmt(r[1])}]" if len(r) > 1 else "]") for r in reg
+                ]
                 hooks.append(p.register_hook(_hook(mask)))
         summary.trainable_params += trained
         summary.total_params += n
@@ -276,45 +271,18 @@ def freeze(model: Any, selection: "Selection | str | os.PathLike | list[str]", *
 
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     weight = getattr(emb, "weight", None)
-    if input_require_grads and weight is not None and not weight.requires_grad \
-            and hasattr(model, "enable_input_require_grads"):
+    if (
+        input_require_grads
+        and weight is not None
+        and not weight.requires_grad
+        and hasattr(model, "enable_input_require_grads")
+    ):
         model.enable_input_require_grads()
         summary.input_require_grads = True
     return summary
-
-
-def tied_aliases(model: Any) -> dict[str, str]:
-    """Second names of shared tensors (a tied ``lm_head.weight``) -> the name ``named_parameters()`` lists."""
-    first: dict[int, str] = {}
-    out: dict[str, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            out[name] = first[id(p)]
-        else:
-            first[id(p)] = name
-    return out
 
 
 def _fmt(s: slice) -> str:
     if s == slice(None):
         return ":"
     return f"{s.start or ''}:{s.stop if s.stop is not None else ''}"
-
-
-def load_meta_model(path: str | os.PathLike):
-    """Build the model a folder's config.json describes on the meta device: names and shapes, no weights."""
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise SpectrumError(f"{path} has no config.json, so its model cannot be built. Pass the checkpoint folder.")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as e:
-        raise SpectrumError(f"Could not read {path}/config.json ({e}).") from None
-    with torch.device("meta"):
-        try:
-            return AutoModelForCausalLM.from_config(config)
-        except ValueError:
-            return AutoModel.from_config(config)

@@ -16,11 +16,12 @@ import logging
 import os
 from typing import Any
 
-from transformers import TrainerCallback
-
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .freezing import FreezeSummary, freeze
 from .selection import Selection, load_selection
+
+require("transformers", extra="train")
+from transformers import TrainerCallback  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ LOG = logging.getLogger(__name__)
 class SpectrumCallback(TrainerCallback):
     """``Trainer(..., callbacks=[SpectrumCallback("sel.yaml")])`` trains only the selection."""
 
-    def __init__(self, selection: "Selection | str | os.PathLike | list[str]", *, strict: bool = True):
+    def __init__(self, selection: Selection | str | os.PathLike | list[str], *, strict: bool = True):
         self.selection = load_selection(selection)
         self.strict = strict
         self.summary: FreezeSummary | None = None
@@ -37,8 +38,10 @@ class SpectrumCallback(TrainerCallback):
         if self.summary is not None:
             return
         if model is None:
-            raise SpectrumError("SpectrumCallback got no model from the Trainer; call spectrum_llm.freeze(model, "
-                                "selection) yourself before building the trainer.")
+            raise SpectrumError(
+                "SpectrumCallback got no model from the Trainer; call spectrum_llm.freeze(model, "
+                "selection) yourself before building the trainer."
+            )
         self.summary = freeze(_unwrap(model), self.selection, strict=self.strict)
         LOG.info("spectrum: %s", self.summary)
 

@@ -28,14 +28,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpectrumError
+from .axolotl import has_rows, pattern_module
+from .errors import SpectrumError, require
+from .models import load_meta_model
 from .naming import parse
+from .params import count_params
 from .results import write_text_atomic
-from .selection import Selection, load_selection, pattern_module
+from .selection import Selection, load_selection
 
 _PER_EXPERT = re.compile(r"\.experts\.\d+\.")
-_CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "rank_pattern", "alpha_pattern", "bias",
-                "task_type")
+_CONFIG_KEYS = (
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "rank_pattern",
+    "alpha_pattern",
+    "bias",
+    "task_type",
+)
 
 
 @dataclass
@@ -50,6 +61,7 @@ class LoraPlan:
 
     def lora_config(self):
         """The ``peft.LoraConfig`` this plan describes."""
+        require("peft", extra="train")
         from peft import LoraConfig
 
         return LoraConfig(**self.config)
@@ -62,14 +74,18 @@ class LoraPlan:
 
     def __str__(self) -> str:
         rs = sorted(self.ranks.values())
-        size = f"{self.adapter_params:,} adapter parameters" if self.adapter_params is not None else \
-            "adapter size unknown (the scan has no shapes: pass --model)"
+        size = (
+            f"{self.adapter_params:,} adapter parameters"
+            if self.adapter_params is not None
+            else "adapter size unknown (the scan has no shapes: pass --model)"
+        )
         if self.adapter_params is not None and self.total_params:
             size += f" ({100 * self.adapter_params / self.total_params:.2f}% of {self.total_params:,})"
         line = f"LoRA on {len(self.ranks)} modules, ranks {rs[0]}..{rs[-1]}, {size}"
         if self.left_out:
-            line += f"; left out {len(self.left_out)}: " + ", ".join(f"{k} ({v})" for k, v in
-                                                                    list(self.left_out.items())[:3])
+            line += f"; left out {len(self.left_out)}: " + ", ".join(
+                f"{k} ({v})" for k, v in list(self.left_out.items())[:3]
+            )
             line += ", ..." if len(self.left_out) > 3 else ""
         return line
 
@@ -90,7 +106,8 @@ def _positions(names: list[str], scores: dict[str, float | None]) -> list[float]
     k = len(names)
     if k == 1:
         return [1.0]
-    out, first = [], {}
+    out: list[float] = []
+    first: dict[float | tuple[str, int], int] = {}
     for i, n in enumerate(names):
         s = scores.get(n)
         key = s if s is not None and not math.isnan(s) else ("nan", i)
@@ -99,9 +116,15 @@ def _positions(names: list[str], scores: dict[str, float | None]) -> list[float]
     return out
 
 
-def lora_config(selection: "Selection | str | os.PathLike | list[str]", *, max_rank: int = 32,
-                min_rank: int | None = None, alpha_ratio: float = 2.0, dropout: float = 0.0,
-                model: Any = None) -> LoraPlan:
+def lora_config(
+    selection: Selection | str | os.PathLike | list[str],
+    *,
+    max_rank: int = 32,
+    min_rank: int | None = None,
+    alpha_ratio: float = 2.0,
+    dropout: float = 0.0,
+    model: Any = None,
+) -> LoraPlan:
     """A Spectrum-guided LoRA plan for ``selection`` (ranks by score; see the module docstring).
 
     ``min_rank`` defaults to a quarter of ``max_rank``. ``model`` (a module or a folder, built on the meta
@@ -124,8 +147,12 @@ def lora_config(selection: "Selection | str | os.PathLike | list[str]", *, max_r
         for name, q in zip(names, places):
             target = pattern_module(by_entry_pattern.get(name, "")) or name
             why = _why_not(target)
-            if why is None and target.rsplit(".", 1)[-1] in ("gate_up_proj", "down_proj") and ".experts." in target \
-                    and by_entry_pattern.get(name, "").endswith("]"):
+            if (
+                why is None
+                and target.rsplit(".", 1)[-1] in ("gate_up_proj", "down_proj")
+                and ".experts." in target
+                and has_rows(by_entry_pattern.get(name, ""))
+            ):
                 why = "one expert of a fused 3-D expert tensor: LoRA adapts modules, not one expert's slice"
             if why:
                 left_out[name] = why
@@ -134,36 +161,43 @@ def lora_config(selection: "Selection | str | os.PathLike | list[str]", *, max_r
             ranks[target] = max(ranks.get(target, 0), r)
     sizes, total = _sizes(sel, model, ranks, left_out)
     if not ranks:
-        raise SpectrumError("The selection has no module LoRA can adapt (" + "; ".join(
-            f"{k}: {v}" for k, v in list(left_out.items())[:2]) + "). Select weight matrices, or use "
-            "--method spectrum to train the selection whole.")
+        raise SpectrumError(
+            "The selection has no module LoRA can adapt ("
+            + "; ".join(f"{k}: {v}" for k, v in list(left_out.items())[:2])
+            + "). Select weight matrices, or use "
+            "--method spectrum to train the selection whole."
+        )
     alphas = {t: _num(alpha_ratio * r) for t, r in ranks.items()}
     config = {
-        "r": min_rank, "lora_alpha": _num(alpha_ratio * min_rank), "lora_dropout": dropout,
-        "target_modules": list(ranks), "bias": "none", "task_type": "CAUSAL_LM",
+        "r": min_rank,
+        "lora_alpha": _num(alpha_ratio * min_rank),
+        "lora_dropout": dropout,
+        "target_modules": list(ranks),
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
         "rank_pattern": {re.escape(t): r for t, r in ranks.items()},
         "alpha_pattern": {re.escape(t): a for t, a in alphas.items()},
     }
     adapter = sum(ranks[t] * sizes[t] for t in ranks) if sizes is not None else None
-    return LoraPlan(config=config, ranks=ranks, adapter_params=adapter, total_params=total or sel.total_params,
-                    left_out=left_out)
+    return LoraPlan(
+        config=config, ranks=ranks, adapter_params=adapter, total_params=total or sel.total_params, left_out=left_out
+    )
 
 
 def _num(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
 
 
-def _sizes(sel: Selection, model: Any, ranks: dict[str, int],
-           left_out: dict[str, str]) -> tuple[dict[str, int] | None, int | None]:
+def _sizes(
+    sel: Selection, model: Any, ranks: dict[str, int], left_out: dict[str, str]
+) -> tuple[dict[str, int] | None, int | None]:
     """in + out features of each target (so rank r costs r * (in + out) parameters), and the model's size."""
     if model is None:
         shapes = {t: sel.shapes.get(t) for t in ranks}
         if any(s is None or len(s) != 2 for s in shapes.values()):
             return None, None
-        return {t: int(s[0]) + int(s[1]) for t, s in shapes.items()}, None
+        return {t: int(s[0]) + int(s[1]) for t, s in shapes.items() if s is not None}, None
     if isinstance(model, (str, os.PathLike)):
-        from .freezing import load_meta_model
-
         model = load_meta_model(model)
     modules = dict(model.named_modules())
     out = {}
@@ -174,7 +208,7 @@ def _sizes(sel: Selection, model: Any, ranks: dict[str, int],
             del ranks[t]
             continue
         out[t] = int(w.shape[0]) + int(w.shape[1])
-    return out, sum(p.numel() for p in model.parameters())
+    return out, count_params(model)[1]
 
 
 def is_lora_config(path: str | os.PathLike) -> bool:
@@ -193,6 +227,7 @@ def load_lora_config(path: str | os.PathLike) -> dict[str, Any]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     unknown = sorted(set(data) - set(_CONFIG_KEYS))
     if unknown:
+        require("peft", extra="train")
         from peft import LoraConfig
 
         try:

@@ -3,7 +3,8 @@
 ``model.layers.12.self_attn.q_proj.weight`` is module ``model.layers.12.self_attn.q_proj``, type
 ``self_attn.q_proj``, layer 12. Expert indices are taken out of the type so that all experts of a
 layer position form one type (``mlp.experts.7.down_proj`` -> ``mlp.experts.down_proj``). GGUF files
-use llama.cpp names, which are mapped to the Hugging Face ones first.
+use llama.cpp names, which are mapped to the Hugging Face ones first. ``fused_parts`` says where each
+projection of a fused tensor (``qkv_proj``, ``W_pack``, ``c_attn``, ``gate_up_proj``) lies.
 """
 
 from __future__ import annotations
@@ -13,8 +14,21 @@ from dataclasses import dataclass
 
 _BLOCK = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer|block|decoder_layers))\.(?P<layer>\d+)\.(?P<rest>.+)$")
 _EXPERT = re.compile(r"(?:^|\.)experts\.(?P<expert>\d+)\.")
-_QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_scale", ".weight_scale_inv", ".SCB", ".CB",
-                   ".absmax", ".quant_map", ".quant_state", ".input_scale", ".weight_zero_point")
+_QUANT_SUFFIXES = (
+    ".qweight",
+    ".qzeros",
+    ".scales",
+    ".g_idx",
+    ".weight_scale",
+    ".weight_scale_inv",
+    ".SCB",
+    ".CB",
+    ".absmax",
+    ".quant_map",
+    ".quant_state",
+    ".input_scale",
+    ".weight_zero_point",
+)
 
 
 @dataclass(frozen=True)
@@ -122,3 +136,32 @@ def gguf_to_hf(name: str, arch: str = "") -> str:
     if base in _GGUF_GLOBAL:
         return f"{_GGUF_GLOBAL[base]}.{suffix}"
     return name
+
+
+def fused_parts(name: str, shape: tuple[int, ...], config: dict) -> list[tuple[str, int, int, int]]:
+    """(part, dim, start, stop) of each projection packed into a fused tensor, where the config says how.
+
+    Linear weights are [out, in], so parts are row ranges; GPT-2's Conv1D ``c_attn`` is stored [in, out],
+    so its parts are column ranges.
+    """
+    if len(shape) != 2 or not name.endswith(".weight"):
+        return []
+    leaf = name[: -len(".weight")].rsplit(".", 1)[-1]
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    hidden = config.get("hidden_size") or config.get("n_embd")
+    parts: list[tuple[str, int, int, int]] = []
+    if leaf == "qkv_proj" and heads and hidden:
+        kv = config.get("num_key_value_heads") or heads
+        hd = config.get("head_dim") or hidden // heads
+        q, k = heads * hd, kv * hd
+        parts = [("q", 0, 0, q), ("k", 0, q, q + k), ("v", 0, q + k, q + 2 * k)]
+    elif leaf == "W_pack" and hidden:
+        parts = [(p, 0, i * hidden, (i + 1) * hidden) for i, p in enumerate("qkv")]
+    elif leaf == "c_attn" and hidden:
+        parts = [(p, 1, i * hidden, (i + 1) * hidden) for i, p in enumerate("qkv")]
+    elif leaf == "gate_up_proj" and config.get("intermediate_size"):
+        i = config["intermediate_size"]
+        parts = [("gate", 0, 0, i), ("up", 0, i, 2 * i)]
+    if parts and parts[-1][3] != shape[parts[-1][1]]:
+        return []
+    return parts

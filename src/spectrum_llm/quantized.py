@@ -25,21 +25,44 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-_FLOAT8 = {"F8_E4M3": torch.float8_e4m3fn, "FLOAT8_E4M3FN": torch.float8_e4m3fn,
-           "F8_E5M2": torch.float8_e5m2, "FLOAT8_E5M2": torch.float8_e5m2}
-_AUX = re.compile(r"\.(weight_scale_inv|weight_scale|weight_zero_point|weight_g_idx|weight_global_scale|weight_scale_2|"
-                  r"weight_shape|input_scale|input_global_scale|input_zero_point|activation_scale|output_scale|"
-                  r"k_scale|v_scale|q_scale|qzeros|scales|g_idx|SCB|weight_format|absmax|quant_map|nested_absmax|"
-                  r"nested_quant_map|quant_state(\..+)?)$")
+_FLOAT8 = {
+    "F8_E4M3": torch.float8_e4m3fn,
+    "FLOAT8_E4M3FN": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "FLOAT8_E5M2": torch.float8_e5m2,
+}
+_AUX = re.compile(
+    r"\.(weight_scale_inv|weight_scale|weight_zero_point|weight_g_idx|weight_global_scale|weight_scale_2|"
+    r"weight_shape|input_scale|input_global_scale|input_zero_point|activation_scale|output_scale|"
+    r"k_scale|v_scale|q_scale|qzeros|scales|g_idx|SCB|weight_format|absmax|quant_map|nested_absmax|"
+    r"nested_quant_map|quant_state(\..+)?)$"
+)
 _CHUNK = 2**20  # values dequantized at a time (4 MiB of float32), written straight into the output
-_METHODS = {"gptq": "GPTQ", "awq": "AWQ", "bitsandbytes": "bitsandbytes", "hqq": "HQQ", "aqlm": "AQLM",
-            "quanto": "quanto", "eetq": "EETQ", "higgs": "HIGGS", "vptq": "VPTQ", "bitnet": "BitNet",
-            "torchao": "torchao", "fp_quant": "FP-Quant", "quark": "Quark", "spqr": "SpQR", "auto-round": "AutoRound",
-            "modelopt": "ModelOpt", "nvfp4": "NVFP4", "gguf": "GGUF"}
+_METHODS = {
+    "gptq": "GPTQ",
+    "awq": "AWQ",
+    "bitsandbytes": "bitsandbytes",
+    "hqq": "HQQ",
+    "aqlm": "AQLM",
+    "quanto": "quanto",
+    "eetq": "EETQ",
+    "higgs": "HIGGS",
+    "vptq": "VPTQ",
+    "bitnet": "BitNet",
+    "torchao": "torchao",
+    "fp_quant": "FP-Quant",
+    "quark": "Quark",
+    "spqr": "SpQR",
+    "auto-round": "AutoRound",
+    "modelopt": "ModelOpt",
+    "nvfp4": "NVFP4",
+    "gguf": "GGUF",
+}
 
 
 def is_aux(name: str) -> bool:
@@ -134,8 +157,15 @@ class QuantizedTensor:
     and the raw values stay memory-mapped. ``torch.isfinite`` is computed a chunk at a time.
     """
 
-    def __init__(self, reader, stored: tuple[int, ...], transposed: bool = False, expert: int | None = None,
-                 rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        reader,
+        stored: tuple[int, ...],
+        transposed: bool = False,
+        expert: int | None = None,
+        rows: tuple[int, int] | None = None,
+        cols: tuple[int, int] | None = None,
+    ):
         self._reader, self._stored, self._t, self._expert = reader, tuple(stored), transposed, expert
         self._rows = rows or (0, self._stored[-2])
         self._cols = cols or (0, self._stored[-1])
@@ -172,12 +202,12 @@ class QuantizedTensor:
 
     # views ------------------------------------------------------------------------------------------
     @property
-    def T(self) -> "QuantizedTensor":
+    def T(self) -> torch.Tensor | QuantizedTensor:  # a Tensor where not 2-D
         if self.ndim != 2:
             return self.materialize().T
         return QuantizedTensor(self._reader, self._stored, not self._t, self._expert, self._rows, self._cols)
 
-    def t(self) -> "QuantizedTensor":
+    def t(self) -> torch.Tensor | QuantizedTensor:
         return self.T
 
     def __getitem__(self, idx):
@@ -289,20 +319,23 @@ def _configured_block(qc: dict) -> tuple[int, int] | None:
     return (int(block[0]), int(block[1])) if block else None
 
 
-def _fp8_scheme(shape: tuple[int, ...], scale_shape: tuple[int, ...], configured: tuple[int, int] | None,
-                scale_key: str) -> Scheme:
+def _fp8_scheme(
+    shape: tuple[int, ...], scale_shape: tuple[int, ...], configured: tuple[int, int] | None, scale_key: str
+) -> Scheme:
     """Which blocks a float8 weight's scale grid covers, checked against both shapes."""
     m, n = shape[-2:]
     lead = tuple(shape[:-2])
     numel = math.prod(scale_shape)
     if numel == math.prod(lead or (1,)):
         return Scheme("fp8 per-tensor" + ("" if not lead else " per expert"), "fp8", (m, n))
-    grid = tuple(scale_shape[len(lead):]) if tuple(scale_shape[: len(lead)]) == lead else ()
+    grid = tuple(scale_shape[len(lead) :]) if tuple(scale_shape[: len(lead)]) == lead else ()
     if len(grid) == 1:
         grid = (grid[0], 1)
     if len(grid) != 2:
-        return Scheme("fp8", why=f"its {scale_key} has shape {list(scale_shape)}, which is not a grid over the "
-                                 f"{list(shape)} weight")
+        return Scheme(
+            "fp8",
+            why=f"its {scale_key} has shape {list(scale_shape)}, which is not a grid over the {list(shape)} weight",
+        )
     r, c = grid
     candidates = [configured] if configured else []
     if m % r == 0 and n % c == 0:
@@ -314,8 +347,11 @@ def _fp8_scheme(shape: tuple[int, ...], scale_shape: tuple[int, ...], configured
             if bm == 1:
                 return Scheme(f"fp8 group {bn}", "fp8", (1, bn))
             return Scheme(f"fp8 block {bm}x{bn}", "fp8", (bm, bn))
-    named = (f"nor the configured block {configured[0]}x{configured[1]}" if configured
-             else "and the quantization_config names no block size (weight_block_size)")
+    named = (
+        f"nor the configured block {configured[0]}x{configured[1]}"
+        if configured
+        else "and the quantization_config names no block size (weight_block_size)"
+    )
     return Scheme("fp8", why=f"its {scale_key} grid {r}x{c} does not tile the {m}x{n} weight in equal blocks, {named}")
 
 
@@ -358,19 +394,22 @@ def _is_float(dtype: str) -> bool:
 
 
 def _unsupported(label: str, dtype: str, method: str) -> str:
-    fix = ("Scan the unquantized (bf16/fp16) checkpoint of this model")
+    fix = "Scan the unquantized (bf16/fp16) checkpoint of this model"
     if method == "bitsandbytes":
-        fix += (", or load this one with transformers, call model.dequantize() and pass the model to "
-                "spectrum_llm.scan")
-    return (f"{label} weight ({dtype}): spectrum-llm dequantizes fp8 (block, channel or tensor scales) and MXFP4 "
-            f"checkpoints, not {label}. {fix}.")
+        fix += ", or load this one with transformers, call model.dequantize() and pass the model to spectrum_llm.scan"
+    return (
+        f"{label} weight ({dtype}): spectrum-llm dequantizes fp8 (block, channel or tensor scales) and MXFP4 "
+        f"checkpoints, not {label}. {fix}."
+    )
 
 
 def _float8(t, by_name: dict, configured):
     scale = by_name.get(t.name + "_scale_inv") or by_name.get(t.name + "_scale")
     if scale is None or len(t.shape) not in (2, 3):
-        why = ("float8 weight without a weight_scale or weight_scale_inv tensor beside it, so its scale is unknown. "
-               "Scan the unquantized (bf16/fp16) checkpoint of this model.")
+        why = (
+            "float8 weight without a weight_scale or weight_scale_inv tensor beside it, so its scale is unknown. "
+            "Scan the unquantized (bf16/fp16) checkpoint of this model."
+        )
         return dataclasses.replace(t, scheme=Scheme("fp8", why=why))
     if t.name + "_zero_point" in by_name:
         why = "asymmetric fp8 (with a weight_zero_point) is not dequantized here. Scan the bf16 checkpoint."
@@ -384,12 +423,19 @@ def _float8(t, by_name: dict, configured):
 
 def _mxfp4(t, base: str, scales):
     if len(t.shape) != 4 or t.shape[-1] != 16 or tuple(scales.shape) != tuple(t.shape[:-1]):
-        why = (f"MXFP4 blocks {list(t.shape)} with scales {list(scales.shape)} are not the gpt-oss expert layout "
-               "([E, R, G, 16] and [E, R, G]). Scan the bf16 checkpoint of this model.")
+        why = (
+            f"MXFP4 blocks {list(t.shape)} with scales {list(scales.shape)} are not the gpt-oss expert layout "
+            "([E, R, G, 16] and [E, R, G]). Scan the bf16 checkpoint of this model."
+        )
         return dataclasses.replace(t, name=base, scheme=Scheme("mxfp4", why=why))
     e, r, g, _ = t.shape
-    return dataclasses.replace(t, name=base, shape=(e, 32 * g, r), scheme=Scheme("mxfp4", "mxfp4", (1, 32)),
-                               scales=((scales.file, scales.key),))
+    return dataclasses.replace(
+        t,
+        name=base,
+        shape=(e, 32 * g, r),
+        scheme=Scheme("mxfp4", "mxfp4", (1, 32)),
+        scales=((scales.file, scales.key),),
+    )
 
 
 def open_tensor(info, values: torch.Tensor, scales: list[torch.Tensor]) -> QuantizedTensor:

@@ -29,14 +29,19 @@ import math
 import os
 from pathlib import Path
 
+from .axolotl import EMBED_TOKENS, LM_HEAD
+from .models import tied_head
 from .results import ModuleScore, ScanResult, write_text_atomic
+
+#: what the reference tool always unfreezes, first, in this order.
+REFERENCE_EXTRAS = (LM_HEAD, EMBED_TOKENS)
 
 
 def reference_type(name: str) -> str:
     """The reference tool's type of a module: the name after its first all-digit part, else the name."""
     parts = name.split(".")
     i = next((k for k, p in enumerate(parts) if p.isdigit()), -1)
-    return ".".join(parts[i + 1:]) if i != -1 else name
+    return ".".join(parts[i + 1 :]) if i != -1 else name
 
 
 def sort_types(types: list[str]) -> list[str]:
@@ -61,9 +66,12 @@ def model_id(scan: ScanResult) -> str:
     return text
 
 
-def file_name(model: str) -> str:
-    from .catalogue import slug
+def slug(model_id: str) -> str:
+    """Axolotl's and the reference tool's file-name form of a model id: ``/`` and ``_`` become ``-``."""
+    return str(model_id).replace("/", "-").replace("_", "-")
 
+
+def file_name(model: str) -> str:
     return f"snr_results_{slug(model)}.json"
 
 
@@ -82,8 +90,6 @@ def entries(scan: ScanResult) -> list[tuple[str, str, float]]:
     """(name, type, snr) in the order of the reference tool's scan file."""
     if scan.layout.startswith("reference"):
         return [(m.name, m.type, math.nan if m.snr is None else m.snr) for m in scan.modules]
-    from .selection import tied_head
-
     mods = [m for m in scan.modules if m.kind != "bias" and m.part is None and m.rows is None]
     score = {m.name: _score(m) for m in mods}
     names = [m.name for m in mods]
@@ -115,5 +121,6 @@ def top_by_type(scan: ScanResult, top_percent: float) -> dict[str, list[tuple[st
     groups: dict[str, list[tuple[str, float]]] = {}
     for name, type_, snr in entries(scan):
         groups.setdefault(type_, []).append((name, snr))
-    return {t: sorted(ms, key=lambda x: x[1], reverse=True)[: int(len(ms) * top_percent / 100)]
-            for t, ms in groups.items()}
+    return {
+        t: sorted(ms, key=lambda x: x[1], reverse=True)[: int(len(ms) * top_percent / 100)] for t, ms in groups.items()
+    }

@@ -14,9 +14,10 @@ import os
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import SpectrumError
 
@@ -27,7 +28,7 @@ FORMAT_VERSION = 1
 RANKED_KINDS = ("linear",)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModuleScore:
     """The score of one weight matrix (or one expert of a 3-D expert tensor, or one part of a fused one).
 
@@ -63,14 +64,18 @@ class ModuleScore:
         return {k: v for k, v in d.items() if v not in (None, {}) or k in ("snr", "layer")}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ModuleScore":
+    def from_json(cls, d: dict[str, Any]) -> ModuleScore:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
 class ScanResult:
-    """Every module's score for one checkpoint and one estimator."""
+    """Every module's score for one checkpoint and one estimator.
+
+    ``estimator_version`` is the estimator's version when the scan was made (see ``estimators.REGISTRY``);
+    None for scans that do not record it (files written before it was recorded, the reference tool's layouts).
+    """
 
     model: str
     estimator: str
@@ -80,6 +85,7 @@ class ScanResult:
     layout: str = "spectrum-llm"
     modules_regex: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    estimator_version: int | None = None
     cached: bool = field(default=False, compare=False)  # read back from an earlier scan, not computed now
 
     def ranked(self) -> list[ModuleScore]:
@@ -115,6 +121,7 @@ class ScanResult:
             "format_version": FORMAT_VERSION,
             "model": self.model,
             "estimator": self.estimator,
+            **({"estimator_version": self.estimator_version} if self.estimator_version is not None else {}),
             "fingerprint": self.fingerprint,
             "version": self.version,
             "modules_regex": self.modules_regex,
@@ -124,16 +131,6 @@ class ScanResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         return write_json_atomic(path, self.to_json())
-
-    def to_reference_json(self) -> dict[str, Any]:
-        """The reference tool's flat layout of this scan, as that tool writes it (see ``reference``)."""
-        from .reference import entries
-
-        return {n: {"snr": s, "type": t} for n, t, s in entries(self)}
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ScanResult":
-        return load_scan(path)
 
 
 def storage_summary(scan: ScanResult) -> str | None:
@@ -283,7 +280,7 @@ def _layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _reference_kind(name: str, type_: str) -> str:
+def _reference_kind(name: str) -> str:
     low = name.lower()
     if "embed" in low or "wte" in low:
         return "embedding"
@@ -320,8 +317,16 @@ def _from_reference(data: dict[str, Any], where: str, model: str) -> ScanResult:
         if snr is None:
             skipped = "the scan recorded no score (NaN)"
         modules.append(
-            ModuleScore(name=name, type=type_, layer=_layer_of(name), shape=[], snr=snr,
-                        kind=_reference_kind(name, type_), param=name + ".weight", skipped=skipped)
+            ModuleScore(
+                name=name,
+                type=type_,
+                layer=_layer_of(name),
+                shape=[],
+                snr=snr,
+                kind=_reference_kind(name),
+                param=name + ".weight",
+                skipped=skipped,
+            )
         )
     return ScanResult(model=model, estimator="reference", modules=modules, layout=layout)
 
@@ -382,6 +387,7 @@ def parse_scan(text: str, where: str, model: str = "") -> ScanResult:
             version=data.get("version", ""),
             modules_regex=data.get("modules_regex"),
             config=data.get("config") or {},
+            estimator_version=data.get("estimator_version"),
         )
     values = list(data.values())
     flat = all(isinstance(v, dict) and "snr" in v for v in values)

@@ -11,14 +11,22 @@ does). Ranking order is fixed and documented so a selection never depends on sor
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
+from . import axolotl
+from .axolotl import module_pattern, pattern_module
+from .catalogue import resolve_scan
 from .errors import SpectrumError
+from .estimators import REGISTRY
+from .models import load_meta_model, tied_aliases, tied_head
+from .reference import REFERENCE_EXTRAS, entries, top_by_type
 from .results import ModuleScore, ScanResult
 
 FORMAT = "spectrum-llm/selection"
@@ -26,12 +34,6 @@ FORMAT_VERSION = 1
 RULES = ("per-type", "global", "budget")
 #: the percent of each module type kept when none is given (the reference tool's default, Spectrum-50).
 DEFAULT_TOP_PERCENT = 50.0
-
-#: what the reference tool always unfreezes, first, in this order.
-REFERENCE_EXTRAS = ("^lm_head.weight$", "^model.embed_tokens.weight$")
-_DEFAULT_EMBED = "^model.embed_tokens.weight$"
-_DEFAULT_HEAD = "^lm_head.weight$"
-_NORM_FALLBACK = "^.+norm"
 
 
 @dataclass
@@ -87,99 +89,70 @@ class Selection:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "selection") -> "Selection":
+    def from_json(cls, data: dict[str, Any], source: str = "selection") -> Selection:
         if data.get("format") != FORMAT:
-            raise SpectrumError(f"{source} is JSON but not a spectrum-llm selection (no \"format\": \"{FORMAT}\"). "
-                                "Create one with `spectrum select SCAN -o sel.json`.")
+            raise SpectrumError(
+                f'{source} is JSON but not a spectrum-llm selection (no "format": "{FORMAT}"). '
+                "Create one with `spectrum select SCAN -o sel.json`."
+            )
         try:
             types = {t: TypeSelection(**v) for t, v in (data.get("types") or {}).items()}
             scores = {k: (float(v) if v is not None else None) for k, v in (data.get("scores") or {}).items()}
-            sel = cls(modules=list(data["modules"]), patterns=list(data["patterns"]), types=types, scores=scores,
-                      rule=dict(data.get("rule") or {}), extras=list(data.get("extras") or []),
-                      model=data.get("model", ""), estimator=data.get("estimator", ""),
-                      trainable_params=data.get("trainable_params"), total_params=data.get("total_params"),
-                      shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()},
-                      extra_params=data.get("extra_params"))
+            sel = cls(
+                modules=list(data["modules"]),
+                patterns=list(data["patterns"]),
+                types=types,
+                scores=scores,
+                rule=dict(data.get("rule") or {}),
+                extras=list(data.get("extras") or []),
+                model=data.get("model", ""),
+                estimator=data.get("estimator", ""),
+                trainable_params=data.get("trainable_params"),
+                total_params=data.get("total_params"),
+                shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()},
+                extra_params=data.get("extra_params"),
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise SpectrumError(f"{source} is a damaged selection file ({e}). Re-create it with `spectrum select`.") \
-                from None
-        _check_patterns(sel.patterns, source)
+            raise SpectrumError(
+                f"{source} is a damaged selection file ({e}). Re-create it with `spectrum select`."
+            ) from None
+        axolotl.check_patterns(sel.patterns, source)
         return sel
 
     @classmethod
-    def from_patterns(cls, patterns: Sequence[str], source: str = "patterns") -> "Selection":
+    def from_patterns(cls, patterns: Sequence[str], source: str = "patterns") -> Selection:
         """A selection known only by its patterns (an Axolotl YAML or a .txt list)."""
         patterns = [str(p) for p in patterns]
-        _check_patterns(patterns, source)
+        axolotl.check_patterns(patterns, source)
         modules = [m for m in (pattern_module(p) for p in patterns) if m]
         return cls(modules=modules, patterns=patterns, extras=list(patterns), rule={"source": source})
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Selection":
-        return load_selection(path)
 
-    def save(self, path: str | os.PathLike) -> Path | None:
-        from .exports import write_selection
-
-        return write_selection(self, path)
-
-
-def _check_patterns(patterns: Sequence[str], source: str) -> None:
-    if not patterns:
-        raise SpectrumError(f"{source} selects nothing (no patterns). Re-run `spectrum select` with a larger "
-                            "--top-percent or check the file.")
-    for p in patterns:
-        if not isinstance(p, str) or not p.strip():
-            raise SpectrumError(f"{source}: {p!r} is not a pattern (expected a non-empty string).")
-
-
-_PLAIN = re.compile(r"^\^?(?P<name>[\w.]+?)(?:\.\(weight\|bias\)|\.weight)?\$?(?:\[\d*(?::\d*)?\])?$")
-
-
-def pattern_module(pattern: str) -> str | None:
-    """The module a plain pattern names (``^a.b.(weight|bias)$`` -> ``a.b``), or None for a real regex."""
-    m = _PLAIN.match(pattern)
-    return m.group("name") if m else None
-
-
-def load_selection(obj: "Selection | str | os.PathLike | Sequence[str]") -> Selection:
+def load_selection(obj: Selection | str | os.PathLike | Sequence[str]) -> Selection:
     """Accept a Selection, a .yaml/.json/.txt file, or a list of Axolotl patterns."""
     if isinstance(obj, Selection):
         return obj
     if isinstance(obj, (list, tuple)):
         return Selection.from_patterns(obj, "the pattern list")
     if not isinstance(obj, (str, os.PathLike)):
-        raise SpectrumError(f"Cannot read a selection from {type(obj).__name__}: pass a Selection, a path to a "
-                            ".yaml/.json/.txt file, or a list of patterns.")
+        raise SpectrumError(
+            f"Cannot read a selection from {type(obj).__name__}: pass a Selection, a path to a "
+            ".yaml/.json/.txt file, or a list of patterns."
+        )
     path = Path(obj)
     if not path.is_file():
         raise SpectrumError(f"Selection file {path} does not exist. Create it with `spectrum select SCAN -o {path}`.")
-    text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        import json
-
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise SpectrumError(f"{path} is not valid JSON ({e}).") from None
         if not isinstance(data, dict):
             raise SpectrumError(f"{path} is not a spectrum-llm selection (expected a JSON object).")
         return Selection.from_json(data, str(path))
-    if suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SpectrumError(f"{path} is not valid YAML ({e}).") from None
-        if not isinstance(data, dict) or not isinstance(data.get("unfrozen_parameters"), list):
-            raise SpectrumError(f"{path} has no `unfrozen_parameters:` list, so it is not an Axolotl selection. "
-                                "Create one with `spectrum select SCAN -o sel.yaml`.")
-        return Selection.from_patterns(data["unfrozen_parameters"], str(path))
-    if suffix == ".txt":
-        lines = [ln.strip() for ln in text.splitlines()]
-        return Selection.from_patterns([ln for ln in lines if ln and not ln.startswith("#")], str(path))
+    if suffix in axolotl.SUFFIXES:
+        return Selection.from_patterns(axolotl.read(path), str(path))
     raise SpectrumError(f"{path}: unknown selection format {suffix or '(no extension)'}; use .yaml, .json or .txt.")
 
 
@@ -209,21 +182,6 @@ def rank(modules: Sequence[ModuleScore], compat: bool = False) -> list[ModuleSco
     return [modules[i] for i in order]
 
 
-def module_pattern(m: ModuleScore) -> str:
-    """The Axolotl pattern that unfreezes exactly this module (or its rows of a shared tensor)."""
-    if m.rows is not None:
-        if m.dim != 0:
-            raise SpectrumError(
-                f"{m.name} covers rows {m.rows} along dimension {m.dim} of {m.param}; Axolotl row ranges "
-                "only cut dimension 0. Select whole modules instead (parts=False / no --parts).")
-        return f"^{m.param}$[{m.rows[0]}:{m.rows[1]}]"
-    if m.param and m.param != m.name + ".weight" and m.param != m.name:
-        return f"^{m.param}$"
-    if m.param == m.name:
-        return f"^{m.name}$"
-    return f"^{m.name}.(weight|bias)$"
-
-
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgGtT]?)\s*$")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
@@ -233,8 +191,9 @@ def parse_budget(budget: float | int | str) -> tuple[float | None, int | None]:
     if isinstance(budget, str):
         m = _SIZE.match(budget)
         if not m:
-            raise SpectrumError(f"Budget {budget!r} is not understood: use a fraction like 0.25 or a count like "
-                                "500M, 1.5B or 200000.")
+            raise SpectrumError(
+                f"Budget {budget!r} is not understood: use a fraction like 0.25 or a count like 500M, 1.5B or 200000."
+            )
         value, unit = float(m.group(1)), m.group(2).lower()
         if not unit and value <= 1:
             budget = value
@@ -247,10 +206,9 @@ def parse_budget(budget: float | int | str) -> tuple[float | None, int | None]:
     return None, int(budget)
 
 
-def _candidates(scan: ScanResult, parts: bool, compat: bool) -> list[ModuleScore]:
-    """The modules that compete: wholes, or per-part entries replacing the wholes that have parts."""
-    if compat:
-        return [m for m in scan.modules if m.part is None and m.kind != "bias"]
+def candidates(scan: ScanResult, parts: bool = False) -> list[ModuleScore]:
+    """The modules ``select`` ranks (before ``include``/``exclude``), in scan order: the weight matrices
+    (``kind == "linear"``), whole; with ``parts``, per-part entries replace the wholes that have parts."""
     linear = [m for m in scan.modules if m.kind == "linear"]
     if not parts:
         return [m for m in linear if m.part is None]
@@ -262,30 +220,9 @@ def _model_numel(model: Any) -> tuple[dict[str, int], bool]:
     """Parameter sizes by name, each tensor once under the name Axolotl matches (``named_parameters()``), and
     whether lm_head is tied to the embeddings; from a module or a model folder (built on the meta device)."""
     if isinstance(model, (str, os.PathLike)):
-        from .freezing import load_meta_model
-
         model = load_meta_model(model)
-    from .freezing import tied_aliases
-
     tied = any(a.endswith("lm_head.weight") for a in tied_aliases(model))
     return {n: p.numel() for n, p in model.named_parameters()}, tied
-
-
-def tied_head(scan: ScanResult) -> bool | None:
-    """Whether the scanned model's lm_head is its input embedding (one tensor); None when the scan cannot tell.
-
-    The config says so when the checkpoint has one; otherwise a full scan of our own with an embedding and no
-    lm_head tensor is tied (checkpoints store a tied weight once; GGUF files then have no ``output.weight``).
-    Reference-layout scans always list ``lm_head`` (the reference tool scores the tied module too).
-    """
-    if "tie_word_embeddings" in scan.config:
-        return bool(scan.config["tie_word_embeddings"])
-    if scan.layout != "spectrum-llm" or scan.modules_regex:
-        return None
-    kinds = {m.kind for m in scan.modules}
-    if "embedding" in kinds:
-        return "lm_head" not in kinds
-    return None
 
 
 def _numel_of(m: ModuleScore, by_param: dict[str, int] | None) -> int:
@@ -322,7 +259,7 @@ def select(
     parts: bool = False,
     compat: bool = False,
     model: Any = None,
-    catalogue: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None,
+    catalogue: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> Selection:
     """Choose the modules to train from a scan.
 
@@ -346,29 +283,53 @@ def select(
     """
     source = None
     if not isinstance(scan, ScanResult):
-        from .catalogue import resolve_scan
-
         scan, source = resolve_scan(scan, catalogue=catalogue)
-    sel = _select(scan, top_percent=top_percent, rule=rule, budget=budget, include=include, exclude=exclude,
-                  train_embeddings=train_embeddings, train_lm_head=train_lm_head, train_norms=train_norms,
-                  parts=parts, compat=compat, model=model)
+    sel = _select(
+        scan,
+        top_percent=top_percent,
+        rule=rule,
+        budget=budget,
+        include=include,
+        exclude=exclude,
+        train_embeddings=train_embeddings,
+        train_lm_head=train_lm_head,
+        train_norms=train_norms,
+        parts=parts,
+        compat=compat,
+        model=model,
+    )
     if source:
         sel.rule["scan"] = source
     targets = {pattern_module(p) for p in sel.patterns}
-    sel.shapes = {m.name: list(m.shape) for m in scan.modules
-                  if m.name in targets and m.part is None and m.rows is None and len(m.shape) == 2}
+    sel.shapes = {
+        m.name: list(m.shape)
+        for m in scan.modules
+        if m.name in targets and m.part is None and m.rows is None and len(m.shape) == 2
+    }
     return sel
 
 
-def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, train_embeddings, train_lm_head,
-            train_norms, parts, compat, model) -> Selection:
+def _select(
+    scan: ScanResult,
+    *,
+    top_percent,
+    rule,
+    budget,
+    include,
+    exclude,
+    train_embeddings,
+    train_lm_head,
+    train_norms,
+    parts,
+    compat,
+    model,
+) -> Selection:
     if budget is not None:
         rule = "budget"
     if rule not in RULES:
         raise SpectrumError(f"Unknown rule {rule!r}: use one of {', '.join(RULES)}.")
     if rule != "budget":
-        if isinstance(top_percent, bool) or not isinstance(top_percent, (int, float)) \
-                or not (0 < top_percent <= 100):
+        if isinstance(top_percent, bool) or not isinstance(top_percent, (int, float)) or not (0 < top_percent <= 100):
             raise SpectrumError(f"--top-percent must be in (0, 100], got {top_percent!r}.")
     elif budget is None:
         raise SpectrumError("The budget rule needs a budget: --budget 0.25 (a fraction) or --budget 500M.")
@@ -377,7 +338,7 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
     if compat:
         return _select_compat(scan, top_percent)
 
-    cands = _candidates(scan, parts, compat=False)
+    cands = candidates(scan, parts)
     for flag, regex in (("include", include), ("exclude", exclude)):
         if regex is None:
             continue
@@ -387,16 +348,22 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
             raise SpectrumError(f"--{flag} {regex!r} is not a valid regex ({e}).") from None
         cands = [m for m in cands if bool(rx.search(m.name)) == (flag == "include")]
     if not cands:
-        raise SpectrumError(f"No rankable modules in the scan of {scan.model or 'this model'}"
-                            f"{' after --include/--exclude' if include or exclude else ''}: "
-                            "check the filters, or scan the model again.")
+        raise SpectrumError(
+            f"No rankable modules in the scan of {scan.model or 'this model'}"
+            f"{' after --include/--exclude' if include or exclude else ''}: "
+            "check the filters, or scan the model again."
+        )
     if all(m.snr is None or math.isnan(m.snr) for m in cands):
-        raise SpectrumError(f"Every candidate module's score is missing or NaN in the scan of "
-                            f"{scan.model or 'this model'}; nothing can be ranked. Re-run the scan "
-                            "(see the skipped reasons in the scan file).")
-    if rule == "global" and scan.estimator == "reference":
-        raise SpectrumError("The global rule compares scores across module types, but the reference estimator's "
-                            "scale differs by type. Use --rule per-type, or re-scan with --estimator mp.")
+        raise SpectrumError(
+            f"Every candidate module's score is missing or NaN in the scan of "
+            f"{scan.model or 'this model'}; nothing can be ranked. Re-run the scan "
+            "(see the skipped reasons in the scan file)."
+        )
+    if rule == "global" and (est := REGISTRY.get(scan.estimator)) is not None and not est.scale_invariant:
+        raise SpectrumError(
+            "The global rule compares scores across module types, but the reference estimator's "
+            "scale differs by type. Use --rule per-type, or re-scan with --estimator mp."
+        )
 
     by_param, tied = _model_numel(model) if model is not None else (None, tied_head(scan))
     if train_lm_head is None:
@@ -410,9 +377,16 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
 
     extras, extra_numel = _extras(scan, train_embeddings, train_lm_head, train_norms, by_param, bool(tied))
     chosen: set[str]
-    info: dict[str, Any] = {"rule": rule, "estimator": scan.estimator, "parts": parts,
-                            "train_embeddings": train_embeddings, "train_lm_head": train_lm_head,
-                            "train_norms": train_norms, "include": include, "exclude": exclude}
+    info: dict[str, Any] = {
+        "rule": rule,
+        "estimator": scan.estimator,
+        "parts": parts,
+        "train_embeddings": train_embeddings,
+        "train_lm_head": train_lm_head,
+        "train_norms": train_norms,
+        "include": include,
+        "exclude": exclude,
+    }
     if tied:
         info["lm_head_tied"] = True
     if rule == "per-type":
@@ -431,22 +405,39 @@ def _select(scan: ScanResult, *, top_percent, rule, budget, include, exclude, tr
     patterns = list(extras)
     for t, ms in ranked.items():
         kept = [m for m in ms if m.name in chosen]
-        ts = TypeSelection(type=t, total=len(ms), kept=len(kept), modules=[m.name for m in kept],
-                           patterns=[module_pattern(m) for m in kept], numel=sum(numel[m.name] for m in ms),
-                           selected_numel=sum(numel[m.name] for m in kept))
+        ts = TypeSelection(
+            type=t,
+            total=len(ms),
+            kept=len(kept),
+            modules=[m.name for m in kept],
+            patterns=[module_pattern(m) for m in kept],
+            numel=sum(numel[m.name] for m in ms),
+            selected_numel=sum(numel[m.name] for m in kept),
+        )
         types[t] = ts
         modules += ts.modules
         patterns += ts.patterns
     if not patterns:
-        raise SpectrumError(f"--top-percent {top_percent} keeps no module (each type keeps int(n * P / 100)) and "
-                            "embeddings, lm_head and norms are off: raise --top-percent.")
+        raise SpectrumError(
+            f"--top-percent {top_percent} keeps no module (each type keeps int(n * P / 100)) and "
+            "embeddings, lm_head and norms are off: raise --top-percent."
+        )
     known = all(numel[m.name] for m in cands)
     total = _total_params(scan, by_param)
     trainable = sum(t.selected_numel for t in types.values()) + extra_numel if known and total else None
-    return Selection(modules=modules, patterns=patterns, types=types,
-                     scores={m.name: m.snr for m in cands}, rule=info, extras=extras, model=scan.model,
-                     estimator=scan.estimator, trainable_params=trainable, total_params=total,
-                     extra_params=extra_numel if trainable is not None else None)
+    return Selection(
+        modules=modules,
+        patterns=patterns,
+        types=types,
+        scores={m.name: m.snr for m in cands},
+        rule=info,
+        extras=extras,
+        model=scan.model,
+        estimator=scan.estimator,
+        trainable_params=trainable,
+        total_params=total,
+        extra_params=extra_numel if trainable is not None else None,
+    )
 
 
 def count_params(scan: ScanResult, names: Iterable[str]) -> tuple[int | None, int | None]:
@@ -471,21 +462,25 @@ def _total_params(scan: ScanResult, by_param: dict[str, int] | None) -> int | No
     if not by_tensor or not all(m.numel for ms in by_tensor.values() for m in ms):
         return None
     # a tensor listed whole counts once; one listed only per expert counts as the sum of its slices
-    return sum(next((m.numel for m in ms if m.rows is None), None) or sum(m.numel for m in ms)
-               for ms in by_tensor.values())
+    return sum(
+        next((m.numel for m in ms if m.rows is None), None) or sum(m.numel for m in ms) for ms in by_tensor.values()
+    )
 
 
-def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
-            by_param: dict[str, int] | None, tied: bool = False) -> tuple[list[str], int]:
+def _extras(
+    scan: ScanResult, emb: bool, head: bool, norms: bool, by_param: dict[str, int] | None, tied: bool = False
+) -> tuple[list[str], int]:
     """Patterns for embeddings, lm_head and norms (which are not ranked), with their parameter count.
 
     Tied, the head is the embedding: its own pattern matches nothing in Axolotl, so asking for the head
     lists the embedding pattern too, and the shared tensor counts once (as the embedding)."""
     out: list[str] = []
     size = 0
-    for flag, kind, fallback in ((head, "lm_head", _DEFAULT_HEAD), (emb or (tied and head), "embedding",
-                                                                     _DEFAULT_EMBED),
-                                 (norms, "norm", _NORM_FALLBACK)):
+    for flag, kind, fallback in (
+        (head, "lm_head", axolotl.LM_HEAD),
+        (emb or (tied and head), "embedding", axolotl.EMBED_TOKENS),
+        (norms, "norm", axolotl.ALL_NORMS),
+    ):
         if not flag:
             continue
         if kind == "lm_head" and tied:
@@ -493,7 +488,10 @@ def _extras(scan: ScanResult, emb: bool, head: bool, norms: bool,
             continue
         ms = [m for m in scan.modules if m.kind == kind and m.part is None]
         if ms:
-            out += [module_pattern(m) if kind == "norm" else f"^{m.param or m.name + '.weight'}$" for m in ms]
+            out += [
+                module_pattern(m) if kind == "norm" else axolotl.tensor_pattern(m.param or m.name + ".weight")
+                for m in ms
+            ]
             size += sum(_numel_of(m, by_param) for m in ms)
         else:
             out.append(fallback)
@@ -526,8 +524,10 @@ def embedding_note(trainable: int | None, always: int | None, flags: str) -> str
     drop them: Gemma-3-270M's tied 262,144 x 640 embedding is 168M of Spectrum-25's 190M trainable parameters."""
     if not trainable or not always or 2 * always <= trainable:
         return None
-    return (f"note: {always:,} of the {trainable:,} trainable parameters ({100 * always / trainable:.0f}%) are "
-            f"embeddings/lm_head, which every selection trains; {flags} to train only the selected modules.")
+    return (
+        f"note: {always:,} of the {trainable:,} trainable parameters ({100 * always / trainable:.0f}%) are "
+        f"embeddings/lm_head, which every selection trains; {flags} to train only the selected modules."
+    )
 
 
 def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[set[str], dict[str, Any]]:
@@ -536,17 +536,25 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
     if fraction is not None:
         total = _total_params(scan, by_param)
         if not total:
-            raise SpectrumError("A fractional budget needs the model's size, which this scan does not record "
-                                "(reference scans do not). Pass --model DIR, or give the budget as a count (500M).")
+            raise SpectrumError(
+                "A fractional budget needs the model's size, which this scan does not record "
+                "(reference scans do not). Pass --model DIR, or give the budget as a count (500M)."
+            )
         count = int(total * fraction)
     if any(not numel[m.name] for ms in ranked.values() for m in ms):
-        raise SpectrumError("The budget rule needs each module's parameter count, which this scan lacks. "
-                            "Pass --model DIR (the checkpoint folder) or use --rule per-type.")
+        raise SpectrumError(
+            "The budget rule needs each module's parameter count, which this scan lacks. "
+            "Pass --model DIR (the checkpoint folder) or use --rule per-type."
+        )
     if extra_numel > count:
-        raise SpectrumError(f"Embeddings/lm_head/norms alone have {extra_numel:,} parameters, over the budget of "
-                            f"{count:,}. Raise --budget or pass --no-train-embeddings/--no-train-lm-head.")
-    order = sorted(((k / len(ms), ti, k, m) for ti, ms in enumerate(ranked.values()) for k, m in enumerate(ms, 1)),
-                   key=lambda x: x[:3])
+        raise SpectrumError(
+            f"Embeddings/lm_head/norms alone have {extra_numel:,} parameters, over the budget of "
+            f"{count:,}. Raise --budget or pass --no-train-embeddings/--no-train-lm-head."
+        )
+    order = sorted(
+        ((k / len(ms), ti, k, m) for ti, ms in enumerate(ranked.values()) for k, m in enumerate(ms, 1)),
+        key=lambda x: x[:3],
+    )
     chosen: set[str] = set()
     used = extra_numel
     for _, _, _, m in order:
@@ -559,12 +567,12 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
 
 def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
     """The reference tool's YAML for this scan, byte for byte (its rules: see ``reference``)."""
-    from .reference import entries, top_by_type
-
     listed = entries(scan)
     if all(math.isnan(s) for _, _, s in listed):
-        raise SpectrumError(f"Every score in the scan of {scan.model or 'this model'} is missing or NaN; "
-                            "nothing can be ranked. Re-run the scan.")
+        raise SpectrumError(
+            f"Every score in the scan of {scan.model or 'this model'} is missing or NaN; "
+            "nothing can be ranked. Re-run the scan."
+        )
     numel = {m.name: m.numel for m in scan.modules}
     counts: dict[str, int] = {}
     for _, t, _ in listed:
@@ -573,21 +581,39 @@ def _select_compat(scan: ScanResult, top_percent: float) -> Selection:
     modules: list[str] = []
     for t, kept in top_by_type(scan, top_percent).items():
         names = [n for n, _ in kept]
-        types[t] = TypeSelection(type=t, total=counts[t], kept=len(kept), modules=names, patterns=list(names),
-                                 numel=sum(numel.get(n, 0) for n, tt, _ in listed if tt == t),
-                                 selected_numel=sum(numel.get(n, 0) for n in names))
+        types[t] = TypeSelection(
+            type=t,
+            total=counts[t],
+            kept=len(kept),
+            modules=names,
+            patterns=list(names),
+            numel=sum(numel.get(n, 0) for n, tt, _ in listed if tt == t),
+            selected_numel=sum(numel.get(n, 0) for n in names),
+        )
         modules += names
     patterns = list(REFERENCE_EXTRAS) + modules
-    return Selection(modules=modules, patterns=patterns, types=types,
-                     scores={n: (None if math.isnan(s) else s) for n, _, s in listed},
-                     rule={"rule": "per-type", "top_percent": top_percent, "compat": True,
-                           "estimator": scan.estimator},
-                     extras=list(REFERENCE_EXTRAS), model=scan.model, estimator=scan.estimator)
+    return Selection(
+        modules=modules,
+        patterns=patterns,
+        types=types,
+        scores={n: (None if math.isnan(s) else s) for n, _, s in listed},
+        rule={"rule": "per-type", "top_percent": top_percent, "compat": True, "estimator": scan.estimator},
+        extras=list(REFERENCE_EXTRAS),
+        model=scan.model,
+        estimator=scan.estimator,
+    )
 
 
-def selected_params(selection: Selection, names: Iterable[str]) -> list[str]:
-    """Which of ``names`` the selection's patterns unfreeze, by Axolotl's rule (see freeze.AxolotlPattern)."""
-    from .freezing import AxolotlPattern
-
-    pats = [AxolotlPattern(p) for p in selection.patterns]
-    return [n for n in names if any(p.match(n) for p in pats)]
+def rule_text(sel: Any) -> str | None:
+    """Which rule and percent made a selection, as far as its file records it (a .yaml or .txt does not)."""
+    rule = dict(getattr(sel, "rule", None) or {})
+    p = rule.get("top_percent")
+    if rule.get("compat"):
+        return f"the reference tool's rule (--compat): the top {p:g}% of each module type"
+    if rule.get("rule") == "per-type":
+        return f"the per-type rule (Spectrum-{p:g}): the top {p:g}% of each module type"
+    if rule.get("rule") == "global":
+        return f"the global rule: the top {p:g}% of all ranked modules together"
+    if rule.get("rule") == "budget":
+        return f"the budget rule: {rule.get('budget')} ({rule.get('budget_params', 0):,} parameters)"
+    return None

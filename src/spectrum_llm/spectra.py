@@ -21,7 +21,7 @@ import torch
 
 from .errors import SpectrumError
 
-METHODS = ("auto", "gram", "svd")
+METHODS = ("gram", "svd")
 _BLOCK_BYTES = 16 * 2**20  # CPU: the float64 block and BLAS's copy of it stay small
 _DEVICE_BLOCK_BYTES = 256 * 2**20
 
@@ -87,12 +87,14 @@ def float64_note(device: torch.device) -> str | None:
     if cap in _FULL_RATE_FLOAT64:
         return None
     name = torch.cuda.get_device_name(device)
-    return (f"{name} (compute capability {cap[0]}.{cap[1]}) computes float64 at 1/32-1/64 of its float32 rate; "
-            "the scan still forms the Gram matrices in float64, because float32 would miss the 1e-6 accuracy "
-            "of the singular values (about 3e-4 of the largest). Expect CPU-like speed for the Gram products.")
+    return (
+        f"{name} (compute capability {cap[0]}.{cap[1]}) computes float64 at 1/32-1/64 of its float32 rate; "
+        "the scan still forms the Gram matrices in float64, because float32 would miss the 1e-6 accuracy "
+        "of the singular values (about 3e-4 of the largest). Expect CPU-like speed for the Gram products."
+    )
 
 
-def singular_values(w: torch.Tensor, device: str | torch.device = "cpu", method: str = "auto") -> torch.Tensor:
+def singular_values(w: torch.Tensor, device: str | torch.device = "cpu", method: str = "gram") -> torch.Tensor:
     """All singular values of a 2-D tensor, float64, largest first."""
     if w.ndim != 2:
         raise ValueError(f"singular_values needs a 2-D tensor, got shape {tuple(w.shape)}")

@@ -16,14 +16,10 @@ from pathlib import Path
 
 from . import cache
 from .checkpoint import open_checkpoint, resolve
-from .errors import SpectrumError
+from .errors import SpectrumError, require
 from .results import check_writable, output_error
 
 DTYPES = ("bfloat16", "float16", "float32")
-
-
-def cache_dir() -> Path:
-    return cache.models_dir()
 
 
 def is_gguf(model: str | os.PathLike) -> bool:
@@ -32,7 +28,7 @@ def is_gguf(model: str | os.PathLike) -> bool:
 
 
 def _cached_name(path: Path, fingerprint: str, dtype: str) -> Path:
-    return cache_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
+    return cache.models_dir() / f"{path.stem}-{fingerprint[:12]}-{dtype}"
 
 
 def _complete(folder: Path) -> bool:
@@ -49,13 +45,13 @@ def cached_folder(model: str | os.PathLike, dtype: str = "bfloat16") -> Path | N
     return out if _complete(out) else None
 
 
-def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = None,
-                   dtype: str = "bfloat16") -> Path:
+def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = None, dtype: str = "bfloat16") -> Path:
     """A safetensors folder (config, weights, tokenizer) for a GGUF file or builtin model; cached.
 
     Safe to call from many processes at once (every rank of a torchrun job): one converts while the others
     wait on a lock, then find the folder done.
     """
+    require("transformers", "filelock", extra="train")
     if dtype not in DTYPES:
         raise SpectrumError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     path = resolve(model)
@@ -69,6 +65,7 @@ def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = 
     from filelock import FileLock
 
     locks = cache.root() / "locks"
+    lock: contextlib.AbstractContextManager[object]
     try:
         locks.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(locks / f"convert-{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.lock"))
@@ -87,9 +84,11 @@ def _convert(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> 
     try:
         src = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as e:
-        raise SpectrumError(f"transformers could not load {path} ({str(e).splitlines()[0]}). Its architecture may "
-                            "not be supported for GGUF loading; convert it with llama.cpp's tools instead.") from None
+    except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:  # unsupported architecture/tensors
+        raise SpectrumError(
+            f"transformers could not load {path} ({str(e).splitlines()[0]}). Its architecture may "
+            "not be supported for GGUF loading; convert it with llama.cpp's tools instead."
+        ) from e
     cfg = src.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
@@ -101,8 +100,9 @@ def _convert(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> 
     try:
         model_.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / cache.SOURCE_FILE).write_text(json.dumps({"source": name, "file": str(path),
-                                                         "fingerprint": fingerprint, "dtype": dtype}, indent=2) + "\n")
+        (tmp / cache.SOURCE_FILE).write_text(
+            json.dumps({"source": name, "file": str(path), "fingerprint": fingerprint, "dtype": dtype}, indent=2) + "\n"
+        )
         if out.exists():  # a damaged earlier attempt (a finished one returned above)
             shutil.rmtree(out)
         tmp.rename(out)

@@ -11,71 +11,62 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Any, cast
 
 import torch
 
-from . import __version__, cache
+from . import __version__, cache, estimators
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
-from .estimators import ESTIMATORS, score, unscorable
-from .naming import is_quantization_aux, parse
+from .estimators import score, unscorable
+from .naming import fused_parts, is_quantization_aux, parse
 from .quantized import method_label, stored_dtype
-from .results import ModuleScore, ScanResult, check_writable, output_error
-from .spectra import float64_note, gram, resolve_device, singular_values, singular_values_from_gram
+from .results import ModuleScore, ScanResult, check_writable, load_scan, output_error
+from .spectra import METHODS, float64_note, gram, resolve_device, singular_values, singular_values_from_gram
 
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "FLOAT64", "FLOAT32", "FLOAT16", "BFLOAT16"}
-_GGUF_DEQUANTIZABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-                       "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS")
+_GGUF_DEQUANTIZABLE = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "Q8_K",
+    "IQ4_NL",
+    "IQ4_XS",
+)
 
 
 def _natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def fused_parts(name: str, shape: tuple[int, ...], config: dict) -> list[tuple[str, int, int, int]]:
-    """(part, dim, start, stop) of each projection packed into a fused tensor, where the config says how.
-
-    Linear weights are [out, in], so parts are row ranges; GPT-2's Conv1D ``c_attn`` is stored [in, out],
-    so its parts are column ranges.
-    """
-    if len(shape) != 2 or not name.endswith(".weight"):
-        return []
-    leaf = name[: -len(".weight")].rsplit(".", 1)[-1]
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    hidden = config.get("hidden_size") or config.get("n_embd")
-    parts: list[tuple[str, int, int, int]] = []
-    if leaf == "qkv_proj" and heads and hidden:
-        kv = config.get("num_key_value_heads") or heads
-        hd = config.get("head_dim") or hidden // heads
-        q, k = heads * hd, kv * hd
-        parts = [("q", 0, 0, q), ("k", 0, q, q + k), ("v", 0, q + k, q + 2 * k)]
-    elif leaf == "W_pack" and hidden:
-        parts = [(p, 0, i * hidden, (i + 1) * hidden) for i, p in enumerate("qkv")]
-    elif leaf == "c_attn" and hidden:
-        parts = [(p, 1, i * hidden, (i + 1) * hidden) for i, p in enumerate("qkv")]
-    elif leaf == "gate_up_proj" and config.get("intermediate_size"):
-        i = config["intermediate_size"]
-        parts = [("gate", 0, 0, i), ("up", 0, i, 2 * i)]
-    if parts and parts[-1][3] != shape[parts[-1][1]]:
-        return []
-    return parts
-
-
-def _readable(info: TensorInfo) -> bool:
+def readable(info: TensorInfo) -> bool:
     """Float weights, GGUF blocks that dequantize exactly to what llama.cpp computes with, fp8 and MXFP4."""
-    return not is_quantization_aux(info.name) and (info.dtype.upper() in _FLOAT_DTYPES
-                                                   or info.dtype in _GGUF_DEQUANTIZABLE or info.dequantizable)
+    return not is_quantization_aux(info.name) and (
+        info.dtype.upper() in _FLOAT_DTYPES or info.dtype in _GGUF_DEQUANTIZABLE or info.dequantizable
+    )
 
 
 def _unreadable(info: TensorInfo) -> str:
     """Why a tensor's values cannot be read: the quantization method and the fix where it is known."""
     if info.scheme is not None and info.scheme.why:
         return info.scheme.why
-    return (f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
-            "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model.")
+    return (
+        f"quantized or integer tensor ({info.dtype}): its values cannot be read exactly. "
+        "Scan the unquantized (bf16/fp16/fp32) checkpoint of this model."
+    )
 
 
 def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
@@ -87,6 +78,7 @@ def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
             continue
         m.dtype = stored_dtype(info)
         if info.dequantizable:
+            assert info.scheme is not None  # dequantizable implies a scheme
             m.dequantized = info.scheme.label
         elif info.dtype in _GGUF_DEQUANTIZABLE and info.dtype not in _FLOAT_DTYPES:
             m.dequantized = f"gguf {info.dtype}"
@@ -94,8 +86,20 @@ def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
 
 def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
     p = parse(info.name, len(info.shape))
-    return [ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
-                        numel=_numel(info.shape), skipped=reason)]
+    return [
+        ModuleScore(
+            name=p.module,
+            type=p.type,
+            layer=p.layer,
+            shape=list(info.shape),
+            snr=None,
+            kind=p.kind,
+            param=info.name,
+            expert=p.expert,
+            numel=_numel(info.shape),
+            skipped=reason,
+        )
+    ]
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -125,11 +129,12 @@ def _finite(w: torch.Tensor, chunk: int = 2**22) -> bool:
     return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
-def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
-                config: dict) -> list[tuple[ModuleScore, torch.Tensor | None]]:
+def plan_tensor(
+    info: TensorInfo, w: torch.Tensor | None, config: dict
+) -> list[tuple[ModuleScore, torch.Tensor | None]]:
     """The modules one checkpoint tensor yields (one matrix, one per expert, plus fused parts), each with the
     matrix to decompose, or None where the module is skipped (the reason is already in it)."""
-    if not _readable(info):
+    if not readable(info):
         return [(m, None) for m in _skip(info, _unreadable(info))]
     if len(info.shape) <= 1:
         return [(m, None) for m in _skip(info, "1-D weight (norm or bias): not ranked")]
@@ -138,36 +143,124 @@ def plan_tensor(info: TensorInfo, w: torch.Tensor | None,
     assert w is not None
     if not _finite(w):
         bad = int((~torch.isfinite(w)).sum())
-        return [(m, None) for m in _skip(info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; "
-                                               "re-download or re-convert it")]
+        return [
+            (m, None)
+            for m in _skip(
+                info, f"{bad} NaN/Inf values inside the weight: the checkpoint is damaged; re-download or re-convert it"
+            )
+        ]
     p = parse(info.name, len(info.shape))
     out: list[tuple[ModuleScore, torch.Tensor | None]] = []
     if len(info.shape) == 3:
         base, leaf = p.module.rsplit(".", 1)
         for e in range(info.shape[0]):
-            out.append((ModuleScore(f"{base}.{e}.{leaf}", p.type, p.layer, list(info.shape[1:]), None, p.kind,
-                                    info.name, e, rows=[e, e + 1], numel=_numel(info.shape[1:])), w[e]))
+            out.append(
+                (
+                    ModuleScore(
+                        name=f"{base}.{e}.{leaf}",
+                        type=p.type,
+                        layer=p.layer,
+                        shape=list(info.shape[1:]),
+                        snr=None,
+                        kind=p.kind,
+                        param=info.name,
+                        expert=e,
+                        rows=[e, e + 1],
+                        numel=_numel(info.shape[1:]),
+                    ),
+                    w[e],
+                )
+            )
     else:
-        out.append((ModuleScore(p.module, p.type, p.layer, list(info.shape), None, p.kind, info.name, p.expert,
-                                numel=_numel(info.shape)), w))
+        out.append(
+            (
+                ModuleScore(
+                    name=p.module,
+                    type=p.type,
+                    layer=p.layer,
+                    shape=list(info.shape),
+                    snr=None,
+                    kind=p.kind,
+                    param=info.name,
+                    expert=p.expert,
+                    numel=_numel(info.shape),
+                ),
+                w,
+            )
+        )
         for part, dim, a, b in fused_parts(info.name, info.shape, config):
             piece = w[a:b] if dim == 0 else w[:, a:b]
-            out.append((ModuleScore(f"{p.module}.{part}", f"{p.type}.{part}", p.layer, list(piece.shape), None,
-                                    p.kind, info.name, p.expert, part=part, rows=[a, b], dim=dim,
-                                    numel=piece.numel()), piece))
-    for mod, mat in out:
+            out.append(
+                (
+                    ModuleScore(
+                        name=f"{p.module}.{part}",
+                        type=f"{p.type}.{part}",
+                        layer=p.layer,
+                        shape=list(piece.shape),
+                        snr=None,
+                        kind=p.kind,
+                        param=info.name,
+                        expert=p.expert,
+                        part=part,
+                        rows=[a, b],
+                        dim=dim,
+                        numel=piece.numel(),
+                    ),
+                    piece,
+                )
+            )
+    for mod, _mat in out:
         if min(mod.shape) < 2:
             mod.skipped = f"{mod.shape[0]}x{mod.shape[1]} matrix: too few singular values for a noise estimate"
     return [(mod, None if mod.skipped else mat) for mod, mat in out]
 
 
-def score_tensor(info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict,
-                 device: str = "cpu", method: str = "auto") -> list[ModuleScore]:
+def score_tensor(
+    info: TensorInfo, w: torch.Tensor | None, estimator: str, config: dict, device: str = "cpu", method: str = "gram"
+) -> list[ModuleScore]:
     """All module scores one checkpoint tensor yields: one matrix, one per expert, plus fused parts."""
     out = []
     for mod, mat in plan_tensor(info, w, config):
         out.append(mod if mat is None else _fill(mod, singular_values(mat, device, method), estimator))
     return out
+
+
+def module_singular_values(
+    model: str | os.PathLike, module: ModuleScore, estimator: str
+) -> tuple[tuple[int, int], torch.Tensor]:
+    """The shape and singular values of the matrix a scan scored as ``module``, read again from ``model``.
+
+    The tensor goes through ``plan_tensor`` as in the scan, so an expert or a fused part is cut exactly as it
+    was scored, and a matrix the scan could not score is refused for the same reason.
+    """
+    ckpt = open_checkpoint(model)
+    param = module.param or module.name + ".weight"
+    info = next((t for t in ckpt.tensors if t.name == param), None)
+    if info is None:
+        raise SpectrumError(
+            f"{model} has no tensor {param!r}, which the scan scored for {module.name}. Pass the "
+            "checkpoint this scan was made from (--model)."
+        )
+    # a QuantizedTensor stands in for a Tensor (torch functions reach it through __torch_function__), as in _run
+    w = cast("torch.Tensor | None", ckpt.load(info) if len(info.shape) > 1 and readable(info) else None)
+    rows = list(module.rows) if module.rows is not None else None
+    planned = next(
+        ((m, mat) for m, mat in plan_tensor(info, w, ckpt.config) if (m.rows, m.part) == (rows, module.part)), None
+    )
+    if planned is None:
+        raise SpectrumError(
+            f"{model} does not cut {param!r} {tuple(info.shape)} into {module.name} as the scan did. "
+            "Pass the checkpoint this scan was made from (--model)."
+        )
+    mod, mat = planned
+    s = singular_values(mat) if mat is not None else None
+    why = mod.skipped if s is None else unscorable(s, mod.shape[0], mod.shape[1], estimator)
+    if why or s is None:
+        raise SpectrumError(
+            f"{module.name} has no spectrum to draw: {why}. Pick another module "
+            "(`spectrum show SCAN` lists the scored ones)."
+        )
+    return (mod.shape[0], mod.shape[1]), s
 
 
 class _Journal:
@@ -241,25 +334,49 @@ def _share(tensors: list[TensorInfo], rank: int, world: int) -> list[TensorInfo]
 
 def _progress(enabled: bool):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("[bold]scan"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"),
-                    TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("left"),
-                    TimeRemainingColumn(), disable=not enabled, console=Console(stderr=True))
+    return Progress(
+        TextColumn("[bold]scan"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tensors"),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        console=Console(stderr=True),
+    )
 
 
-def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLike | None = None,
-         estimator: str = "mp", device: str = "cpu", modules: str | None = None,
-         reference_json: str | os.PathLike | None = None, resume: bool = True, progress: bool = False,
-         method: str = "auto") -> ScanResult:
+def scan(
+    model: str | os.PathLike | torch.nn.Module,
+    *,
+    output: str | os.PathLike | None = None,
+    estimator: str = estimators.DEFAULT,
+    device: str = "cpu",
+    modules: str | None = None,
+    reference_json: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    method: str = "gram",
+) -> ScanResult:
     """Score every weight matrix of a checkpoint (folder, file, hub id in the cache) or an in-memory model.
 
     Returns the ScanResult and, with ``output``, writes it as JSON. ``modules`` is a regex on tensor names;
     ``reference_json`` is a folder that also gets the reference tool's flat ``snr_results_<slug>.json``.
     """
-    if estimator not in ESTIMATORS:
-        raise SpectrumError(f"Unknown estimator {estimator!r}. Use one of: {', '.join(ESTIMATORS)}.")
+    version = estimators.get(estimator).version
+    if method not in METHODS:
+        raise SpectrumError(f"Unknown singular-value method {method!r}; use one of {', '.join(METHODS)}.")
     resolve_device(device)
     try:
         pattern = re.compile(modules) if modules else None
@@ -278,8 +395,13 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         check_writable(out)
     if reference_json is not None:
         check_writable(reference_json, folder=True)
-    header = {"fingerprint": fingerprint, "estimator": estimator, "modules_regex": modules,
-              "method": method}
+    header = {
+        "fingerprint": fingerprint,
+        "estimator": estimator,
+        "estimator_version": version,
+        "modules_regex": modules,
+        "method": method,
+    }
     key = cache.source_fingerprint(ckpt.root) if ckpt.format == "safetensors" else None
     cache_file = cache.scan_path(key or fingerprint, estimator, method) if modules is None else None
     cached = _cached(out, header) if out is not None and resume and out.is_file() else None
@@ -322,8 +444,16 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
         results = {p: [ModuleScore.from_json(m) for m in ms] for part in gathered for p, ms in part.items()}
     flat = [m for p in sorted(results, key=_natural_key) for m in results[p]]
     _mark_storage(flat, ckpt)
-    result = ScanResult(model=str(model), estimator=estimator, modules=flat, fingerprint=fingerprint,
-                        version=__version__, modules_regex=modules, config=_config_summary(ckpt))
+    result = ScanResult(
+        model=str(model),
+        estimator=estimator,
+        modules=flat,
+        fingerprint=fingerprint,
+        version=__version__,
+        modules_regex=modules,
+        config=_config_summary(ckpt),
+        estimator_version=version,
+    )
     if rank == 0:
         if out is not None:
             result.save(out)
@@ -342,13 +472,22 @@ def scan(model: str | os.PathLike | torch.nn.Module, *, output: str | os.PathLik
     return result
 
 
-def _run(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Journal | None, estimator: str,
-         device: str, method: str, show: bool, total: int) -> None:
+def _run(
+    ckpt: Checkpoint,
+    todo: list[TensorInfo],
+    results: dict,
+    journal: _Journal | None,
+    estimator: str,
+    device: str,
+    method: str,
+    show: bool,
+    total: int,
+) -> None:
     """Score tensors in order, reading tensor i+1 on a thread while tensor i is decomposed."""
     import time
 
     def fetch(info: TensorInfo):
-        if len(info.shape) <= 1 or not _readable(info):
+        if len(info.shape) <= 1 or not readable(info):
             return None
         return ckpt.load(info)
 
@@ -358,6 +497,7 @@ def _run(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Jour
         pending = pool.submit(fetch, todo[0]) if todo else None
         for i, info in enumerate(todo):
             try:
+                assert pending is not None  # submitted for todo[i] before this iteration
                 w = pending.result()
                 failure = None
             except SpectrumError as e:
@@ -395,7 +535,7 @@ class _Stager:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._work, name="spectrum-stager", daemon=True)
 
-    def __enter__(self) -> "_Stager":
+    def __enter__(self) -> _Stager:
         self.thread.start()
         return self
 
@@ -429,7 +569,7 @@ class _Stager:
                     return
                 w, event, failure = None, None, None
                 try:
-                    if len(info.shape) > 1 and _readable(info):
+                    if len(info.shape) > 1 and readable(info):
                         w = self.ckpt.load(info)
                 except SpectrumError as e:
                     failure = str(e)
@@ -470,8 +610,14 @@ class _Solver:
     ``add`` and ``flush`` return the tensors whose modules are all scored.
     """
 
-    def __init__(self, device: torch.device, method: str, estimator: str, bucket_bytes: int = _BUCKET_BYTES,
-                 max_open: int = _MAX_OPEN):
+    def __init__(
+        self,
+        device: torch.device,
+        method: str,
+        estimator: str,
+        bucket_bytes: int = _BUCKET_BYTES,
+        max_open: int = _MAX_OPEN,
+    ):
         self.device, self.method, self.estimator = device, method, estimator
         self.bucket_bytes, self.max_open = bucket_bytes, max_open
         self.buckets: dict[int, list[tuple[str, ModuleScore, torch.Tensor]]] = {}
@@ -514,8 +660,17 @@ class _Solver:
         return done
 
 
-def _run_staged(ckpt: Checkpoint, todo: list[TensorInfo], results: dict, journal: _Journal | None, estimator: str,
-                device: str, method: str, show: bool, total: int) -> None:
+def _run_staged(
+    ckpt: Checkpoint,
+    todo: list[TensorInfo],
+    results: dict,
+    journal: _Journal | None,
+    estimator: str,
+    device: str,
+    method: str,
+    show: bool,
+    total: int,
+) -> None:
     """The GPU scan: tensors staged ahead through pinned memory, Gram and eigensolver on the device, batched."""
     import sys
     import time
@@ -558,15 +713,31 @@ def _cached(out: Path, header: dict, source: str | None = None) -> ScanResult | 
         data = json.loads(out.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
-    same = (data.get("fingerprint") in (header["fingerprint"], source) and data.get("estimator") == header["estimator"]
-            and data.get("modules_regex") == header["modules_regex"])
-    return ScanResult.load(out) if same else None
+    same = (
+        data.get("fingerprint") in (header["fingerprint"], source)
+        and data.get("estimator") == header["estimator"]
+        and data.get("estimator_version", 1) == header["estimator_version"]  # unrecorded: made by version 1
+        and data.get("modules_regex") == header["modules_regex"]
+    )
+    return load_scan(out) if same else None
 
 
 def _config_summary(ckpt: Checkpoint) -> dict:
-    keys = ("model_type", "architectures", "num_hidden_layers", "hidden_size", "intermediate_size",
-            "num_attention_heads", "num_key_value_heads", "num_local_experts", "num_experts", "n_layer", "n_embd",
-            "gguf_name", "tie_word_embeddings")
+    keys = (
+        "model_type",
+        "architectures",
+        "num_hidden_layers",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "num_local_experts",
+        "num_experts",
+        "n_layer",
+        "n_embd",
+        "gguf_name",
+        "tie_word_embeddings",
+    )
     cfg = {k: ckpt.config[k] for k in keys if k in ckpt.config}
     cfg["format"] = ckpt.format
     if method_label(ckpt.config):
@@ -587,24 +758,35 @@ def _write_reference(result: ScanResult, folder: str | os.PathLike | None) -> No
     write_json(result, folder)
 
 
-def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, method: str,
-                 output) -> ScanResult:
+def _scan_module(model: torch.nn.Module, estimator: str, device: str, pattern, method: str, output) -> ScanResult:
     """Scan a model already in memory. Offloaded (meta) parameters are reported as skipped, never as NaN."""
-    config = model.config.to_dict() if hasattr(model, "config") else {}
+    # torch types a Module's attributes as Tensor | Module; ``config`` is a transformers PretrainedConfig
+    config = cast(Any, model).config.to_dict() if hasattr(model, "config") else {}
     mods: list[ModuleScore] = []
     for name, param in model.named_parameters():
         if pattern is not None and not pattern.search(name):
             continue
         info = TensorInfo(name, tuple(param.shape), str(param.dtype).removeprefix("torch."), "<memory>", name)
         if param.device.type == "meta":
-            mods.extend(_skip(info, "parameter is offloaded (on the meta device): scan the checkpoint folder "
-                                    "instead, which reads every tensor from disk"))
+            mods.extend(
+                _skip(
+                    info,
+                    "parameter is offloaded (on the meta device): scan the checkpoint folder "
+                    "instead, which reads every tensor from disk",
+                )
+            )
             continue
         mods.extend(score_tensor(info, param.detach(), estimator, config, device, method))
     if not mods:
         raise SpectrumError("The model has no parameters to scan (or --modules matched none).")
-    result = ScanResult(model=getattr(model, "name_or_path", type(model).__name__), estimator=estimator,
-                        modules=mods, version=__version__, config={k: config[k] for k in ("model_type",) if k in config})
+    result = ScanResult(
+        model=getattr(model, "name_or_path", type(model).__name__),
+        estimator=estimator,
+        modules=mods,
+        version=__version__,
+        config={k: config[k] for k in ("model_type",) if k in config},
+        estimator_version=estimators.get(estimator).version,
+    )
     if output:
         result.save(output)
     return result
