@@ -84,22 +84,25 @@ def _mark_storage(modules: list[ModuleScore], ckpt: Checkpoint) -> None:
             m.dequantized = f"gguf {info.dtype}"
 
 
-def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
+def _whole(info: TensorInfo, skipped: str | None = None) -> ModuleScore:
+    """The entry of a tensor scored (or skipped) as one module."""
     p = parse(info.name, len(info.shape))
-    return [
-        ModuleScore(
-            name=p.module,
-            type=p.type,
-            layer=p.layer,
-            shape=list(info.shape),
-            snr=None,
-            kind=p.kind,
-            param=info.name,
-            expert=p.expert,
-            numel=_numel(info.shape),
-            skipped=reason,
-        )
-    ]
+    return ModuleScore(
+        name=p.module,
+        type=p.type,
+        layer=p.layer,
+        shape=list(info.shape),
+        snr=None,
+        kind=p.kind,
+        param=info.name,
+        expert=p.expert,
+        numel=_numel(info.shape),
+        skipped=skipped,
+    )
+
+
+def _skip(info: TensorInfo, reason: str) -> list[ModuleScore]:
+    return [_whole(info, reason)]
 
 
 def _numel(shape: Iterable[int]) -> int:
@@ -172,22 +175,7 @@ def plan_tensor(
                 )
             )
     else:
-        out.append(
-            (
-                ModuleScore(
-                    name=p.module,
-                    type=p.type,
-                    layer=p.layer,
-                    shape=list(info.shape),
-                    snr=None,
-                    kind=p.kind,
-                    param=info.name,
-                    expert=p.expert,
-                    numel=_numel(info.shape),
-                ),
-                w,
-            )
-        )
+        out.append((_whole(info), w))
         for part, dim, a, b in fused_parts(info.name, info.shape, config):
             piece = w[a:b] if dim == 0 else w[:, a:b]
             out.append(
