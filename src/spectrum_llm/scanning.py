@@ -733,11 +733,6 @@ def _config_summary(ckpt: Checkpoint) -> dict:
     return cfg
 
 
-def slug(model: str) -> str:
-    """The reference tool's file-name form of a model id: ``org/name`` -> ``org-name``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(model).strip("/").replace("/", "-")).strip("-")
-
-
 def _write_reference(result: ScanResult, folder: str | os.PathLike | None) -> None:
     if folder is None:
         return
