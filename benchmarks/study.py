@@ -706,7 +706,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.timing and not a.report:
         for arm in timing_arms(chosen):
             time_arm(arm, s, ctx, timing_store, a.timing)
-    timings = [t for t in (json.loads(p.read_text()) for p in sorted(timing_store.folder.glob("*.json")))]
+    timings = [json.loads(p.read_text()) for p in sorted(timing_store.folder.glob("*.json"))]
     from study_report import write_report
 
     write_report(mode, s, base, rows, rates, info, t_start, machine(), timings)
