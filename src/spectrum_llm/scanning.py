@@ -18,11 +18,12 @@ from typing import Any, cast
 
 import torch
 
-from . import __version__, cache, estimators
+from . import __version__, cache, distributed, estimators
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import SpectrumError
 from .estimators import score, unscorable
 from .naming import fused_parts, is_quantization_aux, parse
+from .progress import progress_bar
 from .quantized import method_label, stored_dtype
 from .results import ModuleScore, ScanResult, check_writable, load_scan, output_error
 from .spectra import METHODS, float64_note, gram, resolve_device, singular_values, singular_values_from_gram
@@ -287,22 +288,6 @@ class _Journal:
             f.flush()
 
 
-def _rank() -> int:
-    """This process's rank under torchrun (0 alone), without starting a process group."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def _dist():
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def _cost(t: TensorInfo) -> int:
     """Work to score a tensor: the Gram product costs about numel * min(rows, cols)."""
     return _numel(t.shape) * (min(t.shape[-2:]) if len(t.shape) > 1 else 1)
@@ -318,31 +303,6 @@ def _share(tensors: list[TensorInfo], rank: int, world: int) -> list[TensorInfo]
         if r == rank:
             mine.append(t)
     return mine
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]scan"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tensors"),
-        TextColumn("[cyan]{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        console=Console(stderr=True),
-    )
 
 
 def scan(
@@ -395,15 +355,15 @@ def scan(
     cached = _cached(out, header) if out is not None and resume and out.is_file() else None
     if cached is None and resume and cache_file is not None and cache_file.is_file():
         cached = _cached(cache_file, header, key)
-        if cached is not None and out is not None and _rank() == 0:
+        if cached is not None and out is not None and distributed.is_main():
             cached.save(out)
     if cached is not None:
         cached.cached = True
-        if _rank() == 0:
+        if distributed.is_main():
             _write_reference(cached, reference_json)
         return cached
 
-    rank, world = _dist()
+    rank, world = distributed.process_group()
     if world > 1 and device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank under torchrun
     mine = _share(tensors, rank, world) if world > 1 else tensors
@@ -480,7 +440,7 @@ def _run(
         return ckpt.load(info)
 
     start = time.monotonic()
-    with _progress(show) as bar, ThreadPoolExecutor(1) as pool:
+    with progress_bar("scan", "tensors", "rate", show) as bar, ThreadPoolExecutor(1) as pool:
         task = bar.add_task("scan", total=total, completed=total - len(todo), rate="")
         pending = pool.submit(fetch, todo[0]) if todo else None
         for i, info in enumerate(todo):
@@ -670,7 +630,7 @@ def _run_staged(
     solver = _Solver(dev, method, estimator)
     mods: dict[str, list[ModuleScore]] = {}
     start, finished = time.monotonic(), 0
-    with _progress(show) as bar, _Stager(ckpt, todo, dev) as stager:
+    with progress_bar("scan", "tensors", "rate", show) as bar, _Stager(ckpt, todo, dev) as stager:
         task = bar.add_task("scan", total=total, completed=total - len(todo), rate="")
 
         def record(keys: list[str]) -> None:

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import estimators
+from . import distributed, estimators
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
 from .errors import SpectrumError, require
 from .params import count_params
+from .progress import progress_bar
 from .results import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
@@ -380,7 +381,7 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False):
         train_embeddings=cfg.train_embeddings,
         train_lm_head=cfg.train_lm_head,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed.is_main():
         from .selection import extras_text, rule_text, tied_embeddings
 
         LOG.info(
@@ -507,7 +508,7 @@ def _peak_memory() -> tuple[int, str]:
 def _final_state_dict(trainer, orig_dtypes: dict[str, Any]):
     """The full state dict (gathered across ranks by accelerate) in the input's dtypes; empty off rank 0."""
     sd = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
-    if not trainer.accelerator.is_main_process or sd is None:
+    if not distributed.is_main() or sd is None:
         return {}
     return {k: v.to(orig_dtypes[k]) if k in orig_dtypes and v.dtype != orig_dtypes[k] else v for k, v in sd.items()}
 
@@ -527,7 +528,7 @@ def _save_outputs(trainer, cfg: TrainConfig, orig_dtypes, lora: bool) -> None:
         trainer.save_model(str(out / "adapter"))
         if acc.num_processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
             return  # a sharded LoRA run keeps the adapter; merge it with `peft` on one device
-        if acc.is_main_process:
+        if distributed.is_main():
             merged = model.merge_and_unload()
             sd = {
                 k: v.to(orig_dtypes[k]) if k in orig_dtypes and v.dtype != orig_dtypes[k] else v
@@ -536,7 +537,7 @@ def _save_outputs(trainer, cfg: TrainConfig, orig_dtypes, lora: bool) -> None:
             merged.save_pretrained(out, state_dict=_without_tied(merged, sd))
         return
     sd = _final_state_dict(trainer, orig_dtypes)
-    if acc.is_main_process:
+    if distributed.is_main():
         model.save_pretrained(out, state_dict=_without_tied(model, sd))
 
 
@@ -578,28 +579,8 @@ def _callbacks(cfg: TrainConfig):
             self.bar = None
 
         def on_train_begin(self, args, state, control, **kw):
-            if state.is_world_process_zero:
-                from rich.console import Console
-                from rich.progress import (
-                    BarColumn,
-                    MofNCompleteColumn,
-                    Progress,
-                    TextColumn,
-                    TimeElapsedColumn,
-                    TimeRemainingColumn,
-                )
-
-                self.bar = Progress(
-                    TextColumn("[bold]train"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn("steps"),
-                    TextColumn("[cyan]{task.fields[loss]}"),
-                    TimeElapsedColumn(),
-                    TextColumn("left"),
-                    TimeRemainingColumn(),
-                    console=Console(stderr=True),
-                )
+            if distributed.is_main():
+                self.bar = progress_bar("train", "steps", "loss")
                 self.bar.start()
                 self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="")
 
@@ -652,7 +633,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     except BaseException:
         if (
             not existed
-            and int(os.environ.get("RANK", "0")) == 0
+            and distributed.is_main()
             and out.is_dir()
             and not any(out.glob("checkpoint-*"))
             and not any(out.glob("*.safetensors"))
@@ -665,7 +646,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     cfg = config
     from .conversion import cached_folder, gguf_to_folder, is_gguf
 
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = distributed.is_main()
     if is_gguf(cfg.model):
         if main and cached_folder(cfg.model) is None:
             LOG.info("converting %s into a transformers folder (once; it is cached)", cfg.model)
@@ -712,7 +693,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
 
         assert selection is not None  # resolved above for the spectrum method
         frozen = freeze(model, selection)
-        if frozen.partial and cfg.weight_decay and args.process_index == 0:
+        if frozen.partial and cfg.weight_decay and distributed.is_main():
             LOG.warning(
                 "the selection trains only some rows of %s; weight decay still shrinks their frozen rows. "
                 "Set weight_decay: 0 (the default) to keep them bit-identical.",
@@ -721,7 +702,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     elif cfg.method == "lora":
         lora_args, selection = lora_kwargs(cfg, config.model, model, resume_from is not None)
         model = apply_lora(model, lora_args)
-        if args.process_index == 0:
+        if distributed.is_main():
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             write_text_atomic(Path(cfg.output_dir) / "lora_config.json", json.dumps(lora_args, indent=2) + "\n")
     always = _always_trained(model) if cfg.method == "spectrum" else 0
@@ -738,7 +719,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
-    if args.process_index == 0:
+    if distributed.is_main():
         LOG.info(
             "%s: training %s of %s parameters (%.1f%%), %s, %d process%s",
             cfg.method,
@@ -777,13 +758,13 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
     if not cfg.verbose:
         trainer.remove_callback(ProgressCallback)
     engine = _engine(trainer)
-    if args.process_index == 0 and cfg.fsdp and not engine.startswith("fsdp"):
+    if distributed.is_main() and cfg.fsdp and not engine.startswith("fsdp"):
         LOG.warning(
             "FSDP was asked for but accelerate runs this job as %s (it enables FSDP only on GPUs and other "
             "accelerators).",
             engine,
         )
-    if args.process_index == 0 and engine == "fsdp1":
+    if distributed.is_main() and engine == "fsdp1":
         LOG.warning(
             "FSDP1 allocates gradients for whole flattened units, so frozen modules save little memory "
             "there; set fsdp_config version: 2 (FSDP2)."
@@ -801,7 +782,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
         eval_loss = float(trainer.evaluate()["eval_loss"])
     _save_outputs(trainer, cfg, orig_dtypes, lora=cfg.method == "lora")
     trainer.accelerator.wait_for_everyone()
-    if args.process_index == 0:
+    if distributed.is_main():
         tokenizer.save_pretrained(cfg.output_dir)
         if not cfg.keep_checkpoints:
             _remove_checkpoints(Path(cfg.output_dir))
@@ -839,7 +820,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> TrainSummary:
         config=_jsonable(dataclasses.asdict(dataclasses.replace(config, seq_len=cfg.seq_len))),
         checkpoints=sorted(p.name for p in Path(cfg.output_dir).glob("checkpoint-*")) if cfg.keep_checkpoints else [],
     )
-    if args.process_index == 0:
+    if distributed.is_main():
         write_json_atomic(Path(cfg.output_dir) / SUMMARY_FILE, summary.to_json())
         loss = f"loss {summary.losses[-1]:.4g}" if summary.losses else "no loss logged"
         LOG.info(
