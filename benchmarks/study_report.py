@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stats import diff_to_population, empirical_p, paired_diff, rank_among, ratio_diff
+
+from benchmarks.benchlib import pyplot, save_figure
+from benchmarks.stats import diff_to_population, empirical_p, paired_diff, rank_among, ratio_diff
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -181,11 +183,7 @@ COLORS = {"full": "black", "spectrum25": "tab:blue", "spectrum50": "tab:green", 
 
 
 def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     IMAGES.mkdir(parents=True, exist_ok=True)
     arms = headline_arms(rows, rates)
     out = []
@@ -205,11 +203,7 @@ def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> l
     ax.set_ylabel("test exact match (%)")
     ax.set_title(f"New facts, held-out phrasings: SmolLM2-135M-Instruct ({mode})", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    p = IMAGES / f"study-{mode}-metric-vs-size.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(str(p))
+    out.append(save_figure(fig, IMAGES / f"study-{mode}-metric-vs-size.png"))
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
@@ -229,11 +223,7 @@ def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> l
     ax.set_xlabel("forgetting: general-text loss after - before (lower is better)")
     ax.set_ylabel("task gain: test exact match after - before (points)")
     ax.set_title("Gain against forgetting (x: learning-rate sweep points; random draws as circles)", fontsize=10)
-    fig.tight_layout()
-    p = IMAGES / f"study-{mode}-gain-vs-forgetting.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(str(p))
+    out.append(save_figure(fig, IMAGES / f"study-{mode}-gain-vs-forgetting.png"))
     return out
 
 

@@ -39,10 +39,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import (GENERAL_PLAYS, SHAREGPT_FILE, check_packages, convert_model, first_exchange,  # noqa: E402
-                      lora_rank_for, machine, median, module_table, random_patterns, recover_json_items,
-                      run_child, token_loss, top_layers, write_patterns)
+if __package__ in (None, ""):  # run as a file: the repository root on the path, for the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.benchlib import (  # noqa: E402
+    GENERAL_PLAYS,
+    SHAREGPT_FILE,
+    check_packages,
+    convert_model,
+    first_exchange,
+    lora_rank_for,
+    machine,
+    median,
+    module_table,
+    pyplot,
+    random_patterns,
+    recover_json_items,
+    run_child,
+    save_figure,
+    step_timer,
+    token_loss,
+    top_layers,
+    write_patterns,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -74,9 +92,6 @@ MODES = {
     "full": Settings(seq_len=256, batch_size=4, steps=60, train_convs=1000, eval_convs=100, eval_blocks=48,
                      general_blocks=48, learning_rate=1e-4, lora_learning_rate=1e-3),
 }
-
-
-# ------------------------------------------------------------------------------------------ pure logic
 
 
 # ------------------------------------------------------------------------------------------ set-up
@@ -190,7 +205,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
     import logging
 
     import torch
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     logging.basicConfig(level=logging.INFO, format="[spectrum] %(message)s")  # train()'s lines, in the run's log
     t0 = time.monotonic()
@@ -223,33 +238,17 @@ def worker(spec_path: Path, result_path: Path) -> None:
 
     from spectrum_llm.training import TrainConfig, train
 
-    class Probe(TrainerCallback):
-        """Times every optimizer step and evaluates the held-out blocks once training ends."""
+    evals: dict[str, float] = {}
 
-        def __init__(self):
-            self.times: list[float] = []
-            self.evals: dict[str, float] = {}
-            self._t = 0.0
+    def evaluate_trained(model) -> None:  # before train() saves and returns
+        print(f"[bench] training ends at {time.monotonic() - t0:.1f} s", flush=True)
+        evals["task_loss_after"] = token_loss(model, blocks["task"], s["batch_size"], amp)
+        evals["general_loss_after"] = token_loss(model, blocks["general"], s["batch_size"], amp)
 
-        def on_step_begin(self, args, state, control, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            self._t = time.perf_counter()
+    def training_starts() -> None:
+        print(f"[bench] training starts at {time.monotonic() - t0:.1f} s", flush=True)
 
-        def on_step_end(self, args, state, control, **kw):
-            if cuda:
-                torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self._t)
-
-        def on_train_begin(self, args, state, control, **kw):
-            print(f"[bench] training starts at {time.monotonic() - t0:.1f} s", flush=True)
-
-        def on_train_end(self, args, state, control, model=None, **kw):
-            print(f"[bench] training ends at {time.monotonic() - t0:.1f} s", flush=True)
-            self.evals = {"task_loss_after": token_loss(model, blocks["task"], s["batch_size"], amp),
-                          "general_loss_after": token_loss(model, blocks["general"], s["batch_size"], amp)}
-
-    probe = Probe()
+    probe = step_timer(on_train_begin=training_starts, on_train_end=evaluate_trained)
     out_dir = Path(spec["work"]) / "runs" / spec["name"]
     shutil.rmtree(out_dir, ignore_errors=True)
     cfg = TrainConfig(**{"model": spec["model"], "data": spec["files"]["train"], "output_dir": str(out_dir),
@@ -264,7 +263,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
            "median_step_s": median(probe.times[1:] or probe.times),
            "min_step_s": min(probe.times[1:] or probe.times), "train_runtime_s": summary.runtime_s,
            "tokens": summary.tokens, "peak_memory_bytes_self": summary.peak_memory_bytes,
-           "memory_kind_self": summary.memory_kind, **probe.evals}
+           "memory_kind_self": summary.memory_kind, **evals}
     if cuda:
         res["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
     for f in out_dir.glob("*.safetensors"):
@@ -321,11 +320,9 @@ def loss_gaps(rows: list[dict]) -> str:
 
 
 def plots(rows: list[dict], baseline: dict, mode: str, device: str, tag: str = "") -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     IMAGES.mkdir(parents=True, exist_ok=True)
     suffix = f"{mode}" + ("" if device == "cpu" else f"-{device}") + (f"-{tag}" if tag else "")
@@ -350,11 +347,7 @@ def plots(rows: list[dict], baseline: dict, mode: str, device: str, tag: str = "
         axes[0][1].set_title("the same batches, relative to full fine-tuning", fontsize=10)
     for ax in axes[0]:
         ax.set_xlabel("step")
-    fig.tight_layout()
-    p = IMAGES / f"bench-train-{suffix}-loss.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(str(p))
+    out.append(save_figure(fig, IMAGES / f"bench-train-{suffix}-loss.png"))
 
     names = [r["name"] for r in rows]
     cols = [colors.get(r["group"], "tab:purple") for r in rows]
@@ -372,11 +365,7 @@ def plots(rows: list[dict], baseline: dict, mode: str, device: str, tag: str = "
         ax.tick_params(axis="x", labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.axvline(0, color="black", linewidth=0.6)
-    fig.tight_layout()
-    p = IMAGES / f"bench-train-{suffix}-cost.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(str(p))
+    out.append(save_figure(fig, IMAGES / f"bench-train-{suffix}-cost.png"))
     return out
 
 

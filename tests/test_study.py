@@ -1,30 +1,13 @@
 """The study's pure logic: the task, budget matching, seeding, resume keys, exact match and statistics."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-study = _load("study")
-report = _load("study_report")
-stats = _load("stats")
+from benchmarks import benchlib, stats, study, study_arms, study_task
+from benchmarks import study_report as report
 
 
 def _modules(layers=4):
@@ -38,38 +21,38 @@ def _modules(layers=4):
 
 
 def test_facts_are_seeded_and_every_name_is_unique():
-    a, b = study.make_facts(30, seed=1), study.make_facts(30, seed=1)
-    assert a == b and a != study.make_facts(30, seed=2)
+    a, b = study_task.make_facts(30, seed=1), study_task.make_facts(30, seed=1)
+    assert a == b and a != study_task.make_facts(30, seed=2)
     names = [f["answer"] for f in a] + list({f["entity"] for f in a})
     assert len(names) == len(set(names)) == 90 + 30
-    assert [f["attribute"] for f in a[:3]] == list(study.ATTRIBUTES)
+    assert [f["attribute"] for f in a[:3]] == list(study_task.ATTRIBUTES)
 
 
 def test_phrasings_split_into_disjoint_train_val_test():
     for fid in range(10):
-        train, val, test = study.split_phrasings(fid)
-        assert sorted(train + [val, test]) == list(range(study.PHRASINGS)) and val != test
+        train, val, test = study_task.split_phrasings(fid)
+        assert sorted(train + [val, test]) == list(range(study_task.PHRASINGS)) and val != test
 
 
 def test_every_test_phrasing_is_trained_on_other_facts_never_on_its_own():
-    facts = study.make_facts(10, seed=0)
-    rows = study.task_rows(facts, seed=0)
+    facts = study_task.make_facts(10, seed=0)
+    rows = study_task.task_rows(facts, seed=0)
     train_prompts = {r["prompt"] for r in rows["train"]}
     assert len(rows["train"]) == 3 * len(facts)
     assert len(rows["test"]) == len(rows["val"]) == len(rows["seen"]) == len(facts)
     assert {r["prompt"] for r in rows["seen"]} <= train_prompts
     assert not train_prompts & {r["prompt"] for r in rows["test"] + rows["val"]}
     for f in facts:
-        template = study.ATTRIBUTES[f["attribute"]][study.split_phrasings(f["id"])[2]]
+        template = study_task.ATTRIBUTES[f["attribute"]][study_task.split_phrasings(f["id"])[2]]
         others = {template.format(e=g["entity"]) for g in facts if g["attribute"] == f["attribute"]
                   and g["entity"] != f["entity"]}
-        assert any(study.prompt(q) in train_prompts for q in others)
+        assert any(study_task.prompt(q) in train_prompts for q in others)
 
 
 def test_training_order_is_seeded():
-    facts = study.make_facts(5, seed=0)
-    assert study.task_rows(facts, seed=3) == study.task_rows(facts, seed=3)
-    assert study.task_rows(facts, seed=3)["train"] != study.task_rows(facts, seed=4)["train"]
+    facts = study_task.make_facts(5, seed=0)
+    assert study_task.task_rows(facts, seed=3) == study_task.task_rows(facts, seed=3)
+    assert study_task.task_rows(facts, seed=3)["train"] != study_task.task_rows(facts, seed=4)["train"]
 
 
 # ------------------------------------------------------------------------------------------ budgets and keys
@@ -78,17 +61,17 @@ def test_training_order_is_seeded():
 def test_random_draws_keep_the_per_type_counts_and_differ_by_seed():
     mods = _modules(layers=8)
     kept = {"self_attn.q_proj": 2, "mlp.up_proj": 3}
-    draws = [study.random_patterns(mods, kept, seed) for seed in range(5)]
+    draws = [benchlib.random_patterns(mods, kept, seed) for seed in range(5)]
     for d in draws:
         assert sum("q_proj" in p for p in d) == 2 and sum("up_proj" in p for p in d) == 3
     assert len({tuple(d) for d in draws}) > 1
-    assert study.random_patterns(mods, kept, 0) == draws[0]
+    assert benchlib.random_patterns(mods, kept, 0) == draws[0]
 
 
 def test_global_percent_reproduces_the_closest_budget():
     mods = _modules(layers=4)  # q: 64 params each, up: 128 each; 8 modules
     scores = {m["name"]: float(i) for i, m in enumerate(mods)}  # later modules score higher
-    pct, numel = study.matched_global_percent(mods, scores, target=300)
+    pct, numel = study_arms.matched_global_percent(mods, scores, target=300)
     k = int(len(mods) * pct / 100)
     top = sorted(mods, key=lambda m: -scores[m["name"]])[:k]
     assert sum(m["numel"] for m in top) == numel
@@ -97,20 +80,20 @@ def test_global_percent_reproduces_the_closest_budget():
 
 
 def _settings(**kw):
-    return study.Settings(**{**study.MODES["quick"].__dict__, **kw})
+    return study_arms.Settings(**{**study_arms.MODES["quick"].__dict__, **kw})
 
 
 def test_run_key_is_stable_and_covers_the_whole_configuration():
     s = _settings()
-    arm = study.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^a$", "^b$"], seed=0)
-    key = study.run_key(s, arm, "fp")
-    assert key == study.run_key(s, study.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^b$", "^a$"]), "fp")
-    assert key != study.run_key(s, study.Arm("x", "partial", "random25", "spectrum", 3e-4, ["^a$", "^b$"]), "fp")
-    assert key != study.run_key(s, study.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^a$"]), "fp")
-    assert key != study.run_key(_settings(steps=7), arm, "fp")
-    assert key != study.run_key(s, arm, "other-model")
+    arm = study_arms.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^a$", "^b$"], seed=0)
+    key = study_arms.run_key(s, arm, "fp")
+    assert key == study_arms.run_key(s, study_arms.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^b$", "^a$"]), "fp")
+    assert key != study_arms.run_key(s, study_arms.Arm("x", "partial", "random25", "spectrum", 3e-4, ["^a$", "^b$"]), "fp")
+    assert key != study_arms.run_key(s, study_arms.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^a$"]), "fp")
+    assert key != study_arms.run_key(_settings(steps=7), arm, "fp")
+    assert key != study_arms.run_key(s, arm, "other-model")
     # which arms run (grid, number of draws) is not part of a run: a later session can add draws
-    assert key == study.run_key(_settings(arms=None, random25_seeds=20, lr_grid={"full": (1.0,)}), arm, "fp")
+    assert key == study_arms.run_key(_settings(arms=None, random25_seeds=20, lr_grid={"full": (1.0,)}), arm, "fp")
 
 
 def test_best_rates_use_validation_only():
@@ -120,7 +103,7 @@ def test_best_rates_use_validation_only():
              "test_exact_match": 0.1},
             {"sweep": True, "family": "lora", "lr": 1e-3, "val_exact_match": 0.2, "val_loss": 1.5},
             {"sweep": True, "family": "lora", "lr": 3e-3, "val_exact_match": 0.2, "val_loss": 1.2}]
-    assert study.best_rates(rows) == {"full": 3e-4, "lora": 3e-3}
+    assert study_arms.best_rates(rows) == {"full": 3e-4, "lora": 3e-3}
 
 
 def test_a_stored_run_is_never_run_again(tmp_path, monkeypatch):
@@ -131,16 +114,16 @@ def test_a_stored_run_is_never_run_again(tmp_path, monkeypatch):
         ev = {"val": {"hits": "10", "nll": [1.0, 2.0], "tokens": [2, 2]},
               "test": {"hits": "01", "nll": [1.0, 1.0], "tokens": [2, 2]},
               "general": {"nll": [4.0], "tokens": [2]}, "chat": {"nll": [2.0], "tokens": [2]}}
-        return {"trainable_params": 1, "total_params": 2, "median_step_s": 0.1, "eval": ev, **study.summarise(ev)}
+        return {"trainable_params": 1, "total_params": 2, "median_step_s": 0.1, "eval": ev, **study_task.summarise(ev)}
 
     monkeypatch.setattr(study, "run_child", fake_child)
     store = study.Store(tmp_path / "runs")
     ctx = {"work": tmp_path, "model": "m", "files": {}, "fingerprint": "fp", "code": "abc"}
-    arm = study.Arm("full", "full", "full", "full", 1e-4, sweep=True)
+    arm = study_arms.Arm("full", "full", "full", "full", 1e-4, sweep=True)
     first = study.execute(arm, _settings(), ctx, store)
     again = study.execute(arm, _settings(), ctx, store)
     assert len(calls) == 1 and first == again and first["test_exact_match"] == 0.5
-    study.execute(study.Arm("full", "full", "full", "full", 3e-4, sweep=True), _settings(), ctx, store)
+    study.execute(study_arms.Arm("full", "full", "full", "full", 3e-4, sweep=True), _settings(), ctx, store)
     assert len(calls) == 2
 
 
@@ -159,7 +142,7 @@ def test_teacher_forced_exact_match_equals_greedy_decoding():
                              pad_token_id=0)[0, p.shape[1]:].tolist()
         answer = gen if i % 2 == 0 else gen[:-1] + [(gen[-1] + 1) % 64]  # odd items: last token not greedy
         items.append({"id": i, "prompt_ids": p[0].tolist(), "answer_ids": answer})
-    scores = study.answer_scores(model, items, batch_size=4)
+    scores = study_task.answer_scores(model, items, batch_size=4)
     assert [s["hit"] for s in scores] == [True, False] * 3
     assert all(s["nll"] > 0 and s["tokens"] == 3 for s in scores)
 
@@ -169,8 +152,8 @@ def test_block_losses_are_token_weighted_and_ignore_masked_labels():
 
     model = tiny_llama(vocab_size=64).eval()
     ids = list(range(10))
-    full = study.block_losses(model, [{"input_ids": ids, "labels": ids}])[0]
-    half = study.block_losses(model, [{"input_ids": ids, "labels": [-100] * 5 + ids[5:]}])[0]
+    full = study_task.block_losses(model, [{"input_ids": ids, "labels": ids}])[0]
+    half = study_task.block_losses(model, [{"input_ids": ids, "labels": [-100] * 5 + ids[5:]}])[0]
     assert full["tokens"] == 9 and half["tokens"] == 5 and half["nll"] < full["nll"]
 
 
@@ -229,7 +212,7 @@ def _row(name, group, hits, general=4.0, family="partial", lr=1e-3, sweep=False)
           "general": {"nll": [general * 3, general * 3], "tokens": [3, 3]},
           "chat": {"nll": [3.0, 3.0], "tokens": [3, 3]}}
     return {"name": name, "group": group, "family": family, "lr": lr, "sweep": sweep, "method": "spectrum",
-            "trainable_params": 10, "total_params": 100, "median_step_s": 1.0, "eval": ev, **study.summarise(ev)}
+            "trainable_params": 10, "total_params": 100, "median_step_s": 1.0, "eval": ev, **study_task.summarise(ev)}
 
 
 def test_statistics_rank_a_pick_among_random_draws_and_pair_arms():
@@ -240,7 +223,7 @@ def test_statistics_rank_a_pick_among_random_draws_and_pair_arms():
             _row("lora", "lora", "1000", family="lora", sweep=True),
             _row("spectrum25-ref", "spectrum25", "1100")]
     rows += [_row(f"random25-s{i}", "random25", h, general=4.5) for i, h in enumerate(["1000", "1100", "0100"])]
-    rates = study.best_rates(rows)
+    rates = study_arms.best_rates(rows)
     assert rates == {"full": 1e-4, "partial": 1e-3, "lora": 1e-3}
     st_ = report.statistics(base, rows, rates)
     v = st_["vs_random"]["spectrum25-mp"]
@@ -263,9 +246,9 @@ def test_plan_builds_every_arm_with_matched_budgets(tmp_path):
     plant_signal(model)
     folder = save_model(model, tmp_path / "model")
     s = _settings(arms=None, random25_seeds=2, random50_seeds=1, noemb_seeds=1)
-    sweep, info = study.plan(tmp_path, folder, s, None)
+    sweep, info = study_arms.plan(tmp_path, folder, s, None)
     assert {a.name for a in sweep} == {"full", "spectrum25-mp", "lora"} and all(a.sweep for a in sweep)
-    arms, info = study.plan(tmp_path, folder, s, {"full": 1e-4, "partial": 1e-3, "lora": 1e-3})
+    arms, info = study_arms.plan(tmp_path, folder, s, {"full": 1e-4, "partial": 1e-3, "lora": 1e-3})
     names = {a.name for a in arms}
     assert {"random25-s0", "random25-s1", "spectrum25-ref", "spectrum50-mp", "random50-s0", "global25-mp",
             "budget25-mp", "top-layers25", "spectrum25-mp-noemb", "random25-noemb-s0"} <= names
@@ -279,10 +262,10 @@ def test_plan_builds_every_arm_with_matched_budgets(tmp_path):
 
 
 def test_timing_pass_times_each_pick_and_one_draw_per_random_group():
-    arm = lambda name, group: study.Arm(name, "partial", group, "spectrum", 1e-3)  # noqa: E731
+    arm = lambda name, group: study_arms.Arm(name, "partial", group, "spectrum", 1e-3)  # noqa: E731
     arms = [arm("full", "full"), arm("random25-s0", "random25"), arm("random25-s1", "random25"),
             arm("spectrum25-mp", "spectrum25"), arm("spectrum25-ref", "spectrum25"), arm("random50-s100", "random50")]
-    assert [a.name for a in study.timing_arms(arms)] == ["full", "random25-s0", "spectrum25-mp", "spectrum25-ref",
+    assert [a.name for a in study_arms.timing_arms(arms)] == ["full", "random25-s0", "spectrum25-mp", "spectrum25-ref",
                                                          "random50-s100"]
 
 
@@ -305,5 +288,5 @@ def test_the_low_rate_draws_are_compared_with_the_pick_at_that_rate():
 
 
 def test_settings_that_choose_runs_are_not_part_of_run_keys():
-    arm = study.Arm("random25-s0", "partial", "random25", "spectrum", 1e-3, ["^a$"])
-    assert study.run_key(_settings(low_rate_seeds=0), arm, "fp") == study.run_key(_settings(low_rate_seeds=9), arm, "fp")
+    arm = study_arms.Arm("random25-s0", "partial", "random25", "spectrum", 1e-3, ["^a$"])
+    assert study_arms.run_key(_settings(low_rate_seeds=0), arm, "fp") == study_arms.run_key(_settings(low_rate_seeds=9), arm, "fp")
