@@ -23,9 +23,10 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE.parent / "tests"))
+if __package__ in (None, ""):  # run as a file: the repository root on the path, for the benchmarks package
+    sys.path.insert(0, str(HERE.parent))
 
-from helpers_quantized import fp8_block_quantize, fp8_channel_quantize, mxfp4_quantize, plant  # noqa: E402
+from benchmarks.quantizers import fp8_block_quantize, fp8_channel_quantize, mxfp4_quantize, plant  # noqa: E402
 from spectrum_llm.errors import SpectrumError  # noqa: E402
 from spectrum_llm.estimators import score  # noqa: E402
 from spectrum_llm.quantized import dequantize_fp8, dequantize_mxfp4  # noqa: E402
@@ -94,6 +95,11 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
+def _top(xs: list[float], k: int) -> set[int]:
+    """Indices of the ``k`` largest values."""
+    return set(sorted(range(len(xs)), key=lambda i: -xs[i])[:k])
+
+
 def real_model() -> list[dict]:
     from spectrum_llm.checkpoint import open_checkpoint
     from spectrum_llm.naming import parse
@@ -118,8 +124,7 @@ def real_model() -> list[dict]:
                 a, b = per["fp32"][type_][est], d[est]
                 rho.append(_spearman(a, b))
                 k = max(1, len(a) // 2)
-                top = lambda xs: set(sorted(range(len(xs)), key=lambda i: -xs[i])[:k])  # noqa: E731
-                overlap.append(len(top(a) & top(b)) / k)
+                overlap.append(len(_top(a, k) & _top(b, k)) / k)
                 drift.extend((y / x - 1, x) for x, y in zip(a, b) if x)  # mp scores 0 when nothing clears the edge
             rows.append({"format": fmt, "estimator": est, "spearman_min": min(rho),
                          "spearman_mean": sum(rho) / len(rho), "top50_overlap_min": min(overlap),

@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+if __package__ in (None, ""):  # run as a file: the repository root on the path, for the benchmarks package
+    sys.path.insert(0, str(HERE.parent))
 
-from scan import measure  # noqa: E402
+from benchmarks.scan import measure  # noqa: E402
 
 SCAN_CODE = r"""
 import sys
@@ -48,7 +48,7 @@ def build(work: Path, layers: int) -> tuple[Path, Path]:
     import torch
     from safetensors.torch import save_file
 
-    from helpers_quantized import fp8_block_quantize
+    from benchmarks.quantizers import fp8_block_quantize
 
     wide = max(0, -(-(2**30 - layers * LAYER_BYTES) // (256 * 65536)))
     fp8, bf16 = work / f"fp8-llama8b-{layers}L-{wide}w", work / "bf16-llama8b-1L"

@@ -290,3 +290,11 @@ def test_the_low_rate_draws_are_compared_with_the_pick_at_that_rate():
 def test_settings_that_choose_runs_are_not_part_of_run_keys():
     arm = study_arms.Arm("random25-s0", "partial", "random25", "spectrum", 1e-3, ["^a$"])
     assert study_arms.run_key(_settings(low_rate_seeds=0), arm, "fp") == study_arms.run_key(_settings(low_rate_seeds=9), arm, "fp")
+
+
+def test_run_keys_are_those_of_the_stored_runs():
+    """Stored runs are found again by key: these are the keys STUDY_VERSION 1 has always written."""
+    arm = study_arms.Arm("random25-s0", "partial", "random25", "spectrum", 1e-3, ["^b$", "^a$"], seed=0)
+    lora = study_arms.Arm("lora", "lora", "lora", "lora", 3e-3, lora_rank=7, sweep=True)
+    assert study_arms.run_key(study_arms.MODES["full"], arm, "fp123") == "2ca6ac5355cdb9c2"
+    assert study_arms.run_key(study_arms.MODES["quick"], lora, "fp123") == "eb32fb8e1e062502"
