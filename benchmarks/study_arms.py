@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.benchlib import lora_rank_for, median, module_table, random_patterns, top_layers
+from benchmarks.benchlib import lora_rank_for, module_table, random_patterns, top_layers
 
 STUDY_VERSION = 1  # bump when a change to the code changes what a run computes
-NOT_IN_KEY = ("lr_grid", "random25_seeds", "random50_seeds", "noemb_seeds", "low_rate_seeds", "arms")  # which runs, not how
+NOT_IN_KEY = (
+    "lr_grid",
+    "random25_seeds",
+    "random50_seeds",
+    "noemb_seeds",
+    "low_rate_seeds",
+    "arms",
+)  # which runs, not how
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -44,14 +52,39 @@ class Settings:
 
 
 MODES = {
-    "full": Settings(countries=70, steps=100, batch_size=24, warmup=0.1, general_blocks=32, chat_blocks=16,
-                     block_len=128, lr_grid={"full": (3e-5, 1e-4, 3e-4, 1e-3), "partial": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-                                             "lora": (3e-4, 1e-3, 3e-3)},
-                     random25_seeds=10, random50_seeds=5, noemb_seeds=5, low_rate_seeds=5),
-    "quick": Settings(countries=10, steps=6, batch_size=8, warmup=0.1, general_blocks=4, chat_blocks=4,
-                      block_len=64, lr_grid={"full": (1e-4, 3e-4), "partial": (3e-4, 1e-3), "lora": (1e-3,)},
-                      random25_seeds=2, random50_seeds=0, noemb_seeds=1, low_rate_seeds=1,
-                      arms=("spectrum25-ref", "global25-mp", "top-layers25", "spectrum25-mp-noemb")),
+    "full": Settings(
+        countries=70,
+        steps=100,
+        batch_size=24,
+        warmup=0.1,
+        general_blocks=32,
+        chat_blocks=16,
+        block_len=128,
+        lr_grid={
+            "full": (3e-5, 1e-4, 3e-4, 1e-3),
+            "partial": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+            "lora": (3e-4, 1e-3, 3e-3),
+        },
+        random25_seeds=10,
+        random50_seeds=5,
+        noemb_seeds=5,
+        low_rate_seeds=5,
+    ),
+    "quick": Settings(
+        countries=10,
+        steps=6,
+        batch_size=8,
+        warmup=0.1,
+        general_blocks=4,
+        chat_blocks=4,
+        block_len=64,
+        lr_grid={"full": (1e-4, 3e-4), "partial": (3e-4, 1e-3), "lora": (1e-3,)},
+        random25_seeds=2,
+        random50_seeds=0,
+        noemb_seeds=1,
+        low_rate_seeds=1,
+        arms=("spectrum25-ref", "global25-mp", "top-layers25", "spectrum25-mp-noemb"),
+    ),
 }
 
 
@@ -84,9 +117,15 @@ class Arm:
 def run_key(settings: Settings, arm: Arm, fingerprint: str) -> str:
     """A stable hash of everything that decides a run's result: settings, arm, model and data."""
     shaping = {k: v for k, v in asdict(settings).items() if k not in NOT_IN_KEY}
-    payload = {"version": STUDY_VERSION, "settings": shaping,
-               "method": arm.method, "lr": arm.lr, "patterns": sorted(arm.patterns), "lora_rank": arm.lora_rank,
-               "fingerprint": fingerprint}
+    payload = {
+        "version": STUDY_VERSION,
+        "settings": shaping,
+        "method": arm.method,
+        "lr": arm.lr,
+        "patterns": sorted(arm.patterns),
+        "lora_rank": arm.lora_rank,
+        "fingerprint": fingerprint,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -95,8 +134,7 @@ def matched_global_percent(modules: list[dict], scores: dict[str, float], target
 
     The global rule keeps ``int(n * P / 100)`` modules of all types together, best score first.
     """
-    order = sorted((m for m in modules if scores.get(m["name"]) is not None),
-                   key=lambda m: -scores[m["name"]])
+    order = sorted((m for m in modules if scores.get(m["name"]) is not None), key=lambda m: -scores[m["name"]])
     n = len(modules)
     best: tuple[int, float, int] | None = None
     total = 0
@@ -116,10 +154,15 @@ def plan(work: Path, model: Path, s: Settings, best_lr: dict[str, float] | None)
     """The arms: the learning-rate sweep when ``best_lr`` is None, else every other arm at its family's rate."""
     import spectrum_llm
 
-    scans = {est: spectrum_llm.scan(str(model), output=work / f"scan-{model.name}-{est}.json", estimator=est,
-                                    progress=False) for est in ("mp", "reference")}
-    sels = {(pct, est): spectrum_llm.select(scans[est], top_percent=pct, model=str(model))
-            for pct in (25, 50) for est in ("mp", "reference")}
+    scans = {
+        est: spectrum_llm.scan(str(model), output=work / f"scan-{model.name}-{est}.json", estimator=est, progress=False)
+        for est in ("mp", "reference")
+    }
+    sels = {
+        (pct, est): spectrum_llm.select(scans[est], top_percent=pct, model=str(model))
+        for pct in (25, 50)
+        for est in ("mp", "reference")
+    }
     s25 = sels[(25, "mp")]
     modules = module_table(scans["mp"])
     linear = [m for m in modules if m["layer"] is not None]
@@ -127,37 +170,76 @@ def plan(work: Path, model: Path, s: Settings, best_lr: dict[str, float] | None)
     kept50 = {t: ts.kept for t, ts in sels[(50, "mp")].types.items()}
     budget_linear = sum(ts.selected_numel for ts in s25.types.values())
     rank, lora_params = lora_rank_for(linear, budget_linear)
-    info: dict[str, Any] = {"spectrum25_linear_params": budget_linear, "extras": list(s25.extras),
-                            "kept_per_type_25": kept25, "kept_per_type_50": kept50, "lora_rank": rank,
-                            "lora_params": lora_params,
-                            "overlap_spectrum25_mp_ref": len(set(s25.modules) & set(sels[(25, "reference")].modules)),
-                            "spectrum25_modules": len(s25.modules)}
+    info: dict[str, Any] = {
+        "spectrum25_linear_params": budget_linear,
+        "extras": list(s25.extras),
+        "kept_per_type_25": kept25,
+        "kept_per_type_50": kept50,
+        "lora_rank": rank,
+        "lora_params": lora_params,
+        "overlap_spectrum25_mp_ref": len(set(s25.modules) & set(sels[(25, "reference")].modules)),
+        "spectrum25_modules": len(s25.modules),
+    }
+    arms: list[Arm]
     if best_lr is None:
-        grid = {f: sorted(rates, key=lambda r: abs(r - median(list(rates)))) for f, rates in s.lr_grid.items()}
+        grid = {f: sorted(rates, key=lambda r: abs(r - statistics.median(rates))) for f, rates in s.lr_grid.items()}
         arms = [Arm("full", "full", "full", "full", lr, sweep=True) for lr in grid["full"]]
-        arms += [Arm("spectrum25-mp", "partial", "spectrum25", "spectrum", lr, list(s25.patterns), sweep=True)
-                 for lr in grid["partial"]]
+        arms += [
+            Arm("spectrum25-mp", "partial", "spectrum25", "spectrum", lr, list(s25.patterns), sweep=True)
+            for lr in grid["partial"]
+        ]
         arms += [Arm("lora", "lora", "lora", "lora", lr, lora_rank=rank, sweep=True) for lr in grid["lora"]]
         return arms, info
 
     lr_p = best_lr["partial"]
-    arms: list[Arm] = []
+    arms = []
     for seed in range(s.random25_seeds):
-        arms.append(Arm(f"random25-s{seed}", "partial", "random25", "spectrum", lr_p,
-                        list(s25.extras) + random_patterns(modules, kept25, seed), seed=seed))
-    arms.append(Arm("spectrum25-ref", "partial", "spectrum25", "spectrum", lr_p, list(sels[(25, "reference")].patterns)))
+        arms.append(
+            Arm(
+                f"random25-s{seed}",
+                "partial",
+                "random25",
+                "spectrum",
+                lr_p,
+                list(s25.extras) + random_patterns(modules, kept25, seed),
+                seed=seed,
+            )
+        )
+    arms.append(
+        Arm("spectrum25-ref", "partial", "spectrum25", "spectrum", lr_p, list(sels[(25, "reference")].patterns))
+    )
     for est, short in (("mp", "mp"), ("reference", "ref")):
-        arms.append(Arm(f"spectrum50-{short}", "partial", "spectrum50", "spectrum", lr_p,
-                        list(sels[(50, est)].patterns)))
+        arms.append(
+            Arm(f"spectrum50-{short}", "partial", "spectrum50", "spectrum", lr_p, list(sels[(50, est)].patterns))
+        )
     for seed in range(s.random50_seeds):
-        arms.append(Arm(f"random50-s{seed}", "partial", "random50", "spectrum", lr_p,
-                        list(s25.extras) + random_patterns(modules, kept50, 100 + seed), seed=100 + seed))
-    noemb = spectrum_llm.select(scans["mp"], top_percent=25, train_embeddings=False, train_lm_head=False,
-                                model=str(model))
+        arms.append(
+            Arm(
+                f"random50-s{seed}",
+                "partial",
+                "random50",
+                "spectrum",
+                lr_p,
+                list(s25.extras) + random_patterns(modules, kept50, 100 + seed),
+                seed=100 + seed,
+            )
+        )
+    noemb = spectrum_llm.select(
+        scans["mp"], top_percent=25, train_embeddings=False, train_lm_head=False, model=str(model)
+    )
     arms.append(Arm("spectrum25-mp-noemb", "partial", "spectrum25-noemb", "spectrum", lr_p, list(noemb.patterns)))
     for seed in range(s.noemb_seeds):
-        arms.append(Arm(f"random25-noemb-s{seed}", "partial", "random25-noemb", "spectrum", lr_p,
-                        random_patterns(modules, kept25, 200 + seed), seed=200 + seed))
+        arms.append(
+            Arm(
+                f"random25-noemb-s{seed}",
+                "partial",
+                "random25-noemb",
+                "spectrum",
+                lr_p,
+                random_patterns(modules, kept25, 200 + seed),
+                seed=200 + seed,
+            )
+        )
     scores = {m.name: m.snr for m in scans["mp"].modules}
     pct, gnumel = matched_global_percent(linear, scores, budget_linear)
     glob = spectrum_llm.select(scans["mp"], top_percent=pct, rule="global", model=str(model))
@@ -173,10 +255,25 @@ def plan(work: Path, model: Path, s: Settings, best_lr: dict[str, float] | None)
         lo = max(lower)
         info["low_rate"] = lo
         for seed in range(s.low_rate_seeds):
-            arms.append(Arm(f"random25-lo-s{seed}", "partial", "random25-lo", "spectrum", lo,
-                            list(s25.extras) + random_patterns(modules, kept25, seed), seed=seed))
-    info.update(global_percent=pct, global_linear_params=gnumel, budget_params=s25.trainable_params,
-                top_layers=sorted(layers), top_layers_linear_params=lnumel, noemb_modules=len(noemb.modules))
+            arms.append(
+                Arm(
+                    f"random25-lo-s{seed}",
+                    "partial",
+                    "random25-lo",
+                    "spectrum",
+                    lo,
+                    list(s25.extras) + random_patterns(modules, kept25, seed),
+                    seed=seed,
+                )
+            )
+    info.update(
+        global_percent=pct,
+        global_linear_params=gnumel,
+        budget_params=s25.trainable_params,
+        top_layers=sorted(layers),
+        top_layers_linear_params=lnumel,
+        noemb_modules=len(noemb.modules),
+    )
     if s.arms is not None:
         arms = [a for a in arms if a.name in s.arms or a.group in s.arms]
     return arms, info
@@ -194,7 +291,6 @@ def best_rates(rows: list[dict]) -> dict[str, float]:
     return {f: v[1] for f, v in best.items()}
 
 
-
 def timing_arms(arms: list[Arm]) -> list[Arm]:
     """One arm per group for the timing pass: every named pick, and the first draw of each random group."""
     seen: set[str] = set()
@@ -205,5 +301,3 @@ def timing_arms(arms: list[Arm]) -> list[Arm]:
         seen.add(arm.group)
         out.append(arm)
     return out
-
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,23 +51,28 @@ def versus_random(arm: dict, draws: list[dict], base: dict) -> dict[str, Any]:
     gen = arm["general_loss"]
     draw_gen = [d["general_loss"] for d in draws]
     return {
-        "arm": arm["name"], "draws": [d["name"] for d in draws],
-        "test_exact_match": em, "draws_exact_match": draw_em,
-        "rank_exact_match": rank_among(em, draw_em), "p_exact_match": empirical_p(em, draw_em),
+        "arm": arm["name"],
+        "draws": [d["name"] for d in draws],
+        "test_exact_match": em,
+        "draws_exact_match": draw_em,
+        "rank_exact_match": rank_among(em, draw_em),
+        "p_exact_match": empirical_p(em, draw_em),
         "diff_exact_match": diff_to_population(hits(arm), np.stack([hits(d) for d in draws])).to_json()
-        if len(draws) >= 2 else None,
-        "general_loss": gen, "draws_general_loss": draw_gen,
+        if len(draws) >= 2
+        else None,
+        "general_loss": gen,
+        "draws_general_loss": draw_gen,
         "rank_forgetting": rank_among(gen, draw_gen, higher_is_better=False),
         "p_forgetting": empirical_p(gen, draw_gen, higher_is_better=False),
-        "test_loss": arm["test_loss"], "draws_test_loss": [d["test_loss"] for d in draws],
+        "test_loss": arm["test_loss"],
+        "draws_test_loss": [d["test_loss"] for d in draws],
         "p_test_loss": empirical_p(arm["test_loss"], [d["test_loss"] for d in draws], higher_is_better=False),
     }
 
 
 def pair(a: dict, b: dict) -> dict[str, Any]:
     """Paired differences of ``a`` minus ``b``: exact match, task loss, general and chat loss."""
-    out: dict[str, Any] = {"a": a["name"], "b": b["name"],
-                           "exact_match": paired_diff(hits(a), hits(b)).to_json()}
+    out: dict[str, Any] = {"a": a["name"], "b": b["name"], "exact_match": paired_diff(hits(a), hits(b)).to_json()}
     ta, tb = a["eval"]["test"], b["eval"]["test"]
     out["test_loss"] = ratio_diff(ta["nll"], tb["nll"], ta["tokens"]).to_json()
     for split in ("general", "chat"):
@@ -83,12 +89,19 @@ def statistics(base: dict, rows: list[dict], rates: dict[str, float]) -> dict[st
         groups.setdefault(r["group"], []).append(r)
     st: dict[str, Any] = {"forgetting_vs_base": {}, "vs_random": {}, "pairs": []}
     for name, r in arms.items():
-        st["forgetting_vs_base"][name] = {split: _loss_change(r, base, split).to_json()
-                                          for split in ("general", "chat")}
-    for arm_name, rnd in (("spectrum25-mp", "random25"), ("spectrum25-ref", "random25"),
-                          ("global25-mp", "random25"), ("budget25-mp", "random25"), ("top-layers25", "random25"),
-                          ("spectrum50-mp", "random50"), ("spectrum50-ref", "random50"),
-                          ("spectrum25-mp-noemb", "random25-noemb")):
+        st["forgetting_vs_base"][name] = {
+            split: _loss_change(r, base, split).to_json() for split in ("general", "chat")
+        }
+    for arm_name, rnd in (
+        ("spectrum25-mp", "random25"),
+        ("spectrum25-ref", "random25"),
+        ("global25-mp", "random25"),
+        ("budget25-mp", "random25"),
+        ("top-layers25", "random25"),
+        ("spectrum50-mp", "random50"),
+        ("spectrum50-ref", "random50"),
+        ("spectrum25-mp-noemb", "random25-noemb"),
+    ):
         if arm_name in arms and len(groups.get(rnd, [])) >= 1:
             st["vs_random"][arm_name] = versus_random(arms[arm_name], groups[rnd], base)
     low = groups.get("random25-lo", [])
@@ -96,11 +109,19 @@ def statistics(base: dict, rows: list[dict], rates: dict[str, float]) -> dict[st
     if pick is not None:
         label = f"spectrum25-mp@{pick['lr']:g}"
         st["vs_random"][label] = {**versus_random(pick, low, base), "arm": label}
-    for a, b in (("spectrum25-mp", "spectrum25-ref"), ("spectrum50-mp", "spectrum50-ref"),
-                 ("spectrum25-mp", "full"), ("spectrum50-mp", "full"), ("spectrum25-mp", "lora"),
-                 ("spectrum25-mp-noemb", "lora"), ("spectrum25-mp-noemb", "full"),
-                 ("spectrum25-mp", "spectrum25-mp-noemb"), ("lora", "full"),
-                 ("global25-mp", "spectrum25-mp"), ("top-layers25", "spectrum25-mp")):
+    for a, b in (
+        ("spectrum25-mp", "spectrum25-ref"),
+        ("spectrum50-mp", "spectrum50-ref"),
+        ("spectrum25-mp", "full"),
+        ("spectrum50-mp", "full"),
+        ("spectrum25-mp", "lora"),
+        ("spectrum25-mp-noemb", "lora"),
+        ("spectrum25-mp-noemb", "full"),
+        ("spectrum25-mp", "spectrum25-mp-noemb"),
+        ("lora", "full"),
+        ("global25-mp", "spectrum25-mp"),
+        ("top-layers25", "spectrum25-mp"),
+    ):
         if a in arms and b in arms:
             st["pairs"].append(pair(arms[a], arms[b]))
     return st
@@ -114,7 +135,7 @@ def _ci(iv: dict, scale: float = 1.0, digits: int = 3) -> str:
     return f"{iv['estimate'] * scale:+.{digits}f} [{iv['low'] * scale:+.{digits}f}, {iv['high'] * scale:+.{digits}f}]"
 
 
-def quiet_step(r: dict, timings: list[dict]) -> float | None:
+def quiet_step(r: dict, timings: Sequence[dict]) -> float | None:
     """The arm's median step time from the timing pass: its own, else its group's (random draws share one)."""
     own = [t for t in timings if t["name"] == r["name"]]
     group = [t for t in timings if t.get("group") == r["group"]]
@@ -122,23 +143,38 @@ def quiet_step(r: dict, timings: list[dict]) -> float | None:
     return found[0]["median_step_s"] if found else None
 
 
-def table(base: dict, rows: list[dict], rates: dict[str, float], st: dict, timings: list[dict] = ()) -> str:
+def table(base: dict, rows: list[dict], rates: dict[str, float], st: dict, timings: Sequence[dict] = ()) -> str:
     """Markdown: every headline arm with its size, metric, forgetting and cost."""
     arms = headline_arms(rows, rates)
     timings = list(timings)
     full = next((quiet_step(r, timings) for r in arms.values() if r["group"] == "full"), None)
-    head = ["arm", "lr", "trainable", "test exact match", "test loss", "general loss change [95% CI]",
-            "chat loss change [95% CI]", "step s (alone)", "vs full", "peak RssAnon MiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             f"| before training | - | - | {_pct(base['test_exact_match'])} | {base['test_loss']:.3f} | "
-             f"({base['general_loss']:.3f}) | ({base['chat_loss']:.3f}) | - | - | - |"]
+    head = [
+        "arm",
+        "lr",
+        "trainable",
+        "test exact match",
+        "test loss",
+        "general loss change [95% CI]",
+        "chat loss change [95% CI]",
+        "step s (alone)",
+        "vs full",
+        "peak RssAnon MiB",
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        f"| before training | - | - | {_pct(base['test_exact_match'])} | {base['test_loss']:.3f} | "
+        f"({base['general_loss']:.3f}) | ({base['chat_loss']:.3f}) | - | - | - |",
+    ]
     for name, r in sorted(arms.items(), key=lambda kv: (kv[1]["group"], kv[0])):
         f = st["forgetting_vs_base"][name]
         frac = r["trainable_params"] / (r["total_params"] - (r["trainable_params"] if r["method"] == "lora" else 0))
-        lines.append(f"| {name} | {r['lr']:g} | {r['trainable_params'] / 1e6:.1f}M ({_pct(frac)}) | "
-                     f"{_pct(r['test_exact_match'])} | {r['test_loss']:.3f} | {_ci(f['general'])} | "
-                     f"{_ci(f['chat'])} | {_step_cells(quiet_step(r, timings), full)} | "
-                     f"{r.get('peak_rss_anon_bytes', 0) / 2**20:,.0f} |")
+        lines.append(
+            f"| {name} | {r['lr']:g} | {r['trainable_params'] / 1e6:.1f}M ({_pct(frac)}) | "
+            f"{_pct(r['test_exact_match'])} | {r['test_loss']:.3f} | {_ci(f['general'])} | "
+            f"{_ci(f['chat'])} | {_step_cells(quiet_step(r, timings), full)} | "
+            f"{r.get('peak_rss_anon_bytes', 0) / 2**20:,.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -149,37 +185,61 @@ def _step_cells(step: float | None, full: float | None) -> str:
 
 
 def sweep_table(rows: list[dict], rates: dict[str, float]) -> str:
-    lines = ["| family | lr | val exact match | val loss | test exact match | general loss | chosen |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| family | lr | val exact match | val loss | test exact match | general loss | chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sorted((r for r in rows if r.get("sweep")), key=lambda r: (r["family"], r["lr"])):
-        lines.append(f"| {r['family']} | {r['lr']:g} | {_pct(r['val_exact_match'])} | {r['val_loss']:.3f} | "
-                     f"{_pct(r['test_exact_match'])} | {r['general_loss']:.3f} | "
-                     f"{'yes' if rates.get(r['family']) == r['lr'] else ''} |")
+        lines.append(
+            f"| {r['family']} | {r['lr']:g} | {_pct(r['val_exact_match'])} | {r['val_loss']:.3f} | "
+            f"{_pct(r['test_exact_match'])} | {r['general_loss']:.3f} | "
+            f"{'yes' if rates.get(r['family']) == r['lr'] else ''} |"
+        )
     return "\n".join(lines)
 
 
 def claims_table(st: dict) -> str:
-    lines = ["| comparison | exact match difference, points [95% CI] | task loss | general loss | chat loss |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| comparison | exact match difference, points [95% CI] | task loss | general loss | chat loss |",
+        "|---|---|---|---|---|",
+    ]
     for p in st["pairs"]:
-        lines.append(f"| {p['a']} - {p['b']} | {_ci(p['exact_match'], 100, 1)} | {_ci(p['test_loss'])} | "
-                     f"{_ci(p['general_loss'])} | {_ci(p['chat_loss'])} |")
-    lines += ["", "| pick | random draws | exact match: pick / draws (min-max) | rank | p | diff to draws' mean, "
-              "points [95% CI] | general loss rank (lower better) | p |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {p['a']} - {p['b']} | {_ci(p['exact_match'], 100, 1)} | {_ci(p['test_loss'])} | "
+            f"{_ci(p['general_loss'])} | {_ci(p['chat_loss'])} |"
+        )
+    lines += [
+        "",
+        "| pick | random draws | exact match: pick / draws (min-max) | rank | p | diff to draws' mean, "
+        "points [95% CI] | general loss rank (lower better) | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v in st["vs_random"].values():
         d = v["draws_exact_match"]
         diff = _ci(v["diff_exact_match"], 100, 1) if v["diff_exact_match"] else "-"
-        lines.append(f"| {v['arm']} | {len(d)} | {_pct(v['test_exact_match'])} / {_pct(float(np.mean(d)))} "
-                     f"({_pct(min(d))}-{_pct(max(d))}) | {v['rank_exact_match']} of {len(d) + 1} | "
-                     f"{v['p_exact_match']:.2f} | {diff} | {v['rank_forgetting']} of {len(d) + 1} | "
-                     f"{v['p_forgetting']:.2f} |")
+        lines.append(
+            f"| {v['arm']} | {len(d)} | {_pct(v['test_exact_match'])} / {_pct(float(np.mean(d)))} "
+            f"({_pct(min(d))}-{_pct(max(d))}) | {v['rank_exact_match']} of {len(d) + 1} | "
+            f"{v['p_exact_match']:.2f} | {diff} | {v['rank_forgetting']} of {len(d) + 1} | "
+            f"{v['p_forgetting']:.2f} |"
+        )
     return "\n".join(lines)
 
 
-COLORS = {"full": "black", "spectrum25": "tab:blue", "spectrum50": "tab:green", "random25": "tab:gray",
-          "random50": "silver", "lora": "tab:red", "top-layers25": "tab:orange", "global25": "tab:purple",
-          "budget25": "tab:cyan", "spectrum25-noemb": "navy", "random25-noemb": "lightsteelblue",
-          "random25-lo": "peru"}
+COLORS = {
+    "full": "black",
+    "spectrum25": "tab:blue",
+    "spectrum50": "tab:green",
+    "random25": "tab:gray",
+    "random50": "silver",
+    "lora": "tab:red",
+    "top-layers25": "tab:orange",
+    "global25": "tab:purple",
+    "budget25": "tab:cyan",
+    "spectrum25-noemb": "navy",
+    "random25-noemb": "lightsteelblue",
+    "random25-lo": "peru",
+}
 
 
 def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> list[str]:
@@ -191,9 +251,16 @@ def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> l
     for name, r in arms.items():
         frac = r["trainable_params"] / (r["total_params"] - (r["trainable_params"] if r["method"] == "lora" else 0))
         rnd = r["group"].startswith("random")
-        ax.scatter(100 * frac, 100 * r["test_exact_match"], color=COLORS.get(r["group"], "tab:brown"),
-                   s=25 if rnd else 70, marker="o" if rnd else ("*" if r["group"].startswith("spectrum") else "s"),
-                   zorder=3 if not rnd else 2, label=None if rnd else name, alpha=0.7 if rnd else 1)
+        ax.scatter(
+            100 * frac,
+            100 * r["test_exact_match"],
+            color=COLORS.get(r["group"], "tab:brown"),
+            s=25 if rnd else 70,
+            marker="o" if rnd else ("*" if r["group"].startswith("spectrum") else "s"),
+            zorder=3 if not rnd else 2,
+            label=None if rnd else name,
+            alpha=0.7 if rnd else 1,
+        )
     for g in ("random25", "random50", "random25-noemb", "random25-lo"):
         rs = [r for r in arms.values() if r["group"] == g]
         if rs:
@@ -211,14 +278,21 @@ def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> l
         gain = 100 * (r["test_exact_match"] - base["test_exact_match"])
         forget = r["general_loss"] - base["general_loss"]
         rnd = r["group"].startswith("random")
-        ax.scatter(forget, gain, color=COLORS.get(r["group"], "tab:brown"), s=25 if rnd or not chosen else 70,
-                   marker="x" if not chosen else ("o" if rnd else "*" if r["group"].startswith("spectrum") else "s"),
-                   alpha=0.7 if rnd else 1, zorder=3 if chosen and not rnd else 2)
+        ax.scatter(
+            forget,
+            gain,
+            color=COLORS.get(r["group"], "tab:brown"),
+            s=25 if rnd or not chosen else 70,
+            marker="x" if not chosen else ("o" if rnd else "*" if r["group"].startswith("spectrum") else "s"),
+            alpha=0.7 if rnd else 1,
+            zorder=3 if chosen and not rnd else 2,
+        )
         if chosen and not rnd:
             ax.annotate(r["name"], (forget, gain), fontsize=7, xytext=(4, 2), textcoords="offset points")
         if r.get("sweep"):
-            ax.annotate(f"{r['lr']:g}", (forget, gain), fontsize=6, color="dimgray", xytext=(3, -8),
-                        textcoords="offset points")
+            ax.annotate(
+                f"{r['lr']:g}", (forget, gain), fontsize=6, color="dimgray", xytext=(3, -8), textcoords="offset points"
+            )
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlabel("forgetting: general-text loss after - before (lower is better)")
     ax.set_ylabel("task gain: test exact match after - before (points)")
@@ -227,24 +301,46 @@ def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> l
     return out
 
 
-def write_report(mode: str, settings, base: dict | None, rows: list[dict], rates: dict[str, float],
-                 info: dict, t_start: float, machine: dict, timings: list[dict] = ()) -> Path | None:
+def write_report(
+    mode: str,
+    settings,
+    base: dict | None,
+    rows: list[dict],
+    rates: dict[str, float],
+    info: dict,
+    t_start: float,
+    machine: dict,
+    timings: Sequence[dict] = (),
+) -> Path | None:
     """Gather, compute, print and write ``benchmarks/results/study[-quick].json`` and the plots."""
     from spectrum_llm.results import write_json_atomic
 
     if base is None or not rows:
         print("[study] nothing stored yet to report", flush=True)
         return None
-    st = statistics(base, rows, rates) if len(rates) == 3 else {"forgetting_vs_base": {}, "vs_random": {},
-                                                                "pairs": []}
+    st = statistics(base, rows, rates) if len(rates) == 3 else {"forgetting_vs_base": {}, "vs_random": {}, "pairs": []}
     md = table(base, rows, rates, st, timings) if len(rates) == 3 else ""
     sw = sweep_table(rows, rates)
     cl = claims_table(st) if st["pairs"] or st["vs_random"] else ""
     images = plots(base, rows, rates, mode) if len(rates) == 3 else []
-    report = {"mode": mode, "settings": asdict(settings), "machine": machine, "best_rates": rates, "plan": info,
-              "baseline": base, "runs": rows, "timing": list(timings), "statistics": st, "table_markdown": md, "sweep_markdown": sw,
-              "claims_markdown": cl, "images": images, "runs_stored": len(rows),
-              "wall_s_this_call": round(time.monotonic() - t_start, 1), "loadavg_end": os.getloadavg()}
+    report = {
+        "mode": mode,
+        "settings": asdict(settings),
+        "machine": machine,
+        "best_rates": rates,
+        "plan": info,
+        "baseline": base,
+        "runs": rows,
+        "timing": list(timings),
+        "statistics": st,
+        "table_markdown": md,
+        "sweep_markdown": sw,
+        "claims_markdown": cl,
+        "images": images,
+        "runs_stored": len(rows),
+        "wall_s_this_call": round(time.monotonic() - t_start, 1),
+        "loadavg_end": os.getloadavg(),
+    }
     path = RESULTS / ("study.json" if mode == "full" else f"study-{mode}.json")
     write_json_atomic(path, report)
     print("\n" + sw + ("\n\n" + md if md else "") + ("\n\n" + cl if cl else ""))

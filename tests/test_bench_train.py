@@ -1,22 +1,25 @@
 """The training benchmark's pure logic: data recovery, random and top-layer selections, LoRA rank. No training."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).parents[1] / "benchmarks" / "train.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_train"] = bench  # dataclasses look their module up there
-_spec.loader.exec_module(bench)
+from benchmarks import train as bench
 
 
 def _modules(layers=4, types=(("self_attn.q_proj", (8, 8)), ("mlp.up_proj", (16, 8)))):
-    return [{"name": f"model.layers.{i}.{t}", "type": t, "layer": i, "shape": list(shape),
-             "numel": shape[0] * shape[1], "pattern": f"^model.layers.{i}.{t}.(weight|bias)$"}
-            for i in range(layers) for t, shape in types]
+    return [
+        {
+            "name": f"model.layers.{i}.{t}",
+            "type": t,
+            "layer": i,
+            "shape": list(shape),
+            "numel": shape[0] * shape[1],
+            "pattern": f"^model.layers.{i}.{t}.(weight|bias)$",
+        }
+        for i in range(layers)
+        for t, shape in types
+    ]
 
 
 def test_recover_json_items_stops_at_truncation():
@@ -31,14 +34,22 @@ def test_recover_json_items_stops_at_truncation():
 
 
 def test_first_exchange_maps_roles_and_rejects_unusable_items():
-    item = {"conversations": [{"from": "human", "value": " hi "}, {"from": "gpt", "value": "hello"},
-                              {"from": "human", "value": "more"}]}
-    assert bench.first_exchange(item) == [{"role": "user", "content": "hi"},
-                                          {"role": "assistant", "content": "hello"}]
-    assert bench.first_exchange({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}) \
+    item = {
+        "conversations": [
+            {"from": "human", "value": " hi "},
+            {"from": "gpt", "value": "hello"},
+            {"from": "human", "value": "more"},
+        ]
+    }
+    assert bench.first_exchange(item) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert (
+        bench.first_exchange({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]})
         is None
-    assert bench.first_exchange({"conversations": [{"from": "human", "value": "x" * 700},
-                                                   {"from": "gpt", "value": "y"}]}) is None
+    )
+    assert (
+        bench.first_exchange({"conversations": [{"from": "human", "value": "x" * 700}, {"from": "gpt", "value": "y"}]})
+        is None
+    )
 
 
 def test_random_patterns_keep_per_type_counts_and_vary_with_seed():

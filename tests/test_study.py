@@ -12,9 +12,18 @@ from benchmarks import study_report as report
 
 def _modules(layers=4):
     types = (("self_attn.q_proj", (8, 8)), ("mlp.up_proj", (16, 8)))
-    return [{"name": f"model.layers.{i}.{t}", "type": t, "layer": i, "shape": list(shape),
-             "numel": shape[0] * shape[1], "pattern": f"^model.layers.{i}.{t}.(weight|bias)$"}
-            for i in range(layers) for t, shape in types]
+    return [
+        {
+            "name": f"model.layers.{i}.{t}",
+            "type": t,
+            "layer": i,
+            "shape": list(shape),
+            "numel": shape[0] * shape[1],
+            "pattern": f"^model.layers.{i}.{t}.(weight|bias)$",
+        }
+        for i in range(layers)
+        for t, shape in types
+    ]
 
 
 # ------------------------------------------------------------------------------------------ the task
@@ -44,8 +53,11 @@ def test_every_test_phrasing_is_trained_on_other_facts_never_on_its_own():
     assert not train_prompts & {r["prompt"] for r in rows["test"] + rows["val"]}
     for f in facts:
         template = study_task.ATTRIBUTES[f["attribute"]][study_task.split_phrasings(f["id"])[2]]
-        others = {template.format(e=g["entity"]) for g in facts if g["attribute"] == f["attribute"]
-                  and g["entity"] != f["entity"]}
+        others = {
+            template.format(e=g["entity"])
+            for g in facts
+            if g["attribute"] == f["attribute"] and g["entity"] != f["entity"]
+        }
         assert any(study_task.prompt(q) in train_prompts for q in others)
 
 
@@ -75,8 +87,9 @@ def test_global_percent_reproduces_the_closest_budget():
     k = int(len(mods) * pct / 100)
     top = sorted(mods, key=lambda m: -scores[m["name"]])[:k]
     assert sum(m["numel"] for m in top) == numel
-    assert abs(numel - 300) == min(abs(sum(m["numel"] for m in sorted(mods, key=lambda m: -scores[m["name"]])[:j])
-                                       - 300) for j in range(1, 9))
+    assert abs(numel - 300) == min(
+        abs(sum(m["numel"] for m in sorted(mods, key=lambda m: -scores[m["name"]])[:j]) - 300) for j in range(1, 9)
+    )
 
 
 def _settings(**kw):
@@ -87,8 +100,12 @@ def test_run_key_is_stable_and_covers_the_whole_configuration():
     s = _settings()
     arm = study_arms.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^a$", "^b$"], seed=0)
     key = study_arms.run_key(s, arm, "fp")
-    assert key == study_arms.run_key(s, study_arms.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^b$", "^a$"]), "fp")
-    assert key != study_arms.run_key(s, study_arms.Arm("x", "partial", "random25", "spectrum", 3e-4, ["^a$", "^b$"]), "fp")
+    assert key == study_arms.run_key(
+        s, study_arms.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^b$", "^a$"]), "fp"
+    )
+    assert key != study_arms.run_key(
+        s, study_arms.Arm("x", "partial", "random25", "spectrum", 3e-4, ["^a$", "^b$"]), "fp"
+    )
     assert key != study_arms.run_key(s, study_arms.Arm("x", "partial", "random25", "spectrum", 1e-3, ["^a$"]), "fp")
     assert key != study_arms.run_key(_settings(steps=7), arm, "fp")
     assert key != study_arms.run_key(s, arm, "other-model")
@@ -97,12 +114,12 @@ def test_run_key_is_stable_and_covers_the_whole_configuration():
 
 
 def test_best_rates_use_validation_only():
-    rows = [{"sweep": True, "family": "full", "lr": 1e-4, "val_exact_match": 0.5, "val_loss": 1.0,
-             "test_exact_match": 0.9},
-            {"sweep": True, "family": "full", "lr": 3e-4, "val_exact_match": 0.6, "val_loss": 2.0,
-             "test_exact_match": 0.1},
-            {"sweep": True, "family": "lora", "lr": 1e-3, "val_exact_match": 0.2, "val_loss": 1.5},
-            {"sweep": True, "family": "lora", "lr": 3e-3, "val_exact_match": 0.2, "val_loss": 1.2}]
+    rows = [
+        {"sweep": True, "family": "full", "lr": 1e-4, "val_exact_match": 0.5, "val_loss": 1.0, "test_exact_match": 0.9},
+        {"sweep": True, "family": "full", "lr": 3e-4, "val_exact_match": 0.6, "val_loss": 2.0, "test_exact_match": 0.1},
+        {"sweep": True, "family": "lora", "lr": 1e-3, "val_exact_match": 0.2, "val_loss": 1.5},
+        {"sweep": True, "family": "lora", "lr": 3e-3, "val_exact_match": 0.2, "val_loss": 1.2},
+    ]
     assert study_arms.best_rates(rows) == {"full": 3e-4, "lora": 3e-3}
 
 
@@ -111,9 +128,12 @@ def test_a_stored_run_is_never_run_again(tmp_path, monkeypatch):
 
     def fake_child(script, spec, work, name):
         calls.append(name)
-        ev = {"val": {"hits": "10", "nll": [1.0, 2.0], "tokens": [2, 2]},
-              "test": {"hits": "01", "nll": [1.0, 1.0], "tokens": [2, 2]},
-              "general": {"nll": [4.0], "tokens": [2]}, "chat": {"nll": [2.0], "tokens": [2]}}
+        ev = {
+            "val": {"hits": "10", "nll": [1.0, 2.0], "tokens": [2, 2]},
+            "test": {"hits": "01", "nll": [1.0, 1.0], "tokens": [2, 2]},
+            "general": {"nll": [4.0], "tokens": [2]},
+            "chat": {"nll": [2.0], "tokens": [2]},
+        }
         return {"trainable_params": 1, "total_params": 2, "median_step_s": 0.1, "eval": ev, **study_task.summarise(ev)}
 
     monkeypatch.setattr(study, "run_child", fake_child)
@@ -138,8 +158,9 @@ def test_teacher_forced_exact_match_equals_greedy_decoding():
     items = []
     for i in range(6):
         p = torch.randint(0, 64, (1, 5 + i))
-        gen = model.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=3, do_sample=False,
-                             pad_token_id=0)[0, p.shape[1]:].tolist()
+        gen = model.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=3, do_sample=False, pad_token_id=0)[
+            0, p.shape[1] :
+        ].tolist()
         answer = gen if i % 2 == 0 else gen[:-1] + [(gen[-1] + 1) % 64]  # odd items: last token not greedy
         items.append({"id": i, "prompt_ids": p[0].tolist(), "answer_ids": answer})
     scores = study_task.answer_scores(model, items, batch_size=4)
@@ -207,21 +228,36 @@ def test_diff_to_population_covers_items_and_draws():
 
 
 def _row(name, group, hits, general=4.0, family="partial", lr=1e-3, sweep=False):
-    ev = {"val": {"hits": hits, "nll": [1.0] * len(hits), "tokens": [2] * len(hits)},
-          "test": {"hits": hits, "nll": [1.0] * len(hits), "tokens": [2] * len(hits)},
-          "general": {"nll": [general * 3, general * 3], "tokens": [3, 3]},
-          "chat": {"nll": [3.0, 3.0], "tokens": [3, 3]}}
-    return {"name": name, "group": group, "family": family, "lr": lr, "sweep": sweep, "method": "spectrum",
-            "trainable_params": 10, "total_params": 100, "median_step_s": 1.0, "eval": ev, **study_task.summarise(ev)}
+    ev = {
+        "val": {"hits": hits, "nll": [1.0] * len(hits), "tokens": [2] * len(hits)},
+        "test": {"hits": hits, "nll": [1.0] * len(hits), "tokens": [2] * len(hits)},
+        "general": {"nll": [general * 3, general * 3], "tokens": [3, 3]},
+        "chat": {"nll": [3.0, 3.0], "tokens": [3, 3]},
+    }
+    return {
+        "name": name,
+        "group": group,
+        "family": family,
+        "lr": lr,
+        "sweep": sweep,
+        "method": "spectrum",
+        "trainable_params": 10,
+        "total_params": 100,
+        "median_step_s": 1.0,
+        "eval": ev,
+        **study_task.summarise(ev),
+    }
 
 
 def test_statistics_rank_a_pick_among_random_draws_and_pair_arms():
     base = _row("baseline", "base", "0000", general=3.0)
-    rows = [_row("full", "full", "1111", family="full", lr=1e-4, sweep=True),
-            _row("full", "full", "0000", family="full", lr=3e-4, sweep=True),
-            _row("spectrum25-mp", "spectrum25", "1110", sweep=True),
-            _row("lora", "lora", "1000", family="lora", sweep=True),
-            _row("spectrum25-ref", "spectrum25", "1100")]
+    rows = [
+        _row("full", "full", "1111", family="full", lr=1e-4, sweep=True),
+        _row("full", "full", "0000", family="full", lr=3e-4, sweep=True),
+        _row("spectrum25-mp", "spectrum25", "1110", sweep=True),
+        _row("lora", "lora", "1000", family="lora", sweep=True),
+        _row("spectrum25-ref", "spectrum25", "1100"),
+    ]
     rows += [_row(f"random25-s{i}", "random25", h, general=4.5) for i, h in enumerate(["1000", "1100", "0100"])]
     rates = study_arms.best_rates(rows)
     assert rates == {"full": 1e-4, "partial": 1e-3, "lora": 1e-3}
@@ -250,8 +286,18 @@ def test_plan_builds_every_arm_with_matched_budgets(tmp_path):
     assert {a.name for a in sweep} == {"full", "spectrum25-mp", "lora"} and all(a.sweep for a in sweep)
     arms, info = study_arms.plan(tmp_path, folder, s, {"full": 1e-4, "partial": 1e-3, "lora": 1e-3})
     names = {a.name for a in arms}
-    assert {"random25-s0", "random25-s1", "spectrum25-ref", "spectrum50-mp", "random50-s0", "global25-mp",
-            "budget25-mp", "top-layers25", "spectrum25-mp-noemb", "random25-noemb-s0"} <= names
+    assert {
+        "random25-s0",
+        "random25-s1",
+        "spectrum25-ref",
+        "spectrum50-mp",
+        "random50-s0",
+        "global25-mp",
+        "budget25-mp",
+        "top-layers25",
+        "spectrum25-mp-noemb",
+        "random25-noemb-s0",
+    } <= names
     assert all(a.lr == 1e-3 for a in arms if a.group != "random25-lo")
     low = [a for a in arms if a.group == "random25-lo"]
     assert [a.lr for a in low] == [3e-4] and low[0].patterns == by_name(arms)["random25-s0"].patterns
@@ -263,15 +309,28 @@ def test_plan_builds_every_arm_with_matched_budgets(tmp_path):
 
 def test_timing_pass_times_each_pick_and_one_draw_per_random_group():
     arm = lambda name, group: study_arms.Arm(name, "partial", group, "spectrum", 1e-3)  # noqa: E731
-    arms = [arm("full", "full"), arm("random25-s0", "random25"), arm("random25-s1", "random25"),
-            arm("spectrum25-mp", "spectrum25"), arm("spectrum25-ref", "spectrum25"), arm("random50-s100", "random50")]
-    assert [a.name for a in study_arms.timing_arms(arms)] == ["full", "random25-s0", "spectrum25-mp", "spectrum25-ref",
-                                                         "random50-s100"]
+    arms = [
+        arm("full", "full"),
+        arm("random25-s0", "random25"),
+        arm("random25-s1", "random25"),
+        arm("spectrum25-mp", "spectrum25"),
+        arm("spectrum25-ref", "spectrum25"),
+        arm("random50-s100", "random50"),
+    ]
+    assert [a.name for a in study_arms.timing_arms(arms)] == [
+        "full",
+        "random25-s0",
+        "spectrum25-mp",
+        "spectrum25-ref",
+        "random50-s100",
+    ]
 
 
 def test_random_draws_take_their_groups_quiet_step_time():
-    timings = [{"name": "random25-s0", "group": "random25", "median_step_s": 1.5},
-               {"name": "full", "group": "full", "median_step_s": 2.0}]
+    timings = [
+        {"name": "random25-s0", "group": "random25", "median_step_s": 1.5},
+        {"name": "full", "group": "full", "median_step_s": 2.0},
+    ]
     assert report.quiet_step({"name": "random25-s7", "group": "random25"}, timings) == 1.5
     assert report.quiet_step({"name": "full", "group": "full"}, timings) == 2.0
     assert report.quiet_step({"name": "lora", "group": "lora"}, timings) is None
@@ -280,16 +339,20 @@ def test_random_draws_take_their_groups_quiet_step_time():
 
 def test_the_low_rate_draws_are_compared_with_the_pick_at_that_rate():
     base = _row("baseline", "base", "0000")
-    rows = [_row("spectrum25-mp", "spectrum25", "1100", lr=1e-3, sweep=True),
-            _row("spectrum25-mp", "spectrum25", "1111", lr=3e-3, sweep=True),
-            *[_row(f"random25-lo-s{i}", "random25-lo", h, lr=1e-3) for i, h in enumerate(["1000", "0000"])]]
+    rows = [
+        _row("spectrum25-mp", "spectrum25", "1100", lr=1e-3, sweep=True),
+        _row("spectrum25-mp", "spectrum25", "1111", lr=3e-3, sweep=True),
+        *[_row(f"random25-lo-s{i}", "random25-lo", h, lr=1e-3) for i, h in enumerate(["1000", "0000"])],
+    ]
     v = report.statistics(base, rows, {"full": 1e-4, "partial": 3e-3, "lora": 1e-3})["vs_random"]
     assert v["spectrum25-mp@0.001"]["test_exact_match"] == 0.5 and v["spectrum25-mp@0.001"]["rank_exact_match"] == 1
 
 
 def test_settings_that_choose_runs_are_not_part_of_run_keys():
     arm = study_arms.Arm("random25-s0", "partial", "random25", "spectrum", 1e-3, ["^a$"])
-    assert study_arms.run_key(_settings(low_rate_seeds=0), arm, "fp") == study_arms.run_key(_settings(low_rate_seeds=9), arm, "fp")
+    assert study_arms.run_key(_settings(low_rate_seeds=0), arm, "fp") == study_arms.run_key(
+        _settings(low_rate_seeds=9), arm, "fp"
+    )
 
 
 def test_run_keys_are_those_of_the_stored_runs():

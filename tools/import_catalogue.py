@@ -30,15 +30,22 @@ def main(src: str) -> None:
         folder = src_dir / source
         commit = (folder / "SOURCE_COMMIT").read_text().split()[0]
         if commit != SOURCES[source]["commit"]:
-            raise SystemExit(f"{folder}: commit {commit} differs from SOURCES[{source!r}] in catalogue.py; "
-                             "update it there first.")
+            raise SystemExit(
+                f"{folder}: commit {commit} differs from SOURCES[{source!r}] in catalogue.py; update it there first."
+            )
         out = DATA / source
         out.mkdir(parents=True, exist_ok=True)
         for f in sorted(folder.glob("snr_results_*.json")):
             raw = f.read_bytes()
             (out / (f.name + ".gz")).write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
-            files.append({"file": f"{source}/{f.name}.gz", "source": source,
-                          "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)})
+            files.append(
+                {
+                    "file": f"{source}/{f.name}.gz",
+                    "source": source,
+                    "sha256": hashlib.sha256(raw).hexdigest(),
+                    "bytes": len(raw),
+                }
+            )
     for entry in files:
         entry.update(problem_of(DATA / entry["file"]))
     (DATA / "index.json").write_text(json.dumps({"files": files}, indent=1) + "\n")
