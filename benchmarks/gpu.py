@@ -195,7 +195,7 @@ def parse(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    if argv is None and "--worker" in sys.argv:  # one measurement, in its own process (gpu_common.measure)
+    if argv is None and "--worker" in sys.argv:  # one measurement, in its own process (gpu_common.run_measurement)
         spec = json.loads(Path(sys.argv[sys.argv.index("--worker") + 1]).read_text())
         spec["result"] = sys.argv[sys.argv.index("--result") + 1]
         sys.path.insert(0, str(SRC))

@@ -75,7 +75,7 @@ def fail(msg: str) -> None:
     sys.exit(2)
 
 
-def measure(kind: str, spec: dict, work: Path, name: str, timeout: float) -> dict:
+def run_measurement(kind: str, spec: dict, work: Path, name: str, timeout: float) -> dict:
     """Run one measurement in a fresh interpreter (``benchlib.run_child``, its progress lines shown live); its
     result file survives a timeout or a crash, and comes back with its ``status`` and ``process_wall_s``."""
     env = {

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_common import SHAPES, child_save, measure, peak_mib, say, sync
+from benchmarks.gpu_common import SHAPES, child_save, peak_mib, run_measurement, say, sync
 from benchmarks.gpu_report import Report
 
 
@@ -220,7 +220,7 @@ def part_scan(args, report: Report, deadline: float) -> None:
         if left < 20:
             report.data["skipped"].append(f"scan {key}: only {left:.0f} s of the budget left")
             continue
-        s[key] = measure(kind, spec, args.work, kind, min(args.scan_timeout_s, left))
+        s[key] = run_measurement(kind, spec, args.work, kind, min(args.scan_timeout_s, left))
         report.save()
     ours, ref = s.get("ours") or {}, s.get("reference") or {}
     snr_o, snr_r = ours.pop("snr", {}), ref.pop("snr", {})

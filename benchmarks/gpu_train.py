@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.benchlib import lora_rank_for
-from benchmarks.gpu_common import DATA, SHAPES, TINY, child_save, measure, peak_mib, reserved_mib, say, sync
+from benchmarks.gpu_common import DATA, SHAPES, TINY, child_save, peak_mib, reserved_mib, run_measurement, say, sync
 from benchmarks.gpu_report import Report
 
 
@@ -228,7 +228,7 @@ def part_train(args, report: Report, deadline: float) -> None:
                 "max_batch": args.max_batch,
                 "search_s": args.search_s,
             }
-            row = measure("train", spec, args.work, f"train-{key}-{method}", min(args.train_timeout_s, left))
+            row = run_measurement("train", spec, args.work, f"train-{key}-{method}", min(args.train_timeout_s, left))
             row.setdefault("model", SHAPES[key]["label"])
             row.setdefault("method", method)
             report.data["train"].append(row)
