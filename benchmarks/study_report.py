@@ -240,7 +240,7 @@ def plots(base: dict, rows: list[dict], rates: dict[str, float], mode: str) -> l
 def write_report(mode: str, settings, base: dict | None, rows: list[dict], rates: dict[str, float],
                  info: dict, t_start: float, machine: dict, timings: list[dict] = ()) -> Path | None:
     """Gather, compute, print and write ``benchmarks/results/study[-quick].json`` and the plots."""
-    from spectrum_llm.results import write_json_atomic
+    from spectrum_llm.files import write_json_atomic
 
     if base is None or not rows:
         print("[study] nothing stored yet to report", flush=True)

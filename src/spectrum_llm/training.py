@@ -28,7 +28,7 @@ from .data import DataConfig, PadCollator, build_datasets, check_seq_len
 from .errors import SpectrumError, require
 from .params import count_params
 from .progress import progress_bar
-from .results import check_writable, write_json_atomic, write_text_atomic
+from .files import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
 LOG = logging.getLogger(__name__)
