@@ -15,8 +15,8 @@ from pathlib import Path
 
 from . import axolotl
 from .errors import SpectrumError
-from .lora import lora_config
 from .files import write_text_atomic
+from .lora import lora_config
 from .selection import Selection
 
 FORMATS = (".yaml", ".yml", ".json", ".txt")

@@ -18,8 +18,9 @@ and walks ``named_modules()``. Its rules, read from its code:
   the first ``int(n * P / 100)`` names under a ``# <type> layers`` comment.
 
 Our default mode differs on purpose (only weight matrices ranked, anchored patterns, our types); this module
-is only for ``--compat`` and ``--reference-json``, and for reading the reference tool's two layouts back. Within a type, modules come in our scan's (layer) order,
-which is the model's except where one type name contains another inside the same layer.
+is only for ``--compat`` and ``--reference-json``, and for reading the reference tool's two layouts back. Within
+a type, modules come in our scan's (layer) order, which is the model's except where one type name contains
+another inside the same layer.
 """
 
 from __future__ import annotations
