@@ -24,7 +24,7 @@ def test_eigensolver_runs_on_one_thread_on_few_cores_and_restores_the_count(monk
 
 
 def test_many_cores_keep_their_threads(monkeypatch):
-    monkeypatch.setattr(spectra, "_FEW_THREADS", 0)
+    monkeypatch.setattr(spectra, "FEW_THREADS", 0)
     seen = []
     real = torch.linalg.eigvalsh
     monkeypatch.setattr(torch.linalg, "eigvalsh", lambda g: (seen.append(torch.get_num_threads()), real(g))[1])
