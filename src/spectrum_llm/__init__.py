@@ -3,7 +3,7 @@
 The pipeline, one module per step:
 checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scanning``)
 -> selection (``selection``) -> exports / frozen model (``exports``, ``freezing``; Axolotl's pattern format:
-``axolotl``; meta-device model skeletons: ``models``) -> training (``training``).
+``axolotl``; meta-device model skeletons: ``models``) -> preflight (``preflight``) -> training (``training``).
 Seeing a scan: ``grids`` (the layer x type grid), ``figures``, ``html_report`` (``report``), ``tables``
 (``spectrum show``) and ``comparison`` (``compare``); ``params`` counts parameters.
 
