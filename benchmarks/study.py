@@ -160,7 +160,7 @@ class Store:
         return json.loads(p.read_text()) if p.exists() else None
 
     def put(self, name: str, key: str, record: dict) -> None:
-        from spectrum_llm.results import write_json_atomic
+        from spectrum_llm.files import write_json_atomic
 
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path(name, key), record)

@@ -313,7 +313,7 @@ def write_report(
     timings: Sequence[dict] = (),
 ) -> Path | None:
     """Gather, compute, print and write ``benchmarks/results/study[-quick].json`` and the plots."""
-    from spectrum_llm.results import write_json_atomic
+    from spectrum_llm.files import write_json_atomic
 
     if base is None or not rows:
         print("[study] nothing stored yet to report", flush=True)

@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         "loadavg_start": load_before,
         "loadavg_end": os.getloadavg(),
     }
-    from spectrum_llm.results import write_json_atomic
+    from spectrum_llm.files import write_json_atomic
 
     write_json_atomic(RESULTS / name, report)
     print()

@@ -10,7 +10,7 @@ import torch
 
 from conftest import save_model, tiny_llama
 from helpers_selection import axolotl_unfrozen
-from spectrum_llm.checking import activation_bytes, check
+from spectrum_llm.preflight import activation_bytes, check
 from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.exports import write_selection
@@ -133,9 +133,9 @@ def test_meta_activations_equal_a_real_forward_on_cpu():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(input_ids=ids, labels=ids)
     real = sum(n for k, n in kept.items() if k not in params)
-    from spectrum_llm.checking import _build
+    from spectrum_llm.preflight import meta_model
 
-    meta = _build(model.config)
+    meta = meta_model(model.config)
     assert activation_bytes(meta, 32) == pytest.approx(real, rel=0.02)
 
 

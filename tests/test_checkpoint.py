@@ -93,12 +93,12 @@ def test_gguf_dequantizes_in_row_blocks_exactly_as_whole_tensors(monkeypatch):
         pytest.skip("the default model's package is not installed")
     from spectrum_llm import checkpoint
 
-    monkeypatch.setattr(checkpoint, "_GGUF_CHUNK_BYTES", 4096)  # many blocks per tensor
-    reader = ckpt._handle(ckpt.tensors[0].file)
+    monkeypatch.setattr(checkpoint, "GGUF_CHUNK_BYTES", 4096)  # many blocks per tensor
+    reader = ckpt.handle(ckpt.tensors[0].file)
     kinds = {}
     for t in reader.tensors[:12]:
         whole = np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        got = checkpoint._gguf_tensor(reader, t.name)
+        got = checkpoint.gguf_tensor(reader, t.name)
         assert got.dtype == torch.float32 and np.array_equal(got.numpy().ravel(), whole.ravel()), t.name
         kinds[t.tensor_type.name] = True
     assert {"Q8_0", "Q4_1", "F32"} <= set(kinds)

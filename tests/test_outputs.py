@@ -15,7 +15,7 @@ import pytest
 from helpers_models import build_tiny_llama, write_cpt_data
 from spectrum_llm.cli import main
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.results import check_writable, write_text_atomic
+from spectrum_llm.files import check_writable, write_text_atomic
 
 INSTRUCT = "snr_results_meta-llama-Meta-Llama-3.1-8B-Instruct.json"
 BASE = "snr_results_meta-llama-Meta-Llama-3.1-8B.json"
@@ -82,12 +82,12 @@ def test_folder_without_permission_or_read_only(command, err, why, reference_dir
                                                 monkeypatch):
     """What a read-only mount or a folder without write permission answers (root ignores permission bits, so
     the answer is simulated where the probe asks the file system)."""
-    from spectrum_llm import results
+    from spectrum_llm import files
 
     def refuse(*a, **k):
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(results, "tempfile", types.SimpleNamespace(mkstemp=refuse, mkdtemp=refuse))
+    monkeypatch.setattr(files, "tempfile", types.SimpleNamespace(mkstemp=refuse, mkdtemp=refuse))
     data = write_cpt_data(tmp_path / "data.jsonl")
     before = _listing(tmp_path)
     code, text = _run(capsys, _argv(command, tmp_path / "locked" / "out", reference_dir, llama_dir, data))

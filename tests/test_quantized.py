@@ -189,7 +189,7 @@ def test_scan_file_records_stored_dtype_and_dequantization(layout):
 def test_a_scan_dequantizes_one_block_at_a_time(layout, monkeypatch):
     from spectrum_llm import spectra
 
-    monkeypatch.setattr(spectra, "_BLOCK_BYTES", 2**16)  # Gram blocks of 8192 values
+    monkeypatch.setattr(spectra, "BLOCK_BYTES", 2**16)  # Gram blocks of 8192 values
     largest = []
     real = QuantizedTensor._map
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spectrum_llm
-from spectrum_llm import scanning as scan_mod
+from spectrum_llm import scan_cpu, scanning as scan_mod
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.results import load_scan
 
@@ -122,7 +122,7 @@ def test_modules_regex_limits_the_scan(llama_dir):
 def test_repeated_scan_of_unchanged_checkpoint_is_instant(llama_dir, tmp_path, monkeypatch):
     out = tmp_path / "scan.json"
     first = spectrum_llm.scan(llama_dir, output=out)
-    monkeypatch.setattr(scan_mod, "score_tensor", lambda *a, **k: pytest.fail("re-scored a cached checkpoint"))
+    monkeypatch.setattr(scan_cpu, "score_tensor", lambda *a, **k: pytest.fail("re-scored a cached checkpoint"))
     again = spectrum_llm.scan(llama_dir, output=out)
     assert [m.snr for m in again.modules] == [m.snr for m in first.modules]
 
@@ -136,7 +136,7 @@ def test_changed_estimator_rescans(llama_dir, tmp_path):
 
 def test_interrupted_scan_resumes_where_it_stopped(llama_dir, tmp_path, monkeypatch):
     out = tmp_path / "scan.json"
-    real = scan_mod.score_tensor
+    real = scan_cpu.score_tensor
     calls = []
 
     def dies_after_five(*a, **k):
@@ -145,13 +145,13 @@ def test_interrupted_scan_resumes_where_it_stopped(llama_dir, tmp_path, monkeypa
         calls.append(a[0].name)
         return real(*a, **k)
 
-    monkeypatch.setattr(scan_mod, "score_tensor", dies_after_five)
+    monkeypatch.setattr(scan_cpu, "score_tensor", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
         spectrum_llm.scan(llama_dir, output=out)
     assert not out.exists() and (tmp_path / "scan.json.partial").exists()
 
     resumed = []
-    monkeypatch.setattr(scan_mod, "score_tensor", lambda *a, **k: resumed.append(a[0].name) or real(*a, **k))
+    monkeypatch.setattr(scan_cpu, "score_tensor", lambda *a, **k: resumed.append(a[0].name) or real(*a, **k))
     result = spectrum_llm.scan(llama_dir, output=out)
     assert not set(calls) & set(resumed)
     assert len(calls) + len(resumed) == len({m.param for m in result.modules})
@@ -180,7 +180,7 @@ def test_dtype_conversion_is_per_tensor(tmp_path):
 
 
 def _no_scoring(monkeypatch):
-    monkeypatch.setattr(scan_mod, "score_tensor", lambda *a, **k: pytest.fail("scanned weights it had scanned"))
+    monkeypatch.setattr(scan_cpu, "score_tensor", lambda *a, **k: pytest.fail("scanned weights it had scanned"))
 
 
 def test_a_scan_of_the_same_weights_is_reused_wherever_they_lie(llama_dir, tmp_path, monkeypatch):

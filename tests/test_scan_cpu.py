@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from spectrum_llm import scanning as scanner, spectra
+from spectrum_llm import spectra
+from spectrum_llm.scan_plan import finite
 from spectrum_llm.checkpoint import open_checkpoint
 from spectrum_llm.errors import SpectrumError
 
@@ -23,7 +24,7 @@ def test_eigensolver_runs_on_one_thread_on_few_cores_and_restores_the_count(monk
 
 
 def test_many_cores_keep_their_threads(monkeypatch):
-    monkeypatch.setattr(spectra, "_FEW_THREADS", 0)
+    monkeypatch.setattr(spectra, "FEW_THREADS", 0)
     seen = []
     real = torch.linalg.eigvalsh
     monkeypatch.setattr(torch.linalg, "eigvalsh", lambda g: (seen.append(torch.get_num_threads()), real(g))[1])
@@ -34,9 +35,9 @@ def test_many_cores_keep_their_threads(monkeypatch):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_finiteness_check_sees_the_last_chunk(bad):
     w = torch.ones(5, 7)
-    assert scanner._finite(w, chunk=3)
+    assert finite(w, chunk=3)
     w[4, 6] = bad
-    assert not scanner._finite(w, chunk=3)
+    assert not finite(w, chunk=3)
 
 
 def test_gguf_reader_keeps_no_tokenizer_but_the_config():
@@ -44,6 +45,6 @@ def test_gguf_reader_keeps_no_tokenizer_but_the_config():
         ckpt = open_checkpoint("builtin:smollm2-135m")
     except SpectrumError:
         pytest.skip("the default model's package is not installed")
-    reader = ckpt._handle(ckpt.tensors[0].file)
+    reader = ckpt.handle(ckpt.tensors[0].file)
     assert not any(k.startswith("tokenizer.") for k in reader.fields)
     assert ckpt.config["hidden_size"] == 576 and ckpt.config["num_hidden_layers"] == 30

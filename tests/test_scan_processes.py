@@ -49,15 +49,15 @@ def test_scan_killed_with_sigkill_resumes(tmp_path):
     done_before = len(journal.read_text().splitlines()) - 1
     assert not out.exists() and 3 <= done_before < 40
 
-    from spectrum_llm import scanning as scanner
+    from spectrum_llm import scan_cpu
 
     calls = []
-    real = scanner.score_tensor
-    scanner.score_tensor = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = scan_cpu.score_tensor
+    scan_cpu.score_tensor = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         result = spectrum_llm.scan(tmp_path, output=out)
     finally:
-        scanner.score_tensor = real
+        scan_cpu.score_tensor = real
     assert len(result.modules) == 40 and all(m.ranked for m in result.modules)
     assert len(calls) <= 40 - done_before + 1  # the line in flight at the kill may be lost, nothing more
     assert json.loads(out.read_text())["modules"][0]["name"] == "model.layers.0.mlp.up_proj"

@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 import spectrum_llm
-from spectrum_llm import scanning as scanner
+from spectrum_llm import scan_gpu
+from spectrum_llm.checkpoint import Checkpoint, open_checkpoint
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.spectra import float64_note, gram, singular_values, singular_values_from_gram
 
@@ -13,9 +14,9 @@ from spectrum_llm.spectra import float64_note, gram, singular_values, singular_v
 @pytest.fixture
 def staged(monkeypatch):
     """Route CPU scans through the staged path, with buckets small enough that batches really form."""
-    monkeypatch.setattr(scanner, "_STAGED_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(scanner, "_BUCKET_BYTES", 3 * 64 * 64 * 8)
-    monkeypatch.setattr(scanner, "_MAX_OPEN", 4)
+    monkeypatch.setattr(scan_gpu, "STAGED_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(scan_gpu, "BUCKET_BYTES", 3 * 64 * 64 * 8)
+    monkeypatch.setattr(scan_gpu, "MAX_OPEN", 4)
 
 
 def _same(a, b):
@@ -30,7 +31,7 @@ def _same(a, b):
 @pytest.mark.parametrize("estimator", ["reference", "mp"])
 def test_staged_scan_equals_the_plain_scan(llama_dir, staged, estimator, monkeypatch):
     staged_result = spectrum_llm.scan(llama_dir, estimator=estimator)
-    monkeypatch.setattr(scanner, "_STAGED_DEVICES", ("cuda",))
+    monkeypatch.setattr(scan_gpu, "STAGED_DEVICES", ("cuda",))
     _same(spectrum_llm.scan(llama_dir, estimator=estimator), staged_result)
 
 
@@ -43,7 +44,7 @@ def test_staged_scan_of_experts_and_fused_projections(tmp_path, staged, monkeypa
     (tmp_path / "config.json").write_text('{"num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 16}')
     a = spectrum_llm.scan(tmp_path, estimator="reference")
     assert sum(m.expert is not None for m in a.modules) == 8 and sum(m.part is not None for m in a.modules) == 3
-    monkeypatch.setattr(scanner, "_STAGED_DEVICES", ("cuda",))
+    monkeypatch.setattr(scan_gpu, "STAGED_DEVICES", ("cuda",))
     _same(spectrum_llm.scan(tmp_path, estimator="reference"), a)
 
 
@@ -61,18 +62,18 @@ def test_staged_scan_journals_and_saves(llama_dir, staged, tmp_path):
     out = tmp_path / "scan.json"
     result = spectrum_llm.scan(llama_dir, output=out)
     assert out.is_file() and not (tmp_path / "scan.json.partial").exists()
-    assert len({m.param for m in result.modules}) == len(scanner.open_checkpoint(llama_dir).tensors)
+    assert len({m.param for m in result.modules}) == len(open_checkpoint(llama_dir).tensors)
 
 
 def test_a_damaged_tensor_is_skipped_and_the_rest_scanned(llama_dir, staged, monkeypatch):
-    real = scanner.Checkpoint.load
+    real = Checkpoint.load
 
     def load(self, info):
         if info.name == "model.layers.1.mlp.up_proj.weight":
             raise SpectrumError("Could not read tensor: truncated")
         return real(self, info)
 
-    monkeypatch.setattr(scanner.Checkpoint, "load", load)
+    monkeypatch.setattr(Checkpoint, "load", load)
     by_name = {m.name: m for m in spectrum_llm.scan(llama_dir).modules}
     assert "truncated" in by_name["model.layers.1.mlp.up_proj"].skipped
     assert by_name["model.layers.1.mlp.down_proj"].ranked
@@ -82,7 +83,7 @@ def test_an_unexpected_reader_error_reaches_the_caller(llama_dir, staged, monkey
     def load(self, info):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(scanner.Checkpoint, "load", load)
+    monkeypatch.setattr(Checkpoint, "load", load)
     with pytest.raises(MemoryError, match="no room"):
         spectrum_llm.scan(llama_dir)
 

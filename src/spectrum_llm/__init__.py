@@ -3,7 +3,7 @@
 The pipeline, one module per step:
 checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scanning``)
 -> selection (``selection``) -> exports / frozen model (``exports``, ``freezing``; Axolotl's pattern format:
-``axolotl``; meta-device model skeletons: ``models``) -> training (``training``).
+``axolotl``; meta-device model skeletons: ``models``) -> preflight (``preflight``) -> training (``training``).
 Seeing a scan: ``grids`` (the layer x type grid), ``figures``, ``html_report`` (``report``), ``tables``
 (``spectrum show``) and ``comparison`` (``compare``); ``params`` counts parameters.
 
@@ -27,8 +27,8 @@ _API = {
     "load_selection": "selection",
     "write_selection": "exports",
     "lora_config": "lora",
-    "check": "checking",
-    "CheckReport": "checking",
+    "check": "preflight",
+    "CheckReport": "preflight",
     "LoraPlan": "lora",
     "SpectrumCallback": "integrations",
     "train": "training",

@@ -82,17 +82,19 @@ class Checkpoint:
     def _raw(self, file: str, key: str) -> torch.Tensor:
         try:
             if self.format == "safetensors":
-                return self._handle(file).get_tensor(key)
+                return self.handle(file).get_tensor(key)
             if self.format == "bin":
-                return self._handle(file)[key]
-            return _gguf_tensor(self._handle(file), key)
+                return self.handle(file)[key]
+            return gguf_tensor(self.handle(file), key)
         except _DAMAGED as e:  # a damaged file surfaces here, tensor by tensor
             raise SpectrumError(
                 f"Could not read tensor {key!r} from {file}: {e}. "
                 "The file may be truncated or corrupt; download or convert it again."
             ) from e
 
-    def _handle(self, file: str):
+    def handle(self, file: str):
+        """The open reader of one of the checkpoint's files (a safetensors handle, a state dict or a GGUF reader),
+        opened once and kept."""
         if file not in self._open:
             self._open[file] = _open_file(Path(file), self.format)
         return self._open[file]
@@ -151,7 +153,7 @@ def open_checkpoint(model: str | os.PathLike) -> Checkpoint:
     tensors: list[TensorInfo] = []
     ckpt = Checkpoint(str(model), root, files, fmt, tensors, _read_config(root) if path.is_dir() else {})
     for f in files:
-        handle = ckpt._handle(str(f))
+        handle = ckpt.handle(str(f))
         tensors.extend(_list_tensors(handle, f, fmt))
         if fmt == "gguf":
             ckpt.config.update(_gguf_config(handle))
@@ -282,10 +284,11 @@ def _list_tensors(handle, file: Path, fmt: str) -> list[TensorInfo]:
     ]
 
 
-_GGUF_CHUNK_BYTES = 4 * 2**20
+#: bytes of float32 output ``gguf_tensor`` dequantizes at a time
+GGUF_CHUNK_BYTES = 4 * 2**20
 
 
-def _gguf_tensor(reader, key: str) -> torch.Tensor:
+def gguf_tensor(reader, key: str) -> torch.Tensor:
     """Dequantize one GGUF tensor into float32, a block of rows at a time.
 
     ``gguf.quants.dequantize`` builds several temporaries the size of its output; in row blocks of 4 MiB
@@ -300,7 +303,7 @@ def _gguf_tensor(reader, key: str) -> torch.Tensor:
         arr = gguf.quants.dequantize(data, t.tensor_type)
         return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))
     out = np.empty((data.shape[0], int(np.prod(shape)) // data.shape[0]), dtype=np.float32)
-    step = max(1, _GGUF_CHUNK_BYTES // (4 * out.shape[1]))
+    step = max(1, GGUF_CHUNK_BYTES // (4 * out.shape[1]))
     for i in range(0, data.shape[0], step):
         out[i : i + step] = gguf.quants.dequantize(data[i : i + step], t.tensor_type).reshape(-1, out.shape[1])
     return torch.from_numpy(out.reshape(shape))

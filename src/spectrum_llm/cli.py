@@ -305,8 +305,8 @@ def check_cmd(
 ):
     """Check a selection against a model before training: what each pattern unfreezes, what is missing, the
     trainable share and the training memory of full fine-tuning, this selection and LoRA."""
-    from .checking import check
-    from .results import write_json_atomic
+    from .files import write_json_atomic
+    from .preflight import check
 
     report = check(
         selection,

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from .errors import SpectrumError
 from .figures import diff_figure, png_bytes
+from .files import check_writable, write_bytes_atomic
 from .grids import ScoreGrid, as_scan, score_grid
-from .results import ModuleScore, ScanResult, check_writable, write_bytes_atomic
+from .results import ModuleScore, ScanResult
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod

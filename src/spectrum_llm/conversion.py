@@ -17,7 +17,7 @@ from pathlib import Path
 from . import cache
 from .checkpoint import open_checkpoint, resolve
 from .errors import SpectrumError, require
-from .results import check_writable, output_error
+from .files import check_writable, output_error
 
 DTYPES = ("bfloat16", "float16", "float32")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from . import axolotl
 from .errors import SpectrumError
+from .files import write_text_atomic
 from .lora import lora_config
-from .results import write_text_atomic
 from .selection import Selection
 
 FORMATS = (".yaml", ".yml", ".json", ".txt")

@@ -23,17 +23,10 @@ from . import estimators
 from .axolotl import pattern_module
 from .errors import SpectrumError
 from .figures import Spectrum, heatmap_figure, legend_text, params_figure, png_bytes, spectrum_figure
+from .files import check_writable, write_bytes_atomic, write_text_atomic
 from .grids import ScoreGrid, as_scan, score_grid
 from .params import trainable_by_type
-from .results import (
-    RANKED_KINDS,
-    ModuleScore,
-    ScanResult,
-    check_writable,
-    storage_summary,
-    write_bytes_atomic,
-    write_text_atomic,
-)
+from .results import RANKED_KINDS, ModuleScore, ScanResult, storage_summary
 from .scanning import module_singular_values
 from .selection import count_params, load_selection, rule_text, tied_embeddings
 from .tables import format_score

@@ -30,10 +30,10 @@ from typing import Any
 
 from .axolotl import has_rows, pattern_module
 from .errors import SpectrumError, require
+from .files import write_text_atomic
 from .models import load_meta_model
 from .naming import parse
 from .params import count_params
-from .results import write_text_atomic
 from .selection import Selection, load_selection
 
 _PER_EXPERT = re.compile(r"\.experts\.\d+\.")

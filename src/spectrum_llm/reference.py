@@ -18,8 +18,9 @@ and walks ``named_modules()``. Its rules, read from its code:
   the first ``int(n * P / 100)`` names under a ``# <type> layers`` comment.
 
 Our default mode differs on purpose (only weight matrices ranked, anchored patterns, our types); this module
-is only for ``--compat`` and ``--reference-json``. Within a type, modules come in our scan's (layer) order,
-which is the model's except where one type name contains another inside the same layer.
+is only for ``--compat`` and ``--reference-json``, and for reading the reference tool's two layouts back. Within
+a type, modules come in our scan's (layer) order, which is the model's except where one type name contains
+another inside the same layer.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .axolotl import EMBED_TOKENS, LM_HEAD
+from .errors import SpectrumError
+from .files import write_text_atomic
 from .models import tied_head
-from .results import ModuleScore, ScanResult, write_text_atomic
+from .results import ModuleScore, ScanResult
 
 #: what the reference tool always unfreezes, first, in this order.
 REFERENCE_EXTRAS = (LM_HEAD, EMBED_TOKENS)
@@ -124,3 +130,64 @@ def top_by_type(scan: ScanResult, top_percent: float) -> dict[str, list[tuple[st
     return {
         t: sorted(ms, key=lambda x: x[1], reverse=True)[: int(len(ms) * top_percent / 100)] for t, ms in groups.items()
     }
+
+
+# ---- reading the reference tool's scan files (``results.parse_scan`` hands their JSON here) ----------------
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def _layer_of(name: str) -> int | None:
+    m = _LAYER.search(name + ".")
+    return int(m.group(1)) if m else None
+
+
+def _reference_kind(name: str) -> str:
+    low = name.lower()
+    if "embed" in low or "wte" in low:
+        return "embedding"
+    if "lm_head" in low:
+        return "lm_head"
+    if "norm" in low or "ln_" in low:
+        return "norm"
+    return "linear"
+
+
+def _finite_or_none(v: Any, name: str, where: str) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise SpectrumError(f"{where}: the score of {name!r} is {v!r}, not a number. Re-run the scan.") from None
+    return f if not math.isnan(f) else None
+
+
+def from_reference(data: dict[str, Any], where: str, model: str) -> ScanResult:
+    """Read the reference tool's flat or grouped layout, keeping its types and file order."""
+    first = next(iter(data.values()))
+    modules: list[ModuleScore] = []
+    if isinstance(first, dict) and "snr" in first:
+        layout = "reference-flat"
+        items: Iterable[tuple[str, str, Any]] = ((n, v.get("type", ""), v.get("snr")) for n, v in data.items())
+    else:
+        layout = "reference-grouped"
+        items = ((n, t, s) for t, group in data.items() for n, s in group.items())
+    for name, type_, raw in items:
+        snr = _finite_or_none(raw, name, where)
+        skipped = None
+        if snr is None:
+            skipped = "the scan recorded no score (NaN)"
+        modules.append(
+            ModuleScore(
+                name=name,
+                type=type_,
+                layer=_layer_of(name),
+                shape=[],
+                snr=snr,
+                kind=_reference_kind(name),
+                param=name + ".weight",
+                skipped=skipped,
+            )
+        )
+    return ScanResult(model=model, estimator="reference", modules=modules, layout=layout)

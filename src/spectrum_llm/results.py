@@ -1,25 +1,21 @@
 """Scan results: the dataclasses that cross from scanning to selection, and their files.
 
 Three layouts are read: ours (``{"modules": [...]}``) and the reference tool's two
-(flat ``{name: {"snr", "type"}}`` and grouped ``{type: {name: snr}}``). Writes are atomic so
-an interrupted program never leaves half a file behind.
+(flat ``{name: {"snr", "type"}}`` and grouped ``{type: {name: snr}}``, read in ``reference``, beside
+their writing). Scans are written atomically (``files``).
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import math
 import os
-import re
-import tempfile
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import SpectrumError
+from .files import write_json_atomic
 
 FORMAT = "spectrum-llm/scan"
 FORMAT_VERSION = 1
@@ -142,121 +138,6 @@ def storage_summary(scan: ScanResult) -> str | None:
     return f"{len(deq)} modules scored on weights dequantized to float32 from {schemes}"
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to a temp file beside ``path`` and rename it over, so readers never see half a file."""
-    text = json.dumps(data, indent=2, allow_nan=False)
-    return write_text_atomic(path, text + "\n")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temp file beside ``path``, fsync, rename over. Permissions follow the umask like any new file
-    (``mkstemp`` alone would make it private). A path that cannot be written is a SpectrumError, and nothing
-    is left behind: no temp file, no folder made for it."""
-    path = Path(path)
-    if path.is_dir():
-        raise SpectrumError(f"Cannot write {path}: it is a folder. Give a file name.")
-    created = _make_dirs(path.parent, path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        _remove_dirs(created)
-        if isinstance(e, OSError):
-            raise output_error(path, e) from None
-        raise
-    return path
-
-
-def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
-    """Fail at once, not after hours of work, when ``path`` (a file, or a ``folder``) cannot be written.
-
-    Probes with a uniquely named file (or, where folders are missing, a uniquely named folder in the nearest
-    one that exists), so any number of processes may check the same place at once; nothing is left behind.
-    """
-    path = Path(path)
-    if not folder and path.is_dir():
-        raise SpectrumError(f"Cannot write {path}: it is a folder. Give a file name.")
-    if folder and path.exists() and not path.is_dir():
-        raise SpectrumError(f"Cannot write into {path}: it is a file, not a folder. Choose another output folder.")
-    where = path if folder else path.parent
-    base = where
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    try:
-        if base == where:
-            fd, probe = tempfile.mkstemp(dir=where, prefix=".spectrum-probe-")
-            os.close(fd)
-            os.unlink(probe)
-        else:  # can the missing folders be made? try one of our own, never the shared name
-            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".spectrum-probe-"))
-    except OSError as e:
-        raise output_error(path, e) from None
-
-
-def output_error(path: str | os.PathLike, e: OSError) -> SpectrumError:
-    """One line for an output that cannot be written: which path, why, and what to do."""
-    path = Path(path)
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            return SpectrumError(f"Cannot write {path}: {parent} is a file, not a folder. Choose another output path.")
-    if e.errno in (errno.EACCES, errno.EPERM):
-        why = "permission denied"
-    elif e.errno == errno.EROFS:
-        why = "the file system is read-only"
-    elif e.errno in (errno.ENOSPC, errno.EDQUOT):
-        why = "no space left on the device"
-    elif e.errno == errno.EISDIR:
-        why = "it is a folder"
-    else:
-        base = next((p for p in path.parents if p.is_dir()), None)
-        why = f"{base} does not take new files ({e.strerror or e})" if base is not None else (e.strerror or str(e))
-    return SpectrumError(f"Cannot write {path}: {why}. Choose another output path or fix its permissions.")
-
-
-def _make_dirs(folder: Path, target: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; return those created, deepest last."""
-    missing = []
-    p = folder
-    while not p.exists() and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    created = []
-    try:
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-                created.append(d)
-            except FileExistsError:
-                if not d.is_dir():
-                    raise
-    except OSError as e:
-        _remove_dirs(created)
-        raise output_error(target, e) from None
-    return created
-
-
-def _remove_dirs(created: list[Path]) -> None:
-    for d in reversed(created):
-        try:
-            d.rmdir()
-        except OSError:
-            pass  # another process put something there meanwhile: leave it
-
-
 def _skip_kind(m: ModuleScore) -> str:
     why = (m.skipped or "").lower()
     if why.startswith("1-d"):
@@ -270,65 +151,6 @@ def _skip_kind(m: ModuleScore) -> str:
     if "no score" in why or not why:
         return "no score"
     return "unscorable matrices"
-
-
-_LAYER = re.compile(r"\.(\d+)\.")
-
-
-def _layer_of(name: str) -> int | None:
-    m = _LAYER.search(name + ".")
-    return int(m.group(1)) if m else None
-
-
-def _reference_kind(name: str) -> str:
-    low = name.lower()
-    if "embed" in low or "wte" in low:
-        return "embedding"
-    if "lm_head" in low:
-        return "lm_head"
-    if "norm" in low or "ln_" in low:
-        return "norm"
-    return "linear"
-
-
-def _finite_or_none(v: Any, name: str, where: str) -> float | None:
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise SpectrumError(f"{where}: the score of {name!r} is {v!r}, not a number. Re-run the scan.") from None
-    return f if not math.isnan(f) else None
-
-
-def _from_reference(data: dict[str, Any], where: str, model: str) -> ScanResult:
-    """Read the reference tool's flat or grouped layout, keeping its types and file order."""
-    first = next(iter(data.values()))
-    modules: list[ModuleScore] = []
-    if isinstance(first, dict) and "snr" in first:
-        layout = "reference-flat"
-        items: Iterable[tuple[str, str, Any]] = ((n, v.get("type", ""), v.get("snr")) for n, v in data.items())
-    else:
-        layout = "reference-grouped"
-        items = ((n, t, s) for t, group in data.items() for n, s in group.items())
-    for name, type_, raw in items:
-        snr = _finite_or_none(raw, name, where)
-        skipped = None
-        if snr is None:
-            skipped = "the scan recorded no score (NaN)"
-        modules.append(
-            ModuleScore(
-                name=name,
-                type=type_,
-                layer=_layer_of(name),
-                shape=[],
-                snr=snr,
-                kind=_reference_kind(name),
-                param=name + ".weight",
-                skipped=skipped,
-            )
-        )
-    return ScanResult(model=model, estimator="reference", modules=modules, layout=layout)
 
 
 def scan_stem(path: str | os.PathLike) -> str:
@@ -397,4 +219,6 @@ def parse_scan(text: str, where: str, model: str = "") -> ScanResult:
             f"{where} is JSON but not a scan: expected spectrum-llm's layout or the reference tool's "
             "flat ({name: {snr, type}}) or grouped ({type: {name: snr}}) layout."
         )
-    return _from_reference(data, where, model)
+    from .reference import from_reference  # reference builds on these dataclasses: imported here, not above
+
+    return from_reference(data, where, model)

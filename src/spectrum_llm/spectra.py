@@ -22,8 +22,10 @@ import torch
 from .errors import SpectrumError
 
 METHODS = ("gram", "svd")
-_BLOCK_BYTES = 16 * 2**20  # CPU: the float64 block and BLAS's copy of it stay small
-_DEVICE_BLOCK_BYTES = 256 * 2**20
+#: bytes of one float64 block of rows the Gram product takes at a time on the CPU (the block and BLAS's copy
+#: of it stay small), and on a GPU
+BLOCK_BYTES = 16 * 2**20
+DEVICE_BLOCK_BYTES = 256 * 2**20
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -37,7 +39,7 @@ def gram(w: torch.Tensor, device: torch.device) -> torch.Tensor:
     """W W^T or W^T W (whichever is smaller) in float64, accumulated over blocks of the longer side."""
     wide = w.shape[0] <= w.shape[1]
     small, long = (w.shape[0], w.shape[1]) if wide else (w.shape[1], w.shape[0])
-    step = max(1, (_BLOCK_BYTES if device.type == "cpu" else _DEVICE_BLOCK_BYTES) // (8 * small))
+    step = max(1, (BLOCK_BYTES if device.type == "cpu" else DEVICE_BLOCK_BYTES) // (8 * small))
     g = torch.zeros(small, small, dtype=torch.float64, device=device)
     for start in range(0, long, step):
         block = w[:, start : start + step] if wide else w[start : start + step].T
@@ -46,7 +48,8 @@ def gram(w: torch.Tensor, device: torch.device) -> torch.Tensor:
     return g
 
 
-_FEW_THREADS = 4
+#: at most this many CPU threads, the eigensolver runs on one (see ``_eigensolver_threads``)
+FEW_THREADS = 4
 
 
 @contextmanager
@@ -59,7 +62,7 @@ def _eigensolver_threads(device: torch.device):
     product, with few synchronisation points, still ran 1.8x faster on two.
     """
     n = torch.get_num_threads()
-    if device.type != "cpu" or n == 1 or n > _FEW_THREADS:
+    if device.type != "cpu" or n == 1 or n > FEW_THREADS:
         yield
         return
     torch.set_num_threads(1)

@@ -26,9 +26,9 @@ from typing import Any
 from . import distributed, estimators
 from .data import DataConfig, PadCollator, build_datasets, check_seq_len
 from .errors import SpectrumError, require
+from .files import check_writable, write_json_atomic, write_text_atomic
 from .params import count_params
 from .progress import progress_bar
-from .results import check_writable, write_json_atomic, write_text_atomic
 from .selection import DEFAULT_TOP_PERCENT
 
 LOG = logging.getLogger(__name__)

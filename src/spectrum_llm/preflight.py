@@ -179,7 +179,7 @@ def _dtype_name(config, fallback: str | None) -> str:
     return name if name in _BYTES else "float32"
 
 
-def _build(config):
+def meta_model(config):
     """The model on the meta device, in bf16 (what mixed precision computes in; MoE kernels want it too)."""
     import torch
 
@@ -339,7 +339,7 @@ def check(
     dtype = dtype or _dtype_name(config, fallback)
     if dtype not in _BYTES:
         raise SpectrumError(f"--dtype {dtype!r} is not one of {', '.join(_BYTES)}.")
-    meta = _build(config)
+    meta = meta_model(config)
     params = {n: p.numel() for n, p in meta.named_parameters()}
     aliases = tied_aliases(meta)
     scale = _BYTES[dtype] / 2 if dtype == "float32" else 1
@@ -402,7 +402,7 @@ def _lora_estimate(
     from peft import LoraConfig, get_peft_model
 
     def build(r):
-        base = _build(config)
+        base = meta_model(config)
         with torch.device("meta"), _meta_autocast():
             # adapters in bf16 like the base: mixed precision computes them in bf16 (their fp32 masters are
             # counted as weights below)
