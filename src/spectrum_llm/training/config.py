@@ -210,6 +210,11 @@ class TrainConfig:
             raise SpectrumError("Nothing to train: set --epochs above 0 or --max-steps to 1 or more.")
 
     @property
+    def out(self) -> Path:
+        """The output folder as a Path: the one place the ``output_dir`` setting (a string, as given) becomes one."""
+        return Path(self.output_dir)
+
+    @property
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate

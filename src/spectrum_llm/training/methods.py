@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import distributed
@@ -160,7 +159,7 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False) -> S
     """
     from ..selection import load_selection, select
 
-    saved = Path(cfg.output_dir) / SELECTION_FILE
+    saved = cfg.out / SELECTION_FILE
     if cfg.selection:
         return load_selection(cfg.selection)
     if resumed and saved.is_file() and cfg.top_percent is None:

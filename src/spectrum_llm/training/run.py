@@ -38,7 +38,6 @@ class Job:
 
     cfg: TrainConfig  # model: the folder to load (a GGUF file converted); seq_len: resolved
     source: str  # the model as the user named it (builtin:smollm2-135m, a hub id, a path)
-    out: Path  # the output folder
     resume_from: str | None  # the checkpoint to continue from (--resume)
     max_positions: int | None  # the model's maximum sequence length, if its config says
     dtype: Any  # the checkpoint's dtype
@@ -60,7 +59,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     config.validate()
     from .callbacks import quiet
 
-    with outputs.removed_on_failure(Path(config.output_dir)), quiet(config.verbose):
+    with outputs.removed_on_failure(config.out), quiet(config.verbose):
         job = resolve(config)
         args = engine.training_args(job.cfg, job.precision)  # sets up the distributed state first
         if distributed.is_main():
@@ -74,7 +73,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
         result, runtime = run(trainer, job, bar)
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_ds is not None else None
         outputs.save_outputs(
-            trainer, tokenizer, job.out, orig_dtypes, lora=job.cfg.method == "lora", keep=job.cfg.keep_checkpoints
+            trainer, tokenizer, job.cfg.out, orig_dtypes, lora=job.cfg.method == "lora", keep=job.cfg.keep_checkpoints
         )
         return summarise(job, prepared, trainer, result, runtime, eval_loss, data_summary)
 
@@ -89,15 +88,13 @@ def resolve(config: TrainConfig) -> Job:
         if distributed.is_main() and cached_folder(model) is None:
             LOG.info("converting %s into a transformers folder (once; it is cached)", model)
         model = str(gguf_to_folder(model))
-    out = Path(config.output_dir)
-    resume_from = outputs.check_output_dir(out, model, config.resume)
+    resume_from = outputs.check_output_dir(config.out, model, config.resume)
     model_cfg = _load_model_config(model)
     max_positions = getattr(model_cfg, "max_position_embeddings", None)
     dtype = _model_dtype(model_cfg)
     return Job(
         cfg=dataclasses.replace(config, model=model, seq_len=_seq_len(config.seq_len, max_positions, model)),
         source=config.model,
-        out=out,
         resume_from=resume_from,
         max_positions=max_positions,
         dtype=dtype,
@@ -164,9 +161,9 @@ def setup_method(job: Job, model: Any, selection: Selection | None, args: Any) -
     if distributed.is_main():
         _log_setup(job, prepared, args.world_size)
         if prepared.lora_config is not None:
-            outputs.write_lora_config(job.out, prepared.lora_config)
+            outputs.write_lora_config(job.cfg.out, prepared.lora_config)
         if prepared.selection is not None:
-            outputs.write_selection(job.out, prepared.selection)
+            outputs.write_selection(job.cfg.out, prepared.selection)
     return prepared
 
 
@@ -269,14 +266,14 @@ def summarise(
         dtype=str(job.dtype).removeprefix("torch."),
         precision=job.precision,
         resumed_from=job.resume_from,
-        selection=str(job.out / outputs.SELECTION_FILE) if selection is not None else None,
+        selection=str(job.cfg.out / outputs.SELECTION_FILE) if selection is not None else None,
         selected_modules=len(selection.modules) if selection is not None else None,
         data=dataclasses.asdict(data),
         config=_jsonable(dataclasses.asdict(dataclasses.replace(cfg, model=job.source))),
-        checkpoints=outputs.kept_checkpoints(job.out) if cfg.keep_checkpoints else [],
+        checkpoints=outputs.kept_checkpoints(job.cfg.out) if cfg.keep_checkpoints else [],
     )
     if distributed.is_main():
-        outputs.write_summary(job.out, summary)
+        outputs.write_summary(job.cfg.out, summary)
         LOG.info(
             "done: %d steps, %s%s, %s tokens/s, peak %s memory %s, %.0f s -> %s",
             summary.steps,
