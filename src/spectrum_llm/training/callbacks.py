@@ -1,0 +1,76 @@
+"""What a run shows and how it ends: one progress bar with the last loss (instead of the Trainer's bar and its
+printed dicts), a logged loss at the last step, no checkpoint of the last step when checkpoints are removed at
+the end anyway, and quiet libraries unless --verbose."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .. import distributed
+from ..progress import progress_bar
+
+
+class Finish(TrainerCallback):
+    """Log the loss at the last step; skip its checkpoint unless checkpoints are kept."""
+
+    def __init__(self, keep_checkpoints: bool):
+        self.keep_checkpoints = keep_checkpoints
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+            if not self.keep_checkpoints:
+                control.should_save = False
+
+
+class ProgressBar(TrainerCallback):
+    """The training's progress bar (main process only): steps, and the last logged loss."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        if distributed.is_main():
+            self.bar = progress_bar("train", "steps", "loss")
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="")
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.update(self.task, loss=f"loss {logs['loss']:.4g}")
+
+    def on_train_end(self, args, state, control, **kw):
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def quiet(verbose: bool) -> contextlib.ExitStack:
+    """Silence datasets' progress bars and transformers' chatter for the run, and restore them after."""
+    stack = contextlib.ExitStack()
+    if verbose:
+        return stack
+    import datasets
+    import transformers
+
+    if datasets.utils.logging.is_progress_bar_enabled():
+        datasets.disable_progress_bars()
+        stack.callback(datasets.enable_progress_bars)
+    if transformers.utils.logging.is_progress_bar_enabled():  # GGUF loading, weight loading, shard writing
+        transformers.utils.logging.disable_progress_bar()
+        stack.callback(transformers.utils.logging.enable_progress_bar)
+    for lib in (datasets.utils.logging, transformers.utils.logging):
+        level = lib.get_verbosity()
+        lib.set_verbosity_error()
+        stack.callback(lib.set_verbosity, level)
+    return stack

@@ -1,0 +1,143 @@
+"""The output folder of a run: checked before anything loads, removed again when a run fails before it saved
+anything, and at the end holding the model (in the input's dtypes) or the adapter, the tokenizer, the selection
+and ``train_summary.json``; the checkpoints are removed unless kept."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import distributed
+from ..errors import SpectrumError
+from ..files import check_writable, write_json_atomic, write_text_atomic
+from ..models import tied_aliases
+
+SUMMARY_FILE = "train_summary.json"
+SELECTION_FILE = "selection.json"  # the selection a run trained from (also written as selection.yaml)
+LORA_CONFIG_FILE = "lora_config.json"
+
+
+def _model_files_size(model: str) -> int:
+    p = Path(model)
+    if not p.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in p.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file())
+
+
+def check_output_dir(out: Path, model: str, resume: bool) -> str | None:
+    """Check that the output folder can be written and has room for ``model``, without creating it (a run that
+    fails before training leaves nothing behind); return the checkpoint to resume. Safe on every rank at once."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    check_writable(out, folder=True)
+    need = 2 * _model_files_size(model)  # the final model plus at least one checkpoint
+    free = shutil.disk_usage(next(p for p in (out, *out.parents) if p.is_dir())).free
+    if need and free < need:
+        raise SpectrumError(
+            f"Not enough space in {out}: {free / 2**30:.2f} GiB free, the model and one checkpoint "
+            f"need about {need / 2**30:.2f} GiB. Free space or choose another --output-dir."
+        )
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last and not resume:
+        raise SpectrumError(
+            f"{out} already holds checkpoints of an earlier run ({Path(last).name}). Pass --resume to "
+            "continue it, or choose an empty --output-dir."
+        )
+    return last if resume else None
+
+
+@contextlib.contextmanager
+def removed_on_failure(out: Path) -> Iterator[None]:
+    """Remove an output folder this run created when the run fails before it saved a checkpoint or the model."""
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if (
+            not existed
+            and distributed.is_main()
+            and out.is_dir()
+            and not any(out.glob("checkpoint-*"))
+            and not any(out.glob("*.safetensors"))
+        ):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def write_selection(out: Path, selection: Any) -> None:
+    """The selection a run trains from, as selection.json and selection.yaml (main process only)."""
+    from ..exports import write_selection as write_yaml
+
+    write_json_atomic(out / SELECTION_FILE, selection.to_json())
+    write_yaml(selection, out / "selection.yaml")
+
+
+def write_lora_config(out: Path, kwargs: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / LORA_CONFIG_FILE, json.dumps(kwargs, indent=2) + "\n")
+
+
+def write_summary(out: Path, summary: Any) -> None:
+    write_json_atomic(out / SUMMARY_FILE, summary.to_json())
+
+
+def _in_dtypes(sd: dict[str, Any], orig_dtypes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.to(orig_dtypes[k]) if k in orig_dtypes and v.dtype != orig_dtypes[k] else v for k, v in sd.items()}
+
+
+def _final_state_dict(trainer: Any, orig_dtypes: dict[str, Any]) -> dict[str, Any]:
+    """The full state dict (gathered across ranks by accelerate) in the input's dtypes; empty off rank 0."""
+    sd = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
+    if not distributed.is_main() or sd is None:
+        return {}
+    return _in_dtypes(sd, orig_dtypes)
+
+
+def _without_tied(model: Any, sd: dict[str, Any]) -> dict[str, Any]:
+    """Drop the aliases of tied weights (``lm_head.weight`` when it is the embedding), as the input stored them."""
+    aliases = tied_aliases(model)
+    return {k: v for k, v in sd.items() if k not in aliases}
+
+
+def save_model(trainer: Any, out: Path, orig_dtypes: dict[str, Any], lora: bool) -> None:
+    """The trained model in the input's dtypes (so frozen tensors are bit-identical); for lora the adapter in
+    ``adapter/`` and the merged model, unless a sharded run keeps only the adapter."""
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    if lora:
+        trainer.save_model(str(out / "adapter"))
+        if acc.num_processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+            return  # a sharded LoRA run keeps the adapter; merge it with `peft` on one device
+        if distributed.is_main():
+            merged = model.merge_and_unload()
+            merged.save_pretrained(out, state_dict=_without_tied(merged, _in_dtypes(merged.state_dict(), orig_dtypes)))
+        return
+    sd = _final_state_dict(trainer, orig_dtypes)
+    if distributed.is_main():
+        model.save_pretrained(out, state_dict=_without_tied(model, sd))
+
+
+def save_outputs(
+    trainer: Any, tokenizer: Any, out: Path, orig_dtypes: dict[str, Any], *, lora: bool, keep: bool
+) -> None:
+    """The model (or adapter), then the tokenizer; the checkpoints removed unless ``keep``."""
+    save_model(trainer, out, orig_dtypes, lora)
+    trainer.accelerator.wait_for_everyone()
+    if distributed.is_main():
+        tokenizer.save_pretrained(out)
+        if not keep:
+            remove_checkpoints(out)
+
+
+def remove_checkpoints(out: Path) -> None:
+    for ckpt in out.glob("checkpoint-*"):
+        if ckpt.is_dir():
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def kept_checkpoints(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("checkpoint-*"))
