@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .grids import column_type
+from .naming import column_type
 from .results import RANKED_KINDS, ModuleScore, ScanResult
 
 
