@@ -13,7 +13,8 @@ from helpers_selection import LLAMA_TYPES, synthetic_scan
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.exports import write_selection
 from spectrum_llm.results import ModuleScore, ScanResult
-from spectrum_llm.selection import _order_key, candidates, load_selection, rank, select
+from spectrum_llm.rules import order_key
+from spectrum_llm.selection import candidates, load_selection, rank, select
 
 score = st.one_of(st.floats(-5, 50, allow_nan=False), st.none(), st.just(math.nan), st.just(math.inf))
 scans = st.dictionaries(st.sampled_from(LLAMA_TYPES), st.lists(score, min_size=1, max_size=9), min_size=1)
@@ -29,7 +30,7 @@ def test_per_type_keeps_int_n_p_over_100_of_each_type_best_first(scores, p):
     assume(_has_finite(scores))
     scan = synthetic_scan(scores)
     sel = select(scan, top_percent=p)
-    key = _order_key(compat=False)
+    key = order_key(compat=False)
     for t, vals in scores.items():
         ts = sel.types[t]
         assert ts.total == len(vals) and ts.kept == int(len(vals) * p / 100)

@@ -17,7 +17,7 @@ from . import axolotl
 from .errors import SpectrumError
 from .lora import lora_config
 from .results import write_text_atomic
-from .selection import Selection
+from .selection_file import Selection
 
 FORMATS = (".yaml", ".yml", ".json", ".txt")
 
