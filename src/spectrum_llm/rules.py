@@ -102,10 +102,9 @@ def choose(scan: ScanResult, config: SelectConfig) -> Selection:
     return sel
 
 
-def _choose(scan: ScanResult, config: SelectConfig) -> Selection:
+def _rule(scan: ScanResult, config: SelectConfig) -> str:
+    """The rule to apply (a budget implies ``budget``), once the options and the scan allow it."""
     rule, budget, top_percent = config.rule, config.budget, config.top_percent
-    include, exclude, parts = config.include, config.exclude, config.parts
-    train_embeddings, train_lm_head, train_norms = config.train_embeddings, config.train_lm_head, config.train_norms
     if budget is not None:
         rule = "budget"
     if rule not in RULES:
@@ -117,10 +116,13 @@ def _choose(scan: ScanResult, config: SelectConfig) -> Selection:
         raise SpectrumError("The budget rule needs a budget: --budget 0.25 (a fraction) or --budget 500M.")
     if not scan.modules:
         raise SpectrumError(f"The scan of {scan.model or 'this model'} holds no modules. Re-run the scan.")
-    if config.compat:
-        return _select_compat(scan, top_percent)
+    return rule
 
-    cands = candidates(scan, parts)
+
+def _ranked_candidates(scan: ScanResult, config: SelectConfig, rule: str) -> list[ModuleScore]:
+    """``candidates`` narrowed by ``include``/``exclude``; an error if none is left or none can be ranked."""
+    include, exclude = config.include, config.exclude
+    cands = candidates(scan, config.parts)
     for flag, regex in (("include", include), ("exclude", exclude)):
         if regex is None:
             continue
@@ -146,6 +148,18 @@ def _choose(scan: ScanResult, config: SelectConfig) -> Selection:
             "The global rule compares scores across module types, but the reference estimator's "
             "scale differs by type. Use --rule per-type, or re-scan with --estimator mp."
         )
+    return cands
+
+
+def _choose(scan: ScanResult, config: SelectConfig) -> Selection:
+    """``choose`` before the shapes: the rule's modules, the extras, the counts and the rule's record."""
+    rule = _rule(scan, config)
+    budget, top_percent, parts = config.budget, config.top_percent, config.parts
+    include, exclude = config.include, config.exclude
+    train_embeddings, train_lm_head, train_norms = config.train_embeddings, config.train_lm_head, config.train_norms
+    if config.compat:
+        return _select_compat(scan, top_percent)
+    cands = _ranked_candidates(scan, config, rule)
 
     by_param, tied = model_sizes(config.model) if config.model is not None else (None, tied_head(scan))
     if train_lm_head is None:

@@ -127,17 +127,11 @@ class SelectOutcome:
         """What `spectrum select` prints once written: (console markup, whether it may run past the width)."""
         sel, cfg = self.selection, self.config
         where = "stdout" if self.output == "-" else self.output
-        n = len(sel.modules)
+        selected = f"[green]Selected[/] {len(sel.modules)}"
         if self.plan is not None:
-            return [
-                (
-                    f"[green]Selected[/] {n} modules ({sel.rule.get('rule')}) -> PEFT LoraConfig {where}\n{self.plan}",
-                    False,
-                )
-            ]
-        out = [
-            (f"[green]Selected[/] {n} ranked modules{extras_text(sel, self.tied)} by {rule_text(sel)} -> {where}", True)
-        ]
+            return [(f"{selected} modules ({sel.rule.get('rule')}) -> PEFT LoraConfig {where}\n{self.plan}", False)]
+        what = f"{extras_text(sel, self.tied)} by {rule_text(sel)}"
+        out = [(f"{selected} ranked modules{what} -> {where}", True)]
         if note := tied_note(sel):
             out.append((note, False))
         if share := share_text(sel):
