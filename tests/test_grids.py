@@ -1,17 +1,8 @@
 import numpy as np
 
-from spectrum_llm.grids import column_type, score_grid
-from spectrum_llm.results import ModuleScore
+from spectrum_llm.grids import score_grid
 
 from helpers_report import synthetic_scan
-
-
-def test_column_type_folds_reference_expert_index_and_keeps_grouped_types():
-    ref = ModuleScore(name="model.layers.3.mlp.experts.17.down_proj", type="mlp.experts.17.down_proj", layer=3, shape=[], snr=1.0)
-    ours = ModuleScore(name="model.layers.3.mlp.experts.17.down_proj", type="mlp.experts.down_proj", layer=3, shape=[], snr=1.0, expert=17)
-    mixtral = ModuleScore(name="x", type="block_sparse_moe.experts.0.w1", layer=0, shape=[], snr=1.0)
-    assert column_type(ref) == column_type(ours) == "mlp.experts.down_proj"
-    assert column_type(mixtral) == "block_sparse_moe.experts.w1"
 
 
 def test_grid_takes_the_median_over_experts_and_masks_inf_and_skipped():

@@ -44,3 +44,21 @@ def test_tied_head_from_the_config_else_from_the_missing_head():
     scan.config = {"tie_word_embeddings": False}
     assert tied_head(scan) is False
     assert tied_head(synthetic_scan({"mlp.down_proj": [1.0]}, extras=False)) is None
+
+
+def test_tied_head_the_config_wins_over_a_missing_head():
+    """Config says untied, the scan lists no lm_head: untied (the config knows; the scan may have left it out)."""
+    scan = synthetic_scan({"mlp.down_proj": [1.0]})
+    scan.modules = [m for m in scan.modules if m.kind != "lm_head"]
+    scan.config = {"tie_word_embeddings": False}
+    assert tied_head(scan) is False
+
+
+def test_tied_head_of_a_scan_narrowed_by_modules_cannot_tell():
+    """A scan filtered with --modules and no config: the regex may have left the head out, so None (untied)."""
+    scan = synthetic_scan({"mlp.down_proj": [1.0]})
+    scan.modules = [m for m in scan.modules if m.kind != "lm_head"]
+    scan.modules_regex = "embed|mlp"
+    assert tied_head(scan) is None
+    scan.config = {"tie_word_embeddings": True}
+    assert tied_head(scan) is True  # a config still tells

@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 import spectrum_llm
-from spectrum_llm.naming import fused_parts, gguf_to_hf, parse
+from spectrum_llm.naming import column_type, fused_parts, gguf_to_hf, parse
+from spectrum_llm.results import ModuleScore
 
 from conftest import save_model
 
@@ -146,3 +147,10 @@ def test_fused_parts_follow_the_config():
     assert fused_parts("h.0.attn.c_attn.weight", (32, 96), {"n_head": 4, "n_embd": 32})[2] == ("v", 1, 64, 96)
     assert fused_parts("model.layers.0.self_attn.qkv_proj.weight", (60, 32), cfg) == []  # the config disagrees
 
+
+def test_column_type_folds_reference_expert_index_and_keeps_grouped_types():
+    ref = ModuleScore(name="model.layers.3.mlp.experts.17.down_proj", type="mlp.experts.17.down_proj", layer=3, shape=[], snr=1.0)
+    ours = ModuleScore(name="model.layers.3.mlp.experts.17.down_proj", type="mlp.experts.down_proj", layer=3, shape=[], snr=1.0, expert=17)
+    mixtral = ModuleScore(name="x", type="block_sparse_moe.experts.0.w1", layer=0, shape=[], snr=1.0)
+    assert column_type(ref) == column_type(ours) == "mlp.experts.down_proj"
+    assert column_type(mixtral) == "block_sparse_moe.experts.w1"

@@ -1,3 +1,5 @@
+import dataclasses
+
 from spectrum_llm.params import count_params, part_params, trainable_by_type
 from spectrum_llm.results import ModuleScore, ScanResult
 
@@ -40,3 +42,19 @@ def test_count_params_counts_a_tied_tensor_once_and_filters_by_name():
 def test_part_params_counts_the_kept_rows_of_a_tensor():
     assert part_params(12 * 8, 3, 12) == 24
     assert part_params(0, 0, 0) == 0
+
+
+def test_scan_param_count_counts_a_whole_module_with_its_bias_and_none_without_shapes():
+    from spectrum_llm.params import scan_param_count
+
+    weight = ModuleScore(name="model.layers.0.mlp.down_proj", type="mlp.down_proj", layer=0, shape=[4, 8], snr=1.0,
+                         param="model.layers.0.mlp.down_proj.weight", numel=32)
+    bias = ModuleScore(name="model.layers.0.mlp.down_proj.bias", type="mlp.down_proj.bias", layer=0, shape=[4],
+                       snr=None, kind="bias", param="model.layers.0.mlp.down_proj.bias", numel=4)
+    other = ModuleScore(name="model.layers.0.mlp.up_proj", type="mlp.up_proj", layer=0, shape=[8, 4], snr=1.0,
+                        param="model.layers.0.mlp.up_proj.weight", numel=32)
+    scan = ScanResult("m", "mp", [weight, bias, other])
+    assert scan_param_count(scan, [weight.name]) == (36, 68)
+    assert scan_param_count(scan, []) == (0, 68)
+    unknown = ScanResult("m", "mp", [dataclasses.replace(other, numel=0), weight])
+    assert scan_param_count(unknown, [weight.name]) == (None, None)

@@ -13,7 +13,8 @@ from helpers_selection import LLAMA_TYPES, synthetic_scan
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.exports import write_selection
 from spectrum_llm.results import ModuleScore, ScanResult
-from spectrum_llm.selection import _order_key, candidates, load_selection, rank, select
+from spectrum_llm.rules import order_key
+from spectrum_llm.selection import candidates, load_selection, rank, select
 
 score = st.one_of(st.floats(-5, 50, allow_nan=False), st.none(), st.just(math.nan), st.just(math.inf))
 scans = st.dictionaries(st.sampled_from(LLAMA_TYPES), st.lists(score, min_size=1, max_size=9), min_size=1)
@@ -29,7 +30,7 @@ def test_per_type_keeps_int_n_p_over_100_of_each_type_best_first(scores, p):
     assume(_has_finite(scores))
     scan = synthetic_scan(scores)
     sel = select(scan, top_percent=p)
-    key = _order_key(compat=False)
+    key = order_key(compat=False)
     for t, vals in scores.items():
         ts = sel.types[t]
         assert ts.total == len(vals) and ts.kept == int(len(vals) * p / 100)
@@ -215,3 +216,94 @@ def test_selection_json_is_strict_json_with_inf_scores(tmp_path):
     data = json.loads((tmp_path / "s.json").read_text())
     assert data["scores"]["model.layers.0.mlp.down_proj"] == "inf"
     assert load_selection(tmp_path / "s.json").scores["model.layers.0.mlp.down_proj"] == math.inf
+
+
+def test_select_takes_a_config_or_its_fields_as_keywords():
+    from spectrum_llm.selection import SelectConfig
+
+    scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0, 3.0, 4.0], "self_attn.q_proj": [4.0, 3.0, 2.0, 1.0]})
+    by_keywords = select(scan, top_percent=25, train_lm_head=False)
+    cfg = SelectConfig(top_percent=25, train_lm_head=False)
+    assert select(scan, cfg) == by_keywords
+    assert select(scan, SelectConfig(top_percent=75), top_percent=25, train_lm_head=False) == by_keywords
+    with pytest.raises(TypeError):
+        select(scan, top_procent=25)
+
+
+def test_select_to_writes_the_format_and_reports_what_the_cli_prints(tmp_path):
+    from spectrum_llm.selection import select_to
+
+    scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0]})
+    out = select_to(scan, tmp_path / "s.json", top_percent=50)
+    assert load_selection(tmp_path / "s.json").modules == out.selection.modules == ["model.layers.1.mlp.down_proj"]
+    assert out.source == "the given scan" and out.selection.rule["scan"] == "the given scan"
+    text = [line for line, _ in out.lines()]
+    assert text[0].startswith("[green]Selected[/] 1 ranked modules + lm_head, model.embed_tokens by the per-type rule")
+    assert any(line.startswith("trains ") for line in text)
+    plan = select_to(scan, tmp_path / "p.json", format="peft", max_rank=8)
+    assert plan.plan.ranks == {"model.layers.1.mlp.down_proj": 8}
+    assert json.loads((tmp_path / "p.json").read_text())["target_modules"] == ["model.layers.1.mlp.down_proj"]
+
+
+@pytest.mark.parametrize("case", ["config says untied", "narrowed by --modules"])
+def test_the_text_says_tied_exactly_when_the_selection_is_built_tied(case, tmp_path):
+    """One answer (models.tied_head) drives both the patterns and the words about them."""
+    from spectrum_llm.selection import select_outcome
+
+    scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0]})
+    scan.modules = [m for m in scan.modules if m.kind != "lm_head"]  # no lm_head scanned
+    if case == "config says untied":
+        scan.config = {"tie_word_embeddings": False}
+    else:
+        scan.modules_regex = "embed|mlp"
+    out = select_outcome(scan)
+    assert not out.tied and "lm_head_tied" not in out.selection.rule
+    assert "^lm_head.weight$" in out.selection.patterns  # built untied: the head's own pattern
+    assert "tied" not in out.lines()[0][0]
+    tied = synthetic_scan({"mlp.down_proj": [1.0, 2.0]})
+    tied.modules = [m for m in tied.modules if m.kind != "lm_head"]
+    out = select_outcome(tied)
+    assert out.tied and out.selection.rule["lm_head_tied"] and "(tied to lm_head)" in out.lines()[0][0]
+
+
+def test_select_flags_are_the_select_config_fields():
+    import dataclasses
+
+    import typer
+
+    from spectrum_llm.cli import app
+    from spectrum_llm.selection import SelectConfig
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["select"].params}
+    fields = dataclasses.fields(SelectConfig)
+    assert set(params) == {f.name for f in fields} | {"scan_file", "output"}
+    for f in fields:
+        assert params[f.name].help == f.metadata["help"] and params[f.name].default == f.default, f.name
+
+
+def test_the_package_imports_no_cycle_and_the_catalogue_does_not_scan():
+    import ast
+    from pathlib import Path
+
+    import spectrum_llm
+
+    root = Path(spectrum_llm.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        graph[path.stem] = deps & {p.stem for p in root.glob("*.py")}
+    assert not graph["catalogue"] & {"scanning", "checkpoint", "selection", "rules", "sources"}
+
+    def reach(start):
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]
+        return seen
+
+    assert [m for m in graph if m in reach(m)] == []

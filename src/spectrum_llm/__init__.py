@@ -2,7 +2,8 @@
 
 The pipeline, one module per step:
 checkpoint -> tensors (``checkpoint``) -> spectra (``spectra``) -> scores (``estimators``, ``scanning``)
--> selection (``selection``) -> exports / frozen model (``exports``, ``freezing``; Axolotl's pattern format:
+-> selection (``selection``, joining ``select_config``, ``sources``, ``rules``, ``selection_file``,
+``selection_text``) -> exports / frozen model (``exports``, ``freezing``; Axolotl's pattern format:
 ``axolotl``; meta-device model skeletons: ``models``) -> preflight (``preflight``) -> training (``training``).
 Seeing a scan: ``grids`` (the layer x type grid), ``figures``, ``html_report`` (``report``), ``tables``
 (``spectrum show``) and ``comparison`` (``compare``); ``params`` counts parameters.
@@ -22,6 +23,8 @@ _API = {
     "scan": "scanning",
     "select": "selection",
     "Selection": "selection",
+    "SelectConfig": "selection",
+    "select_to": "selection",
     "freeze": "freezing",
     "FreezeSummary": "freezing",
     "load_selection": "selection",

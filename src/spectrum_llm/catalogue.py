@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import estimators
 from .errors import SpectrumError
 from .reference import slug
 from .results import ScanResult, load_scan, parse_scan, read_scan_text, scan_stem
@@ -229,54 +228,6 @@ def validate_data() -> list[str]:
     if errors:
         raise SpectrumError("The packaged catalogue disagrees with its index:\n  " + "\n  ".join(errors))
     return lines
-
-
-# ----------------------------------------------------------------------------------------- resolution
-
-
-def resolve_scan(
-    arg: ScanResult | str | os.PathLike,
-    *,
-    catalogue=None,
-    estimator: str = estimators.DEFAULT,
-    progress: bool = False,
-) -> tuple[ScanResult, str]:
-    """The scan to select from, and how it was found.
-
-    In order: a scan file; a scan in a users' catalogue folder; a local checkpoint (folder, weight file,
-    builtin, hub id in the Hugging Face cache), scanned once and cached; a packaged published scan.
-    """
-    if isinstance(arg, ScanResult):
-        return arg, "the given scan"
-    text = str(arg)
-    path = Path(text).expanduser()
-    if path.name.endswith((".json", ".json.gz")):
-        return load_scan(path), f"scan file {path}"
-    entry = find(text, catalogue, packaged=False)
-    if entry is not None:
-        return entry.load(), f"the scan {entry.path} from the catalogue folder {entry.source}"
-    from .checkpoint import resolve
-
-    try:
-        resolve(text)
-    except SpectrumError:
-        entry = find(text)
-        if entry is not None:
-            return entry.load(), (
-                f"the published scan {entry.file} ({entry.describe_source()}), since {text} has no local weights"
-            )
-        hint = near(text, catalogue)
-        raise SpectrumError(
-            f"{text}: no such scan file or local checkpoint (folder, weight file, or hub id in the local Hugging "
-            f"Face cache; nothing is downloaded), and no catalogue holds snr_results_{slug(text)}.json"
-            + (f" (did you mean {', '.join(hint)}?)" if hint else "")
-            + f". `spectrum catalogue` lists the scans it has; add your own with --catalogue DIR or ${ENV}, or "
-            f"scan the model: `spectrum scan MODEL -o scan.json`."
-        ) from None
-    from .scanning import scan
-
-    result = scan(text, estimator=estimator, progress=progress)  # filed in the scan cache by content
-    return result, f"a scan of the checkpoint {text}{' (reused from an earlier scan)' if result.cached else ''}"
 
 
 def main() -> None:

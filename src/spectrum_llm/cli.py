@@ -25,7 +25,7 @@ from . import cache
 from .errors import SpectrumError
 from .estimators import DEFAULT as DEFAULT_ESTIMATOR
 from .estimators import REGISTRY as ESTIMATORS
-from .selection import DEFAULT_TOP_PERCENT
+from .select_config import SelectConfig
 from .training import TrainConfig
 
 app = typer.Typer(
@@ -39,16 +39,20 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def options_from(config: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def options_from(config: type, defaults: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give the decorated command one option per CLI field of the dataclass ``config``: the flag names, type and
-    help come from the field, so they are stated once. Each option defaults to None (not given), which lets a
-    config file fill it in; the command receives them as keyword arguments."""
+    help come from the field, so they are stated once (a field's ``type`` metadata, where set, is the type the
+    command line gives instead of the field's). Each option defaults to None (not given), which lets a config
+    file fill it in, or with ``defaults`` to the field's default, which ``--help`` shows; the command receives
+    them as keyword arguments."""
     hints = typing.get_type_hints(config)
     options = []
     for f in dataclasses.fields(config):
         if not f.metadata.get("cli"):
             continue
-        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        kind = f.metadata.get("type") or next(
+            t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)
+        )
         dashed = f.name.replace("_", "-")
         names = f.metadata["flags"] or ((f"--{dashed}/--no-{dashed}",) if kind is bool else (f"--{dashed}",))
         options.append(
@@ -56,7 +60,7 @@ def options_from(config: type) -> Callable[[Callable[..., Any]], Callable[..., A
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
                 annotation=Optional[kind],
-                default=typer.Option(None, *names, help=f.metadata["help"]),
+                default=typer.Option(f.default if defaults else None, *names, help=f.metadata["help"]),
             )
         )
 
@@ -133,6 +137,7 @@ def scan_cmd(
 
 
 @app.command("select", short_help="Choose the modules to train from a scan.")
+@options_from(SelectConfig, defaults=True)
 def select_cmd(
     scan_file: str = typer.Argument(
         ...,
@@ -148,130 +153,21 @@ def select_cmd(
         help="Output file: .yaml (Axolotl), .json (spectrum-llm), "
         ".txt (one pattern per line), or - for stdout (YAML unless --format).",
     ),
-    top_percent: float = typer.Option(
-        DEFAULT_TOP_PERCENT, "--top-percent", "-p", help="Percent of each module type kept, in (0, 100]."
-    ),
-    rule: str = typer.Option("per-type", help="per-type (Spectrum-n), global (scale-invariant scores only) or budget."),
-    budget: Optional[str] = typer.Option(
-        None, help="Trainable-parameter budget: a fraction (0.25) or a count (500M); implies --rule budget."
-    ),
-    include: Optional[str] = typer.Option(None, help="Only rank modules whose name matches this regex."),
-    exclude: Optional[str] = typer.Option(None, help="Never select modules whose name matches this regex."),
-    train_embeddings: bool = typer.Option(True, help="Train the input embeddings (and a head tied to them)."),
-    train_lm_head: Optional[bool] = typer.Option(
-        None,
-        "--train-lm-head/--no-train-lm-head",
-        help="Train the output head (default: yes; a head tied to the "
-        "embeddings is that one tensor, and follows --train-embeddings).",
-    ),
-    train_norms: bool = typer.Option(False, help="Train every norm weight."),
-    parts: bool = typer.Option(
-        False, "--parts", help="Rank the parts of fused projections (q/k/v, gate/up) separately."
-    ),
-    compat: bool = typer.Option(
-        False,
-        "--compat",
-        help="Write what the reference tool writes for this model, byte for byte (from its scan file or from ours).",
-    ),
-    model: Optional[Path] = typer.Option(
-        None,
-        "--model",
-        help="Model folder: print the freeze summary for it "
-        "(built on the meta device) and take parameter counts from it.",
-    ),
-    catalogue: Optional[Path] = typer.Option(
-        None,
-        "--catalogue",
-        help="A folder of snr_results_<model>.json scans searched before the built-in ones (also $SPECTRUM_CATALOGUE).",
-    ),
-    fmt: Optional[str] = typer.Option(
-        None,
-        "--format",
-        "-f",
-        help="yaml (Axolotl), json (spectrum-llm), txt, or "
-        "peft (a LoraConfig on the selected modules, rank by score); default: from "
-        "the output's extension.",
-    ),
-    max_rank: int = typer.Option(32, "--max-rank", help="With --format peft: the best module's LoRA rank."),
-    min_rank: Optional[int] = typer.Option(
-        None,
-        "--min-rank",
-        help="With --format peft: the last selected module's rank in each type (default: a quarter of --max-rank).",
-    ),
+    **options: Any,
 ):
     """Choose the modules to train from a scan and write them for a trainer.
 
     The default keeps the top 50% of each module type (Spectrum-50) and always adds the embeddings and the
     output head, as the reference tool does.
     """
-    from .catalogue import resolve_scan
-    from .exports import write_selection
-    from .freezing import freeze
-    from .models import load_meta_model
-    from .selection import embedding_note, extras_text, rule_text, select, tied_embeddings
+    from .selection import select_outcome
 
-    scan_, source = resolve_scan(scan_file, catalogue=catalogue)
-    meta = load_meta_model(model) if model is not None else None
-    sel = select(
-        scan_,
-        top_percent=top_percent,
-        rule=rule,
-        budget=budget,
-        include=include,
-        exclude=exclude,
-        train_embeddings=train_embeddings,
-        train_lm_head=train_lm_head,
-        train_norms=train_norms,
-        parts=parts,
-        compat=compat,
-        model=meta,
-    )
-    sel.rule["scan"] = source
-    tied = bool(sel.rule.get("lm_head_tied")) or tied_embeddings(scan_)
+    outcome = select_outcome(scan_file, SelectConfig(**options))
     if not Path(scan_file).name.endswith((".json", ".json.gz")):
-        console.print(f"using {sel.rule.get('scan')}")
-    summary = freeze(meta, sel) if meta is not None else None
-    where = "stdout" if output == "-" else output
-    if fmt is not None and fmt.lower().lstrip(".") == "peft":
-        from .lora import lora_config
-
-        plan = lora_config(sel, max_rank=max_rank, min_rank=min_rank, model=meta)
-        if output == "-":
-            sys.stdout.write(plan.to_json())
-        else:
-            plan.save(output)
-        console.print(
-            f"[green]Selected[/] {len(sel.modules)} modules ({sel.rule.get('rule')}) -> PEFT LoraConfig {where}\n{plan}"
-        )
-        return
-    write_selection(sel, output, fmt)
-    console.print(
-        f"[green]Selected[/] {len(sel.modules)} ranked modules{extras_text(sel, tied)} by {rule_text(sel)} -> {where}",
-        soft_wrap=True,
-    )
-    if sel.rule.get("lm_head_tied") and sel.rule.get("train_embeddings") != sel.rule.get("train_lm_head"):
-        console.print(
-            "note: lm_head is tied to the input embeddings (one tensor, which Axolotl and freeze know by "
-            "its embedding name), so it "
-            + (
-                "trains with them"
-                if sel.rule.get("train_embeddings")
-                else "is trained through the embedding pattern this writes"
-            )
-        )
-    if sel.trainable_params and sel.total_params:
-        console.print(
-            f"trains {sel.trainable_params:,} of {sel.total_params:,} parameters "
-            f"({100 * sel.trainable_params / sel.total_params:.1f}%)",
-            soft_wrap=True,
-        )
-    head = train_lm_head is True if tied else sel.rule.get("train_lm_head", True)
-    flags = " ".join(f for f, on in (("--no-train-embeddings", train_embeddings), ("--no-train-lm-head", head)) if on)
-    note = None if compat else embedding_note(sel.trainable_params, sel.extra_params, f"pass {flags}")
-    if note:
-        console.print(f"[yellow]{note}[/]", soft_wrap=True)
-    if summary is not None:
-        console.print(str(summary), soft_wrap=True)
+        console.print(f"using {outcome.source}")
+    outcome.write(output)
+    for line, soft_wrap in outcome.lines():
+        console.print(line, soft_wrap=soft_wrap)
 
 
 @app.command("check", short_help="Check a selection against a model before training.")

@@ -17,7 +17,7 @@ from . import axolotl
 from .errors import SpectrumError
 from .files import write_text_atomic
 from .lora import lora_config
-from .selection import Selection
+from .selection_file import Selection
 
 FORMATS = (".yaml", ".yml", ".json", ".txt")
 

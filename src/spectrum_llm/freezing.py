@@ -29,7 +29,7 @@ from .axolotl import AxolotlPattern, pattern_module
 from .errors import SpectrumError
 from .models import tied_aliases
 from .naming import parse
-from .selection import Selection, load_selection
+from .selection_file import Selection, load_selection
 
 LOG = logging.getLogger(__name__)
 

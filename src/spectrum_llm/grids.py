@@ -8,25 +8,13 @@ can mask them rather than let them stretch the colour scale.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .naming import column_type
 from .results import RANKED_KINDS, ModuleScore, ScanResult, load_scan
-
-_EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
-
-
-def column_type(m: ModuleScore) -> str:
-    """The heatmap column of a module: its type with any expert index taken out.
-
-    Our scans already group experts (``mlp.experts.down_proj`` with ``expert`` set); the reference
-    tool's MoE files keep one type per expert (``mlp.experts.0.down_proj``), which would make hundreds
-    of columns.
-    """
-    return _EXPERT_INDEX.sub(r"\1experts.", m.type)
 
 
 def as_scan(scan: ScanResult | str | os.PathLike) -> ScanResult:

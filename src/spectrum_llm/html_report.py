@@ -25,10 +25,12 @@ from .errors import SpectrumError
 from .figures import Spectrum, heatmap_figure, legend_text, params_figure, png_bytes, spectrum_figure
 from .files import check_writable, write_bytes_atomic, write_text_atomic
 from .grids import ScoreGrid, as_scan, score_grid
-from .params import trainable_by_type
+from .models import tied_head
+from .params import scan_param_count, trainable_by_type
 from .results import RANKED_KINDS, ModuleScore, ScanResult, storage_summary
 from .scanning import module_singular_values
-from .selection import count_params, load_selection, rule_text, tied_embeddings
+from .selection_file import load_selection
+from .selection_text import rule_text
 from .tables import format_score
 
 
@@ -150,10 +152,10 @@ def selection_text(scan: ScanResult, sel: Any, selected: list[str]) -> str:
     ranked_names = {m.name for m in scan.modules if m.kind in RANKED_KINDS}
     ranked = [n for n in selected if n in ranked_names]
     others = [n for n in selected if n not in ranked_names]
-    trainable, total = count_params(scan, selected)
+    trainable, total = scan_param_count(scan, selected)
     what = f"{len(ranked)} ranked modules (the red boxes)"
     if others:
-        tied = tied_embeddings(scan)
+        tied = tied_head(scan)
         names = [n + (" (tied to lm_head)" if tied and n.endswith("embed_tokens") else "") for n in others]
         listed = ", ".join(names[:4]) + (" …" if len(names) > 4 else "")
         what += (

@@ -34,7 +34,7 @@ from .files import write_text_atomic
 from .models import load_meta_model
 from .naming import parse
 from .params import count_params
-from .selection import Selection, load_selection
+from .selection_file import Selection, load_selection
 
 _PER_EXPERT = re.compile(r"\.experts\.\d+\.")
 _CONFIG_KEYS = (

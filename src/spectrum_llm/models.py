@@ -58,9 +58,15 @@ def tied_aliases(model: Any) -> dict[str, str]:
 def tied_head(scan: ScanResult) -> bool | None:
     """Whether the scanned model's lm_head is its input embedding (one tensor); None when the scan cannot tell.
 
-    The config says so when the checkpoint has one; otherwise a full scan of our own with an embedding and no
-    lm_head tensor is tied (checkpoints store a tied weight once; GGUF files then have no ``output.weight``).
-    Reference-layout scans always list ``lm_head`` (the reference tool scores the tied module too).
+    This one answer drives both what a selection lists (``rules``) and what is said about it (the CLI, the
+    trainer's log, the report), so the text never calls "tied" a selection built as untied.
+
+    The config says so when the checkpoint has one, and it wins: a config with ``tie_word_embeddings: false``
+    is untied (False) even when the scan lists no lm_head. Otherwise a full scan of our own with an embedding
+    and no lm_head tensor is tied (checkpoints store a tied weight once; GGUF files then have no
+    ``output.weight``). A scan narrowed with ``--modules`` (``modules_regex``) cannot tell, since its regex may
+    have left the head out: None, which selection treats as untied. Reference-layout scans always list
+    ``lm_head`` (the reference tool scores the tied module too): None unless their config says.
     """
     if "tie_word_embeddings" in scan.config:
         return bool(scan.config["tie_word_embeddings"])

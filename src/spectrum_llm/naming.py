@@ -5,15 +5,18 @@
 layer position form one type (``mlp.experts.7.down_proj`` -> ``mlp.experts.down_proj``). GGUF files
 use llama.cpp names, which are mapped to the Hugging Face ones first. ``fused_parts`` says where each
 projection of a fused tensor (``qkv_proj``, ``W_pack``, ``c_attn``, ``gate_up_proj``) lies.
+``column_type`` folds the expert index out of a scanned module's type the same way, for scans that kept it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 _BLOCK = re.compile(r"^(?P<prefix>.*?\b(?:layers|h|blocks|layer|block|decoder_layers))\.(?P<layer>\d+)\.(?P<rest>.+)$")
 _EXPERT = re.compile(r"(?:^|\.)experts\.(?P<expert>\d+)\.")
+_EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
 _QUANT_SUFFIXES = (
     ".qweight",
     ".qzeros",
@@ -64,6 +67,21 @@ def parse(param: str, ndim: int = 2) -> TensorName:
         expert = int(e.group("expert"))
         type_ = type_[: e.start("expert")] + type_[e.end("expert") + 1 :]
     return TensorName(param, module, type_, layer, expert, _kind(param, module, ndim))
+
+
+class _Typed(Protocol):
+    type: str
+
+
+def column_type(m: _Typed) -> str:
+    """The column of a module in a layer x type grid (heatmaps, tables, counts by type): its type with any
+    expert index taken out.
+
+    Our scans already group experts (``mlp.experts.down_proj`` with ``expert`` set); the reference
+    tool's MoE files keep one type per expert (``mlp.experts.0.down_proj``), which would make hundreds
+    of columns.
+    """
+    return _EXPERT_INDEX.sub(r"\1experts.", m.type)
 
 
 def _kind(param: str, module: str, ndim: int) -> str:

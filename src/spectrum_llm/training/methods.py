@@ -181,12 +181,13 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False) -> S
         train_lm_head=cfg.train_lm_head,
     )
     if distributed.is_main():
-        from ..selection import extras_text, rule_text, tied_embeddings
+        from ..models import tied_head
+        from ..selection_text import extras_text, rule_text
 
         LOG.info(
             "selected %d ranked modules%s by %s, from the %s%s scan of %s",
             len(sel.modules),
-            extras_text(sel, tied_embeddings(result)),
+            extras_text(sel, bool(tied_head(result))),
             rule_text(sel),
             "cached " if result.cached else "",
             result.estimator,

@@ -168,7 +168,7 @@ def setup_method(job: Job, model: Any, selection: Selection | None, args: Any) -
 
 
 def _log_setup(job: Job, prepared: Prepared, world_size: int) -> None:
-    from ..selection import embedding_note
+    from ..selection_text import embedding_note
 
     trainable, total = prepared.trainable_params, prepared.total_params
     LOG.info(

@@ -1,0 +1,76 @@
+"""A selection in words, for people: what it trains besides its ranked modules, by which rule, how much of the
+model, and the notes `spectrum select`, the trainer's log and the report add.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .axolotl import pattern_module
+from .selection_file import Selection
+
+
+def extras_text(sel: Selection, tied: bool) -> str:
+    """`` + model.embed_tokens (tied to lm_head)``: what a selection trains besides its ranked modules."""
+    names = [pattern_module(p) or p for p in sel.extras]
+    if tied and "lm_head" in names and any(n.endswith("embed_tokens") for n in names):
+        names = [n + (" (tied to lm_head)" if n.endswith("embed_tokens") else "") for n in names if n != "lm_head"]
+    return f" + {', '.join(names)}" if names else ""
+
+
+def embedding_note(trainable: int | None, always: int | None, flags: str) -> str | None:
+    """One line when the always-trained embeddings and head are most of what trains, naming the flags that
+    drop them: Gemma-3-270M's tied 262,144 x 640 embedding is 168M of Spectrum-25's 190M trainable parameters."""
+    if not trainable or not always or 2 * always <= trainable:
+        return None
+    return (
+        f"note: {always:,} of the {trainable:,} trainable parameters ({100 * always / trainable:.0f}%) are "
+        f"embeddings/lm_head, which every selection trains; {flags} to train only the selected modules."
+    )
+
+
+def rule_text(sel: Any) -> str | None:
+    """Which rule and percent made a selection, as far as its file records it (a .yaml or .txt does not)."""
+    rule = dict(getattr(sel, "rule", None) or {})
+    p = rule.get("top_percent")
+    if rule.get("compat"):
+        return f"the reference tool's rule (--compat): the top {p:g}% of each module type"
+    if rule.get("rule") == "per-type":
+        return f"the per-type rule (Spectrum-{p:g}): the top {p:g}% of each module type"
+    if rule.get("rule") == "global":
+        return f"the global rule: the top {p:g}% of all ranked modules together"
+    if rule.get("rule") == "budget":
+        return f"the budget rule: {rule.get('budget')} ({rule.get('budget_params', 0):,} parameters)"
+    return None
+
+
+def tied_note(sel: Selection) -> str | None:
+    """A line when lm_head is tied and the embedding and head options disagree: which way the shared tensor went."""
+    if not sel.rule.get("lm_head_tied") or sel.rule.get("train_embeddings") == sel.rule.get("train_lm_head"):
+        return None
+    return (
+        "note: lm_head is tied to the input embeddings (one tensor, which Axolotl and freeze know by "
+        "its embedding name), so it "
+        + (
+            "trains with them"
+            if sel.rule.get("train_embeddings")
+            else "is trained through the embedding pattern this writes"
+        )
+    )
+
+
+def share_text(sel: Selection) -> str | None:
+    """``trains 8,192 of 69,952 parameters (11.7%)``, when the selection knows both counts."""
+    if not (sel.trainable_params and sel.total_params):
+        return None
+    return (
+        f"trains {sel.trainable_params:,} of {sel.total_params:,} parameters "
+        f"({100 * sel.trainable_params / sel.total_params:.1f}%)"
+    )
+
+
+def drop_flags(sel: Selection, tied: bool, train_embeddings: bool, train_lm_head: bool | None) -> str:
+    """The `spectrum select` flags that drop the embeddings and head a selection trains (for ``embedding_note``):
+    on a tied model the head follows the embeddings, so ``--no-train-lm-head`` is named only if asked for."""
+    head = train_lm_head is True if tied else sel.rule.get("train_lm_head", True)
+    return " ".join(f for f, on in (("--no-train-embeddings", train_embeddings), ("--no-train-lm-head", head)) if on)
