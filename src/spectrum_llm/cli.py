@@ -13,6 +13,7 @@ import inspect
 import logging
 import sys
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -356,7 +357,9 @@ def catalogue_cmd(
 
 @app.command("show", short_help="Print a scan's modules sorted by score.")
 def show_cmd(
-    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    scan_file: str = typer.Argument(
+        ..., metavar="SCAN", help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`."
+    ),
     top: Optional[int] = typer.Option(None, "--top", "-n", help="Show only the N highest-scoring modules."),
     type_: Optional[str] = typer.Option(
         None,
@@ -367,24 +370,24 @@ def show_cmd(
     all_kinds: bool = typer.Option(False, "--all", help="Also list embeddings, lm_head and norms."),
 ):
     """Print a scan's modules sorted by score, highest first."""
-    from .grids import as_scan
-    from .tables import scan_table
+    from .tables import scan_table, view_scan
 
-    Console().print(scan_table(as_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
+    Console().print(scan_table(view_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
 
 
 @app.command("compare", short_help="Show where two scans of one architecture differ.")
 def compare_cmd(
-    scan_a: Path = typer.Argument(..., metavar="SCAN_A", help="First scan (e.g. the base model)."),
-    scan_b: Path = typer.Argument(..., metavar="SCAN_B", help="Second scan (e.g. the instruct model)."),
+    scan_a: str = typer.Argument(..., metavar="SCAN_A", help="First scan or catalogue model id (e.g. the base model)."),
+    scan_b: str = typer.Argument(..., metavar="SCAN_B", help="Second scan or catalogue model id (e.g. the instruct)."),
     png: Optional[Path] = typer.Option(None, "--png", "-o", help="Write the heatmap of the difference (PNG)."),
     top: int = typer.Option(20, "--top", "-n", help="Rows in the table of largest changes."),
     relative: bool = typer.Option(True, "--relative/--absolute", help="Changes as B / A - 1 (default) or B - A."),
 ):
     """Show where two scans of the same architecture differ: a table and a difference heatmap."""
     from .comparison import compare, diff_table
+    from .tables import view_scan
 
-    result = compare(scan_a, scan_b, png=png, relative=relative)
+    result = compare(view_scan(scan_a), view_scan(scan_b), png=png, relative=relative)
     Console().print(diff_table(result, top, relative))
     if result.png is not None:
         console.print(f"[green]Wrote[/] {result.png}")
@@ -392,7 +395,9 @@ def compare_cmd(
 
 @app.command("report", short_help="Write an HTML report of a scan (and a selection).")
 def report_cmd(
-    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    scan_file: str = typer.Argument(
+        ..., metavar="SCAN", help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`."
+    ),
     selection: Optional[str] = typer.Option(
         None, "--selection", "-s", help="A selection (.yaml/.json/.txt) to mark on the heatmap and count by type."
     ),
@@ -409,8 +414,9 @@ def report_cmd(
 ):
     """Write an HTML report of a scan (heatmap, spectrum, trainable parameters by type)."""
     from .html_report import report
+    from .tables import view_scan
 
-    files = report(scan_file, selection=selection, output=output, png=png, module=module, model=model)
+    files = report(view_scan(scan_file), selection=selection, output=output, png=png, module=module, model=model)
     for path in (files.html, files.png):
         if path is not None:
             console.print(f"[green]Wrote[/] {path}")
@@ -457,8 +463,20 @@ def convert_cmd(
     console.print(f"[green]Wrote[/] {gguf_to_folder(model, output, dtype)}")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"spectrum-llm {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version of spectrum-llm and exit."
+    ),
+) -> None:
     """Spectrum targeted training: scan weight spectra, select modules, train only those."""
 
 
@@ -489,7 +507,8 @@ def _logging_to_stdout():
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `spectrum` console script."""
-    with _logging_to_stdout():
+    with _logging_to_stdout(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # libraries' deprecation notices are not the user's to act on
         try:
             app(args=argv, prog_name="spectrum")
         except SpectrumError as e:
