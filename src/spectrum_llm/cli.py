@@ -336,29 +336,48 @@ def catalogue_cmd(
     ),
 ):
     """List the scans `spectrum select MODEL_ID` can use without scanning: yours first, then the published ones."""
+    import textwrap
+
     from .catalogue import entries
 
-    rows = [("model (snr_results_<model>.json)", "modules", "estimator", "source", "Axolotl", "status")]
-    for e in entries(catalogue):
-        rows.append(
-            (
-                e.name,
-                str(e.modules) if e.modules else "-",
-                e.estimator or "-",
-                e.describe_source(short=True),
-                "reads it" if e.axolotl_readable else "cannot read it",
-                "ok" if e.problem is None else f"defective: {e.problem}",
-            )
+    width = 80  # fits an 80-column terminal; a defect's explanation wraps under its row
+    head = ("model (snr_results_<model>.json)", "modules", "estimator", "Axolotl", "status")
+    found = entries(catalogue)
+    widths = [
+        max([len(head[0])] + [len(e.name) for e in found]),
+        7,
+        max([9] + [len(e.estimator or "-") for e in found]),
+        7,
+    ]
+    typer.echo(
+        "  ".join(h.ljust(w) if i != 1 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))) + "  " + head[4]
+    )
+    group = None
+    for e in found:
+        source = e.describe_source(short=True)
+        if source != group:
+            group = source
+            n = sum(1 for x in found if x.describe_source(short=True) == source)
+            typer.echo(f"-- from {source}: {n} scan{'s' if n != 1 else ''}")
+        cells = (
+            e.name,
+            str(e.modules) if e.modules else "-",
+            e.estimator or "-",
+            "yes" if e.axolotl_readable else "no",
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+        row = "  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        typer.echo(row + "  " + ("ok" if e.problem is None else "defective:"))
+        if e.problem is not None:
+            typer.echo(textwrap.fill(e.problem, width, initial_indent="    ", subsequent_indent="    "))
+    typer.echo("Axolotl: whether Axolotl's Spectrum plugin can read the file as it is.")
 
 
 @app.command("show", short_help="Print a scan's modules sorted by score.")
 def show_cmd(
     scan_file: str = typer.Argument(
-        ..., metavar="SCAN", help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`."
+        ...,
+        metavar="SCAN",
+        help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`.",
     ),
     top: Optional[int] = typer.Option(None, "--top", "-n", help="Show only the N highest-scoring modules."),
     type_: Optional[str] = typer.Option(
@@ -396,7 +415,9 @@ def compare_cmd(
 @app.command("report", short_help="Write an HTML report of a scan (and a selection).")
 def report_cmd(
     scan_file: str = typer.Argument(
-        ..., metavar="SCAN", help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`."
+        ...,
+        metavar="SCAN",
+        help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`.",
     ),
     selection: Optional[str] = typer.Option(
         None, "--selection", "-s", help="A selection (.yaml/.json/.txt) to mark on the heatmap and count by type."
