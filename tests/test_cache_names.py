@@ -5,7 +5,6 @@ import json
 import shutil
 
 from helpers_cli import run_cli
-
 from spectrum_llm import scan
 
 

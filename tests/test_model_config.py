@@ -4,8 +4,8 @@
 import shutil
 
 import pytest
-from helpers_cli import run_cli
 
+from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.model_config import load_model_config
 
@@ -52,7 +52,8 @@ def test_builtin_gguf_config():
 
 def test_select_model_accepts_builtin_as_check_does(tmp_path, capsys):
     out = tmp_path / "sel.yaml"
-    args = ["select", "HuggingFaceTB/SmolLM-135M", "--top-percent", "25", "-o", str(out), "--model", "builtin:smollm2-135m"]
+    args = ["select", "HuggingFaceTB/SmolLM-135M", "--top-percent", "25", "-o", str(out),
+            "--model", "builtin:smollm2-135m"]
     assert run_cli(args) == 0
     assert out.is_file()
     assert "has no config.json" not in capsys.readouterr().err

@@ -10,8 +10,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers_cli import run_cli
 
+from helpers_cli import run_cli
 from spectrum_llm.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

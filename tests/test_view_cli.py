@@ -4,9 +4,8 @@ FutureWarning reaches the user."""
 
 import warnings
 
-from helpers_cli import run_cli
-
 import spectrum_llm
+from helpers_cli import run_cli
 
 BASE, INSTRUCT = "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-1B-Instruct"
 

@@ -374,7 +374,9 @@ def build_datasets(cfg: DataConfig, tokenizer, max_positions: int | None = None)
         if skip and len(usable) == 0:
             raise SpectrumError(f"Every row of {path} is unusable (--skip-bad-rows left none). Fix the data.")
         if skipped:
-            logging.getLogger("spectrum_llm").warning("skipped %d unusable row(s) of %s (--skip-bad-rows)", skipped, path)
+            logging.getLogger("spectrum_llm").warning(
+                "skipped %d unusable row(s) of %s (--skip-bad-rows)", skipped, path
+            )
         ds = usable
         ds = _pack(ds, cfg.seq_len) if packing else _truncate(ds, cfg.seq_len)
         before = len(ds)

@@ -12,8 +12,8 @@ import base64
 import html
 import logging
 import math
-import re
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
