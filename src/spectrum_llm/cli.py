@@ -13,6 +13,7 @@ import inspect
 import logging
 import sys
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -231,28 +232,49 @@ def catalogue_cmd(
     ),
 ):
     """List the scans `spectrum select MODEL_ID` can use without scanning: yours first, then the published ones."""
+    import textwrap
+
     from .catalogue import entries
 
-    rows = [("model (snr_results_<model>.json)", "modules", "estimator", "source", "Axolotl", "status")]
-    for e in entries(catalogue):
-        rows.append(
-            (
-                e.name,
-                str(e.modules) if e.modules else "-",
-                e.estimator or "-",
-                e.describe_source(short=True),
-                "reads it" if e.axolotl_readable else "cannot read it",
-                "ok" if e.problem is None else f"defective: {e.problem}",
-            )
+    width = 80  # fits an 80-column terminal; a defect's explanation wraps under its row
+    head = ("model (snr_results_<model>.json)", "modules", "estimator", "Axolotl", "status")
+    found = entries(catalogue)
+    widths = [
+        max([len(head[0])] + [len(e.name) for e in found]),
+        7,
+        max([9] + [len(e.estimator or "-") for e in found]),
+        7,
+    ]
+    typer.echo(
+        "  ".join(h.ljust(w) if i != 1 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))) + "  " + head[4]
+    )
+    group = None
+    for e in found:
+        source = e.describe_source(short=True)
+        if source != group:
+            group = source
+            n = sum(1 for x in found if x.describe_source(short=True) == source)
+            typer.echo(f"-- from {source}: {n} scan{'s' if n != 1 else ''}")
+        cells = (
+            e.name,
+            str(e.modules) if e.modules else "-",
+            e.estimator or "-",
+            "yes" if e.axolotl_readable else "no",
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+        row = "  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        typer.echo(row + "  " + ("ok" if e.problem is None else "defective:"))
+        if e.problem is not None:
+            typer.echo(textwrap.fill(e.problem, width, initial_indent="    ", subsequent_indent="    "))
+    typer.echo("Axolotl: whether Axolotl's Spectrum plugin can read the file as it is.")
 
 
 @app.command("show", short_help="Print a scan's modules sorted by score.")
 def show_cmd(
-    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    scan_file: str = typer.Argument(
+        ...,
+        metavar="SCAN",
+        help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`.",
+    ),
     top: Optional[int] = typer.Option(None, "--top", "-n", help="Show only the N highest-scoring modules."),
     type_: Optional[str] = typer.Option(
         None,
@@ -263,24 +285,24 @@ def show_cmd(
     all_kinds: bool = typer.Option(False, "--all", help="Also list embeddings, lm_head and norms."),
 ):
     """Print a scan's modules sorted by score, highest first."""
-    from .grids import as_scan
-    from .tables import scan_table
+    from .tables import scan_table, view_scan
 
-    Console().print(scan_table(as_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
+    Console().print(scan_table(view_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
 
 
 @app.command("compare", short_help="Show where two scans of one architecture differ.")
 def compare_cmd(
-    scan_a: Path = typer.Argument(..., metavar="SCAN_A", help="First scan (e.g. the base model)."),
-    scan_b: Path = typer.Argument(..., metavar="SCAN_B", help="Second scan (e.g. the instruct model)."),
+    scan_a: str = typer.Argument(..., metavar="SCAN_A", help="First scan or catalogue model id (e.g. the base model)."),
+    scan_b: str = typer.Argument(..., metavar="SCAN_B", help="Second scan or catalogue model id (e.g. the instruct)."),
     png: Optional[Path] = typer.Option(None, "--png", "-o", help="Write the heatmap of the difference (PNG)."),
     top: int = typer.Option(20, "--top", "-n", help="Rows in the table of largest changes."),
     relative: bool = typer.Option(True, "--relative/--absolute", help="Changes as B / A - 1 (default) or B - A."),
 ):
     """Show where two scans of the same architecture differ: a table and a difference heatmap."""
     from .comparison import compare, diff_table
+    from .tables import view_scan
 
-    result = compare(scan_a, scan_b, png=png, relative=relative)
+    result = compare(view_scan(scan_a), view_scan(scan_b), png=png, relative=relative)
     Console().print(diff_table(result, top, relative))
     if result.png is not None:
         console.print(f"[green]Wrote[/] {result.png}")
@@ -288,7 +310,11 @@ def compare_cmd(
 
 @app.command("report", short_help="Write an HTML report of a scan (and a selection).")
 def report_cmd(
-    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    scan_file: str = typer.Argument(
+        ...,
+        metavar="SCAN",
+        help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`.",
+    ),
     selection: Optional[str] = typer.Option(
         None, "--selection", "-s", help="A selection (.yaml/.json/.txt) to mark on the heatmap and count by type."
     ),
@@ -305,8 +331,9 @@ def report_cmd(
 ):
     """Write an HTML report of a scan (heatmap, spectrum, trainable parameters by type)."""
     from .html_report import report
+    from .tables import view_scan
 
-    files = report(scan_file, selection=selection, output=output, png=png, module=module, model=model)
+    files = report(view_scan(scan_file), selection=selection, output=output, png=png, module=module, model=model)
     for path in (files.html, files.png):
         if path is not None:
             console.print(f"[green]Wrote[/] {path}")
@@ -353,8 +380,20 @@ def convert_cmd(
     console.print(f"[green]Wrote[/] {gguf_to_folder(model, output, dtype)}")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"spectrum-llm {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version of spectrum-llm and exit."
+    ),
+) -> None:
     """Spectrum targeted training: scan weight spectra, select modules, train only those."""
 
 
@@ -385,7 +424,8 @@ def _logging_to_stdout():
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `spectrum` console script."""
-    with _logging_to_stdout():
+    with _logging_to_stdout(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # libraries' deprecation notices are not the user's to act on
         try:
             app(args=argv, prog_name="spectrum")
         except SpectrumError as e:

@@ -91,6 +91,7 @@ def scan(
     cached = _cached(out, header) if out is not None and resume and out.is_file() else None
     if cached is None and resume and cache_file is not None and cache_file.is_file():
         cached = _cached(cache_file, header, key)
+        cached = cache.as_named(cached, model) if cached is not None else None  # the cache may hold another's name
         if cached is not None and out is not None and distributed.is_main():
             cached.save(out)
     if cached is not None:
