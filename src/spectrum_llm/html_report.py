@@ -256,8 +256,8 @@ def selected_modules(selection: Any, scan: ScanResult) -> list[str]:
             f"None of the {len(names)} selected modules (e.g. {names[0]!r}) is in the scan of {scan.model!r}. "
             "Pass the selection made from this scan (`spectrum select SCAN ...`)."
         )
-    tied_head = "lm_head" if tied_embeddings(scan) else None  # a tied head is the embedding, listed once
-    absent = [n for n in names if n not in known and n != tied_head]
+    tied = "lm_head" if tied_head(scan) else None  # a tied head is the embedding, listed once
+    absent = [n for n in names if n not in known and n != tied]
     for pattern in (p for p in sel.extras if pattern_module(p) is None):  # a regex: does it name any tensor?
         try:
             rx = re.compile(pattern)

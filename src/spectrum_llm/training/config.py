@@ -98,6 +98,9 @@ class TrainConfig:
     seq_len: int | None = _setting(
         None, f"Sequence length in tokens (default {DEFAULT_SEQ_LEN}, or the model's maximum when smaller)."
     )
+    skip_bad_rows: bool = _setting(
+        False, "Leave out data rows that cannot be used (no answer, wrong types) instead of stopping."
+    )
     packing: bool | None = _setting(None, "Pack examples into full blocks (default: on for cpt, off for sft).")
     eval_split: float = _setting(0.0, "Fraction of the data held out for eval.")
     eval_data: str | None = _setting(None, "Separate eval data file.")

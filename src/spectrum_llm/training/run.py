@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import distributed
 from ..data import DataConfig, PadCollator, build_datasets, check_seq_len
-from ..errors import SpectrumError, require
+from ..errors import require
 from ..models import tied_aliases
 from ..selection import Selection
 from . import engine, outputs
@@ -125,6 +125,7 @@ def setup_data(job: Job, tokenizer: Any, args: Any) -> tuple[Any, Any, Any]:
         eval_split=cfg.eval_split,
         eval_path=cfg.eval_data,
         seed=cfg.seed,
+        skip_bad_rows=cfg.skip_bad_rows,
     )
     with args.main_process_first(desc="prepare data"):
         return build_datasets(dcfg, tokenizer, job.max_positions)
@@ -304,15 +305,10 @@ def _seq_len(asked: int | None, max_positions: int | None, model: str) -> int:
 
 
 def _load_model_config(model: str) -> Any:
-    from transformers import AutoConfig
+    """The model's config, or one line of our own naming what is wrong with ``--model`` (as scan words it)."""
+    from ..model_config import load_model_config
 
-    try:
-        return AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        raise SpectrumError(
-            f"Cannot load a model from {model!r} ({str(e).splitlines()[0]}). Pass --model a "
-            "checkpoint folder with config.json, or a hub id already in the local cache."
-        ) from None
+    return load_model_config(model, folder_only=True)[0]
 
 
 def _model_dtype(model_cfg: Any) -> Any:
