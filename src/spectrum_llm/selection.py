@@ -22,7 +22,7 @@ from .results import ScanResult
 from .rules import candidates, choose, order_key, parse_budget, rank
 from .select_config import DEFAULT_TOP_PERCENT, RULES, SelectConfig
 from .selection_file import FORMAT, FORMAT_VERSION, Selection, TypeSelection, load_selection
-from .selection_text import drop_flags, embedding_note, extras_text, rule_text, share_text, tied_note
+from .selection_text import embeddings_line, extras_text, rule_text, share_text, tied_note
 from .sources import resolve_scan
 
 if TYPE_CHECKING:
@@ -136,9 +136,8 @@ class SelectOutcome:
             out.append((note, False))
         if share := share_text(sel):
             out.append((share, True))
-        flags = drop_flags(sel, self.tied, cfg.train_embeddings, cfg.train_lm_head)
-        if not cfg.compat and (note := embedding_note(sel.trainable_params, sel.extra_params, f"pass {flags}")):
-            out.append((f"[yellow]{note}[/]", True))
+        if not cfg.compat and (line := embeddings_line(sel)):
+            out.append((line, True))
         if self.summary is not None:
             out.append((str(self.summary), True))
         return out
