@@ -112,11 +112,21 @@ def _rule(scan: ScanResult, config: SelectConfig) -> str:
         rule = "budget"
     if rule not in RULES:
         raise SpectrumError(f"Unknown rule {rule!r}: use one of {', '.join(RULES)}.")
-    if config.compat and (config.random or config.min_layer is not None or config.match or rule in depth.DEPTH_RULES):
-        raise SpectrumError(
-            "--compat writes exactly what the reference tool writes; drop --random/--match/--min-layer/--rule "
-            f"{rule} (or drop --compat)."
-        )
+    if config.compat:
+        given = [
+            flag
+            for flag, on in (
+                ("--random", config.random),
+                ("--match", config.match),
+                ("--min-layer", config.min_layer is not None),
+                (f"--rule {rule}", rule in depth.DEPTH_RULES),
+            )
+            if on
+        ]
+        if given:
+            raise SpectrumError(
+                f"--compat writes exactly what the reference tool writes; drop {' and '.join(given)}, or --compat."
+            )
     if config.match_depth and not config.random:
         raise SpectrumError("--match-depth shapes a random draw: add --random (with --seed N).")
     if config.match and not config.random and rule != "top-layers":
@@ -229,8 +239,10 @@ def _choose(scan: ScanResult, config: SelectConfig) -> Selection:
         info["matched"] = {k: info.pop(k) for k in ("rule", "top_percent", "budget", "budget_params") if k in info}
         if match is not None:
             info["matched"] = {"selection": source, "rule": match.rule.get("rule")}
-        chosen = matched_draw(scan, cands, chosen, config.seed, config.match_depth)
+        chosen = matched_draw(scan, cands, chosen, config.seed, config.match_depth, config.depth_bins)
         info.update(rule="random", seed=config.seed, match_depth=config.match_depth)
+        if config.match_depth:
+            info["depth_bins"] = config.depth_bins
 
     types: dict[str, TypeSelection] = {}
     modules: list[str] = []
@@ -375,7 +387,7 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
         raise SpectrumError(
             f"The budget of {count:,} parameters is smaller than the first module to take ({first.name}: "
             f"{numel[first.name]:,} parameters{plus}"
-            "): raise --budget."
+            f"): raise --budget{' or pass --embeddings freeze' if extra_numel else ''}."
         )
     return chosen, {"budget": budget, "budget_params": count}
 

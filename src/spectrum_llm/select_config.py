@@ -112,8 +112,13 @@ class SelectConfig:
     )
     match_depth: bool = _option(
         False,
-        "With --random: also as many of each type in each quarter of the layers (the same depth histogram).",
+        "With --random: also as many of each type in each depth slice (--depth-bins) of the layers.",
         "--match-depth",
+    )
+    depth_bins: int = _option(
+        4,
+        "With --match-depth: how many equal slices of the layers (4: quarters; the layer count: per layer).",
+        "--depth-bins",
     )
     # where sizes and scans come from
     model: Any = _option(

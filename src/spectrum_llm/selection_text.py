@@ -60,7 +60,9 @@ def _rule_words(rule: dict[str, Any]) -> str | None:
     if rule.get("rule") == "random":
         matched = dict(rule.get("matched") or {})
         what = matched.get("selection") or _rule_words(matched) or "the reference pick"
-        per = "per type and quarter of the layers" if rule.get("match_depth") else "per type"
+        bins = rule.get("depth_bins", 4)
+        slices = "quarter of the layers" if bins == 4 else f"of {bins} depth slices"
+        per = f"per type and {slices}" if rule.get("match_depth") else "per type"
         return f"a random draw (seed {rule.get('seed')}), {per} as many as {what}"
     return None
 
