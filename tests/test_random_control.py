@@ -119,7 +119,7 @@ def test_cli_random_prints_the_draw_and_the_embeddings_cost(tmp_path, capsys, mo
     assert e.value.code in (0, None)
     err = capsys.readouterr()
     out = err.out + err.err
-    assert "by a random draw (seed 3), per type as many as the per-type rule (Spectrum-25)" in out
+    assert "by a random draw (seed 3) with as many modules per type as the per-type rule (Spectrum-25)" in out
     assert "embeddings/lm_head: trained (200 parameters" in out and "--embeddings freeze leaves them out" in out
 
 
@@ -133,8 +133,9 @@ def test_matching_a_selection_with_other_shapes_is_refused(tmp_path):
 def test_depth_bins_set_how_finely_depth_is_matched():
     scan = _scan()
     ref = select(scan, top_percent=50)
-    sel = select(scan, top_percent=50, random=True, seed=2, match_depth=True, depth_bins=12)  # one per layer
-    per_layer = Counter(int(m.split(".")[2]) for m in ref.modules)
-    assert Counter(int(m.split(".")[2]) for m in sel.modules) == per_layer and sel.rule["depth_bins"] == 12
+    sel = select(scan, top_percent=50, random=True, seed=2, match_depth=True, depth_bins=6)  # two layers each
+    six = Counter((".".join(m.split(".")[3:]), int(m.split(".")[2]) // 2) for m in sel.modules)
+    assert six == Counter((".".join(m.split(".")[3:]), int(m.split(".")[2]) // 2) for m in ref.modules)
+    assert sel.modules != ref.modules and sel.rule["depth_bins"] == 6
     with pytest.raises(SpectrumError, match="--depth-bins 13 must be from 1"):
         select(scan, random=True, match_depth=True, depth_bins=13)

@@ -124,3 +124,12 @@ def test_embeddings_switch_sets_embeddings_and_head():
         select(scan, embeddings="freeze", train_lm_head=True)
     with pytest.raises(SpectrumError, match="use train or freeze"):
         select(scan, embeddings="off")
+
+
+def test_train_reads_the_same_embeddings_switch():
+    from spectrum_llm.training import TrainConfig
+
+    with pytest.raises(SpectrumError, match="use train or freeze"):
+        TrainConfig(model="m", data="d.jsonl", output_dir="o", embeddings="off").validate()
+    with pytest.raises(SpectrumError, match="sets the output head too"):
+        TrainConfig(model="m", data="d.jsonl", output_dir="o", embeddings="train", train_lm_head=False).validate()

@@ -117,7 +117,8 @@ class SelectConfig:
     )
     depth_bins: int = _option(
         4,
-        "With --match-depth: how many equal slices of the layers (4: quarters; the layer count: per layer).",
+        "With --match-depth: how many equal slices of the layers (4: quarters); slices of one layer leave "
+        "nothing to draw (one module per type each).",
         "--depth-bins",
     )
     # where sizes and scans come from

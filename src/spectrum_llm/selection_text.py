@@ -61,9 +61,9 @@ def _rule_words(rule: dict[str, Any]) -> str | None:
         matched = dict(rule.get("matched") or {})
         what = matched.get("selection") or _rule_words(matched) or "the reference pick"
         bins = rule.get("depth_bins", 4)
-        slices = "quarter of the layers" if bins == 4 else f"of {bins} depth slices"
+        slices = "quarter of the layers" if bins == 4 else f"depth slice ({bins} of the layers)"
         per = f"per type and {slices}" if rule.get("match_depth") else "per type"
-        return f"a random draw (seed {rule.get('seed')}), {per} as many as {what}"
+        return f"a random draw (seed {rule.get('seed')}) with as many modules {per} as {what}"
     return None
 
 
