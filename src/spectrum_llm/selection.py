@@ -65,8 +65,13 @@ def select(scan: ScanResult | str | os.PathLike, config: SelectConfig | None = N
     modules together (only meaningful for a scale-invariant estimator, so refused on reference
     scores); ``budget`` fills a trainable-parameter budget (``0.25`` of the model or ``"500M"``)
     by raising every type's percentile together, stopping before the first module that would
-    overflow it. ``include``/``exclude`` are regexes (``re.search``) on module names that narrow the
-    candidates. ``compat`` reproduces the reference tool's YAML exactly and ignores the other options.
+    overflow it; ``top-layers`` and ``top-layers-per-type`` pick by depth, ``min_layer`` leaves the
+    layers below it out under every rule, and ``random=True`` (``seed``, ``match``, ``match_depth``)
+    draws a pick of the rule's size at random instead (see ``depth`` and ``random_control``).
+    ``include``/``exclude`` are regexes (``re.search``) on module names that narrow the candidates.
+    ``compat`` reproduces the reference tool's YAML exactly, ignores the ranking options and refuses
+    ``random``, ``match``, ``min_layer`` and the depth rules. ``embeddings`` (``train``/``freeze``) sets
+    ``train_embeddings`` and ``train_lm_head`` together.
     ``model`` (a module or folder) supplies parameter sizes when the scan lacks them.
 
     A tied lm_head is the embedding matrix, which Axolotl (and ``freeze``) know only by its embedding name,
