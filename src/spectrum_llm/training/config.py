@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import estimators
 from ..errors import SpectrumError
+from ..select_config import embedding_switches
 from ..selection import DEFAULT_TOP_PERCENT
 from .methods import METHODS
 
@@ -82,6 +83,12 @@ class TrainConfig:
     )
     scan: str | None = _setting(None, "Scan file to select from (written there if absent).")
     estimator: str = _setting(estimators.DEFAULT, "Estimator for a scan run here ({default}).")
+    embeddings: str | None = _setting(
+        None,
+        "train or freeze: the input embeddings and the output head together, besides the selection (default: "
+        "train); sets --train-embeddings/--train-lm-head.",
+        "--embeddings",
+    )
     train_embeddings: bool = _setting(
         True, "Train the input embeddings (and a head tied to them) besides the selection (default: {default})."
     )
@@ -204,6 +211,7 @@ class TrainConfig:
             raise SpectrumError("Give either --selection FILE or --top-percent (which selects from a scan), not both.")
         if self.top_percent is not None and not 0 < self.top_percent <= 100:
             raise SpectrumError(f"--top-percent must be in (0, 100], got {self.top_percent}.")
+        embedding_switches(self.embeddings, self.train_embeddings, self.train_lm_head)
         if self.fsdp and self.deepspeed:
             raise SpectrumError("Choose one engine: --fsdp or --deepspeed, not both.")
         for name in ("batch_size", "grad_accum", "lora_rank", "logging_steps", "save_steps"):

@@ -177,6 +177,7 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False) -> S
     sel = select(
         result,
         top_percent=cfg.top_percent if cfg.top_percent is not None else DEFAULT_TOP_PERCENT,
+        embeddings=cfg.embeddings,
         train_embeddings=cfg.train_embeddings,
         train_lm_head=cfg.train_lm_head,
     )
