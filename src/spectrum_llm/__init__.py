@@ -19,7 +19,7 @@ _API = {
     "SpectrumError": "errors",
     "ModuleScore": "results",
     "ScanResult": "results",
-    "load_scan": "results",
+    "load_scan": "scan_files",
     "scan": "scanning",
     "select": "selection",
     "Selection": "selection",

@@ -28,7 +28,8 @@ from .estimators import Estimator
 from .files import check_writable, output_error
 from .journal import Journal
 from .quantized import method_label
-from .results import ModuleScore, ScanResult, load_scan
+from .results import ModuleScore, ScanResult
+from .scan_files import load_scan
 from .scan_job import ScanJob, share
 from .scan_plan import mark_storage, module_singular_values, plan_tensor, readable, score_tensor, skip
 from .spectra import METHODS, resolve_device

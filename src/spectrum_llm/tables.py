@@ -21,7 +21,7 @@ def view_scan(arg: ScanResult | str | os.PathLike) -> ScanResult:
     if isinstance(arg, ScanResult):
         return arg
     from .catalogue import find, near
-    from .results import load_scan
+    from .scan_files import load_scan
 
     text = str(arg)
     path = Path(text).expanduser()
