@@ -75,7 +75,7 @@ def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = 
         lock = contextlib.nullcontext()  # no cache to lock in: a lone process needs no lock
     with lock:
         if not _complete(out):
-            _convert(path, str(model), fingerprint, out, dtype)
+            write_folder(path, str(model), fingerprint, out, dtype)
     return out
 
 
@@ -102,12 +102,13 @@ def quiet_progress(verbose: bool | None = None):
             hf_logging.enable_progress_bar()
 
 
-def _convert(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> None:
+def write_folder(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> None:
+    """Convert the GGUF file ``path`` into the transformers folder ``out`` (written whole, or not at all)."""
     with quiet_progress():
-        _convert_quietly(path, name, fingerprint, out, dtype)
+        _write_folder(path, name, fingerprint, out, dtype)
 
 
-def _convert_quietly(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> None:
+def _write_folder(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
