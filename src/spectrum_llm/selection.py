@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import axolotl
+from . import architecture, axolotl
 from .axolotl import module_pattern, pattern_module
 from .catalogue import resolve_scan
 from .errors import SpectrumError
@@ -69,6 +69,7 @@ class Selection:
     total_params: int | None = None
     shapes: dict[str, list[int]] = field(default_factory=dict)
     extra_params: int | None = None  # of trainable_params, those of the extras (embeddings, lm_head, norms)
+    architecture: dict[str, Any] | None = None  # the model's layers and shapes (see architecture.py); None: unknown
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +87,7 @@ class Selection:
             "types": {t: asdict(v) for t, v in self.types.items()},
             "scores": {k: (v if v is None or math.isfinite(v) else str(v)) for k, v in self.scores.items()},
             "shapes": self.shapes,
+            "architecture": self.architecture,
         }
 
     @classmethod
@@ -111,6 +113,7 @@ class Selection:
                 total_params=data.get("total_params"),
                 shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()},
                 extra_params=data.get("extra_params"),
+                architecture=data.get("architecture"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SpectrumError(
@@ -301,6 +304,7 @@ def select(
     if source:
         sel.rule["scan"] = source
     targets = {pattern_module(p) for p in sel.patterns}
+    sel.architecture = architecture.of_scan(scan)
     sel.shapes = {
         m.name: list(m.shape)
         for m in scan.modules
