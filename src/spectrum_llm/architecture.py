@@ -22,25 +22,27 @@ _WRAPPERS = ("base_model.model.", "_orig_mod.", "module.")
 
 
 def _summarise(items: list[tuple[str, int | None, list[int]]]) -> dict[str, Any] | None:
-    """{"layers": N, "shapes": {type: shape}} from (type, layer, shape) of the linear weights."""
+    """{"layers": N, "shapes": {type: shape}} from (type, layer, shape) of the linear weights; a shape not known
+    (reference scans record none) is left out, so only the layer count is compared."""
+    if not items:
+        return None
     shapes: dict[str, tuple[int, list[int]]] = {}
     layers = {layer for _, layer, _ in items if layer is not None}
     for type_, layer, shape in items:
         key = layer if layer is not None else -1
-        if type_ not in shapes or key < shapes[type_][0]:
+        if len(shape) == 2 and (type_ not in shapes or key < shapes[type_][0]):
             shapes[type_] = (key, shape)
-    if not shapes:
-        return None
     return {"layers": max(layers) + 1 if layers else 0, "shapes": {t: s for t, (_, s) in sorted(shapes.items())}}
 
 
 def of_scan(scan: Any) -> dict[str, Any] | None:
-    """The architecture of a scanned model (a ScanResult): its whole linear weights, parts and experts left out."""
+    """The architecture of a scanned model (a ScanResult): its whole linear weights, parts and experts left out
+    (reference scans know no shapes: their layer count only)."""
     return _summarise(
         [
             (m.type, m.layer, list(m.shape))
             for m in scan.modules
-            if m.kind == "linear" and m.part is None and m.rows is None and m.expert is None and len(m.shape) == 2
+            if m.kind == "linear" and m.part is None and m.rows is None and m.expert is None and len(m.shape) in (0, 2)
         ]
     )
 
