@@ -2,7 +2,8 @@
 
 A selection records its model's architecture: the number of layers and, for each linear module type
 (``self_attn.q_proj``, ``mlp.down_proj``, ...), the shape of its first layer's weight. ``train``, ``check`` and
-``freeze`` compare it with the model at hand and refuse a mismatch, unless told ``allow_other_model``. The model's
+``freeze`` compare it with the model at hand (the layer count, and the shape of each type both name alike) and
+refuse a mismatch, unless told ``allow_other_model``. The model's
 name is only said, never compared: a selection of SmolLM2-135M fits SmolLM2-135M-Instruct (same shapes), while
 one of Qwen2.5-1.5B does not fit SmolLM2-135M even where its patterns happen to match module names.
 Selections written before this was recorded (and Axolotl YAML or .txt patterns) carry none and are not checked.
@@ -71,10 +72,8 @@ def difference(recorded: dict[str, Any], here: dict[str, Any] | None) -> str | N
     if recorded.get("layers") != here.get("layers"):
         return f"{recorded.get('layers')} layers, this model {here.get('layers')}"
     for type_, shape in (recorded.get("shapes") or {}).items():
-        have = here["shapes"].get(type_)
-        if have is None:
-            return f"its {type_} modules are not in this model"
-        if list(have) != list(shape):
+        have = here["shapes"].get(type_)  # a type named otherwise here (a checkpoint's per-expert MoE layout) is
+        if have is not None and list(have) != list(shape):  # not compared
             return f"{type_} is {'x'.join(map(str, shape))}, in this model {'x'.join(map(str, have))}"
     return None
 

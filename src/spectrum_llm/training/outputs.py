@@ -106,10 +106,11 @@ def check_output_dir(out: Path, model: str, resume: bool, overwrite: bool = Fals
         return str(last) if last is not None else None
     if earlier:
         ckpts = [n for n in earlier if n.startswith("checkpoint-")]
-        if ckpts and SUMMARY_FILE not in earlier:
+        if ckpts:
             raise SpectrumError(
-                f"{out} already holds checkpoints of an unfinished run ({ckpts[-1]}). Pass --resume to continue "
-                "it, --overwrite to start again there, or choose an empty --output-dir."
+                f"{out} already holds checkpoints of an {'earlier' if SUMMARY_FILE in earlier else 'unfinished'} "
+                f"run ({ckpts[-1]}). Pass --resume to continue it, --overwrite to start again there, or choose an "
+                "empty --output-dir."
             )
         raise SpectrumError(
             f"{out} already holds a run ({', '.join(earlier[:4])}). Pass --overwrite to replace it (only the "
