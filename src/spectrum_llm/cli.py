@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import shlex
 import sys
 import typing
 import warnings
@@ -28,6 +29,7 @@ from .estimators import DEFAULT as DEFAULT_ESTIMATOR
 from .estimators import REGISTRY as ESTIMATORS
 from .select_config import SelectConfig
 from .training import TrainConfig
+from .training.interrupts import TrainingInterrupted
 
 app = typer.Typer(
     name="spectrum",
@@ -186,6 +188,11 @@ def check_cmd(
     allow_unmatched: bool = typer.Option(
         False, "--allow-unmatched", help="Report patterns that match nothing instead of failing (exit 2)."
     ),
+    allow_other_model: bool = typer.Option(
+        False,
+        "--allow-other-model",
+        help="Check a selection whose recorded architecture (layer count, module shapes) differs from the model's.",
+    ),
     seq_len: int = typer.Option(512, "--seq-len", help="Sequence length at which activations are measured."),
     lora_rank: Optional[int] = typer.Option(
         None,
@@ -213,6 +220,7 @@ def check_cmd(
         lora_rank=lora_rank,
         dtype=dtype,
         activations=activations,
+        allow_other_model=allow_other_model,
     )
     typer.echo(str(report))
     if json_out is not None:
@@ -352,10 +360,13 @@ def train_cmd(
 ):
     """Train only the selected modules (or --method full / lora on the same data and schedule).
 
-    OUTPUT_DIR gets the trained model (safetensors, in the input's dtypes), its tokenizer, selection.json and
-    selection.yaml, and train_summary.json (parameters, losses, tokens/s, peak memory). While training, the
+    The output folder (-o/--output-dir) gets the trained model (safetensors, in the input's dtypes), its
+    tokenizer, selection.json and selection.yaml, and train_summary.json (parameters, losses, tokens/s, peak
+    memory). A folder holding an earlier run is refused unless --resume or --overwrite. While training, the
     latest resumable checkpoint-N/ is kept for --resume; it is removed after a successful run unless
-    --keep-checkpoints. A run that fails before training leaves no folder behind.
+    --keep-checkpoints. Ctrl-C (SIGINT) or SIGTERM stops after the current step with a checkpoint of it (a
+    second one stops at once) and prints the command that resumes; the exit code is 130 or 143. A run that
+    fails before training leaves no folder behind.
     """
     from .training import train
 
@@ -431,3 +442,7 @@ def main(argv: list[str] | None = None) -> None:
         except SpectrumError as e:
             console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
             sys.exit(2)
+        except TrainingInterrupted as e:
+            args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
+            console.print(escape(e.describe(shlex.join(["spectrum", *args, "--resume"]))), soft_wrap=True)
+            sys.exit(e.exit_code)

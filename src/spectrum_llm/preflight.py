@@ -359,6 +359,7 @@ def check(
     lora_rank: int | None = None,
     dtype: str | None = None,
     activations: bool = True,
+    allow_other_model: bool = False,
 ) -> CheckReport:
     """Report what ``selection`` trains in ``model`` (a folder, weight file, builtin, hub id in the cache, or a
     module whose config is rebuilt on the meta device) and what training costs; see the module docstring.
@@ -366,6 +367,7 @@ def check(
     ``allow_unmatched=False`` raises when a pattern matches nothing. ``lora_rank`` fixes the LoRA rank of
     the comparison (default: the rank whose adapter comes closest to the selection's size). ``dtype`` is the
     model's training dtype (default: its config's; bf16 for GGUF files, which train converted to bf16).
+    A selection recording another architecture than the model's is an error unless ``allow_other_model``.
     """
     require("transformers", "peft", extra="train")
     if seq_len < 1:
@@ -384,7 +386,7 @@ def check(
         p.requires_grad_(True)
     full_act = int(activation_bytes(meta, seq_len) * scale / seq_len) if activations else None
 
-    summary = freeze(meta, sel, strict=False)
+    summary = freeze(meta, sel, strict=False, allow_other_model=allow_other_model)
     unmatched = list(summary.unmatched)
     if unmatched and not allow_unmatched:
         raise SpectrumError(

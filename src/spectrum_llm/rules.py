@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import axolotl, depth
+from . import architecture, axolotl, depth
 from .axolotl import module_pattern, pattern_module
 from .errors import SpectrumError
 from .estimators import REGISTRY
@@ -97,6 +97,7 @@ def choose(scan: ScanResult, config: SelectConfig) -> Selection:
     parameter sizes when the scan lacks them; ``catalogue`` and the writing options are not read here)."""
     sel = _choose(scan, config)
     targets = {pattern_module(p) for p in sel.patterns}
+    sel.architecture = architecture.of_scan(scan)
     sel.shapes = {
         m.name: list(m.shape)
         for m in scan.modules

@@ -148,7 +148,20 @@ class TrainConfig:
         "run; by default it is removed and only the model is left.",
         "--keep-checkpoints",
     )
-    resume: bool = _setting(False, "Continue from the last checkpoint in --output-dir.")
+    resume: bool = _setting(
+        False, "Continue from the last complete checkpoint in --output-dir (an interrupted save is skipped)."
+    )
+    overwrite: bool = _setting(
+        False,
+        "Replace an earlier run in --output-dir: its model, adapter, tokenizer, selection, summary and "
+        "checkpoints are removed first; other files stay.",
+        "--overwrite",
+    )
+    allow_other_model: bool = _setting(
+        False,
+        "Train a selection whose recorded architecture (layer count, module shapes) differs from this model's.",
+        "--allow-other-model",
+    )
     use_cpu: bool | None = _setting(None, "Train on the CPU (default: when no GPU is present).", cli=False)
     fsdp: bool = _setting(False, "Shard with FSDP2 (under torchrun).")
     fsdp_config: dict[str, Any] | str | None = _setting(
@@ -212,6 +225,8 @@ class TrainConfig:
         if self.top_percent is not None and not 0 < self.top_percent <= 100:
             raise SpectrumError(f"--top-percent must be in (0, 100], got {self.top_percent}.")
         embedding_switches(self.embeddings, self.train_embeddings, self.train_lm_head)
+        if self.resume and self.overwrite:
+            raise SpectrumError("Give either --resume (continue the run in --output-dir) or --overwrite, not both.")
         if self.fsdp and self.deepspeed:
             raise SpectrumError("Choose one engine: --fsdp or --deepspeed, not both.")
         for name in ("batch_size", "grad_accum", "lora_rank", "logging_steps", "save_steps"):

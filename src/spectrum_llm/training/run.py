@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..data import DataConfig, PadCollator, build_datasets, check_seq_len
 from ..errors import require
 from ..models import tied_aliases
 from ..selection import Selection
-from . import engine, outputs
+from . import engine, interrupts, outputs
 from .config import DEFAULT_SEQ_LEN, TrainConfig, TrainSummary
 from .methods import REGISTRY, Prepared, prepare_model, resolve_selection
 
@@ -57,25 +58,42 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     method = REGISTRY.get(config.method)
     require("transformers", "accelerate", "datasets", *(method.packages if method else ()), extra="train")
     config.validate()
-    from .callbacks import quiet
+    from .callbacks import StopOnSignal, quiet
 
-    with outputs.removed_on_failure(config.out), quiet(config.verbose):
-        job = resolve(config)
-        args = engine.training_args(job.cfg, job.precision)  # sets up the distributed state first
-        if distributed.is_main():
-            LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(job.cfg))))
-        tokenizer = load_tokenizer(job)
-        train_ds, eval_ds, data_summary = setup_data(job, tokenizer, args)
-        selection = setup_selection(job)
-        model, orig_dtypes = setup_model(job)
-        prepared = setup_method(job, model, selection, args)
-        trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, callbacks)
-        result, runtime = run(trainer, job, bar)
+    stopper = interrupts.SignalState()
+    trainer = None
+    with outputs.removed_on_failure(config.out), quiet(config.verbose), interrupts.signals_handled(stopper):
+        try:
+            job = resolve(config)
+            args = engine.training_args(job.cfg, job.precision)  # sets up the distributed state first
+            if distributed.is_main():
+                LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(job.cfg))))
+            tokenizer = load_tokenizer(job)
+            train_ds, eval_ds, data_summary = setup_data(job, tokenizer, args)
+            selection = setup_selection(job)
+            model, orig_dtypes = setup_model(job)
+            prepared = setup_method(job, model, selection, args)
+            own = [StopOnSignal(stopper), *(callbacks or [])]
+            trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, own)
+            result, runtime = run(trainer, job, bar, stopper)
+        except KeyboardInterrupt:
+            raise _interrupted(stopper.signum or signal.SIGINT, config.out, trainer) from None
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_ds is not None else None
         outputs.save_outputs(
             trainer, tokenizer, job.cfg.out, orig_dtypes, lora=job.cfg.method == "lora", keep=job.cfg.keep_checkpoints
         )
         return summarise(job, prepared, trainer, result, runtime, eval_loss, data_summary)
+
+
+def _interrupted(signum: int, out: Path, trainer: Any) -> interrupts.TrainingInterrupted:
+    state = trainer.state if trainer is not None else None
+    return interrupts.TrainingInterrupted(
+        signum,
+        out,
+        state.global_step if state is not None and state.max_steps else None,
+        state.max_steps if state is not None else None,
+        interrupts.last_complete_checkpoint(out),
+    )
 
 
 def resolve(config: TrainConfig) -> Job:
@@ -88,7 +106,11 @@ def resolve(config: TrainConfig) -> Job:
         if distributed.is_main() and cached_folder(model) is None:
             LOG.info("converting %s into a transformers folder (once; it is cached)", model)
         model = str(gguf_to_folder(model))
-    resume_from = outputs.check_output_dir(config.out, model, config.resume)
+    else:
+        from ..checkpoint import resolve as resolve_model
+
+        model = str(resolve_model(model))  # a folder, or a hub id in the offline cache: else one error line
+    resume_from = outputs.check_output_dir(config.out, model, config.resume, config.overwrite)
     model_cfg = _load_model_config(model)
     max_positions = getattr(model_cfg, "max_position_embeddings", None)
     dtype = _model_dtype(model_cfg)
@@ -221,14 +243,17 @@ def setup_trainer(
     return trainer, bar
 
 
-def run(trainer: Any, job: Job, bar: Any) -> tuple[Any, float]:
-    """Train (from the checkpoint to resume, if any); the Trainer's result and the seconds it took."""
+def run(trainer: Any, job: Job, bar: Any, stopper: Any = None) -> tuple[Any, float]:
+    """Train (from the checkpoint to resume, if any); the Trainer's result and the seconds it took. A run that a
+    signal stopped before its last step raises TrainingInterrupted (after the checkpoint of the step it reached)."""
     t0 = time.monotonic()
     try:
         result = trainer.train(resume_from_checkpoint=job.resume_from)
     finally:
         if bar is not None:
             bar.close()
+    if stopper is not None and stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
+        raise _interrupted(stopper.signum, job.cfg.out, trainer)
     return result, time.monotonic() - t0
 
 
@@ -270,7 +295,7 @@ def summarise(
         selection=str(job.cfg.out / outputs.SELECTION_FILE) if selection is not None else None,
         selected_modules=len(selection.modules) if selection is not None else None,
         data=dataclasses.asdict(data),
-        config=_jsonable(dataclasses.asdict(dataclasses.replace(cfg, model=job.source))),
+        config=_jsonable(dataclasses.asdict(_resolved(job, prepared.model))),
         checkpoints=outputs.kept_checkpoints(job.cfg.out) if cfg.keep_checkpoints else [],
     )
     if distributed.is_main():
@@ -327,6 +352,19 @@ def _precision(asked: str, dtype: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ summary
+
+
+def _resolved(job: Job, model: Any) -> TrainConfig:
+    """The settings as the run used them: the model as named, and the defaults left open (None) filled in."""
+    cfg = job.cfg
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return dataclasses.replace(
+        cfg,
+        model=job.source,
+        learning_rate=cfg.lr,
+        packing=cfg.packing if cfg.packing is not None else cfg.task == "cpt",
+        train_lm_head=bool(head is not None and head.weight.requires_grad),
+    )
 
 
 def _where(model: str) -> str:
