@@ -493,14 +493,18 @@ def test_the_quick_pilot_runs_resumes_and_reports(tmp_path, monkeypatch):
 
 
 def test_the_data_seed_changes_only_the_training_order(tmp_path):
-    """The trainer's data_seed (the pilot's knob) gives another order, and the same seed the same run."""
+    """The trainer's data_seed (the pilot's knob) gives another order, and the same seed the same run; the
+    evaluations at intermediate steps (``eval_at``) are recorded and leave the run unchanged."""
     from helpers_models import build_tiny_llama, write_sft_data
     from spectrum_llm.training import TrainConfig, train
 
     model = build_tiny_llama(tmp_path / "m", dtype="float32")
     data = write_sft_data(tmp_path / "d.jsonl", repeat=4, style="prompt")
+    items = [{"id": i, "prompt_ids": [1, 5 + i, 7], "answer_ids": [9 + i, 2]} for i in range(3)]
+    blocks = [{"input_ids": list(range(3, 19)), "labels": list(range(3, 19))}]
+    evals = {"seen": items, "val": items, "test": items, "general": blocks, "chat": blocks}
 
-    def losses(data_seed, name):
+    def losses(data_seed, name, callbacks=None):
         cfg = TrainConfig(
             model=str(model),
             data=str(data),
@@ -514,7 +518,11 @@ def test_the_data_seed_changes_only_the_training_order(tmp_path):
             save_steps=100,
             extra_args={"save_strategy": "no", "data_seed": data_seed},
         )
-        return train(cfg).losses
+        return train(cfg, callbacks=callbacks).losses
 
-    a, b, c = losses(0, "a"), losses(0, "b"), losses(1, "c")
+    checkpoints: dict = {}
+    a = losses(0, "a", [study._checkpoint_evals({2}, evals, None, checkpoints)])
+    b, c = losses(0, "b"), losses(1, "c")
     assert a == b and a != c
+    assert list(checkpoints) == ["2"] and len(checkpoints["2"]["test_hits"]) == 3
+    assert {"seen_exact_match", "test_exact_match", "general_loss", "chat_loss"} <= checkpoints["2"].keys()
