@@ -153,6 +153,12 @@ def bootstrap_components(groups, n_boot: int = 2000, seed: int = 0) -> dict[str,
             continue
         between.append(np.sqrt(c["sigma2_between"]))
         within.append(np.sqrt(c["sigma2_within"]))
+    if not between:  # every resample lost its within-group spread: no interval
+        nan = float("nan")
+        return {
+            "sd_between": Interval(float(np.sqrt(point["sigma2_between"])), nan, nan),
+            "sd_within": Interval(float(np.sqrt(point["sigma2_within"])), nan, nan),
+        }
     return {
         "sd_between": _percentiles(np.array(between), np.sqrt(point["sigma2_between"])),
         "sd_within": _percentiles(np.array(within), np.sqrt(point["sigma2_within"])),

@@ -30,6 +30,7 @@ done. ``study.json`` gathers every arm with its per-item results, so the statist
     python benchmarks/study.py            # the study (about 3 h on 2 CPU cores; resumable)
     python benchmarks/study.py --quick    # every code path on a few arms, < 15 min
     python benchmarks/study.py --report   # statistics, table and plots from the stored runs only
+    python benchmarks/study.py --pilot    # the second study's pilot: seeds x selections (hours; resumable)
 """
 
 from __future__ import annotations

@@ -235,6 +235,8 @@ def pilot_statistics(p: Pilot, base: dict | None, rows: list[dict], first: list[
             ("point", np.sqrt(comp["sigma2_between"])),
             ("upper", out["components_random"]["sd_between"]["high"]),
         ):
+            if not np.isfinite(sd_b):
+                continue
             s2b = float(sd_b) ** 2
             power["scenarios"][label] = {
                 "sd_between": float(sd_b),

@@ -526,3 +526,35 @@ def test_the_data_seed_changes_only_the_training_order(tmp_path):
     assert a == b and a != c
     assert list(checkpoints) == ["2"] and len(checkpoints["2"]["test_hits"]) == 3
     assert {"seen_exact_match", "test_exact_match", "general_loss", "chat_loss"} <= checkpoints["2"].keys()
+
+
+def test_pilot_statistics_on_a_partial_pilot():
+    from benchmarks import study_pilot
+
+    def run(name, group, sel, d, em):
+        return {
+            "name": name,
+            "group": group,
+            "selection_seed": sel,
+            "data_seed": d,
+            "test_exact_match": em,
+            "seen_exact_match": 0.99,
+            "losses": [0.1] * 5,
+            "general_loss": 5.0,
+            "chat_loss": 2.0,
+            "wall_s": 600,
+        }
+
+    rows = [
+        run("s-d0", "pilot-spectrum25", None, 0, 0.8),
+        run("s-d1", "pilot-spectrum25", None, 1, 0.7),
+        run("r10-d0", "pilot-random25", 10, 0, 0.6),
+        run("r10-d1", "pilot-random25", 10, 1, 0.5),
+        run("r11-d0", "pilot-random25", 11, 0, 0.9),
+    ]
+    base = {"general_loss": 4.0, "chat_loss": 1.5}
+    st = study_pilot.pilot_statistics(study_pilot.PILOTS["pilot"], base, rows, [])
+    assert st["stored_runs"] == 5 and st["components_random"]["groups"] == 2
+    assert st["spectrum_mean"] == pytest.approx(75.0) and st["runs"][0]["general_loss_change"] == 1.0
+    assert st["power"]["budget_runs"] == 150  # 25 h of 600 s runs
+    assert "5 of 16 pilot runs stored (partial" in study_pilot.markdown(st)
