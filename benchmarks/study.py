@@ -118,6 +118,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
     checkpoints: dict[str, Any] = {}
     if s.get("eval_at") and not timing:
         callbacks.append(_checkpoint_evals(set(s["eval_at"]), evals, amp, checkpoints))
+        callbacks.append(_heartbeat(10))
     extra: dict[str, Any] = {"save_strategy": "no"}
     if spec.get("data_seed") is not None:  # the sampler's seed: the data order, nothing else
         extra["data_seed"] = spec["data_seed"]
@@ -170,6 +171,25 @@ def worker(spec_path: Path, result_path: Path) -> None:
         res["checkpoints"] = checkpoints
     shutil.rmtree(out_dir, ignore_errors=True)  # the trained weights are not needed
     result_path.write_text(json.dumps(res))
+
+
+def _heartbeat(every: int) -> Any:
+    """A callback that writes the step, its training loss and the elapsed time to the run's log (stderr)."""
+    from transformers import TrainerCallback
+
+    t0 = time.monotonic()
+
+    class Heartbeat(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs and state.global_step % every == 0:
+                print(
+                    f"[run] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                    f"({time.monotonic() - t0:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    return Heartbeat()
 
 
 def _checkpoint_evals(steps: set[int], evals: dict, amp, out: dict[str, Any]) -> Any:
