@@ -93,3 +93,151 @@ def rank_among(value: float, draws, higher_is_better: bool = True) -> int:
     draws = np.asarray(draws, dtype=float)
     better = (draws >= value) if higher_is_better else (draws <= value)
     return int(better.sum()) + 1
+
+
+# ------------------------------------------------------------------------------------------ variance components
+
+
+def variance_components(groups) -> dict[str, float]:
+    """One-way random-effects ANOVA: between-group and within-group variance of a score.
+
+    ``groups`` is a list of 1-D arrays, one per selection (a random draw), each holding one score per
+    training-order seed; groups may differ in size. The method-of-moments (ANOVA) estimates for an
+    unbalanced design: ``sigma2_within = MSW`` and ``sigma2_between = (MSB - MSW) / n0`` (floored at 0),
+    with ``n0 = (N - sum n_i^2 / N) / (k - 1)``. ``icc`` is the between share of a single run's variance.
+    """
+    gs = [np.asarray(g, dtype=float) for g in groups]
+    gs = [g for g in gs if g.size]
+    k = len(gs)
+    sizes = np.array([g.size for g in gs], dtype=float)
+    n = sizes.sum()
+    if k < 2 or n - k < 1:
+        raise ValueError(f"variance_components needs >= 2 groups and one group with >= 2 scores, got {sizes}")
+    grand = np.concatenate(gs).mean()
+    ssb = float(sum(g.size * (g.mean() - grand) ** 2 for g in gs))
+    ssw = float(sum(((g - g.mean()) ** 2).sum() for g in gs))
+    msb, msw = ssb / (k - 1), ssw / (n - k)
+    n0 = (n - (sizes**2).sum() / n) / (k - 1)
+    between = max(0.0, (msb - msw) / n0)
+    total = between + msw
+    return {
+        "groups": k,
+        "runs": int(n),
+        "mean": float(grand),
+        "msb": msb,
+        "msw": msw,
+        "n0": float(n0),
+        "sigma2_between": between,
+        "sigma2_within": msw,
+        "icc": between / total if total > 0 else 0.0,
+    }
+
+
+def bootstrap_components(groups, n_boot: int = 2000, seed: int = 0) -> dict[str, Interval]:
+    """:func:`variance_components` with bootstrap 95% intervals (as standard deviations).
+
+    Two-stage resampling: the groups (which draws we happened to run) with replacement, then the scores
+    within each picked group. Resamples with no within-group spread left are skipped. With few groups the
+    between-group interval is wide, and with two it says almost nothing: that is the honest answer.
+    """
+    gs = [np.asarray(g, dtype=float) for g in groups]
+    point = variance_components(gs)
+    rng = np.random.default_rng(seed)
+    between, within = [], []
+    for _ in range(n_boot):
+        picked = [gs[i] for i in rng.integers(0, len(gs), size=len(gs))]
+        resampled = [g[rng.integers(0, g.size, size=g.size)] for g in picked]
+        try:
+            c = variance_components(resampled)
+        except ValueError:
+            continue
+        between.append(np.sqrt(c["sigma2_between"]))
+        within.append(np.sqrt(c["sigma2_within"]))
+    if not between:  # every resample lost its within-group spread: no interval
+        nan = float("nan")
+        return {
+            "sd_between": Interval(float(np.sqrt(point["sigma2_between"])), nan, nan),
+            "sd_within": Interval(float(np.sqrt(point["sigma2_within"])), nan, nan),
+        }
+    return {
+        "sd_between": _percentiles(np.array(between), np.sqrt(point["sigma2_between"])),
+        "sd_within": _percentiles(np.array(within), np.sqrt(point["sigma2_within"])),
+    }
+
+
+# ------------------------------------------------------------------------------------------ power
+
+
+def _z(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
+
+
+def pick_vs_random_se(sigma2_between: float, sigma2_within: float, pick_seeds: int, draws: int, seeds: int) -> float:
+    """Standard error of (pick's mean over its seeds) - (mean over ``draws`` random draws x ``seeds`` seeds).
+
+    The pick is one fixed selection: only its seeds vary. The random side samples both the draws (the
+    between-selection component) and their seeds: var = s2_w / m + s2_b / D + s2_w / (D S).
+    """
+    return float(np.sqrt(sigma2_within / pick_seeds + sigma2_between / draws + sigma2_within / (draws * seeds)))
+
+
+def detectable_effect(
+    sigma2_between: float,
+    sigma2_within: float,
+    pick_seeds: int,
+    draws: int,
+    seeds: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> float:
+    """The smallest true difference a two-sided test at ``alpha`` detects with probability ``power``.
+
+    Normal approximation: effect = (z_{1-alpha/2} + z_power) * SE. With few draws the random side's mean is
+    closer to a t than a normal, so this is a lower bound on what the design needs.
+    """
+    se = pick_vs_random_se(sigma2_between, sigma2_within, pick_seeds, draws, seeds)
+    return (_z(1 - alpha / 2) + _z(power)) * se
+
+
+def cheapest_design(
+    sigma2_between: float,
+    sigma2_within: float,
+    effect: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    max_pick_seeds: int = 64,
+    max_draws: int = 400,
+    max_seeds: int = 16,
+) -> dict[str, int] | None:
+    """The design (pick seeds m, draws D, seeds per draw S) with the fewest runs m + D S that detects
+    ``effect`` at ``alpha`` with ``power``; None if none within the limits does."""
+    best: dict[str, int] | None = None
+    for seeds in range(1, max_seeds + 1):
+        for draws in range(2, max_draws + 1):
+            if best is not None and draws * seeds >= best["runs"]:
+                break
+            for m in range(1, max_pick_seeds + 1):
+                if best is not None and m + draws * seeds >= best["runs"]:
+                    break
+                if detectable_effect(sigma2_between, sigma2_within, m, draws, seeds, alpha, power) <= effect:
+                    best = {"pick_seeds": m, "draws": draws, "seeds": seeds, "runs": m + draws * seeds}
+                    break
+    return best
+
+
+def best_effect_for_runs(
+    sigma2_between: float, sigma2_within: float, runs: int, alpha: float = 0.05, power: float = 0.8
+) -> dict[str, float] | None:
+    """The smallest detectable effect, and its design, over every (m, D, S) with m + D S <= ``runs``."""
+    best: dict[str, float] | None = None
+    for seeds in range(1, 17):
+        for draws in range(2, runs):
+            m = runs - draws * seeds
+            if m < 1:
+                break
+            e = detectable_effect(sigma2_between, sigma2_within, m, draws, seeds, alpha, power)
+            if best is None or e < best["effect"]:
+                best = {"effect": e, "pick_seeds": m, "draws": draws, "seeds": seeds, "runs": m + draws * seeds}
+    return best

@@ -30,6 +30,7 @@ done. ``study.json`` gathers every arm with its per-item results, so the statist
     python benchmarks/study.py            # the study (about 3 h on 2 CPU cores; resumable)
     python benchmarks/study.py --quick    # every code path on a few arms, < 15 min
     python benchmarks/study.py --report   # statistics, table and plots from the stored runs only
+    python benchmarks/study.py --pilot    # the second study's pilot: seeds x selections (hours; resumable)
 """
 
 from __future__ import annotations
@@ -48,8 +49,27 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: the repository root on the path, for the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.benchlib import check_packages, convert_model, machine, median, run_child, step_timer, write_patterns
-from benchmarks.study_arms import MODES, STUDY_VERSION, Arm, Settings, best_rates, plan, run_key, timing_arms
+from benchmarks.benchlib import (
+    check_packages,
+    child_log,
+    convert_model,
+    machine,
+    median,
+    run_child,
+    step_timer,
+    write_patterns,
+)
+from benchmarks.study_arms import (
+    MODES,
+    STUDY_VERSION,
+    Arm,
+    Settings,
+    best_rates,
+    plan,
+    run_fields,
+    run_key,
+    timing_arms,
+)
 from benchmarks.study_task import evaluate, prepare, summarise
 
 HERE = Path(__file__).resolve().parent
@@ -94,6 +114,14 @@ def worker(spec_path: Path, result_path: Path) -> None:
     out_dir = Path(spec["work"]) / "runs" / spec["name"]
     shutil.rmtree(out_dir, ignore_errors=True)
     probe = step_timer(on_train_end=evaluate_trained)
+    callbacks = [probe]
+    checkpoints: dict[str, Any] = {}
+    if s.get("eval_at") and not timing:
+        callbacks.append(_checkpoint_evals(set(s["eval_at"]), evals, amp, checkpoints))
+        callbacks.append(_heartbeat(10))
+    extra: dict[str, Any] = {"save_strategy": "no"}
+    if spec.get("data_seed") is not None:  # the sampler's seed: the data order, nothing else
+        extra["data_seed"] = spec["data_seed"]
     cfg = TrainConfig(
         model=spec["model"],
         data=spec["files"]["train"],
@@ -109,10 +137,10 @@ def worker(spec_path: Path, result_path: Path) -> None:
         logging_steps=1,
         save_steps=10**6,
         precision=s["precision"],
-        extra_args={"save_strategy": "no"},
+        extra_args=extra,
         **spec["train"],
     )
-    summary = train(cfg, callbacks=[probe])
+    summary = train(cfg, callbacks=callbacks)
     steps = probe.times[1:] or probe.times
     if timing:
         result_path.write_text(
@@ -139,8 +167,48 @@ def worker(spec_path: Path, result_path: Path) -> None:
         "eval": trained["eval"],
         **summarise(trained["eval"]),
     }
+    if checkpoints:
+        res["checkpoints"] = checkpoints
     shutil.rmtree(out_dir, ignore_errors=True)  # the trained weights are not needed
     result_path.write_text(json.dumps(res))
+
+
+def _heartbeat(every: int) -> Any:
+    """A callback that writes the step, its training loss and the elapsed time to the run's log (stderr)."""
+    from transformers import TrainerCallback
+
+    t0 = time.monotonic()
+
+    class Heartbeat(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs and state.global_step % every == 0:
+                print(
+                    f"[run] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                    f"({time.monotonic() - t0:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    return Heartbeat()
+
+
+def _checkpoint_evals(steps: set[int], evals: dict, amp, out: dict[str, Any]) -> Any:
+    """A callback that evaluates the model at the given optimizer steps (headline numbers and test hits)."""
+    from transformers import TrainerCallback
+
+    class CheckpointEvals(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step in steps and model is not None:
+                t = time.monotonic()
+                ev = evaluate(model, evals, amp)
+                out[str(state.global_step)] = {
+                    **summarise(ev),
+                    "test_hits": ev["test"]["hits"],
+                    "eval_s": round(time.monotonic() - t, 1),
+                }
+                print(f"[pilot] step {state.global_step}: " + json.dumps(summarise(ev)), file=sys.stderr, flush=True)
+
+    return CheckpointEvals()
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -184,6 +252,7 @@ def arm_spec(arm: Arm, s: Settings, ctx: dict, key: str, name: str) -> dict:
         "work": str(work),
         "settings": asdict(s),
         "train": arm.train_fields(sel_path),
+        "data_seed": arm.data_seed,
     }
 
 
@@ -196,11 +265,12 @@ def execute(arm: Arm, s: Settings, ctx: dict, store: Store) -> dict:
     spec = arm_spec(arm, s, ctx, key, f"{arm.name}-{key}")
     load = os.getloadavg()[0]
     t0 = time.monotonic()
-    print(f"[study] {arm.name} lr={arm.lr:g} ...", flush=True)
+    print(f"[study] {arm.name} lr={arm.lr:g} ...  (log: {child_log(ctx['work'], spec['name'])})", flush=True)
     res = run_child(__file__, spec, ctx["work"], spec["name"])
     record = {
         "name": arm.name,
         "key": key,
+        **run_fields(s, arm),
         "code": ctx["code"],
         "family": arm.family,
         "group": arm.group,
@@ -299,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="STEPS",
         help="after the runs, time each kind of arm alone for STEPS steps (run on a quiet machine)",
     )
+    ap.add_argument(
+        "--pilot", action="store_true", help="the second study's pilot (seeds x selections; with --quick: tiny)"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -306,22 +379,16 @@ def main(argv: list[str] | None = None) -> None:
         worker(Path(a.worker), Path(a.result))
         return
 
+    if a.pilot:
+        from benchmarks.study_pilot import main_pilot
+
+        main_pilot(a)
+        return
     mode = "quick" if a.quick else "full"
     s = MODES[mode]
-    work = Path(a.work).expanduser().resolve() / mode
-    work.mkdir(parents=True, exist_ok=True)
     store = Store(RESULTS / "study-runs" / mode)
-    pkgs = check_packages()
-    model = convert_model(work.parent, "bfloat16")
-    from spectrum_llm.checkpoint import open_checkpoint
-
-    files = prepare(work, pkgs, s, model)
-    fingerprint = hashlib.sha256(
-        (
-            open_checkpoint(model).fingerprint() + Path(files["train"]).read_text() + Path(files["eval"]).read_text()
-        ).encode()
-    ).hexdigest()[:16]
-    ctx = {"work": work, "model": str(model), "files": files, "fingerprint": fingerprint, "code": code_version()}
+    ctx = setup(a.work, mode, s)
+    work, model, fingerprint = ctx["work"], Path(ctx["model"]), ctx["fingerprint"]
     t_start = time.monotonic()
     budget = [a.max_runs if a.max_runs is not None else 10**9]
 
@@ -333,7 +400,10 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if stored is None:
                 budget[0] -= 1
-            rows.append(stored or execute(arm, s, ctx, store))
+            row = stored or execute(arm, s, ctx, store)
+            for k, v in run_fields(s, arm).items():  # runs stored before these fields: the same, derived
+                row.setdefault(k, v)
+            rows.append(row)
         return rows
 
     base = _stored_baseline(store) if a.report else baseline(s, ctx, store)
@@ -355,7 +425,28 @@ def main(argv: list[str] | None = None) -> None:
     timings = [json.loads(p.read_text()) for p in sorted(timing_store.folder.glob("*.json"))]
     from benchmarks.study_report import write_report
 
-    write_report(mode, s, base, rows, rates, info, t_start, machine(), timings)
+    path = write_report(mode, s, base, rows, rates, info, t_start, machine(), timings)
+    if a.report and mode == "full" and path is not None:  # the pilot's analysis joins study.json and the doc
+        from benchmarks.study_pilot import report_pilot
+
+        report_pilot("pilot", study_json=path)
+
+
+def setup(work_root: str, mode: str, s: Settings) -> dict:
+    """The run context of ``mode``: packages, the converted model, the task's files and their fingerprint."""
+    work = Path(work_root).expanduser().resolve() / mode
+    work.mkdir(parents=True, exist_ok=True)
+    pkgs = check_packages()
+    model = convert_model(work.parent, "bfloat16")
+    from spectrum_llm.checkpoint import open_checkpoint
+
+    files = prepare(work, pkgs, s, model)
+    fingerprint = hashlib.sha256(
+        (
+            open_checkpoint(model).fingerprint() + Path(files["train"]).read_text() + Path(files["eval"]).read_text()
+        ).encode()
+    ).hexdigest()[:16]
+    return {"work": work, "model": str(model), "files": files, "fingerprint": fingerprint, "code": code_version()}
 
 
 def code_version() -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from benchmarks.benchlib import lora_rank_for, module_table, random_patterns, top_layers
 
 STUDY_VERSION = 1  # bump when a change to the code changes what a run computes
+MODEL = "SmolLM2-135M-Instruct"  # the study's model (its weights are in every key through the fingerprint)
 NOT_IN_KEY = (
     "lr_grid",
     "random25_seeds",
@@ -24,6 +25,8 @@ NOT_IN_KEY = (
     "low_rate_seeds",
     "arms",
 )  # which runs, not how
+
+LATER_SETTINGS: dict[str, Any] = {"eval_at": ()}  # added after the first study: out of its keys at these values
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -45,10 +48,11 @@ class Settings:
     noemb_seeds: int
     arms: tuple[str, ...] | None = None  # None: every arm
     low_rate_seeds: int = 0  # random 25% draws again at the partial family's next lower rate
-    seed: int = 42
-    data_seed: int = 1234
+    seed: int = 42  # the training file's row order, and the trainer's seed (its data order unless an arm sets one)
+    facts_seed: int = 1234  # the fictional facts (stored runs' keys call it data_seed: see run_key)
     precision: str = "bf16"
     seq_len: int = 64
+    eval_at: tuple[int, ...] = ()  # also evaluate at these optimizer steps (the trajectory of a longer run)
 
 
 MODES = {
@@ -102,8 +106,9 @@ class Arm:
     lr: float
     patterns: list[str] = field(default_factory=list)
     lora_rank: int | None = None
-    seed: int | None = None
+    seed: int | None = None  # the random draw's seed (the stored runs' selection_seed); None for a named pick
     sweep: bool = False
+    data_seed: int | None = None  # training-order seed (the sampler's); None: the first study's order, Settings.seed
 
     def train_fields(self, selection_path: str | None) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "learning_rate": self.lr}
@@ -114,9 +119,38 @@ class Arm:
         return out
 
 
+def task_name(settings: Settings) -> str:
+    """The task as a plain string: what a stored run learnt, readable without the code."""
+    return f"fictional-facts:{settings.countries}-countries:facts-seed-{settings.facts_seed}"
+
+
+def run_fields(settings: Settings, arm: Arm) -> dict[str, Any]:
+    """The plain fields every stored run carries: task, model, training-order seed and selection seed.
+
+    ``data_seed`` is the seed of the trainer's data sampler; an arm without one ran with the trainer's seed
+    (``Settings.seed``), which the sampler then uses, so the first study's runs have ``data_seed`` 42.
+    """
+    return {
+        "task": task_name(settings),
+        "model": MODEL,
+        "data_seed": settings.seed if arm.data_seed is None else arm.data_seed,
+        "selection_seed": arm.seed,
+    }
+
+
 def run_key(settings: Settings, arm: Arm, fingerprint: str) -> str:
-    """A stable hash of everything that decides a run's result: settings, arm, model and data."""
+    """A stable hash of everything that decides a run's result: settings, arm, model and data.
+
+    The first study's runs (arms without a training-order seed) keep the exact payload of version 1, so
+    they are found again under their stored keys: ``facts_seed`` is hashed under its old name ``data_seed``
+    and settings added later are left out while they hold their defaults. An arm with a training-order
+    seed (the second study) hashes a version-2 payload that adds the plain fields of :func:`run_fields`.
+    """
     shaping = {k: v for k, v in asdict(settings).items() if k not in NOT_IN_KEY}
+    shaping["data_seed"] = shaping.pop("facts_seed")
+    for k, default in LATER_SETTINGS.items():
+        if shaping[k] == default:
+            del shaping[k]
     payload = {
         "version": STUDY_VERSION,
         "settings": shaping,
@@ -126,6 +160,8 @@ def run_key(settings: Settings, arm: Arm, fingerprint: str) -> str:
         "lora_rank": arm.lora_rank,
         "fingerprint": fingerprint,
     }
+    if arm.data_seed is not None:
+        payload.update(version=2, **run_fields(settings, arm))
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

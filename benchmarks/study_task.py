@@ -130,7 +130,7 @@ def prepare(work: Path, pkgs: dict[str, Path], s: Settings, tokenizer_path: Path
 
     key = hashlib.sha256(
         json.dumps(
-            [s.countries, s.data_seed, s.seed, s.general_blocks, s.chat_blocks, s.block_len, STUDY_VERSION]
+            [s.countries, s.facts_seed, s.seed, s.general_blocks, s.chat_blocks, s.block_len, STUDY_VERSION]
         ).encode()
     ).hexdigest()[:12]
     folder = work / f"data-{key}"
@@ -139,7 +139,7 @@ def prepare(work: Path, pkgs: dict[str, Path], s: Settings, tokenizer_path: Path
         return {k: str(v) for k, v in files.items()}
     folder.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    facts = make_facts(s.countries, s.data_seed)
+    facts = make_facts(s.countries, s.facts_seed)
     rows = task_rows(facts, s.seed)
     tmp = files["train"].with_suffix(".tmp")
     tmp.write_text(

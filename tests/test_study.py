@@ -361,3 +361,200 @@ def test_run_keys_are_those_of_the_stored_runs():
     lora = study_arms.Arm("lora", "lora", "lora", "lora", 3e-3, lora_rank=7, sweep=True)
     assert study_arms.run_key(study_arms.MODES["full"], arm, "fp123") == "2ca6ac5355cdb9c2"
     assert study_arms.run_key(study_arms.MODES["quick"], lora, "fp123") == "eb32fb8e1e062502"
+
+
+# ------------------------------------------------------------------------------------------ the second study
+
+
+def test_a_training_order_seed_enters_the_key_and_the_plain_fields():
+    s = study_arms.MODES["full"]
+    pats = ["^a$"]
+    old = study_arms.Arm("random25-s0", "partial", "random25", "spectrum", 1e-3, pats, seed=0)
+    new = [
+        study_arms.Arm("p", "partial", "pilot-random25", "spectrum", 1e-3, pats, seed=0, data_seed=d) for d in (0, 1)
+    ]
+    keys = {study_arms.run_key(s, a, "fp") for a in [old, *new]}
+    assert len(keys) == 3  # a seeded run is never mistaken for the first study's run, nor for another seed
+    moved = study_arms.Arm("p", "partial", "pilot-random25", "spectrum", 1e-3, pats, seed=1, data_seed=0)
+    assert study_arms.run_key(s, moved, "fp") != study_arms.run_key(s, new[0], "fp")  # the selection seed too
+    assert study_arms.run_fields(s, old) == {
+        "task": "fictional-facts:70-countries:facts-seed-1234",
+        "model": "SmolLM2-135M-Instruct",
+        "data_seed": 42,  # the first study's order: the trainer's seed
+        "selection_seed": 0,
+    }
+    assert study_arms.run_fields(s, new[1])["data_seed"] == 1
+    # a setting added later leaves the first study's keys alone at its default, and enters them otherwise
+    assert study_arms.run_key(s, old, "fp") != study_arms.run_key(_settings_full(eval_at=(50,)), old, "fp")
+    assert study_arms.run_key(s, old, "fp") == study_arms.run_key(_settings_full(eval_at=()), old, "fp")
+
+
+def _settings_full(**kw):
+    return study_arms.Settings(**{**study_arms.MODES["full"].__dict__, **kw})
+
+
+def _components_data(k, n, sd_b, sd_w, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(50 + sd_b * rng.normal(), sd_w, size=n) for _ in range(k)]
+
+
+def test_variance_components_recover_known_components():
+    c = stats.variance_components(_components_data(400, 4, sd_b=6.0, sd_w=3.0))
+    assert np.sqrt(c["sigma2_between"]) == pytest.approx(6.0, rel=0.1)
+    assert np.sqrt(c["sigma2_within"]) == pytest.approx(3.0, rel=0.05)
+    assert c["icc"] == pytest.approx(36 / 45, abs=0.05)
+    unbalanced = [g[: 2 + i % 5] for i, g in enumerate(_components_data(400, 6, sd_b=2.0, sd_w=5.0, seed=1))]
+    c = stats.variance_components(unbalanced)
+    assert np.sqrt(c["sigma2_between"]) == pytest.approx(2.0, rel=0.2)
+    assert np.sqrt(c["sigma2_within"]) == pytest.approx(5.0, rel=0.05)
+
+
+def test_variance_components_by_hand_and_floored_at_zero():
+    c = stats.variance_components([[1.0, 3.0], [5.0, 7.0]])  # means 2, 6; MSW 2; MSB 2 * 8 = 16; n0 2
+    assert (c["msw"], c["msb"], c["n0"], c["sigma2_between"]) == (2.0, 16.0, 2.0, 7.0)
+    assert stats.variance_components([[1.0, 9.0], [2.0, 8.0]])["sigma2_between"] == 0.0
+    with pytest.raises(ValueError):
+        stats.variance_components([[1.0], [2.0]])
+
+
+def test_bootstrap_components_cover_the_truth():
+    ci = stats.bootstrap_components(_components_data(60, 4, sd_b=6.0, sd_w=3.0, seed=2), n_boot=400)
+    assert ci["sd_between"].low < 6.0 < ci["sd_between"].high
+    assert ci["sd_within"].low < 3.0 < ci["sd_within"].high
+
+
+def test_power_matches_the_normal_formula_and_the_cheapest_design_is_minimal():
+    # no between-selection variance, one draw-seed each: SE^2 = s2w (1/m + 1/D) as for two independent means
+    e = stats.detectable_effect(0.0, 100.0, 10, 10, 1)
+    assert e == pytest.approx((1.959964 + 0.841621) * np.sqrt(100 * (1 / 10 + 1 / 10)), rel=1e-4)
+    assert stats.detectable_effect(25.0, 100.0, 10, 10, 1) > e  # draws' spread costs power
+    d = stats.cheapest_design(25.0, 100.0, effect=10.0)
+    assert d is not None and stats.detectable_effect(25.0, 100.0, d["pick_seeds"], d["draws"], d["seeds"]) <= 10.0
+    for runs in range(3, d["runs"]):  # nothing cheaper reaches it
+        assert stats.best_effect_for_runs(25.0, 100.0, runs)["effect"] > 10.0
+    b = stats.best_effect_for_runs(25.0, 100.0, d["runs"])
+    assert b["effect"] <= 10.0 and b["runs"] <= d["runs"]
+
+
+def test_the_quick_pilot_runs_resumes_and_reports(tmp_path, monkeypatch):
+    from benchmarks import study_pilot
+    from conftest import plant_signal, save_model, tiny_llama
+
+    model = tiny_llama(num_hidden_layers=8)
+    plant_signal(model)
+    folder = save_model(model, tmp_path / "model")
+    calls = []
+
+    def fake_child(script, spec, work, name):
+        calls.append(spec)
+        rng = np.random.default_rng(abs(hash(name)) % 2**32)
+        hits = "".join("1" if x else "0" for x in rng.random(10) < 0.6)
+        ev = {split: {"hits": hits, "nll": [1.0] * 10, "tokens": [2] * 10} for split in ("seen", "val", "test")} | {
+            "general": {"nll": [4.0], "tokens": [2]},
+            "chat": {"nll": [2.0], "tokens": [2]},
+        }
+        if name == "baseline":
+            return {"eval": ev, **study_task.summarise(ev)}
+        return {
+            "trainable_params": 1,
+            "total_params": 2,
+            "median_step_s": 0.1,
+            "losses": [1.0, 0.5],
+            "wall_s": 60.0,
+            "eval": ev,
+            **study_task.summarise(ev),
+        }
+
+    monkeypatch.setattr(study, "run_child", fake_child)
+    monkeypatch.setattr(study_pilot, "RESULTS", tmp_path / "results")
+    ctx = {"work": tmp_path, "model": str(folder), "files": {}, "fingerprint": "fp", "code": "abc"}
+    monkeypatch.setattr(study, "setup", lambda work, mode, s: ctx)
+    doc = tmp_path / "evidence.md"
+    doc.write_text(f"# doc\n{study_pilot.BEGIN}\npending\n{study_pilot.END}\ntail\n")
+    monkeypatch.setattr(study_pilot, "DOC", doc)
+    p = study_pilot.PILOTS["pilot-quick"]
+    study.main(["--pilot", "--quick", "--max-runs", "3"])  # a partial pilot: stopped, reported so far
+    assert len(calls) == 1 + 3
+    study.main(["--pilot", "--quick"])
+    runs = [c for c in calls if c["name"] != "baseline"]
+    assert len(runs) == p.spectrum_seeds + len(p.selection_seeds) * p.draw_seeds == 6
+    assert {c["data_seed"] for c in runs} == {0, 1} and len({c["name"] for c in runs}) == 6
+    n = len(calls)
+    study.main(["--pilot", "--quick"])
+    assert len(calls) == n  # resumable: every finished run is stored under its key
+    stored = study_pilot.load_runs("pilot-quick")[1]
+    assert all({"task", "model", "data_seed", "selection_seed"} <= r.keys() for r in stored)
+    assert {r["selection_seed"] for r in stored} == {None, 10, 11}
+    report = __import__("json").loads((tmp_path / "results" / "study-pilot-quick.json").read_text())
+    st = report["pilot"]["statistics"]
+    assert st["stored_runs"] == 6 and st["components_random"]["groups"] == 2 and "power" in st
+    study_pilot.report_pilot("pilot-quick", doc=doc)
+    assert "6 of 6 pilot runs stored" in doc.read_text() and doc.read_text().endswith("tail\n")
+
+
+def test_the_data_seed_changes_only_the_training_order(tmp_path):
+    """The trainer's data_seed (the pilot's knob) gives another order, and the same seed the same run; the
+    evaluations at intermediate steps (``eval_at``) are recorded and leave the run unchanged."""
+    from helpers_models import build_tiny_llama, write_sft_data
+    from spectrum_llm.training import TrainConfig, train
+
+    model = build_tiny_llama(tmp_path / "m", dtype="float32")
+    data = write_sft_data(tmp_path / "d.jsonl", repeat=4, style="prompt")
+    items = [{"id": i, "prompt_ids": [1, 5 + i, 7], "answer_ids": [9 + i, 2]} for i in range(3)]
+    blocks = [{"input_ids": list(range(3, 19)), "labels": list(range(3, 19))}]
+    evals = {"seen": items, "val": items, "test": items, "general": blocks, "chat": blocks}
+
+    def losses(data_seed, name, callbacks=None):
+        cfg = TrainConfig(
+            model=str(model),
+            data=str(data),
+            output_dir=str(tmp_path / name),
+            task="sft",
+            seq_len=32,
+            batch_size=2,
+            max_steps=4,
+            learning_rate=1e-3,
+            logging_steps=1,
+            save_steps=100,
+            extra_args={"save_strategy": "no", "data_seed": data_seed},
+        )
+        return train(cfg, callbacks=callbacks).losses
+
+    checkpoints: dict = {}
+    a = losses(0, "a", [study._checkpoint_evals({2}, evals, None, checkpoints)])
+    b, c = losses(0, "b"), losses(1, "c")
+    assert a == b and a != c
+    assert list(checkpoints) == ["2"] and len(checkpoints["2"]["test_hits"]) == 3
+    assert {"seen_exact_match", "test_exact_match", "general_loss", "chat_loss"} <= checkpoints["2"].keys()
+
+
+def test_pilot_statistics_on_a_partial_pilot():
+    from benchmarks import study_pilot
+
+    def run(name, group, sel, d, em):
+        return {
+            "name": name,
+            "group": group,
+            "selection_seed": sel,
+            "data_seed": d,
+            "test_exact_match": em,
+            "seen_exact_match": 0.99,
+            "losses": [0.1] * 5,
+            "general_loss": 5.0,
+            "chat_loss": 2.0,
+            "wall_s": 600,
+        }
+
+    rows = [
+        run("s-d0", "pilot-spectrum25", None, 0, 0.8),
+        run("s-d1", "pilot-spectrum25", None, 1, 0.7),
+        run("r10-d0", "pilot-random25", 10, 0, 0.6),
+        run("r10-d1", "pilot-random25", 10, 1, 0.5),
+        run("r11-d0", "pilot-random25", 11, 0, 0.9),
+    ]
+    base = {"general_loss": 4.0, "chat_loss": 1.5}
+    st = study_pilot.pilot_statistics(study_pilot.PILOTS["pilot"], base, rows, [])
+    assert st["stored_runs"] == 5 and st["components_random"]["groups"] == 2
+    assert st["spectrum_mean"] == pytest.approx(75.0) and st["runs"][0]["general_loss_change"] == 1.0
+    assert st["power"]["budget_runs"] == 150  # 25 h of 600 s runs
+    assert "5 of 16 pilot runs stored (partial" in study_pilot.markdown(st)
