@@ -94,7 +94,9 @@ def scan_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the scan (JSON)."),
     estimator: str = typer.Option(
         DEFAULT_ESTIMATOR,
-        help="SNR estimator: " + " or ".join(f"'{e.name}' ({e.description})" for e in ESTIMATORS.values()) + ".",
+        help="SNR estimator: "
+        + " or ".join(f"'{e.name}' ({e.description})" for e in ESTIMATORS.values() if e.family == "snr")
+        + ".",
     ),
     device: str = typer.Option("cpu", help="Where singular values are computed: cpu, cuda, cuda:1, ..."),
     modules: Optional[str] = typer.Option(None, "--modules", help="Only scan tensors whose name matches this regex."),
@@ -134,6 +136,56 @@ def scan_cmd(
         console.print(storage_summary(result), soft_wrap=True)
     for m in skipped:
         console.print(f"[yellow]skipped[/] {m.name}: {m.skipped}", soft_wrap=True)
+
+
+@app.command("score", short_help="Score every weight matrix by its gradients on your data.")
+def score_cmd(
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="Checkpoint folder, hub id in the local cache, GGUF file or builtin:smollm2-135m."
+    ),
+    data: str = typer.Option(..., "--data", help="Training data, read as `spectrum train` reads it."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the scores (the scan format, JSON)."),
+    task: str = typer.Option("cpt", "--task", help="cpt (text) or sft (chat or prompt/completion)."),
+    batches: int = typer.Option(8, "--batches", help="Forward and backward passes to average over."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Examples per batch."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length (default 512 or the model's)."),
+    metric: str = typer.Option(
+        "grad", "--metric", help="grad: mean ||G||^2/||W||^2 (default); fisher: diagonal Fisher mass per parameter."
+    ),
+    combine: Optional[Path] = typer.Option(
+        None, "--combine", help="A scan to combine with: each module gets the mean of its per-type rank percentiles."
+    ),
+    seed: int = typer.Option(42, "--seed", help="Which examples make the batches."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="The model's dtype while scoring: float32, bfloat16, float16."
+    ),
+):
+    """Score every weight matrix by the gradients of your own data (task-aware); select from the file as from a
+    scan (`spectrum select scores.json --top-percent 25`). Costs BATCHES forward+backward passes."""
+    from .gradscore import ScoreConfig, score_modules
+
+    cfg = ScoreConfig(
+        model=model,
+        data=data,
+        task=task,
+        batches=batches,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        metric=metric,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        output=str(output),
+        combine=str(combine) if combine else None,
+    )
+    result = score_modules(cfg)
+    took = result.config.get("seconds")
+    console.print(
+        f"[green]Scored[/] {model} ({result.estimator}, {batches} batches of {batch_size}"
+        f"{f' in {took:.0f} s' if took is not None else ''}): {result.tally()} -> {output}",
+        soft_wrap=True,
+    )
 
 
 @app.command("select", short_help="Choose the modules to train from a scan.")
