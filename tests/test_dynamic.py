@@ -107,3 +107,10 @@ def test_more_than_one_process_is_refused_before_training():
     trainer = SimpleNamespace(args=SimpleNamespace(world_size=2))
     with pytest.raises(SpectrumError, match="runs in one process"):
         attach(trainer, None, None)  # type: ignore[arg-type]
+
+
+def test_more_than_one_process_is_refused_with_the_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = TrainConfig(model="m", data="d", output_dir=str(tmp_path / "o"), schedule="dynamic", top_percent=50)
+    with pytest.raises(SpectrumError, match="runs in one process; this run has 2"):
+        cfg.validate()

@@ -240,7 +240,10 @@ def get(name: str) -> Estimator:
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
-        raise SpectrumError(f"Unknown estimator {name!r}. Use one of: {', '.join(REGISTRY)}.") from None
+        other = ", ".join(n for n in REGISTRY if n not in SPECTRAL)
+        raise SpectrumError(
+            f"Unknown estimator {name!r}. Use one of: {', '.join(SPECTRAL)}. ({other}: scores of `spectrum score`.)"
+        ) from None
 
 
 def score(s: torch.Tensor, m: int, n: int, estimator: str) -> Score:

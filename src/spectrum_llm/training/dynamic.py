@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,15 @@ def check_config(cfg: TrainConfig) -> None:
         raise SpectrumError(
             "--schedule dynamic changes which parameters train during the run, which FSDP and DeepSpeed do not "
             "allow: run it without --fsdp/--deepspeed, in one process."
+        )
+    _one_process(int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _one_process(world_size: int) -> None:
+    if world_size > 1:
+        raise SpectrumError(
+            f"--schedule dynamic runs in one process; this run has {world_size} (torchrun/accelerate), where DDP "
+            "assumes the trainable parameters never change. Run it in one process or use --schedule static."
         )
 
 
@@ -186,11 +196,7 @@ def attach(trainer: Any, job: Job, prepared: Prepared) -> DynamicSchedule:
     from ..rules import candidates
     from .methods import resolve_scan
 
-    if trainer.args.world_size > 1:
-        raise SpectrumError(
-            f"--schedule dynamic runs in one process; this run has {trainer.args.world_size} (torchrun/accelerate), "
-            "where DDP assumes the trainable parameters never change. Run it in one process or use --schedule static."
-        )
+    _one_process(trainer.args.world_size)
     sel = prepared.selection
     assert sel is not None  # spectrum always trains from a selection
     scan = resolve_scan(job.cfg, job.source)
