@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -74,15 +73,21 @@ def first_exchange(item: dict, max_prompt_chars: int = 600, max_answer_chars: in
 def random_patterns(modules: list[dict], kept_per_type: dict[str, int], seed: int) -> list[str]:
     """Modules drawn at random, the same number per type as ``kept_per_type``; patterns in file order.
 
-    ``modules``: candidate modules as dicts with ``name``, ``type`` and ``pattern``.
+    ``modules``: candidate modules as dicts with ``name``, ``type`` and ``pattern``. The draw is the product's
+    (``spectrum_llm.random_control.draw_matched``, what `spectrum select --random` draws): the same calls on one
+    ``random.Random(seed)`` as this function made before it moved there, so the study's stored draws and run keys
+    are unchanged (tests/test_study.py pins them).
     """
-    rng = random.Random(seed)
-    chosen: set[str] = set()
-    for t, k in kept_per_type.items():
-        pool = [m["name"] for m in modules if m["type"] == t]
-        if k > len(pool):
-            raise ValueError(f"type {t} has {len(pool)} modules, cannot draw {k}")
-        chosen.update(rng.sample(pool, k))
+    from spectrum_llm.errors import SpectrumError
+    from spectrum_llm.random_control import draw_matched
+
+    pools: dict = {}
+    for m in modules:
+        pools.setdefault(m["type"], []).append(m["name"])
+    try:
+        chosen = draw_matched(pools, dict(kept_per_type), seed)
+    except SpectrumError as e:
+        raise ValueError(str(e)) from None
     return [m["pattern"] for m in modules if m["name"] in chosen]
 
 
@@ -91,6 +96,10 @@ def top_layers(modules: list[dict], target_params: int) -> tuple[list[int], list
 
     Returns the layers (highest first), the patterns of their modules and their parameter count. Ties go
     to the smaller N (never a larger budget than needed).
+
+    Kept for the first study's reproducibility: `spectrum select --rule top-layers` (``spectrum_llm.depth``)
+    never exceeds its budget, where this takes the closest count, over or under. On SmolLM2-135M at Spectrum-25's
+    size both take layers 23-29 (its linear modules fit exactly); later studies use the product's rule.
     """
     per_layer: dict[int, int] = {}
     for m in modules:

@@ -11,7 +11,7 @@ from spectrum_llm import catalogue
 from spectrum_llm.catalogue import builtin, entries, find, slug, validate_data
 from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.results import load_scan
+from spectrum_llm.scan_files import load_scan
 from spectrum_llm.selection import select
 
 ENTRIES = builtin()

@@ -64,23 +64,24 @@ def test_select_and_report_give_one_count(tmp_path, capsys):
     assert "red box: a selected module" in html
 
 
-def test_select_names_the_flags_when_embeddings_dominate(tmp_path, capsys):
+def test_select_states_what_the_embeddings_cost(tmp_path, capsys):
     scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0]}, numel=10)
     path = scan.save(tmp_path / "scan.json")
     _, _, err = _run(capsys, "select", path, "-o", tmp_path / "s.yaml")
-    assert "200 of the 210 trainable parameters (95%) are embeddings/lm_head" in err
-    assert "pass --no-train-embeddings --no-train-lm-head" in err
+    assert "embeddings/lm_head: trained (200 parameters, 95% of what trains); --embeddings freeze" in err
     _, _, err = _run(capsys, "select", path, "--no-train-embeddings", "--no-train-lm-head", "-o", tmp_path / "t.yaml")
-    assert "trains 10 of 220 parameters" in err and "note:" not in err
+    assert "trains 10 of 220 parameters" in err and "embeddings: frozen" in err
+    _, _, err = _run(capsys, "select", path, "--embeddings", "freeze", "-o", tmp_path / "u.yaml")
+    assert "trains 10 of 220 parameters" in err
 
 
-def test_select_on_a_tied_model_names_one_flag(tmp_path, capsys):
+def test_select_on_a_tied_model_counts_the_shared_tensor_once(tmp_path, capsys):
     scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0]}, numel=10)
     scan.modules = [m for m in scan.modules if m.kind != "lm_head"]  # a tied head is not stored
     path = scan.save(tmp_path / "scan.json")
     _, _, err = _run(capsys, "select", path, "-o", tmp_path / "s.yaml")
     assert "+ model.embed_tokens (tied to lm_head)" in err
-    assert "pass --no-train-embeddings to train only" in err
+    assert "embeddings: trained (100 parameters, 91% of what trains); --embeddings freeze" in err
     _, _, err = _run(capsys, "select", path, "--no-train-embeddings", "-o", tmp_path / "t.yaml")
     assert "lm_head" not in (tmp_path / "t.yaml").read_text()
 

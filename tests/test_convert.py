@@ -76,7 +76,7 @@ def test_conversions_are_cached_where_the_environment_says(env, tmp_path, monkey
         (out / "config.json").write_text("{}")
         (out / "model.safetensors").write_bytes(b"")
 
-    monkeypatch.setattr(convert, "_convert", fake_convert)
+    monkeypatch.setattr(convert, "write_folder", fake_convert)
     monkeypatch.delenv("SPECTRUM_CACHE")
     monkeypatch.setenv(env, str(tmp_path / "here"))
     root = tmp_path / "here" / ("spectrum-llm" if env == "XDG_CACHE_HOME" else "")

@@ -6,7 +6,8 @@ import pytest
 import spectrum_llm
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.html_report import heatmap_png, module_spectrum, report
-from spectrum_llm.results import ModuleScore, ScanResult, load_scan
+from spectrum_llm.results import ModuleScore, ScanResult
+from spectrum_llm.scan_files import load_scan
 
 from helpers_report import assert_sane_png, synthetic_scan
 

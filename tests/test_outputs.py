@@ -184,7 +184,7 @@ def test_concurrent_conversions_convert_once(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         (out / "model.safetensors").write_bytes(b"")
 
-    monkeypatch.setattr(convert, "_convert", fake)
+    monkeypatch.setattr(convert, "write_folder", fake)
     with ThreadPoolExecutor(4) as pool:
         folders = list(pool.map(lambda _: convert.gguf_to_folder("builtin:smollm2-135m"), range(4)))
     assert len(calls) == 1 and len(set(folders)) == 1

@@ -13,7 +13,8 @@ from conftest import plant_signal, save_model, tiny_llama
 from helpers_reference import reference_scan, reference_yaml
 from spectrum_llm.exports import to_yaml
 from spectrum_llm.reference import file_name, model_id, reference_type, sort_types, to_json_text
-from spectrum_llm.results import ScanResult, load_scan
+from spectrum_llm.results import ScanResult
+from spectrum_llm.scan_files import load_scan
 from spectrum_llm.selection import select
 
 
@@ -84,7 +85,7 @@ FLAT = [e for e in __import__("spectrum_llm.catalogue", fromlist=["builtin"]).bu
 
 @pytest.mark.parametrize("entry", FLAT, ids=[e.name for e in FLAT])
 def test_compat_on_every_published_flat_scan_is_the_reference_tools_yaml(entry):
-    from spectrum_llm.results import read_scan_text
+    from spectrum_llm.scan_files import read_scan_text
 
     data = json.loads(read_scan_text(entry.path))
     scan = load_scan(entry.path)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 import spectrum_llm
 from spectrum_llm import scan_cpu, scanning as scan_mod
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.results import load_scan
+from spectrum_llm.scan_files import load_scan
 
 from conftest import save_model, tiny_llama
 from test_estimators import direct_reference

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import spectrum_llm
-from spectrum_llm.results import load_scan
+from spectrum_llm.scan_files import load_scan
 
 pytestmark = pytest.mark.slow  # torchrun ranks and a killed-and-resumed scan, each in its own processes
 

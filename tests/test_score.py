@@ -11,7 +11,7 @@ from helpers_cli import run_cli
 from helpers_models import build_tiny_llama, write_sft_data
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.gradscore import ScoreConfig, combine_scores, module_scores, score_modules
-from spectrum_llm.results import load_scan
+from spectrum_llm.scan_files import load_scan
 from spectrum_llm.scanning import scan
 from spectrum_llm.selection import select
 

@@ -85,8 +85,16 @@ def test_budget_is_met_to_within_one_module(sizes, frac, data):
     numel = {t: data.draw(st.sampled_from(sizes)) for t in types}
     scan = synthetic_scan(scores, numel=numel, extras=False)
     total = sum(m.numel for m in scan.modules)
-    sel = select(scan, budget=frac)
     budget = int(total * frac)
+    if budget < min(numel.values()):  # not even one module fits: an error, not an empty selection
+        with pytest.raises(SpectrumError, match="smaller than the first module"):
+            select(scan, budget=frac)
+        return
+    try:
+        sel = select(scan, budget=frac)
+    except SpectrumError as e:  # the best-ranked module is larger than the budget: also an error, never empty
+        assert "smaller than the first module" in str(e) and budget < max(numel.values())
+        return
     used = sum(t.selected_numel for t in sel.types.values())
     assert used == sel.trainable_params <= budget
     missing = [n for t in types for n in [numel[t]] * (sel.types[t].total - sel.types[t].kept)]

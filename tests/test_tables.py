@@ -3,7 +3,7 @@ import math
 import pytest
 
 from spectrum_llm.errors import SpectrumError
-from spectrum_llm.results import load_scan
+from spectrum_llm.scan_files import load_scan
 from spectrum_llm.tables import format_score, top_modules
 
 from helpers_report import synthetic_scan

@@ -19,7 +19,7 @@ _API = {
     "SpectrumError": "errors",
     "ModuleScore": "results",
     "ScanResult": "results",
-    "load_scan": "results",
+    "load_scan": "scan_files",
     "scan": "scanning",
     "score_modules": "gradscore",
     "ScoreConfig": "gradscore",

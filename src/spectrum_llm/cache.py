@@ -12,6 +12,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .results import ScanResult
 
 SOURCE_FILE = "spectrum_source.json"  # written by `spectrum convert` into the folders it makes
 WHERE = "$SPECTRUM_CACHE, else $XDG_CACHE_HOME/spectrum-llm, else ~/.cache/spectrum-llm"  # root(), for help texts
@@ -47,3 +51,13 @@ def scan_path(fingerprint: str, estimator: str, method: str = "gram") -> Path:
     """The cache file of a full scan of the weights with this fingerprint (the default method's has no suffix)."""
     suffix = "" if method == "gram" else f"-{method}"
     return scans_dir() / f"{fingerprint}-{estimator}{suffix}.json"
+
+
+def as_named(scan: ScanResult, model: str | os.PathLike) -> ScanResult:
+    """A scan found by its weights' content, restated for the model as the current caller named it.
+
+    The cache is keyed by content, so the scan it holds may have been made by another user, from another
+    path or under another name; that name must not leak into this caller's scan file and messages.
+    """
+    scan.model = str(model)
+    return scan

@@ -27,7 +27,8 @@ from typing import Any
 
 from .errors import SpectrumError
 from .reference import slug
-from .results import ScanResult, load_scan, parse_scan, read_scan_text, scan_stem
+from .results import ScanResult
+from .scan_files import load_scan, parse_scan, read_scan_text, scan_stem
 
 DATA = Path(__file__).parent / "catalogue_data"
 ENV = "SPECTRUM_CATALOGUE"

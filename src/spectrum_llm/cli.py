@@ -11,8 +11,10 @@ import dataclasses
 import functools
 import inspect
 import logging
+import shlex
 import sys
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -24,9 +26,10 @@ from rich.markup import escape
 from . import cache
 from .errors import SpectrumError
 from .estimators import DEFAULT as DEFAULT_ESTIMATOR
-from .estimators import REGISTRY as ESTIMATORS
+from .estimators import SPECTRAL_REGISTRY as ESTIMATORS
 from .select_config import SelectConfig
 from .training import TrainConfig
+from .training.interrupts import TrainingInterrupted
 
 app = typer.Typer(
     name="spectrum",
@@ -94,9 +97,7 @@ def scan_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the scan (JSON)."),
     estimator: str = typer.Option(
         DEFAULT_ESTIMATOR,
-        help="SNR estimator: "
-        + " or ".join(f"'{e.name}' ({e.description})" for e in ESTIMATORS.values() if e.family == "snr")
-        + ".",
+        help="SNR estimator: " + " or ".join(f"'{e.name}' ({e.description})" for e in ESTIMATORS.values()) + ".",
     ),
     device: str = typer.Option("cpu", help="Where singular values are computed: cpu, cuda, cuda:1, ..."),
     modules: Optional[str] = typer.Option(None, "--modules", help="Only scan tensors whose name matches this regex."),
@@ -136,56 +137,6 @@ def scan_cmd(
         console.print(storage_summary(result), soft_wrap=True)
     for m in skipped:
         console.print(f"[yellow]skipped[/] {m.name}: {m.skipped}", soft_wrap=True)
-
-
-@app.command("score", short_help="Score every weight matrix by its gradients on your data.")
-def score_cmd(
-    model: str = typer.Argument(
-        ..., metavar="MODEL", help="Checkpoint folder, hub id in the local cache, GGUF file or builtin:smollm2-135m."
-    ),
-    data: str = typer.Option(..., "--data", help="Training data, read as `spectrum train` reads it."),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write the scores (the scan format, JSON)."),
-    task: str = typer.Option("cpt", "--task", help="cpt (text) or sft (chat or prompt/completion)."),
-    batches: int = typer.Option(8, "--batches", help="Forward and backward passes to average over."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Examples per batch."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Sequence length (default 512 or the model's)."),
-    metric: str = typer.Option(
-        "grad", "--metric", help="grad: mean ||G||^2/||W||^2 (default); fisher: diagonal Fisher mass per parameter."
-    ),
-    combine: Optional[Path] = typer.Option(
-        None, "--combine", help="A scan to combine with: each module gets the mean of its per-type rank percentiles."
-    ),
-    seed: int = typer.Option(42, "--seed", help="Which examples make the batches."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option(
-        "float32", "--dtype", help="The model's dtype while scoring: float32, bfloat16, float16."
-    ),
-):
-    """Score every weight matrix by the gradients of your own data (task-aware); select from the file as from a
-    scan (`spectrum select scores.json --top-percent 25`). Costs BATCHES forward+backward passes."""
-    from .gradscore import ScoreConfig, score_modules
-
-    cfg = ScoreConfig(
-        model=model,
-        data=data,
-        task=task,
-        batches=batches,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        metric=metric,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        output=str(output),
-        combine=str(combine) if combine else None,
-    )
-    result = score_modules(cfg)
-    took = result.config.get("seconds")
-    console.print(
-        f"[green]Scored[/] {model} ({result.estimator}, {batches} batches of {batch_size}"
-        f"{f' in {took:.0f} s' if took is not None else ''}): {result.tally()} -> {output}",
-        soft_wrap=True,
-    )
 
 
 @app.command("select", short_help="Choose the modules to train from a scan.")
@@ -237,6 +188,11 @@ def check_cmd(
     allow_unmatched: bool = typer.Option(
         False, "--allow-unmatched", help="Report patterns that match nothing instead of failing (exit 2)."
     ),
+    allow_other_model: bool = typer.Option(
+        False,
+        "--allow-other-model",
+        help="Check a selection whose recorded architecture (layer count, module shapes) differs from the model's.",
+    ),
     seq_len: int = typer.Option(512, "--seq-len", help="Sequence length at which activations are measured."),
     lora_rank: Optional[int] = typer.Option(
         None,
@@ -264,6 +220,7 @@ def check_cmd(
         lora_rank=lora_rank,
         dtype=dtype,
         activations=activations,
+        allow_other_model=allow_other_model,
     )
     typer.echo(str(report))
     if json_out is not None:
@@ -283,28 +240,49 @@ def catalogue_cmd(
     ),
 ):
     """List the scans `spectrum select MODEL_ID` can use without scanning: yours first, then the published ones."""
+    import textwrap
+
     from .catalogue import entries
 
-    rows = [("model (snr_results_<model>.json)", "modules", "estimator", "source", "Axolotl", "status")]
-    for e in entries(catalogue):
-        rows.append(
-            (
-                e.name,
-                str(e.modules) if e.modules else "-",
-                e.estimator or "-",
-                e.describe_source(short=True),
-                "reads it" if e.axolotl_readable else "cannot read it",
-                "ok" if e.problem is None else f"defective: {e.problem}",
-            )
+    width = 80  # fits an 80-column terminal; a defect's explanation wraps under its row
+    head = ("model (snr_results_<model>.json)", "modules", "estimator", "Axolotl", "status")
+    found = entries(catalogue)
+    widths = [
+        max([len(head[0])] + [len(e.name) for e in found]),
+        7,
+        max([9] + [len(e.estimator or "-") for e in found]),
+        7,
+    ]
+    typer.echo(
+        "  ".join(h.ljust(w) if i != 1 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))) + "  " + head[4]
+    )
+    group = None
+    for e in found:
+        source = e.describe_source(short=True)
+        if source != group:
+            group = source
+            n = sum(1 for x in found if x.describe_source(short=True) == source)
+            typer.echo(f"-- from {source}: {n} scan{'s' if n != 1 else ''}")
+        cells = (
+            e.name,
+            str(e.modules) if e.modules else "-",
+            e.estimator or "-",
+            "yes" if e.axolotl_readable else "no",
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+        row = "  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        typer.echo(row + "  " + ("ok" if e.problem is None else "defective:"))
+        if e.problem is not None:
+            typer.echo(textwrap.fill(e.problem, width, initial_indent="    ", subsequent_indent="    "))
+    typer.echo("Axolotl: whether Axolotl's Spectrum plugin can read the file as it is.")
 
 
 @app.command("show", short_help="Print a scan's modules sorted by score.")
 def show_cmd(
-    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    scan_file: str = typer.Argument(
+        ...,
+        metavar="SCAN",
+        help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`.",
+    ),
     top: Optional[int] = typer.Option(None, "--top", "-n", help="Show only the N highest-scoring modules."),
     type_: Optional[str] = typer.Option(
         None,
@@ -315,24 +293,24 @@ def show_cmd(
     all_kinds: bool = typer.Option(False, "--all", help="Also list embeddings, lm_head and norms."),
 ):
     """Print a scan's modules sorted by score, highest first."""
-    from .grids import as_scan
-    from .tables import scan_table
+    from .tables import scan_table, view_scan
 
-    Console().print(scan_table(as_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
+    Console().print(scan_table(view_scan(scan_file), top=top, type=type_, all_kinds=all_kinds))
 
 
 @app.command("compare", short_help="Show where two scans of one architecture differ.")
 def compare_cmd(
-    scan_a: Path = typer.Argument(..., metavar="SCAN_A", help="First scan (e.g. the base model)."),
-    scan_b: Path = typer.Argument(..., metavar="SCAN_B", help="Second scan (e.g. the instruct model)."),
+    scan_a: str = typer.Argument(..., metavar="SCAN_A", help="First scan or catalogue model id (e.g. the base model)."),
+    scan_b: str = typer.Argument(..., metavar="SCAN_B", help="Second scan or catalogue model id (e.g. the instruct)."),
     png: Optional[Path] = typer.Option(None, "--png", "-o", help="Write the heatmap of the difference (PNG)."),
     top: int = typer.Option(20, "--top", "-n", help="Rows in the table of largest changes."),
     relative: bool = typer.Option(True, "--relative/--absolute", help="Changes as B / A - 1 (default) or B - A."),
 ):
     """Show where two scans of the same architecture differ: a table and a difference heatmap."""
     from .comparison import compare, diff_table
+    from .tables import view_scan
 
-    result = compare(scan_a, scan_b, png=png, relative=relative)
+    result = compare(view_scan(scan_a), view_scan(scan_b), png=png, relative=relative)
     Console().print(diff_table(result, top, relative))
     if result.png is not None:
         console.print(f"[green]Wrote[/] {result.png}")
@@ -340,7 +318,11 @@ def compare_cmd(
 
 @app.command("report", short_help="Write an HTML report of a scan (and a selection).")
 def report_cmd(
-    scan_file: Path = typer.Argument(..., metavar="SCAN", help="A scan: ours or a reference snr_results_*.json."),
+    scan_file: str = typer.Argument(
+        ...,
+        metavar="SCAN",
+        help="A scan (ours or a reference snr_results_*.json) or a model id in `spectrum catalogue`.",
+    ),
     selection: Optional[str] = typer.Option(
         None, "--selection", "-s", help="A selection (.yaml/.json/.txt) to mark on the heatmap and count by type."
     ),
@@ -357,8 +339,9 @@ def report_cmd(
 ):
     """Write an HTML report of a scan (heatmap, spectrum, trainable parameters by type)."""
     from .html_report import report
+    from .tables import view_scan
 
-    files = report(scan_file, selection=selection, output=output, png=png, module=module, model=model)
+    files = report(view_scan(scan_file), selection=selection, output=output, png=png, module=module, model=model)
     for path in (files.html, files.png):
         if path is not None:
             console.print(f"[green]Wrote[/] {path}")
@@ -377,10 +360,13 @@ def train_cmd(
 ):
     """Train only the selected modules (or --method full / lora on the same data and schedule).
 
-    OUTPUT_DIR gets the trained model (safetensors, in the input's dtypes), its tokenizer, selection.json and
-    selection.yaml, and train_summary.json (parameters, losses, tokens/s, peak memory). While training, the
+    The output folder (-o/--output-dir) gets the trained model (safetensors, in the input's dtypes), its
+    tokenizer, selection.json and selection.yaml, and train_summary.json (parameters, losses, tokens/s, peak
+    memory). A folder holding an earlier run is refused unless --resume or --overwrite. While training, the
     latest resumable checkpoint-N/ is kept for --resume; it is removed after a successful run unless
-    --keep-checkpoints. A run that fails before training leaves no folder behind.
+    --keep-checkpoints. Ctrl-C (SIGINT) or SIGTERM stops after the current step with a checkpoint of it (a
+    second one stops at once) and prints the command that resumes; the exit code is 130 or 143. A run that
+    fails before training leaves no folder behind.
     """
     from .training import train
 
@@ -405,8 +391,20 @@ def convert_cmd(
     console.print(f"[green]Wrote[/] {gguf_to_folder(model, output, dtype)}")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"spectrum-llm {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version of spectrum-llm and exit."
+    ),
+) -> None:
     """Spectrum targeted training: scan weight spectra, select modules, train only those."""
 
 
@@ -437,9 +435,17 @@ def _logging_to_stdout():
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `spectrum` console script."""
-    with _logging_to_stdout():
+    with _logging_to_stdout(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # libraries' deprecation notices are not the user's to act on
         try:
             app(args=argv, prog_name="spectrum")
         except SpectrumError as e:
             console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
             sys.exit(2)
+        except TrainingInterrupted as e:
+            args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
+            console.print(escape(e.describe(shlex.join(["spectrum", *args, "--resume"]))), soft_wrap=True)
+            sys.exit(e.exit_code)
+
+
+from . import cli_score  # noqa: E402, F401  (adds `spectrum score` to the app)

@@ -8,8 +8,10 @@ loaded into it, and the folder is written once into a cache keyed by the file's 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -73,11 +75,40 @@ def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = 
         lock = contextlib.nullcontext()  # no cache to lock in: a lone process needs no lock
     with lock:
         if not _complete(out):
-            _convert(path, str(model), fingerprint, out, dtype)
+            write_folder(path, str(model), fingerprint, out, dtype)
     return out
 
 
-def _convert(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> None:
+@contextlib.contextmanager
+def quiet_progress(verbose: bool | None = None):
+    """Hide transformers' own progress bars (GGUF dequantization, writing shards) unless ``verbose``
+    (default: whether the package logs at DEBUG, as ``--verbose`` sets), so a run shows only its own bar."""
+    if verbose is None:
+        verbose = logging.getLogger("spectrum_llm").isEnabledFor(logging.DEBUG)
+    if verbose:
+        yield
+        return
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bar, was_on = gguf_utils.tqdm, hf_logging.is_progress_bar_enabled()
+    gguf_utils.tqdm = functools.partial(bar, disable=True)  # it calls tqdm directly, not transformers' switch
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def write_folder(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> None:
+    """Convert the GGUF file ``path`` into the transformers folder ``out`` (written whole, or not at all)."""
+    with quiet_progress():
+        _write_folder(path, name, fingerprint, out, dtype)
+
+
+def _write_folder(path: Path, name: str, fingerprint: str, out: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -11,6 +11,9 @@ batch (labels with -100). Problems with the data are found here, before any trai
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ class DataConfig:
     eval_split: float = 0.0
     eval_path: str | None = None
     seed: int = 42
+    skip_bad_rows: bool = False  # drop rows that cannot be used (no answer, wrong types) instead of stopping
 
 
 @dataclass
@@ -45,6 +49,7 @@ class DataSummary:
     target_tokens: int
     dropped: int
     format: str
+    skipped: int = 0  # rows left out by skip_bad_rows
 
 
 def load_rows(path: str):
@@ -84,14 +89,65 @@ def load_rows(path: str):
         import pyarrow
 
         try:
-            ds = datasets.load_dataset(kind, data_files=str(p), split="train")
+            with _quiet("datasets"):
+                ds = datasets.load_dataset(kind, data_files=str(p), split="train")
         except (datasets.exceptions.DatasetsError, pyarrow.ArrowException, ValueError, OSError) as e:  # parse errors
-            raise SpectrumError(
-                f"Cannot read {p} as {kind}: {e}. Fix the file (one JSON object per line for .jsonl)."
-            ) from e
+            raise (_json_error(p) if kind == "json" else None) or SpectrumError(
+                f"Cannot read {p} as {kind}: {_first_line(e)}. Fix the file."
+            ) from None
     if len(ds) == 0:
         raise SpectrumError(f"Data {p} has no rows. Point --data at a file with training rows.")
     return ds
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Hide a library's own log lines (datasets logs a parse error before raising it) while reading."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _first_line(e: BaseException) -> str:
+    cause = e.__cause__ or e.__context__
+    text = str(cause if cause is not None and str(cause) else e)
+    return (text.splitlines() or [type(e).__name__])[0]
+
+
+def _json_error(p: Path) -> SpectrumError | None:
+    """The first line of a .jsonl/.json file that is not a JSON object, as one line naming the file and line."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return SpectrumError(f"Cannot read {p}: byte {e.start} is not UTF-8. Save the file as UTF-8.")
+    except OSError as e:
+        return SpectrumError(f"Cannot read {p}: {e.strerror or e}.")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, (list, dict)):
+        return None  # one JSON document: datasets' complaint is about its shape, not its syntax
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            return SpectrumError(
+                f"{p}, line {n}: not valid JSON ({e.msg} at column {e.colno}). "
+                "Fix that line: a .jsonl file holds one JSON object per line."
+            )
+        if not isinstance(row, dict):
+            return SpectrumError(
+                f"{p}, line {n}: a JSON {type(row).__name__}, not an object. "
+                'Write each row as one object per line, e.g. {"text": ...}.'
+            )
+    return None
 
 
 def check_seq_len(seq_len: int, max_positions: int | None, model: str = "the model") -> None:
@@ -104,33 +160,65 @@ def check_seq_len(seq_len: int, max_positions: int | None, model: str = "the mod
         )
 
 
-def _row_error(i: int, what: str, cols: list[str], fix: str) -> SpectrumError:
-    return SpectrumError(f"Row {i} of the data {what} (columns: {', '.join(cols) or 'none'}). {fix}")
+class BadRow(SpectrumError):
+    """One row that cannot be used; ``skip_bad_rows`` leaves such rows out instead of stopping."""
 
 
-def _tokenize_cpt(ds, tok, field: str):
+def _row_error(i: int, what: str, cols: list[str], fix: str, where: str = "the data") -> BadRow:
+    """Rows are counted from 1, which is the line number in a .jsonl file without blank lines."""
+    return BadRow(
+        f"Row {i + 1} of {where} {what} (columns: {', '.join(cols) or 'none'}). {fix} "
+        "Or pass --skip-bad-rows to leave such rows out."
+    )
+
+
+def _skipping(fn, skip: bool, keys: tuple[str, ...]):
+    """``fn`` on one row; with ``skip``, a bad row gives empty outputs (removed afterwards) instead of stopping."""
+
+    def one(*args):
+        try:
+            return fn(*args)
+        except BadRow:
+            if not skip:
+                raise
+            return tuple([] for _ in keys) if len(keys) > 1 else []
+
+    return one
+
+
+def _tokenize_cpt(ds, tok, field: str, where: str = "the data", skip: bool = False):
     cols = ds.column_names
     if field not in cols:
-        raise _row_error(
-            0, f"has no {field!r} field", cols, f"Use --text-field to name the text column, or add a {field!r} field."
+        chat = "messages" in cols or {"prompt", "completion"} <= set(cols)
+        raise SpectrumError(
+            f"{where} has no {field!r} field (columns: {', '.join(cols) or 'none'}). "
+            + (
+                "It looks like chat data: pass --task sft to train on the answers, or --text-field to name a text "
+                "column for --task cpt (the default)."
+                if chat
+                else f"Use --text-field to name the text column, or add a {field!r} field."
+            )
         )
     eos = tok.eos_token_id
 
+    def row(i, text):
+        if not isinstance(text, str):
+            raise _row_error(
+                i,
+                f"has a {field!r} that is not text ({type(text).__name__})",
+                cols,
+                "Give every row a string in that field.",
+                where,
+            )
+        t = tok(text)["input_ids"]
+        if eos is not None and (not t or t[-1] != eos):
+            t = t + [eos]
+        return t
+
+    one = _skipping(row, skip, ("input_ids",))
+
     def fn(batch, idx):
-        ids = []
-        for i, text in zip(idx, batch[field]):
-            if not isinstance(text, str):
-                raise _row_error(
-                    i,
-                    f"has a {field!r} that is not text ({type(text).__name__})",
-                    cols,
-                    "Give every row a string in that field.",
-                )
-            t = tok(text)["input_ids"]
-            if eos is not None and (not t or t[-1] != eos):
-                t = t + [eos]
-            ids.append(t)
-        return {"input_ids": ids}
+        return {"input_ids": [one(i, text) for i, text in zip(idx, batch[field])]}
 
     return ds.map(fn, batched=True, with_indices=True, remove_columns=cols, desc="tokenize")
 
@@ -151,7 +239,7 @@ def _render(tok, messages, **kw) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def _chat_example(tok, messages, i: int, cols: list[str]) -> tuple[list[int], list[int]]:
+def _chat_example(tok, messages, i: int, cols: list[str], where: str = "the data") -> tuple[list[int], list[int]]:
     """Tokens of a conversation and labels that keep only the assistant turns.
 
     Each assistant turn's span is found by rendering the conversation up to it (with the generation
@@ -167,6 +255,7 @@ def _chat_example(tok, messages, i: int, cols: list[str]) -> tuple[list[int], li
             "has 'messages' that are not a list of {role, content}",
             cols,
             'Write each conversation as [{"role": ..., "content": ...}, ...].',
+            where,
         )
     if not any(m["role"] == "assistant" for m in messages):
         raise _row_error(
@@ -174,6 +263,7 @@ def _chat_example(tok, messages, i: int, cols: list[str]) -> tuple[list[int], li
             "has no assistant message, so nothing to learn",
             cols,
             "Give every conversation at least one assistant turn.",
+            where,
         )
     ids = _render(tok, messages)
     labels = [IGNORE] * len(ids)
@@ -192,7 +282,7 @@ def _chat_example(tok, messages, i: int, cols: list[str]) -> tuple[list[int], li
     return ids, labels
 
 
-def _tokenize_sft(ds, tok):
+def _tokenize_sft(ds, tok, where: str = "the data", skip: bool = False):
     cols = ds.column_names
     fmt = _sft_format(cols)
     if fmt == "messages" and not tok.chat_template:
@@ -202,25 +292,30 @@ def _tokenize_sft(ds, tok):
         )
     eos = tok.eos_token_id
 
+    def row(batch, j, i):
+        if fmt == "messages":
+            return _chat_example(tok, batch["messages"][j], i, cols, where)
+        prompt, completion = batch["prompt"][j], batch["completion"][j]
+        if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
+            raise _row_error(
+                i,
+                "has a prompt or completion that is missing or not text",
+                cols,
+                "Give every row a 'prompt' string and a non-empty 'completion' string.",
+                where,
+            )
+        p = tok(prompt)["input_ids"]
+        c = tok(" " + completion, add_special_tokens=False)["input_ids"]
+        if eos is not None:
+            c = c + [eos]
+        return p + c, [IGNORE] * len(p) + c
+
+    one = _skipping(row, skip, ("input_ids", "labels"))
+
     def fn(batch, idx):
         out_ids, out_labels = [], []
         for j, i in enumerate(idx):
-            if fmt == "messages":
-                ids, labels = _chat_example(tok, batch["messages"][j], i, cols)
-            else:
-                prompt, completion = batch["prompt"][j], batch["completion"][j]
-                if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
-                    raise _row_error(
-                        i,
-                        "has a prompt or completion that is missing or not text",
-                        cols,
-                        "Give every row a 'prompt' string and a non-empty 'completion' string.",
-                    )
-                p = tok(prompt)["input_ids"]
-                c = tok(" " + completion, add_special_tokens=False)["input_ids"]
-                if eos is not None:
-                    c = c + [eos]
-                ids, labels = p + c, [IGNORE] * len(p) + c
+            ids, labels = one(batch, j, i)
             out_ids.append(ids)
             out_labels.append(labels)
         return {"input_ids": out_ids, "labels": out_labels}
@@ -269,17 +364,27 @@ def build_datasets(cfg: DataConfig, tokenizer, max_positions: int | None = None)
 
     def prepare(path):
         rows = load_rows(path)
+        where, skip = str(path), cfg.skip_bad_rows
         if cfg.task == "cpt":
-            ds, fmt = _tokenize_cpt(rows, tokenizer, cfg.text_field), "text"
+            ds, fmt = _tokenize_cpt(rows, tokenizer, cfg.text_field, where, skip), "text"
         else:
-            ds, fmt = _tokenize_sft(rows, tokenizer)
+            ds, fmt = _tokenize_sft(rows, tokenizer, where, skip)
+        usable = ds.filter(lambda ex: len(ex["input_ids"]) > 0, desc="skip bad rows") if skip else ds
+        skipped = len(ds) - len(usable)
+        if skip and len(usable) == 0:
+            raise SpectrumError(f"Every row of {path} is unusable (--skip-bad-rows left none). Fix the data.")
+        if skipped:
+            logging.getLogger("spectrum_llm").warning(
+                "skipped %d unusable row(s) of %s (--skip-bad-rows)", skipped, path
+            )
+        ds = usable
         ds = _pack(ds, cfg.seq_len) if packing else _truncate(ds, cfg.seq_len)
         before = len(ds)
         ds = ds.filter(lambda ex: any(t != IGNORE for t in ex["labels"][1:]), desc="drop empty")
         ds = ds.map(lambda ex: {"attention_mask": [1] * len(ex["input_ids"])})
-        return rows, ds, fmt, before - len(ds)
+        return rows, ds, fmt, before - len(ds), skipped
 
-    rows, train, fmt, dropped = prepare(cfg.path)
+    rows, train, fmt, dropped, skipped = prepare(cfg.path)
     if len(train) == 0:
         raise SpectrumError(
             f"No training examples are left from {cfg.path}: every answer lies beyond "
@@ -287,7 +392,7 @@ def build_datasets(cfg: DataConfig, tokenizer, max_positions: int | None = None)
         )
     evalset = None
     if cfg.eval_path:
-        _, evalset, _, _ = prepare(cfg.eval_path)
+        _, evalset, _, _, _ = prepare(cfg.eval_path)
     elif cfg.eval_split > 0:
         if len(train) < 2:
             raise SpectrumError(
@@ -303,6 +408,7 @@ def build_datasets(cfg: DataConfig, tokenizer, max_positions: int | None = None)
         target_tokens=sum(sum(t != IGNORE for t in x) for x in train["labels"]),
         dropped=dropped,
         format=fmt,
+        skipped=skipped,
     )
     return train, evalset, summary
 

@@ -231,7 +231,8 @@ for _e in (
     REGISTRY[_e.name] = _e
 ESTIMATORS = tuple(REGISTRY)
 #: the estimators `spectrum scan` computes (from singular values)
-SPECTRAL = tuple(n for n, e in REGISTRY.items() if e.family == "snr")
+SPECTRAL_REGISTRY = {n: e for n, e in REGISTRY.items() if e.family == "snr"}
+SPECTRAL = tuple(SPECTRAL_REGISTRY)
 DEFAULT = "mp"
 
 

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .architecture import check_model
 from .axolotl import AxolotlPattern, pattern_module
 from .errors import SpectrumError
 from .models import tied_aliases
@@ -150,18 +151,22 @@ def freeze(
     *,
     strict: bool = True,
     input_require_grads: bool = True,
+    allow_other_model: bool = False,
 ) -> FreezeSummary:
     """Set ``requires_grad`` on ``model`` so that exactly the selection trains; return what trains.
 
     ``selection``: a Selection, a .yaml/.json/.txt file, or a list of Axolotl patterns. With
     ``strict`` (the default) a pattern that matches no parameter is an error; otherwise a warning.
     Call it before the optimizer is built (before ``Trainer.train()``), so frozen tensors get no state.
+    A selection that records another architecture than the model's (layers, module shapes) is an error unless
+    ``allow_other_model``.
     """
     import torch
 
     from .params import part_params
 
     sel = load_selection(selection)
+    check_model(sel, model, allow_other_model=allow_other_model)
     pats = [AxolotlPattern(p) for p in sel.patterns]
     named = list(model.named_parameters())
     if not named:

@@ -23,14 +23,15 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from . import __version__
 from .errors import SpectrumError, require
 from .estimators import REGISTRY as ESTIMATORS
-from .results import ModuleScore, ScanResult, load_scan
+from .results import ModuleScore, ScanResult
+from .scan_files import load_scan
 
 if TYPE_CHECKING:
     import torch
@@ -41,23 +42,29 @@ METRICS = ("grad", "fisher")
 COMBINED = "rank-mean"
 
 
+def _option(default: Any, text: str, cli: bool = True) -> Any:
+    """A ScoreConfig field with its `spectrum score` help (``cli.options_from`` makes the flag ``--field-name``)."""
+    return field(default=default, metadata={"help": text, "flags": (), "cli": cli})
+
+
 @dataclass
 class ScoreConfig:
-    """What `spectrum score` reads and how: the model, the data (as `spectrum train` reads it), how many batches."""
+    """What `spectrum score` reads and how: the model, the data (as `spectrum train` reads it), how many batches.
+    Each field but ``model`` and ``output`` is a flag of the command, with its help here."""
 
-    model: str
-    data: str
-    task: str = "cpt"
-    batches: int = 8
-    batch_size: int = 4
-    seq_len: int | None = None  # default: 512, or the model's maximum when smaller
-    text_field: str = "text"
-    metric: str = "grad"
-    seed: int = 42
-    device: str = "cpu"
-    dtype: str = "float32"  # the model's dtype while scoring; squared gradients are summed in float32
-    output: str | None = None
-    combine: str | None = None  # a scan to combine with (rank-mean of both scores)
+    model: str = _option("", "", cli=False)
+    data: str = _option("", "Training data, read as `spectrum train` reads it (required).")
+    task: str = _option("cpt", "cpt (text) or sft (chat or prompt/completion).")
+    batches: int = _option(8, "Forward and backward passes to score on.")
+    batch_size: int = _option(4, "Examples per batch.")
+    seq_len: int | None = _option(None, "Sequence length (default 512, or the model's maximum when smaller).")
+    text_field: str = _option("text", "The text column for cpt.")
+    metric: str = _option("grad", "grad: mean ||G||^2/||W||^2; fisher: Fisher mass per parameter.")
+    seed: int = _option(42, "Which examples make the batches.")
+    device: str = _option("cpu", "cpu, cuda or cuda:N.")
+    dtype: str = _option("float32", "The model's dtype while scoring: float32, bfloat16, float16.")
+    combine: str | None = _option(None, "A scan to combine with: the mean of each module's per-type rank percentiles.")
+    output: str | None = _option(None, "", cli=False)
 
     def validate(self) -> None:
         if not self.model or not self.data:
@@ -86,13 +93,14 @@ def score_modules(config: ScoreConfig) -> ScanResult:
 
     from .data import DataConfig, PadCollator, build_datasets
     from .files import check_writable
+    from .model_config import load_model_config
     from .training.callbacks import quiet
-    from .training.run import load_model_config, model_folder, resolved_seq_len, tokenizer_for
+    from .training.run import model_folder, resolved_seq_len, tokenizer_for
 
     if config.output:
         check_writable(config.output)
     folder = model_folder(config.model)
-    model_cfg = load_model_config(folder)
+    model_cfg = load_model_config(folder, folder_only=True)[0]
     max_positions = getattr(model_cfg, "max_position_embeddings", None)
     seq_len = resolved_seq_len(config.seq_len, max_positions, folder)
     with quiet(verbose=False):

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .naming import column_type
-from .results import RANKED_KINDS, ModuleScore, ScanResult, load_scan
+from .results import RANKED_KINDS, ModuleScore, ScanResult
+from .scan_files import load_scan
 
 
 def as_scan(scan: ScanResult | str | os.PathLike) -> ScanResult:

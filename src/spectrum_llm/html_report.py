@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +255,23 @@ def selected_modules(selection: Any, scan: ScanResult) -> list[str]:
         raise SpectrumError(
             f"None of the {len(names)} selected modules (e.g. {names[0]!r}) is in the scan of {scan.model!r}. "
             "Pass the selection made from this scan (`spectrum select SCAN ...`)."
+        )
+    tied = "lm_head" if tied_head(scan) else None  # a tied head is the embedding, listed once
+    absent = [n for n in names if n not in known and n != tied]
+    for pattern in (p for p in sel.extras if pattern_module(p) is None):  # a regex: does it name any tensor?
+        try:
+            rx = re.compile(pattern)
+        except re.error:
+            absent.append(pattern)
+            continue
+        if not any(rx.search(f"{n}.weight") or rx.search(n) for n in known):
+            absent.append(pattern)
+    if absent:
+        logging.getLogger("spectrum_llm").warning(
+            "%d selection pattern(s) match nothing in the scan of %r and are not drawn: %s",
+            len(absent),
+            scan.model,
+            ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else ""),
         )
     return hits
 

@@ -9,10 +9,8 @@ of the checkpoint tells the same from its config or from the head it lacks.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from .errors import SpectrumError
 from .results import ScanResult
 
 
@@ -30,17 +28,13 @@ def from_config(config: Any, dtype: Any = None):
 
 
 def load_meta_model(path: str | os.PathLike):
-    """Build the model a folder's config.json describes on the meta device: names and shapes, no weights."""
-    from transformers import AutoConfig
+    """Build the model a checkpoint's config describes on the meta device: names and shapes, no weights.
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise SpectrumError(f"{path} has no config.json, so its model cannot be built. Pass the checkpoint folder.")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as e:
-        raise SpectrumError(f"Could not read {path}/config.json ({e}).") from None
-    return from_config(config)
+    ``path``: what ``check --model`` takes (a folder, a weight file, builtin:smollm2-135m, a GGUF, a hub id in
+    the local cache)."""
+    from .model_config import load_model_config
+
+    return from_config(load_model_config(path)[0])
 
 
 def tied_aliases(model: Any) -> dict[str, str]:

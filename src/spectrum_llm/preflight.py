@@ -88,42 +88,38 @@ class CheckReport:
         return d
 
     def __str__(self) -> str:
+        """The report as text that fits an 80-column terminal: notes wrap under their row, the memory table has
+        one column per method."""
         w = max([len(p.pattern) for p in self.patterns] + [7])
         lines = [
-            f"{self.selection} on {self.model} ({self.total_params:,} parameters, {self.dtype})",
+            *_wrap(f"{self.selection} on {self.model} ({self.total_params:,} parameters, {self.dtype})"),
             "",
             f"{'pattern'.ljust(w)}  {'tensors':>7}  {'parameters':>13}",
         ]
         for p in self.patterns:
-            extra = f"  -> {p.mapped}" if p.mapped else ""
-            extra += f"  ({p.note})" if p.note else ""
-            lines.append(f"{p.pattern.ljust(w)}  {len(p.tensors):>7}  {p.params:>13,}{extra}")
+            lines.append(f"{p.pattern.ljust(w)}  {len(p.tensors):>7}  {p.params:>13,}")
+            if p.mapped:
+                lines += _wrap(f"-> {p.mapped}", indent="    ")
+            if p.note:
+                lines += _wrap(f"({p.note})", indent="    ")
         lines.append("")
-        lines.append("patterns matching nothing: " + (", ".join(self.unmatched) or "none"))
-        lines.append("selected modules the model lacks: " + (", ".join(self.missing_modules) or "none"))
+        lines += _wrap("patterns matching nothing: " + (", ".join(self.unmatched) or "none"))
+        lines += _wrap("selected modules the model lacks: " + (", ".join(self.missing_modules) or "none"))
         lines.append(
             f"trainable: {self.trainable_params:,} of {self.total_params:,} parameters ({100 * self.fraction:.2f}%)"
         )
-        lines += [f"note: {n}" for n in self.notes]
+        for n in self.notes:
+            lines += _wrap(f"note: {n}")
         if self.memory:
             lines += [
                 "",
-                "training memory (AdamW; what trains: fp32 weights, gradients and 2 states; frozen weights in "
-                f"{self.dtype})",
+                *_wrap(
+                    "training memory (AdamW; what trains: fp32 weights, gradients and 2 states; frozen weights in "
+                    f"{self.dtype})"
+                ),
             ]
-            head = (
-                f"{'method':<22} {'trainable':>14} {'weights':>22} {'gradients':>10} {'AdamW':>10} "
-                f"{'subtotal':>10} {'activations/token':>18}"
-            )
-            lines.append(head)
-            for m in self.memory:
-                act = _size(m.activations_per_token) if m.activations_per_token is not None else "n/a"
-                lines.append(
-                    f"{m.method:<22} {m.trainable_params:>14,} {_by_dtype(m.weights):>22} "
-                    f"{_size(sum(m.gradients.values())):>10} {_size(sum(m.optimizer.values())):>10} "
-                    f"{_size(m.static_bytes):>10} {act:>18}"
-                )
-            lines.append(
+            lines += _memory_table(self.memory)
+            lines += _wrap(
                 f"activations: the per-token figure x batch x sequence (measured at sequence {self.seq_len}, "
                 "no gradient checkpointing); e.g. batch 8 x 2048 tokens: "
                 + ", ".join(
@@ -132,6 +128,46 @@ class CheckReport:
                 + " in all"
             )
         return "\n".join(lines)
+
+
+_WIDTH = 80
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(
+        text,
+        _WIDTH,
+        initial_indent=indent,
+        subsequent_indent=indent or "  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [""]
+
+
+def _memory_table(memory: list[MemoryEstimate]) -> list[str]:
+    """One row per quantity, one column per method (short names; a method's detail in parentheses goes below)."""
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+    names = [m.method.split(" (")[0] for m in memory]
+    col = max([16] + [len(n) for n in names])
+    dtypes = list(dict.fromkeys(k for m in memory for k, v in m.weights.items() if v))
+    rows: list[tuple[str, list[str]]] = [("trainable", [f"{m.trainable_params:,}" for m in memory])]
+    rows += [
+        (f"weights {short.get(d, d)}", [_size(m.weights.get(d)) if m.weights.get(d) else "-" for m in memory])
+        for d in dtypes
+    ]
+    rows += [
+        ("gradients", [_size(sum(m.gradients.values())) for m in memory]),
+        ("AdamW states", [_size(sum(m.optimizer.values())) for m in memory]),
+        ("subtotal", [_size(m.static_bytes) for m in memory]),
+        ("activations/token", [_size(m.activations_per_token) for m in memory]),
+    ]
+    label = max(len(r[0]) for r in rows)
+    out = [" " * label + "".join(f"  {n:>{col}}" for n in names)]
+    out += [f"{r:<{label}}" + "".join(f"  {v:>{col}}" for v in vals) for r, vals in rows]
+    out += [f"{n}: target modules {m.method[len(n) :].strip(' ()')}" for n, m in zip(names, memory) if m.method != n]
+    return out
 
 
 def _size(n: int | None) -> str:
@@ -323,6 +359,7 @@ def check(
     lora_rank: int | None = None,
     dtype: str | None = None,
     activations: bool = True,
+    allow_other_model: bool = False,
 ) -> CheckReport:
     """Report what ``selection`` trains in ``model`` (a folder, weight file, builtin, hub id in the cache, or a
     module whose config is rebuilt on the meta device) and what training costs; see the module docstring.
@@ -330,6 +367,7 @@ def check(
     ``allow_unmatched=False`` raises when a pattern matches nothing. ``lora_rank`` fixes the LoRA rank of
     the comparison (default: the rank whose adapter comes closest to the selection's size). ``dtype`` is the
     model's training dtype (default: its config's; bf16 for GGUF files, which train converted to bf16).
+    A selection recording another architecture than the model's is an error unless ``allow_other_model``.
     """
     require("transformers", "peft", extra="train")
     if seq_len < 1:
@@ -348,7 +386,7 @@ def check(
         p.requires_grad_(True)
     full_act = int(activation_bytes(meta, seq_len) * scale / seq_len) if activations else None
 
-    summary = freeze(meta, sel, strict=False)
+    summary = freeze(meta, sel, strict=False, allow_other_model=allow_other_model)
     unmatched = list(summary.unmatched)
     if unmatched and not allow_unmatched:
         raise SpectrumError(

@@ -132,7 +132,7 @@ def top_by_type(scan: ScanResult, top_percent: float) -> dict[str, list[tuple[st
     }
 
 
-# ---- reading the reference tool's scan files (``results.parse_scan`` hands their JSON here) ----------------
+# ---- reading the reference tool's scan files (``scan_files.parse_scan`` hands their JSON here) ----------------
 
 _LAYER = re.compile(r"\.(\d+)\.")
 

@@ -1,8 +1,10 @@
 """The ranking rules: from a scan and a SelectConfig to the Selection they produce.
 
 ``per-type`` keeps the top n% of each module type (the paper's Spectrum-n), ``global`` the top n% of all
-ranked modules together, ``budget`` fills a trainable-parameter budget; ``compat`` is the reference tool's rule,
-byte for byte (see ``reference``). Ranking order is fixed and documented so a selection never depends on sort
+ranked modules together, ``budget`` fills a trainable-parameter budget; ``top-layers`` and ``top-layers-per-type``
+pick by depth (``depth``), ``min_layer`` narrows every rule to the upper layers, and ``random`` replaces a pick
+by a random one of its size (``random_control``); ``compat`` is the reference tool's rule, byte for byte (see
+``reference``). Ranking order is fixed and documented so a selection never depends on sort
 accidents:
 
 * finite scores high to low, ties in file (scan) order;
@@ -19,16 +21,17 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import axolotl
+from . import architecture, axolotl, depth
 from .axolotl import module_pattern, pattern_module
 from .errors import SpectrumError
 from .estimators import REGISTRY
 from .models import tied_head
 from .params import bias_numel, model_sizes, module_numel, scan_total_params
+from .random_control import matched_draw, matched_modules
 from .reference import REFERENCE_EXTRAS, entries, top_by_type
 from .results import ModuleScore, ScanResult
-from .select_config import RULES, SelectConfig
-from .selection_file import Selection, TypeSelection
+from .select_config import RULES, SelectConfig, embedding_switches
+from .selection_file import Selection, TypeSelection, load_selection
 
 
 def order_key(compat: bool = False) -> Callable[[tuple[int, float | None]], tuple]:
@@ -94,6 +97,7 @@ def choose(scan: ScanResult, config: SelectConfig) -> Selection:
     parameter sizes when the scan lacks them; ``catalogue`` and the writing options are not read here)."""
     sel = _choose(scan, config)
     targets = {pattern_module(p) for p in sel.patterns}
+    sel.architecture = architecture.of_scan(scan)
     sel.shapes = {
         m.name: list(m.shape)
         for m in scan.modules
@@ -105,14 +109,35 @@ def choose(scan: ScanResult, config: SelectConfig) -> Selection:
 def _rule(scan: ScanResult, config: SelectConfig) -> str:
     """The rule to apply (a budget implies ``budget``), once the options and the scan allow it."""
     rule, budget, top_percent = config.rule, config.budget, config.top_percent
-    if budget is not None:
+    if budget is not None and rule not in depth.DEPTH_RULES:
         rule = "budget"
     if rule not in RULES:
         raise SpectrumError(f"Unknown rule {rule!r}: use one of {', '.join(RULES)}.")
-    if rule != "budget":
+    if config.compat:
+        given = [
+            flag
+            for flag, on in (
+                ("--random", config.random),
+                ("--match", config.match),
+                ("--min-layer", config.min_layer is not None),
+                (f"--rule {rule}", rule in depth.DEPTH_RULES),
+            )
+            if on
+        ]
+        if given:
+            raise SpectrumError(
+                f"--compat writes exactly what the reference tool writes; drop {' and '.join(given)}, or --compat."
+            )
+    if config.match_depth and not config.random:
+        raise SpectrumError("--match-depth shapes a random draw: add --random (with --seed N).")
+    if config.match and not config.random and rule != "top-layers":
+        raise SpectrumError("--match gives --random its reference, or --rule top-layers its budget: add one of them.")
+    if budget is not None and rule == "top-layers-per-type":
+        raise SpectrumError("--rule top-layers-per-type keeps --top-percent of each type; drop --budget.")
+    if rule not in ("budget", "top-layers") or (rule == "top-layers" and budget is None and not config.match):
         if isinstance(top_percent, bool) or not isinstance(top_percent, (int, float)) or not (0 < top_percent <= 100):
             raise SpectrumError(f"--top-percent must be in (0, 100], got {top_percent!r}.")
-    elif budget is None:
+    elif rule == "budget" and budget is None:
         raise SpectrumError("The budget rule needs a budget: --budget 0.25 (a fraction) or --budget 500M.")
     if not scan.modules:
         raise SpectrumError(f"The scan of {scan.model or 'this model'} holds no modules. Re-run the scan.")
@@ -131,6 +156,7 @@ def _ranked_candidates(scan: ScanResult, config: SelectConfig, rule: str) -> lis
         except re.error as e:
             raise SpectrumError(f"--{flag} {regex!r} is not a valid regex ({e}).") from None
         cands = [m for m in cands if bool(rx.search(m.name)) == (flag == "include")]
+    cands = depth.above(cands, config.min_layer, scan) if cands else cands
     if not cands:
         raise SpectrumError(
             f"No rankable modules in the scan of {scan.model or 'this model'}"
@@ -156,7 +182,10 @@ def _choose(scan: ScanResult, config: SelectConfig) -> Selection:
     rule = _rule(scan, config)
     budget, top_percent, parts = config.budget, config.top_percent, config.parts
     include, exclude = config.include, config.exclude
-    train_embeddings, train_lm_head, train_norms = config.train_embeddings, config.train_lm_head, config.train_norms
+    train_embeddings, train_lm_head = embedding_switches(
+        config.embeddings, config.train_embeddings, config.train_lm_head
+    )
+    train_norms = config.train_norms
     if config.compat:
         return _select_compat(scan, top_percent)
     cands = _ranked_candidates(scan, config, rule)
@@ -185,16 +214,36 @@ def _choose(scan: ScanResult, config: SelectConfig) -> Selection:
     }
     if tied:
         info["lm_head_tied"] = True
-    if rule == "per-type":
+    if config.min_layer is not None:
+        info["min_layer"] = config.min_layer
+    match, source = (load_selection(config.match), str(config.match)) if config.match else (None, "")
+    if config.random and match is not None:
+        chosen = set(matched_modules(scan, match, source))
+    elif rule == "per-type":
         info["top_percent"] = top_percent
         chosen = {m.name for t, ms in ranked.items() for m in ms[: int(len(ms) * top_percent / 100)]}
     elif rule == "global":
         info["top_percent"] = top_percent
         pool = rank(cands)
         chosen = {m.name for m in pool[: int(len(pool) * top_percent / 100)]}
-    else:
+    elif rule == "budget":
         chosen, budget_info = _fill_budget(scan, ranked, numel, extra_numel, budget, by_param)
         info.update(budget_info)
+    elif rule == "top-layers-per-type":
+        info["top_percent"] = top_percent
+        chosen = depth.top_per_type(groups, top_percent)
+    else:
+        count, budget_info = _top_layers_budget(scan, config, ranked, numel, extra_numel, by_param, match)
+        chosen, layers = depth.top_layers(cands, numel, extra_numel, count)
+        info.update(budget_info, layers=layers)
+    if config.random:
+        info["matched"] = {k: info.pop(k) for k in ("rule", "top_percent", "budget", "budget_params") if k in info}
+        if match is not None:
+            info["matched"] = {"selection": source, "rule": match.rule.get("rule")}
+        chosen = matched_draw(scan, cands, chosen, config.seed, config.match_depth, config.depth_bins)
+        info.update(rule="random", seed=config.seed, match_depth=config.match_depth)
+        if config.match_depth:
+            info["depth_bins"] = config.depth_bins
 
     types: dict[str, TypeSelection] = {}
     modules: list[str] = []
@@ -270,8 +319,8 @@ def _extras(
     return list(dict.fromkeys(out)), size
 
 
-def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[set[str], dict[str, Any]]:
-    """Take modules in order of within-type rank fraction (every type's percentile rises together)."""
+def _budget_count(scan: ScanResult, budget: float | int | str, by_param: dict[str, int] | None) -> int:
+    """A budget (``parse_budget``) as a parameter count: a fraction of the model's size needs that size."""
     fraction, count = parse_budget(budget)
     if fraction is not None:
         total = scan_total_params(scan, by_param)
@@ -281,15 +330,46 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
                 "(reference scans do not). Pass --model DIR, or give the budget as a count (500M)."
             )
         count = int(total * fraction)
+    assert count is not None
+    return count
+
+
+def _known_sizes(ranked: dict[str, list[ModuleScore]], numel: dict[str, int], rule: str) -> None:
+    """An error when a module's parameter count is unknown: the size-bound rules cannot run without it."""
     if any(not numel[m.name] for ms in ranked.values() for m in ms):
         raise SpectrumError(
-            "The budget rule needs each module's parameter count, which this scan lacks. "
+            f"The {rule} rule needs each module's parameter count, which this scan lacks. "
             "Pass --model DIR (the checkpoint folder) or use --rule per-type."
         )
+
+
+def _top_layers_budget(scan, config, ranked, numel, extra_numel, by_param, match) -> tuple[int, dict[str, Any]]:
+    """The top-layers rule's budget: ``--budget``; else the trainable parameters of ``--match``'s selection; else
+    the size of the per-type rule's pick at ``--top-percent`` (with the same embeddings and head)."""
+    _known_sizes(ranked, numel, "top-layers")
+    if config.budget is not None:
+        count = _budget_count(scan, config.budget, by_param)
+        return count, {"budget": config.budget, "budget_params": count}
+    if match is not None:
+        if not match.trainable_params:
+            raise SpectrumError(
+                f"--match {config.match} does not record its trainable parameters (a .yaml or .txt does not): "
+                "match a .json selection, or give --budget."
+            )
+        return match.trainable_params, {"budget": f"--match {config.match}", "budget_params": match.trainable_params}
+    p = config.top_percent
+    count = extra_numel + sum(numel[m.name] for ms in ranked.values() for m in ms[: int(len(ms) * p / 100)])
+    return count, {"budget": f"Spectrum-{p:g}'s size", "budget_params": count}
+
+
+def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[set[str], dict[str, Any]]:
+    """Take modules in order of within-type rank fraction (every type's percentile rises together)."""
+    count = _budget_count(scan, budget, by_param)
+    _known_sizes(ranked, numel, "budget")
     if extra_numel > count:
         raise SpectrumError(
             f"Embeddings/lm_head/norms alone have {extra_numel:,} parameters, over the budget of "
-            f"{count:,}. Raise --budget or pass --no-train-embeddings/--no-train-lm-head."
+            f"{count:,}. Raise --budget or pass --embeddings freeze (--no-train-embeddings/--no-train-lm-head)."
         )
     order = sorted(
         ((k / len(ms), ti, k, m) for ti, ms in enumerate(ranked.values()) for k, m in enumerate(ms, 1)),
@@ -302,6 +382,14 @@ def _fill_budget(scan, ranked, numel, extra_numel, budget, by_param) -> tuple[se
             break
         used += numel[m.name]
         chosen.add(m.name)
+    if not chosen:
+        first = order[0][3]
+        plus = f" plus {extra_numel:,} of embeddings/lm_head/norms" if extra_numel else ""
+        raise SpectrumError(
+            f"The budget of {count:,} parameters is smaller than the first module to take ({first.name}: "
+            f"{numel[first.name]:,} parameters{plus}"
+            f"): raise --budget{' or pass --embeddings freeze' if extra_numel else ''}."
+        )
     return chosen, {"budget": budget, "budget_params": count}
 
 

@@ -28,7 +28,8 @@ from .estimators import Estimator
 from .files import check_writable, output_error
 from .journal import Journal
 from .quantized import method_label
-from .results import ModuleScore, ScanResult, load_scan
+from .results import ModuleScore, ScanResult
+from .scan_files import load_scan
 from .scan_job import ScanJob, share
 from .scan_plan import mark_storage, module_singular_values, plan_tensor, readable, score_tensor, skip
 from .spectra import METHODS, resolve_device
@@ -93,6 +94,7 @@ def scan(
     cached = _cached(out, header) if out is not None and resume and out.is_file() else None
     if cached is None and resume and cache_file is not None and cache_file.is_file():
         cached = _cached(cache_file, header, key)
+        cached = cache.as_named(cached, model) if cached is not None else None  # the cache may hold another's name
         if cached is not None and out is not None and distributed.is_main():
             cached.save(out)
     if cached is not None:

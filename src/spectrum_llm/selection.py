@@ -22,7 +22,7 @@ from .results import ScanResult
 from .rules import candidates, choose, order_key, parse_budget, rank
 from .select_config import DEFAULT_TOP_PERCENT, RULES, SelectConfig
 from .selection_file import FORMAT, FORMAT_VERSION, Selection, TypeSelection, load_selection
-from .selection_text import drop_flags, embedding_note, extras_text, rule_text, share_text, tied_note
+from .selection_text import embeddings_line, extras_text, rule_text, share_text, tied_note
 from .sources import resolve_scan
 
 if TYPE_CHECKING:
@@ -65,8 +65,13 @@ def select(scan: ScanResult | str | os.PathLike, config: SelectConfig | None = N
     modules together (only meaningful for a scale-invariant estimator, so refused on reference
     scores); ``budget`` fills a trainable-parameter budget (``0.25`` of the model or ``"500M"``)
     by raising every type's percentile together, stopping before the first module that would
-    overflow it. ``include``/``exclude`` are regexes (``re.search``) on module names that narrow the
-    candidates. ``compat`` reproduces the reference tool's YAML exactly and ignores the other options.
+    overflow it; ``top-layers`` and ``top-layers-per-type`` pick by depth, ``min_layer`` leaves the
+    layers below it out under every rule, and ``random=True`` (``seed``, ``match``, ``match_depth``)
+    draws a pick of the rule's size at random instead (see ``depth`` and ``random_control``).
+    ``include``/``exclude`` are regexes (``re.search``) on module names that narrow the candidates.
+    ``compat`` reproduces the reference tool's YAML exactly, ignores the ranking options and refuses
+    ``random``, ``match``, ``min_layer`` and the depth rules. ``embeddings`` (``train``/``freeze``) sets
+    ``train_embeddings`` and ``train_lm_head`` together.
     ``model`` (a module or folder) supplies parameter sizes when the scan lacks them.
 
     A tied lm_head is the embedding matrix, which Axolotl (and ``freeze``) know only by its embedding name,
@@ -136,9 +141,8 @@ class SelectOutcome:
             out.append((note, False))
         if share := share_text(sel):
             out.append((share, True))
-        flags = drop_flags(sel, self.tied, cfg.train_embeddings, cfg.train_lm_head)
-        if not cfg.compat and (note := embedding_note(sel.trainable_params, sel.extra_params, f"pass {flags}")):
-            out.append((f"[yellow]{note}[/]", True))
+        if not cfg.compat and (line := embeddings_line(sel)):
+            out.append((line, True))
         if self.summary is not None:
             out.append((str(self.summary), True))
         return out

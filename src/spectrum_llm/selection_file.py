@@ -59,6 +59,7 @@ class Selection:
     total_params: int | None = None
     shapes: dict[str, list[int]] = field(default_factory=dict)
     extra_params: int | None = None  # of trainable_params, those of the extras (embeddings, lm_head, norms)
+    architecture: dict[str, Any] | None = None  # the model's layers and shapes (see architecture.py); None: unknown
 
     def to_json(self) -> dict[str, Any]:
         """The ``.json`` selection file's content (non-finite scores as strings, so it stays strict JSON)."""
@@ -71,6 +72,7 @@ class Selection:
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
             "extra_params": self.extra_params,
+            "architecture": self.architecture,
             "modules": self.modules,
             "patterns": self.patterns,
             "extras": self.extras,
@@ -103,6 +105,7 @@ class Selection:
                 total_params=data.get("total_params"),
                 shapes={k: list(v) for k, v in (data.get("shapes") or {}).items()},
                 extra_params=data.get("extra_params"),
+                architecture=data.get("architecture"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SpectrumError(

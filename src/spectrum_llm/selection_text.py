@@ -32,6 +32,13 @@ def embedding_note(trainable: int | None, always: int | None, flags: str) -> str
 def rule_text(sel: Any) -> str | None:
     """Which rule and percent made a selection, as far as its file records it (a .yaml or .txt does not)."""
     rule = dict(getattr(sel, "rule", None) or {})
+    text = _rule_words(rule)
+    if text is not None and rule.get("min_layer") is not None:
+        text += f", from layer {rule['min_layer']} up"
+    return text
+
+
+def _rule_words(rule: dict[str, Any]) -> str | None:
     p = rule.get("top_percent")
     if rule.get("compat"):
         return f"the reference tool's rule (--compat): the top {p:g}% of each module type"
@@ -41,6 +48,22 @@ def rule_text(sel: Any) -> str | None:
         return f"the global rule: the top {p:g}% of all ranked modules together"
     if rule.get("rule") == "budget":
         return f"the budget rule: {rule.get('budget')} ({rule.get('budget_params', 0):,} parameters)"
+    if rule.get("rule") == "top-layers":
+        layers = rule.get("layers") or []
+        span = f"layers {min(layers)}-{max(layers)}" if len(layers) > 1 else f"layer {layers[0]}" if layers else ""
+        return (
+            f"the top-layers rule: {span}, whole, within {rule.get('budget')} "
+            f"({rule.get('budget_params', 0):,} parameters)"
+        )
+    if rule.get("rule") == "top-layers-per-type":
+        return f"the top-layers-per-type rule: {p:g}% of each module type, from the top layers down"
+    if rule.get("rule") == "random":
+        matched = dict(rule.get("matched") or {})
+        what = matched.get("selection") or _rule_words(matched) or "the reference pick"
+        bins = rule.get("depth_bins", 4)
+        slices = "quarter of the layers" if bins == 4 else f"depth slice ({bins} of the layers)"
+        per = f"per type and {slices}" if rule.get("match_depth") else "per type"
+        return f"a random draw (seed {rule.get('seed')}) with as many modules {per} as {what}"
     return None
 
 
@@ -69,8 +92,24 @@ def share_text(sel: Selection) -> str | None:
     )
 
 
-def drop_flags(sel: Selection, tied: bool, train_embeddings: bool, train_lm_head: bool | None) -> str:
-    """The `spectrum select` flags that drop the embeddings and head a selection trains (for ``embedding_note``):
-    on a tied model the head follows the embeddings, so ``--no-train-lm-head`` is named only if asked for."""
-    head = train_lm_head is True if tied else sel.rule.get("train_lm_head", True)
-    return " ".join(f for f, on in (("--no-train-embeddings", train_embeddings), ("--no-train-lm-head", head)) if on)
+def embeddings_line(sel: Selection) -> str | None:
+    """``embeddings: trained (28,311,552 parameters, 53% of what trains); --embeddings freeze leaves them out``:
+    what the one switch costs, which on a small model with a large vocabulary is most of what trains."""
+    rule = sel.rule
+    emb, head, tied = rule.get("train_embeddings"), rule.get("train_lm_head"), rule.get("lm_head_tied")
+    if not emb and not head:
+        return "embeddings: frozen (with the output head); --embeddings train adds them"
+    names = [
+        n
+        for n, on in (("embeddings", emb or tied), ("lm_head", head and not tied), ("norms", rule.get("train_norms")))
+        if on
+    ]
+    what = "/".join(names)
+    extra, trainable = sel.extra_params, sel.trainable_params
+    if not (extra and trainable):
+        return f"{what}: trained; --embeddings freeze leaves them out"
+    line = (
+        f"{what}: trained ({extra:,} parameters, {100 * extra / trainable:.0f}% of what trains); "
+        "--embeddings freeze leaves them out"
+    )
+    return f"[yellow]{line}[/]" if 2 * extra > trainable else line

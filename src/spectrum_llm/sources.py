@@ -13,7 +13,8 @@ from . import estimators
 from .catalogue import ENV, find, near
 from .errors import SpectrumError
 from .reference import slug
-from .results import ScanResult, load_scan
+from .results import ScanResult
+from .scan_files import load_scan
 
 
 def resolve_scan(

@@ -7,10 +7,36 @@ compare table): four significant digits, ``+inf`` spelled out, and a dash for no
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from .errors import SpectrumError
 from .grids import column_type
 from .results import RANKED_KINDS, ModuleScore, ScanResult, storage_summary
+
+
+def view_scan(arg: ScanResult | str | os.PathLike) -> ScanResult:
+    """The scan that ``report``, ``show`` and ``compare`` draw: a scan file, or a model id in the catalogue
+    (yours first, then the published scans), as ``select`` takes it. Nothing is scanned here."""
+    if isinstance(arg, ScanResult):
+        return arg
+    from .catalogue import find, near
+    from .scan_files import load_scan
+
+    text = str(arg)
+    path = Path(text).expanduser()
+    if path.is_file() or path.name.endswith((".json", ".json.gz")):
+        return load_scan(path)
+    entry = find(text)
+    if entry is not None:
+        return entry.load()
+    hint = near(text)
+    raise SpectrumError(
+        f"{text} is neither a scan file nor a model in the catalogue"
+        + (f" (did you mean {', '.join(hint)}?)" if hint else "")
+        + f". Scan the model first (`spectrum scan {text} -o scan.json`, for a folder, weight file, builtin or hub "
+        "id in the local cache) and pass scan.json, or use a published scan: `spectrum catalogue` lists them."
+    )
 
 
 def format_score(x: float | None) -> str:
@@ -48,8 +74,11 @@ def scan_table(scan: ScanResult, top: int | None = None, type: str | None = None
     """A rich Table of ``top_modules`` for the terminal."""
     from rich.table import Table
 
-    mods = top_modules(scan, top, type, None if all_kinds else RANKED_KINDS)
+    kinds = None if all_kinds else RANKED_KINDS
+    mods = top_modules(scan, top, type, kinds)
     caption = f"{len(mods)} shown of {len(scan.modules)} modules"
+    if type is not None:
+        caption = f"{len(mods)} shown of {len(top_modules(scan, None, type, kinds))} {type} modules"
     if storage_summary(scan):
         caption += f"; {storage_summary(scan)}"
     table = Table(title=f"{scan.model} ({scan.estimator} estimator)", box=None, pad_edge=False, caption=caption)

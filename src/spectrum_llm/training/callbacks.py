@@ -1,6 +1,6 @@
 """What a run shows and how it ends: one progress bar with the last loss (instead of the Trainer's bar and its
 printed dicts), a logged loss at the last step, no checkpoint of the last step when checkpoints are removed at
-the end anyway, and quiet libraries unless --verbose."""
+the end anyway, a stop with a checkpoint on SIGINT/SIGTERM, and quiet libraries unless --verbose."""
 
 from __future__ import annotations
 
@@ -53,6 +53,38 @@ class ProgressBar(TrainerCallback):
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class StopOnSignal(TrainerCallback):
+    """After a step during which SIGINT/SIGTERM came (``interrupts.SignalState``): save a checkpoint and stop. In a
+    multi-process run the processes agree at each step's end (one tiny all-reduce), so all stop at the same step
+    even when only some got the signal."""
+
+    def __init__(self, signals: Any):
+        self.signals = signals
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.signals.in_loop = True
+
+    def on_train_end(self, args, state, control, **kw):
+        self.signals.in_loop = False
+
+    def on_step_end(self, args, state, control, **kw):
+        if self._asked(args):
+            control.should_training_stop = True
+            control.should_save = True
+
+    def _asked(self, args: Any) -> bool:
+        if args.world_size <= 1:
+            return self.signals.signum is not None
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signals.signum or 0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signals.signum is None:
+            self.signals.signum = int(flag.item())
+        return bool(flag.item())
 
 
 def quiet(verbose: bool) -> contextlib.ExitStack:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import estimators
 from ..errors import SpectrumError
+from ..select_config import embedding_switches
 from ..selection import DEFAULT_TOP_PERCENT
 from .methods import METHODS
 
@@ -82,6 +83,12 @@ class TrainConfig:
     )
     scan: str | None = _setting(None, "Scan file to select from (written there if absent).")
     estimator: str = _setting(estimators.DEFAULT, "Estimator for a scan run here ({default}).")
+    embeddings: str | None = _setting(
+        None,
+        "train or freeze: the input embeddings and the output head together, besides the selection (default: "
+        "train); sets --train-embeddings/--train-lm-head.",
+        "--embeddings",
+    )
     train_embeddings: bool = _setting(
         True, "Train the input embeddings (and a head tied to them) besides the selection (default: {default})."
     )
@@ -97,6 +104,9 @@ class TrainConfig:
     # data
     seq_len: int | None = _setting(
         None, f"Sequence length in tokens (default {DEFAULT_SEQ_LEN}, or the model's maximum when smaller)."
+    )
+    skip_bad_rows: bool = _setting(
+        False, "Leave out data rows that cannot be used (no answer, wrong types) instead of stopping."
     )
     packing: bool | None = _setting(None, "Pack examples into full blocks (default: on for cpt, off for sft).")
     eval_split: float = _setting(0.0, "Fraction of the data held out for eval.")
@@ -147,7 +157,20 @@ class TrainConfig:
         "run; by default it is removed and only the model is left.",
         "--keep-checkpoints",
     )
-    resume: bool = _setting(False, "Continue from the last checkpoint in --output-dir.")
+    resume: bool = _setting(
+        False, "Continue from the last complete checkpoint in --output-dir (an interrupted save is skipped)."
+    )
+    overwrite: bool = _setting(
+        False,
+        "Replace an earlier run in --output-dir: its model, adapter, tokenizer, selection, summary and "
+        "checkpoints are removed first; other files stay.",
+        "--overwrite",
+    )
+    allow_other_model: bool = _setting(
+        False,
+        "Train a selection whose recorded architecture (layer count, module shapes) differs from this model's.",
+        "--allow-other-model",
+    )
     use_cpu: bool | None = _setting(None, "Train on the CPU (default: when no GPU is present).", cli=False)
     fsdp: bool = _setting(False, "Shard with FSDP2 (under torchrun).")
     fsdp_config: dict[str, Any] | str | None = _setting(
@@ -210,6 +233,9 @@ class TrainConfig:
             raise SpectrumError("Give either --selection FILE or --top-percent (which selects from a scan), not both.")
         if self.top_percent is not None and not 0 < self.top_percent <= 100:
             raise SpectrumError(f"--top-percent must be in (0, 100], got {self.top_percent}.")
+        embedding_switches(self.embeddings, self.train_embeddings, self.train_lm_head)
+        if self.resume and self.overwrite:
+            raise SpectrumError("Give either --resume (continue the run in --output-dir) or --overwrite, not both.")
         if self.fsdp and self.deepspeed:
             raise SpectrumError("Choose one engine: --fsdp or --deepspeed, not both.")
         for name in ("batch_size", "grad_accum", "lora_rank", "logging_steps", "save_steps"):

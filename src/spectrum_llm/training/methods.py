@@ -62,7 +62,7 @@ def _spectrum(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prep
     from ..freezing import freeze
 
     assert selection is not None  # spectrum always trains from a selection
-    frozen = freeze(model, selection)
+    frozen = freeze(model, selection, allow_other_model=cfg.allow_other_model)
     if frozen.partial and cfg.weight_decay and distributed.is_main():
         LOG.warning(
             "the selection trains only some rows of %s; weight decay still shrinks their frozen rows. "
@@ -89,6 +89,9 @@ def _full(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prepared
 
 def _lora(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prepared:
     if selection is not None:
+        from ..architecture import check_model
+
+        check_model(selection, model, allow_other_model=cfg.allow_other_model)
         kwargs = _lora_plan(cfg, selection, model)
     elif cfg.selection:
         from ..lora import load_lora_config
@@ -169,6 +172,7 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False) -> S
     sel = select(
         result,
         top_percent=cfg.top_percent if cfg.top_percent is not None else DEFAULT_TOP_PERCENT,
+        embeddings=cfg.embeddings,
         train_embeddings=cfg.train_embeddings,
         train_lm_head=cfg.train_lm_head,
     )

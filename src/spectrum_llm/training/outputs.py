@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,12 @@ from .. import distributed
 from ..errors import SpectrumError
 from ..files import check_writable, write_json_atomic, write_text_atomic
 from ..models import tied_aliases
+from . import interrupts
 
 SUMMARY_FILE = "train_summary.json"
 SELECTION_FILE = "selection.json"  # the selection a run trained from (also written as selection.yaml)
 LORA_CONFIG_FILE = "lora_config.json"
+LOG = logging.getLogger(__name__)
 
 
 def _model_files_size(model: str) -> int:
@@ -28,11 +31,57 @@ def _model_files_size(model: str) -> int:
     return sum(f.stat().st_size for f in p.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file())
 
 
-def check_output_dir(out: Path, model: str, resume: bool) -> str | None:
-    """Check that the output folder can be written and has room for ``model``, without creating it (a run that
-    fails before training leaves nothing behind); return the checkpoint to resume. Safe on every rank at once."""
-    from transformers.trainer_utils import get_last_checkpoint
+# What a run writes into its output folder: the files and folders --overwrite removes (and nothing else).
+RUN_FILES = (
+    SUMMARY_FILE,
+    SELECTION_FILE,
+    "selection.yaml",
+    LORA_CONFIG_FILE,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+RUN_GLOBS = ("model-*-of-*.safetensors", "checkpoint-*", "adapter")
+_RUN_MARKS = (SUMMARY_FILE, SELECTION_FILE, LORA_CONFIG_FILE, "config.json", "adapter")
 
+
+def earlier_run(out: Path) -> list[str]:
+    """What an earlier run left in ``out`` (its summary, model, adapter, selection or checkpoints), by name."""
+    if not out.is_dir():
+        return []
+    found = [m for m in _RUN_MARKS if (out / m).exists()]
+    found += sorted(p.name for p in out.glob("*.safetensors"))
+    return found + [p.name for p in interrupts.checkpoints(out)]
+
+
+def clear_run(out: Path) -> list[str]:
+    """Remove what a run writes (``RUN_FILES``, ``RUN_GLOBS``) from ``out``; other files stay. The names removed."""
+    gone = []
+    for p in [*(out / f for f in RUN_FILES), *(q for g in RUN_GLOBS for q in out.glob(g))]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        gone.append(p.name)
+    return gone
+
+
+def check_output_dir(out: Path, model: str, resume: bool, overwrite: bool = False) -> str | None:
+    """Check that the output folder can be written and has room for ``model``, without creating it (a run that
+    fails before training leaves nothing behind); return the checkpoint to resume. A folder holding an earlier
+    run is refused unless ``resume`` (continue its last complete checkpoint) or ``overwrite`` (clear it first,
+    main process). Safe on every rank at once."""
     check_writable(out, folder=True)
     need = 2 * _model_files_size(model)  # the final model plus at least one checkpoint
     free = shutil.disk_usage(next(p for p in (out, *out.parents) if p.is_dir())).free
@@ -41,13 +90,33 @@ def check_output_dir(out: Path, model: str, resume: bool) -> str | None:
             f"Not enough space in {out}: {free / 2**30:.2f} GiB free, the model and one checkpoint "
             f"need about {need / 2**30:.2f} GiB. Free space or choose another --output-dir."
         )
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if last and not resume:
+    earlier = earlier_run(out)
+    if overwrite:
+        if earlier and distributed.is_main():
+            gone = clear_run(out)
+            LOG.info("--overwrite: removed the earlier run in %s (%s)", out, ", ".join(gone))
+        return None
+    if resume:
+        last = interrupts.checkpoint_to_resume(out)
+        if last is None and earlier:
+            raise SpectrumError(
+                f"{out} holds an earlier run ({', '.join(earlier[:4])}) but no complete checkpoint to resume. "
+                "Pass --overwrite to train again there, or choose another --output-dir."
+            )
+        return str(last) if last is not None else None
+    if earlier:
+        ckpts = [n for n in earlier if n.startswith("checkpoint-")]
+        if ckpts:
+            raise SpectrumError(
+                f"{out} already holds checkpoints of an {'earlier' if SUMMARY_FILE in earlier else 'unfinished'} "
+                f"run ({ckpts[-1]}). Pass --resume to continue it, --overwrite to start again there, or choose an "
+                "empty --output-dir."
+            )
         raise SpectrumError(
-            f"{out} already holds checkpoints of an earlier run ({Path(last).name}). Pass --resume to "
-            "continue it, or choose an empty --output-dir."
+            f"{out} already holds a run ({', '.join(earlier[:4])}). Pass --overwrite to replace it (only the "
+            "files a run writes are removed), or choose another --output-dir."
         )
-    return last if resume else None
+    return None
 
 
 @contextlib.contextmanager
@@ -114,11 +183,32 @@ def save_model(trainer: Any, out: Path, orig_dtypes: dict[str, Any], lora: bool)
             return  # a sharded LoRA run keeps the adapter; merge it with `peft` on one device
         if distributed.is_main():
             merged = model.merge_and_unload()
-            merged.save_pretrained(out, state_dict=_without_tied(merged, _in_dtypes(merged.state_dict(), orig_dtypes)))
+            sd = _in_dtypes(merged.state_dict(), orig_dtypes)
+            merged.save_pretrained(out, state_dict=_without_tied(merged, sd))
+            record_dtype(out, sd)
         return
     sd = _final_state_dict(trainer, orig_dtypes)
     if distributed.is_main():
         model.save_pretrained(out, state_dict=_without_tied(model, sd))
+        record_dtype(out, sd)
+
+
+def record_dtype(out: Path, sd: dict[str, Any]) -> None:
+    """State in config.json the dtype the saved tensors are in (the most parameters' floating dtype), so that
+    ``from_pretrained(out, dtype="auto")`` loads them as saved: save_pretrained writes the dtype of the model's
+    first parameter, which is an fp32 master copy when that parameter trained."""
+    counts: dict[str, int] = {}
+    for v in sd.values():
+        if v.is_floating_point():
+            name = str(v.dtype).removeprefix("torch.")
+            counts[name] = counts.get(name, 0) + v.numel()
+    path = out / "config.json"
+    if not counts or not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["dtype"] = max(counts, key=lambda k: counts[k])
+    config.pop("torch_dtype", None)
+    write_json_atomic(path, config)
 
 
 def save_outputs(

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,10 @@ from typing import Any
 
 from .. import distributed
 from ..data import DataConfig, PadCollator, build_datasets, check_seq_len
-from ..errors import SpectrumError, require
+from ..errors import require
 from ..models import tied_aliases
 from ..selection import Selection
-from . import engine, outputs
+from . import engine, interrupts, outputs
 from .config import DEFAULT_SEQ_LEN, TrainConfig, TrainSummary
 from .methods import REGISTRY, Prepared, prepare_model, resolve_selection
 
@@ -57,24 +58,30 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     method = REGISTRY.get(config.method)
     require("transformers", "accelerate", "datasets", *(method.packages if method else ()), extra="train")
     config.validate()
-    from .callbacks import quiet
+    from .callbacks import StopOnSignal, quiet
 
-    with outputs.removed_on_failure(config.out), quiet(config.verbose):
-        job = resolve(config)
-        args = engine.training_args(job.cfg, job.precision)  # sets up the distributed state first
-        if distributed.is_main():
-            LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(job.cfg))))
-        tokenizer = load_tokenizer(job)
-        train_ds, eval_ds, data_summary = setup_data(job, tokenizer, args)
-        selection = setup_selection(job)
-        model, orig_dtypes = setup_model(job)
-        prepared = setup_method(job, model, selection, args)
-        trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, callbacks)
-        if job.cfg.schedule == "dynamic":
-            from .dynamic import attach
+    stopper = interrupts.SignalState()
+    trainer = None
+    with outputs.removed_on_failure(config.out), quiet(config.verbose), interrupts.signals_handled(stopper):
+        try:
+            job = resolve(config)
+            args = engine.training_args(job.cfg, job.precision)  # sets up the distributed state first
+            if distributed.is_main():
+                LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(job.cfg))))
+            tokenizer = load_tokenizer(job)
+            train_ds, eval_ds, data_summary = setup_data(job, tokenizer, args)
+            selection = setup_selection(job)
+            model, orig_dtypes = setup_model(job)
+            prepared = setup_method(job, model, selection, args)
+            own = [StopOnSignal(stopper), *(callbacks or [])]
+            trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, own)
+            if job.cfg.schedule == "dynamic":
+                from .dynamic import attach
 
-            attach(trainer, job, prepared)
-        result, runtime = run(trainer, job, bar)
+                attach(trainer, job, prepared)
+            result, runtime = run(trainer, job, bar, stopper)
+        except KeyboardInterrupt:
+            raise _interrupted(stopper.signum or signal.SIGINT, config.out, trainer) from None
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_ds is not None else None
         outputs.save_outputs(
             trainer, tokenizer, job.cfg.out, orig_dtypes, lora=job.cfg.method == "lora", keep=job.cfg.keep_checkpoints
@@ -82,12 +89,23 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
         return summarise(job, prepared, trainer, result, runtime, eval_loss, data_summary)
 
 
+def _interrupted(signum: int, out: Path, trainer: Any) -> interrupts.TrainingInterrupted:
+    state = trainer.state if trainer is not None else None
+    return interrupts.TrainingInterrupted(
+        signum,
+        out,
+        state.global_step if state is not None and state.max_steps else None,
+        state.max_steps if state is not None else None,
+        interrupts.last_complete_checkpoint(out),
+    )
+
+
 def resolve(config: TrainConfig) -> Job:
     """The model folder to load (a GGUF file converted once, cached), the output folder checked, the checkpoint
     to resume, the sequence length and the precision."""
     model = model_folder(config.model)
-    resume_from = outputs.check_output_dir(config.out, model, config.resume)
-    model_cfg = load_model_config(model)
+    resume_from = outputs.check_output_dir(config.out, model, config.resume, config.overwrite)
+    model_cfg = _load_model_config(model)
     max_positions = getattr(model_cfg, "max_position_embeddings", None)
     dtype = _model_dtype(model_cfg)
     return Job(
@@ -103,13 +121,14 @@ def resolve(config: TrainConfig) -> Job:
 def model_folder(model: str) -> str:
     """The folder to load ``model`` from: itself, or for a GGUF file its converted folder (converted once, cached).
     ``gradscore`` loads models through this too."""
+    from ..checkpoint import resolve as resolve_model
     from ..conversion import cached_folder, gguf_to_folder, is_gguf
 
     if is_gguf(model):
         if distributed.is_main() and cached_folder(model) is None:
             LOG.info("converting %s into a transformers folder (once; it is cached)", model)
         return str(gguf_to_folder(model))
-    return model
+    return str(resolve_model(model))  # a folder, or a hub id in the offline cache: else one error line
 
 
 def load_tokenizer(job: Job) -> Any:
@@ -140,6 +159,7 @@ def setup_data(job: Job, tokenizer: Any, args: Any) -> tuple[Any, Any, Any]:
         eval_split=cfg.eval_split,
         eval_path=cfg.eval_data,
         seed=cfg.seed,
+        skip_bad_rows=cfg.skip_bad_rows,
     )
     with args.main_process_first(desc="prepare data"):
         return build_datasets(dcfg, tokenizer, job.max_positions)
@@ -235,14 +255,17 @@ def setup_trainer(
     return trainer, bar
 
 
-def run(trainer: Any, job: Job, bar: Any) -> tuple[Any, float]:
-    """Train (from the checkpoint to resume, if any); the Trainer's result and the seconds it took."""
+def run(trainer: Any, job: Job, bar: Any, stopper: Any = None) -> tuple[Any, float]:
+    """Train (from the checkpoint to resume, if any); the Trainer's result and the seconds it took. A run that a
+    signal stopped before its last step raises TrainingInterrupted (after the checkpoint of the step it reached)."""
     t0 = time.monotonic()
     try:
         result = trainer.train(resume_from_checkpoint=job.resume_from)
     finally:
         if bar is not None:
             bar.close()
+    if stopper is not None and stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
+        raise _interrupted(stopper.signum, job.cfg.out, trainer)
     return result, time.monotonic() - t0
 
 
@@ -284,7 +307,7 @@ def summarise(
         selection=str(job.cfg.out / outputs.SELECTION_FILE) if selection is not None else None,
         selected_modules=len(selection.modules) if selection is not None else None,
         data=dataclasses.asdict(data),
-        config=_jsonable(dataclasses.asdict(dataclasses.replace(cfg, model=job.source))),
+        config=_jsonable(dataclasses.asdict(_resolved(job, prepared.model))),
         checkpoints=outputs.kept_checkpoints(job.cfg.out) if cfg.keep_checkpoints else [],
     )
     if distributed.is_main():
@@ -318,16 +341,11 @@ def resolved_seq_len(asked: int | None, max_positions: int | None, model: str) -
     return DEFAULT_SEQ_LEN
 
 
-def load_model_config(model: str) -> Any:
-    from transformers import AutoConfig
+def _load_model_config(model: str) -> Any:
+    """The model's config, or one line of our own naming what is wrong with ``--model`` (as scan words it)."""
+    from ..model_config import load_model_config
 
-    try:
-        return AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        raise SpectrumError(
-            f"Cannot load a model from {model!r} ({str(e).splitlines()[0]}). Pass --model a "
-            "checkpoint folder with config.json, or a hub id already in the local cache."
-        ) from None
+    return load_model_config(model, folder_only=True)[0]
 
 
 def _model_dtype(model_cfg: Any) -> Any:
@@ -346,6 +364,19 @@ def _precision(asked: str, dtype: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ summary
+
+
+def _resolved(job: Job, model: Any) -> TrainConfig:
+    """The settings as the run used them: the model as named, and the defaults left open (None) filled in."""
+    cfg = job.cfg
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return dataclasses.replace(
+        cfg,
+        model=job.source,
+        learning_rate=cfg.lr,
+        packing=cfg.packing if cfg.packing is not None else cfg.task == "cpt",
+        train_lm_head=bool(head is not None and head.weight.requires_grad),
+    )
 
 
 def _where(model: str) -> str:
