@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import cache
+from . import cache, cli_score
 from .errors import SpectrumError
 from .estimators import DEFAULT as DEFAULT_ESTIMATOR
 from .estimators import SPECTRAL_REGISTRY as ESTIMATORS
@@ -448,4 +448,4 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
 
 
-from . import cli_score  # noqa: E402, F401  (adds `spectrum score` to the app)
+cli_score.register(app, options_from)  # `spectrum score`, kept in its own module

@@ -1,22 +1,30 @@
 """`spectrum score`: the command over ``gradscore.score_modules``, in its own module so that ``cli`` stays small.
 
-``cli`` imports this module last, which adds the command to its app; the flags are ``ScoreConfig``'s fields
-(``cli.options_from``), stated once.
+``cli`` calls ``register`` with its app and ``options_from``, which makes the flags from ``ScoreConfig``'s
+fields, stated once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 
-from .cli import app, console, options_from
 from .gradscore import ScoreConfig
 
+console = Console(stderr=True)
 
-@app.command("score", short_help="Score every weight matrix by its gradients on your data.")
-@options_from(ScoreConfig, defaults=True)
+
+def register(app: typer.Typer, options_from: Callable[..., Any]) -> None:
+    """Add `spectrum score` to ``app``."""
+    app.command("score", short_help="Score every weight matrix by its gradients on your data.")(
+        options_from(ScoreConfig, defaults=True)(score_cmd)
+    )
+
+
 def score_cmd(
     model: str = typer.Argument(
         ..., metavar="MODEL", help="Checkpoint folder, hub id in the local cache, GGUF file or builtin:smollm2-135m."
