@@ -9,7 +9,7 @@ import pytest
 from helpers_selection import synthetic_scan
 from spectrum_llm.cli import app, main
 
-COMMANDS = ["scan", "select", "show", "compare", "report", "train", "convert"]
+COMMANDS = ["scan", "score", "select", "show", "compare", "report", "train", "convert"]
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

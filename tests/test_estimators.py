@@ -100,7 +100,8 @@ def test_rank_deficient_matrix_is_unscorable_for_mp():
 
 
 def test_registry_entries_carry_their_properties():
-    assert set(REGISTRY) == {"mp", "reference"}
+    assert set(REGISTRY) == {"mp", "reference", "grad", "fisher", "rank-mean"}
+    assert {n for n, e in REGISTRY.items() if e.family == "snr"} == {"mp", "reference"}
     assert get("mp").scale_invariant and not get("reference").scale_invariant
     assert all(e.name == name and e.version >= 1 for name, e in REGISTRY.items())
 

@@ -23,10 +23,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import cache
+from . import cache, cli_score
 from .errors import SpectrumError
 from .estimators import DEFAULT as DEFAULT_ESTIMATOR
-from .estimators import REGISTRY as ESTIMATORS
+from .estimators import SPECTRAL_REGISTRY as ESTIMATORS
 from .select_config import SelectConfig
 from .training import TrainConfig
 from .training.interrupts import TrainingInterrupted
@@ -446,3 +446,6 @@ def main(argv: list[str] | None = None) -> None:
             args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "--resume")]
             console.print(escape(e.describe(shlex.join(["spectrum", *args, "--resume"]))), soft_wrap=True)
             sys.exit(e.exit_code)
+
+
+cli_score.register(app, options_from)  # `spectrum score`, kept in its own module

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpectrumError
 
@@ -160,6 +160,10 @@ class Estimator:
     description: str
     score: Callable[[torch.Tensor, int, int], Score]
     unscorable: Callable[[torch.Tensor, int, int], str | None]
+    #: "snr": scored from singular values by `spectrum scan`; "gradient" (``gradscore``, `spectrum score`) and
+    #: "combined" (rank-mean of two files) are not spectral, so a scan cannot make them and their values do not
+    #: compare with SNR scores.
+    family: str = "snr"
 
 
 REGISTRY: dict[str, Estimator] = {
@@ -183,7 +187,52 @@ REGISTRY: dict[str, Estimator] = {
         ),
     )
 }
+
+
+def _not_spectral(name: str) -> Callable[[torch.Tensor, int, int], Any]:
+    def refuse(s: torch.Tensor, m: int, n: int) -> Any:
+        raise SpectrumError(
+            f"The {name!r} scores come from gradients on training data, not from singular values: make them with "
+            "`spectrum score MODEL --data DATA -o scores.json`, not `spectrum scan`."
+        )
+
+    return refuse
+
+
+for _e in (
+    Estimator(
+        "grad",
+        False,
+        1,
+        "task-aware: mean ||G||^2/||W||^2 over batches",
+        _not_spectral("grad"),
+        _not_spectral("grad"),
+        family="gradient",
+    ),
+    Estimator(
+        "fisher",
+        False,
+        1,
+        "task-aware: diagonal Fisher mass per parameter",
+        _not_spectral("fisher"),
+        _not_spectral("fisher"),
+        family="gradient",
+    ),
+    Estimator(
+        "rank-mean",
+        False,
+        1,
+        "mean per-type rank percentile of two score files",
+        _not_spectral("rank-mean"),
+        _not_spectral("rank-mean"),
+        family="combined",
+    ),
+):
+    REGISTRY[_e.name] = _e
 ESTIMATORS = tuple(REGISTRY)
+#: the estimators `spectrum scan` computes (from singular values)
+SPECTRAL_REGISTRY = {n: e for n, e in REGISTRY.items() if e.family == "snr"}
+SPECTRAL = tuple(SPECTRAL_REGISTRY)
 DEFAULT = "mp"
 
 
@@ -192,7 +241,10 @@ def get(name: str) -> Estimator:
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
-        raise SpectrumError(f"Unknown estimator {name!r}. Use one of: {', '.join(REGISTRY)}.") from None
+        other = ", ".join(n for n in REGISTRY if n not in SPECTRAL)
+        raise SpectrumError(
+            f"Unknown estimator {name!r}. Use one of: {', '.join(SPECTRAL)}. ({other}: scores of `spectrum score`.)"
+        ) from None
 
 
 def score(s: torch.Tensor, m: int, n: int, estimator: str) -> Score:

@@ -291,7 +291,7 @@ def _find_module(scan: ScanResult, module: str) -> ModuleScore:
 def module_spectrum(scan: ScanResult, module: str, model: str | os.PathLike) -> Spectrum:
     """One module's singular values, read again from the checkpoint as the scan read them; its MP noise
     scale, edge and score."""
-    estimator = scan.estimator if scan.estimator in estimators.REGISTRY else "reference"
+    estimator = scan.estimator if scan.estimator in estimators.SPECTRAL else "reference"
     (rows, cols), s = module_singular_values(model, _find_module(scan, module), estimator)
     sc = estimators.score(s, rows, cols, estimator)
     sigma = estimators.mp_sigma(s, rows, cols)

@@ -60,6 +60,8 @@ def scan(
     ``reference_json`` is a folder that also gets the reference tool's flat ``snr_results_<slug>.json``.
     """
     est = estimators.get(estimator)  # the one lookup: an unknown name fails here, listing the known ones
+    if est.family != "snr":
+        est.score(torch.zeros(1), 1, 1)  # says, in one line, that `spectrum score` makes these
     if method not in METHODS:
         raise SpectrumError(f"Unknown singular-value method {method!r}; use one of {', '.join(METHODS)}.")
     resolve_device(device)

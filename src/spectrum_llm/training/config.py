@@ -133,6 +133,15 @@ class TrainConfig:
     epochs: float = _setting(1.0, "Epochs (default {default}).")
     max_steps: int = _setting(-1, "Stop after this many steps (overrides --epochs).")
     seed: int = _setting(42, "Random seed (default {default}).")
+    schedule: str = _setting(
+        "static",
+        "spectrum: static (train the selection throughout; the default) or dynamic (every --switch-every "
+        "steps draw which modules train, as many per type as the selection has).",
+    )
+    switch_every: int = _setting(50, "dynamic: draw a new set of modules every N steps (default {default}).")
+    schedule_weights: str = _setting(
+        "score", "dynamic: draw modules weighted by their scores (score, the default) or uniformly (uniform)."
+    )
     # runtime
     precision: str = _setting("auto", "auto (the model's dtype), bf16, fp16 or fp32; default {default}.")
     gradient_checkpointing: bool = _setting(False, "Recompute activations to save memory.")
@@ -232,6 +241,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "lora_rank", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise SpectrumError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        from .dynamic import check_config
+
+        check_config(self)
         if self.max_steps < 1 and self.epochs <= 0:
             raise SpectrumError("Nothing to train: set --epochs above 0 or --max-steps to 1 or more.")
 

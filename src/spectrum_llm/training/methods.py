@@ -21,6 +21,7 @@ from .outputs import SELECTION_FILE
 
 if TYPE_CHECKING:
     from ..freezing import FreezeSummary
+    from ..results import ScanResult
     from ..selection import Selection
     from .config import TrainConfig
 
@@ -167,16 +168,7 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False) -> S
         return load_selection(cfg.selection)
     if resumed and saved.is_file() and cfg.top_percent is None:
         return load_selection(saved)
-    from ..conversion import is_gguf
-    from ..scanning import scan
-
-    result = scan(
-        source if is_gguf(source) else cfg.model,
-        output=cfg.scan,
-        estimator=cfg.estimator,
-        resume=True,
-        progress=cfg.progress,
-    )
+    result = resolve_scan(cfg, source)
     sel = select(
         result,
         top_percent=cfg.top_percent if cfg.top_percent is not None else DEFAULT_TOP_PERCENT,
@@ -198,6 +190,22 @@ def resolve_selection(cfg: TrainConfig, source: str, resumed: bool = False) -> S
             source,
         )
     return sel
+
+
+def resolve_scan(cfg: TrainConfig, source: str) -> ScanResult:
+    """The scores a run selects from: a ``--scan`` file of `spectrum score` (gradient or combined scores, which a
+    scan cannot remake, so it is read, never scanned over), else a scan of ``source`` (cached)."""
+    from ..conversion import is_gguf
+    from ..gradscore import given_scores
+    from ..scanning import scan
+
+    return given_scores(cfg.scan) or scan(
+        source if is_gguf(source) else cfg.model,
+        output=cfg.scan,
+        estimator=cfg.estimator,
+        resume=True,
+        progress=cfg.progress,
+    )
 
 
 def lora_kwargs(cfg: TrainConfig, source: str, model: Any, resumed: bool) -> tuple[dict[str, Any], Any]:

@@ -75,6 +75,10 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
             prepared = setup_method(job, model, selection, args)
             own = [StopOnSignal(stopper), *(callbacks or [])]
             trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, own)
+            if job.cfg.schedule == "dynamic":
+                from .dynamic import attach
+
+                attach(trainer, job, prepared)
             result, runtime = run(trainer, job, bar, stopper)
         except KeyboardInterrupt:
             raise _interrupted(stopper.signum or signal.SIGINT, config.out, trainer) from None
@@ -99,23 +103,13 @@ def _interrupted(signum: int, out: Path, trainer: Any) -> interrupts.TrainingInt
 def resolve(config: TrainConfig) -> Job:
     """The model folder to load (a GGUF file converted once, cached), the output folder checked, the checkpoint
     to resume, the sequence length and the precision."""
-    from ..conversion import cached_folder, gguf_to_folder, is_gguf
-
-    model = config.model
-    if is_gguf(model):
-        if distributed.is_main() and cached_folder(model) is None:
-            LOG.info("converting %s into a transformers folder (once; it is cached)", model)
-        model = str(gguf_to_folder(model))
-    else:
-        from ..checkpoint import resolve as resolve_model
-
-        model = str(resolve_model(model))  # a folder, or a hub id in the offline cache: else one error line
+    model = model_folder(config.model)
     resume_from = outputs.check_output_dir(config.out, model, config.resume, config.overwrite)
     model_cfg = _load_model_config(model)
     max_positions = getattr(model_cfg, "max_position_embeddings", None)
     dtype = _model_dtype(model_cfg)
     return Job(
-        cfg=dataclasses.replace(config, model=model, seq_len=_seq_len(config.seq_len, max_positions, model)),
+        cfg=dataclasses.replace(config, model=model, seq_len=resolved_seq_len(config.seq_len, max_positions, model)),
         source=config.model,
         resume_from=resume_from,
         max_positions=max_positions,
@@ -124,10 +118,28 @@ def resolve(config: TrainConfig) -> Job:
     )
 
 
+def model_folder(model: str) -> str:
+    """The folder to load ``model`` from: itself, or for a GGUF file its converted folder (converted once, cached).
+    ``gradscore`` loads models through this too."""
+    from ..checkpoint import resolve as resolve_model
+    from ..conversion import cached_folder, gguf_to_folder, is_gguf
+
+    if is_gguf(model):
+        if distributed.is_main() and cached_folder(model) is None:
+            LOG.info("converting %s into a transformers folder (once; it is cached)", model)
+        return str(gguf_to_folder(model))
+    return str(resolve_model(model))  # a folder, or a hub id in the offline cache: else one error line
+
+
 def load_tokenizer(job: Job) -> Any:
+    return tokenizer_for(job.cfg.model)
+
+
+def tokenizer_for(model: str) -> Any:
+    """The tokenizer of a model folder, with the end-of-sequence token as padding when it has none."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(job.cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -317,7 +329,7 @@ def summarise(
 # ------------------------------------------------------------------------------------------ resolving
 
 
-def _seq_len(asked: int | None, max_positions: int | None, model: str) -> int:
+def resolved_seq_len(asked: int | None, max_positions: int | None, model: str) -> int:
     """The sequence length asked for, or the default cut to the model's maximum (said in one line)."""
     if asked is not None:
         check_seq_len(asked, max_positions, model)
