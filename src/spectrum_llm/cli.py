@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import cache
+from . import cache, distributed
 from .errors import SpectrumError
 from .estimators import DEFAULT as DEFAULT_ESTIMATOR
 from .estimators import REGISTRY as ESTIMATORS
@@ -441,6 +442,14 @@ def train_cmd(
     if cfg.verbose:
         logging.getLogger("spectrum_llm").setLevel(logging.DEBUG)
     train(cfg)  # logs one start line, shows the progress bars and logs one summary line
+    if distributed.world_size() > 1:  # see training/engines.py: a clean exit, not an abort at teardown
+        from .training.engines import finish
+
+        finish()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
 
 
 @app.command("convert", short_help="Convert a GGUF model into a safetensors folder.")

@@ -25,7 +25,7 @@ from ..data import DataConfig, PadCollator, build_datasets, check_seq_len
 from ..errors import SpectrumError, require
 from ..models import tied_aliases
 from ..selection import Selection
-from . import engine, outputs
+from . import engine, engines, outputs
 from .config import DEFAULT_SEQ_LEN, TrainConfig, TrainSummary
 from .methods import REGISTRY, Prepared, prepare_model, resolve_selection
 
@@ -57,16 +57,19 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     method = REGISTRY.get(config.method)
     require("transformers", "accelerate", "datasets", *(method.packages if method else ()), extra="train")
     config.validate()
+    engines.check_engine(config)
     from .callbacks import quiet
 
     with outputs.removed_on_failure(config.out), quiet(config.verbose):
         job = resolve(config)
         args = engine.training_args(job.cfg, job.precision)  # sets up the distributed state first
+        engines.start_engine(args)
         if distributed.is_main():
             LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(job.cfg))))
         tokenizer = load_tokenizer(job)
         train_ds, eval_ds, data_summary = setup_data(job, tokenizer, args)
         selection = setup_selection(job)
+        engines.check_selection(job.cfg, selection)
         model, orig_dtypes = setup_model(job)
         prepared = setup_method(job, model, selection, args)
         trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, callbacks)
