@@ -63,13 +63,13 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     with outputs.removed_on_failure(config.out), quiet(config.verbose):
         job = resolve(config)
         args = engine.training_args(job.cfg, job.precision)  # sets up the distributed state first
-        engines.start_engine(args)
         if distributed.is_main():
             LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(job.cfg))))
         tokenizer = load_tokenizer(job)
         train_ds, eval_ds, data_summary = setup_data(job, tokenizer, args)
         selection = setup_selection(job)
         engines.check_selection(job.cfg, selection)
+        engines.start_engine(args)  # before the model: ZeRO-3 builds it partitioned
         model, orig_dtypes = setup_model(job)
         prepared = setup_method(job, model, selection, args)
         trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, callbacks)
