@@ -95,6 +95,9 @@ def _lora(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prepared
         kwargs = load_lora_config(cfg.selection)
     else:
         kwargs = _all_linear(cfg)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the adapters' random init from --seed: the same on every rank and every run
     model = apply_lora(model, kwargs)
     return Prepared(model, "lora", selection, *count_params(model), lora_config=kwargs)
 
