@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import shlex
 import sys
 import typing
@@ -23,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import cache, cli_score
+from . import cache, cli_score, distributed
 from .errors import SpectrumError
 from .estimators import DEFAULT as DEFAULT_ESTIMATOR
 from .estimators import SPECTRAL_REGISTRY as ESTIMATORS
@@ -375,6 +376,14 @@ def train_cmd(
     if cfg.verbose:
         logging.getLogger("spectrum_llm").setLevel(logging.DEBUG)
     train(cfg)  # logs one start line, shows the progress bars and logs one summary line
+    if distributed.world_size() > 1:  # see training/engines.py: a clean exit, not an abort at teardown
+        from .training.engines import finish
+
+        finish()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
 
 
 @app.command("convert", short_help="Convert a GGUF model into a safetensors folder.")

@@ -163,7 +163,7 @@ def freeze(
     """
     import torch
 
-    from .params import part_params
+    from .params import numel, part_params, shape
 
     sel = load_selection(selection)
     check_model(sel, model, allow_other_model=allow_other_model)
@@ -171,7 +171,7 @@ def freeze(
     named = list(model.named_parameters())
     if not named:
         raise SpectrumError("The model has no parameters to freeze.")
-    shapes = {n: tuple(p.shape) for n, p in named}
+    shapes = {n: shape(p) for n, p in named}
     aliases = tied_aliases(model)
     by_id: dict[int, torch.nn.Parameter] = {}
     names: dict[int, list[str]] = {}
@@ -186,7 +186,7 @@ def freeze(
             if pat.match(name):
                 hits[i] += 1
                 on.add(id(p))
-                covered = p.numel()
+                covered = numel(p)
                 if pat.range is not None:
                     ranges.setdefault(id(p), []).append(pat.range)
                     rows = len(p) if p.dim() else 1
@@ -252,7 +252,7 @@ def freeze(
     for pid, p in by_id.items():
         name = names[pid][0]
         p.requires_grad_(pid in on)
-        n = p.numel()
+        n = numel(p)
         trained = 0
         if pid in on:
             summary.trainable.append(name)

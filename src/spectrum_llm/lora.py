@@ -33,7 +33,7 @@ from .errors import SpectrumError, require
 from .files import write_text_atomic
 from .models import load_meta_model
 from .naming import parse
-from .params import count_params
+from .params import count_params, shape
 from .selection_file import Selection, load_selection
 
 _PER_EXPERT = re.compile(r"\.experts\.\d+\.")
@@ -203,11 +203,12 @@ def _sizes(
     out = {}
     for t in list(ranks):
         w = getattr(modules.get(t), "weight", None)
-        if w is None or w.dim() != 2:
+        dims = shape(w) if w is not None else ()  # the full shape also when ZeRO-3 built the model partitioned
+        if len(dims) != 2:
             left_out[t] = "not a weight-matrix module of this model"
             del ranks[t]
             continue
-        out[t] = int(w.shape[0]) + int(w.shape[1])
+        out[t] = int(dims[0]) + int(dims[1])
     return out, count_params(model)[1]
 
 

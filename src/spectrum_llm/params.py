@@ -17,6 +17,16 @@ from .naming import column_type
 from .results import RANKED_KINDS, ModuleScore, ScanResult
 
 
+def numel(p: Any) -> int:
+    """A parameter's size, also when DeepSpeed ZeRO-3 built it partitioned (the tensor itself is then empty)."""
+    return int(getattr(p, "ds_numel", None) or p.numel())
+
+
+def shape(p: Any) -> tuple[int, ...]:
+    """A parameter's full shape, also when DeepSpeed ZeRO-3 built it partitioned."""
+    return tuple(getattr(p, "ds_shape", None) or p.shape)
+
+
 def count_params(model: Any, where: Callable[[str, Any], bool] | None = None) -> tuple[int, int]:
     """Trainable and total parameters of a model, of the tensors ``where(name, param)`` accepts if given.
 
@@ -25,8 +35,8 @@ def count_params(model: Any, where: Callable[[str, Any], bool] | None = None) ->
     for name, p in model.named_parameters():
         if where is not None and not where(name, p):
             continue
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
+        total += numel(p)
+        trainable += numel(p) if p.requires_grad else 0
     return trainable, total
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import distributed
 from ..errors import SpectrumError
-from ..params import count_params
+from ..params import count_params, shape
 from ..selection import DEFAULT_TOP_PERCENT
 from .outputs import SELECTION_FILE
 
@@ -99,6 +99,9 @@ def _lora(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prepared
         kwargs = load_lora_config(cfg.selection)
     else:
         kwargs = _all_linear(cfg)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the adapters' random init from --seed: the same on every rank and every run
     model = apply_lora(model, kwargs)
     return Prepared(model, "lora", selection, *count_params(model), lora_config=kwargs)
 
@@ -263,4 +266,4 @@ def _always_trained(model: Any) -> int:
     """Trainable parameters of the embeddings and the head (a tied pair once): what every selection adds."""
     from ..naming import parse
 
-    return count_params(model, lambda n, p: parse(n, p.dim()).kind in ("embedding", "lm_head"))[0]
+    return count_params(model, lambda n, p: parse(n, len(shape(p))).kind in ("embedding", "lm_head"))[0]
