@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .axolotl import AxolotlPattern, pattern_module
 from .errors import SpectrumError, require
 from .freezing import freeze
+from .lowbit_memory import lowbit_estimates
 from .models import from_config, tied_aliases
 from .selection import Selection, load_selection
 
@@ -106,41 +108,45 @@ class CheckReport:
         )
         lines += [f"note: {n}" for n in self.notes]
         if self.memory:
-            lines += [
-                "",
-                "training memory (AdamW; what trains: fp32 weights, gradients and 2 states; frozen weights in "
-                f"{self.dtype})",
-            ]
-            head = (
-                f"{'method':<22} {'trainable':>14} {'weights':>22} {'gradients':>10} {'AdamW':>10} "
-                f"{'subtotal':>10} {'activations/token':>18}"
-            )
-            lines.append(head)
-            for m in self.memory:
-                act = _size(m.activations_per_token) if m.activations_per_token is not None else "n/a"
-                lines.append(
-                    f"{m.method:<22} {m.trainable_params:>14,} {_by_dtype(m.weights):>22} "
-                    f"{_size(sum(m.gradients.values())):>10} {_size(sum(m.optimizer.values())):>10} "
-                    f"{_size(m.static_bytes):>10} {act:>18}"
-                )
+            lines += ["", _MEMORY_HEAD.format(dtype=self.dtype)]
             lines.append(
-                f"activations: the per-token figure x batch x sequence (measured at sequence {self.seq_len}, "
-                "no gradient checkpointing); e.g. batch 8 x 2048 tokens: "
-                + ", ".join(
+                f"{'method':<24}{'trainable':>10}{'weights':>9}{'grads':>9}{'AdamW':>9}{'total':>9}{'act/tok':>9}"
+            )
+            for m in self.memory:
+                lines.append(
+                    f"{m.method[:24]:<24}{_count(m.trainable_params):>10}{_size(sum(m.weights.values()), 1):>9}"
+                    f"{_size(sum(m.gradients.values()), 1):>9}{_size(sum(m.optimizer.values()), 1):>9}"
+                    f"{_size(m.static_bytes, 1):>9}{_size(m.activations_per_token, 1):>9}"
+                )
+            lines += textwrap.wrap(
+                f"act/tok: activations per token x batch x sequence (measured at sequence {self.seq_len}, no "
+                "gradient checkpointing); e.g. batch 8 x 2048 tokens: "
+                + "; ".join(
                     f"{m.method} {_size(m.total_bytes(8 * 2048))}" for m in self.memory if m.total_bytes(1) is not None
                 )
-                + " in all"
+                + " in all",
+                80,
             )
         return "\n".join(lines)
 
 
-def _size(n: int | None) -> str:
+_MEMORY_HEAD = (
+    "training memory (AdamW: what trains has fp32 weights, gradients and 2 states;\n"
+    "frozen weights in {dtype}, or int8/nf4 linear modules as the row says)"
+)
+
+
+def _size(n: int | None, digits: int = 2) -> str:
     if n is None:
         return "n/a"
     for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= div:
-            return f"{n / div:.2f} {unit}"
+            return f"{n / div:.{digits}f} {unit}" if digits == 2 else f"{n / div:.{digits}f}{unit[0]}"
     return f"{n} B"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 10**6 else f"{n:,}"
 
 
 def _by_dtype(d: dict[str, int]) -> str:
@@ -366,6 +372,7 @@ def check(
     lora = _lora_estimate(config, params, dtype, summary.trainable_params, lora_rank, seq_len, scale, activations)
     if lora is not None:
         memory.append(lora)
+    memory += lowbit_estimates(meta, params, trained, dtype, sel_act, lora)
     notes = list(summary.notes)
     if summary.partial:
         notes.append(
