@@ -12,12 +12,12 @@ fine-tuning, side by side in one run on SmolLM2-135M (builtin:smollm2-135m).
 Each method runs in its own process (``benchlib.run_child``), is set up by ``spectrum_llm.training.prepare_model``
 exactly as `spectrum train` sets it up, and trains the same micro-batch of token ids with torch AdamW under bf16
 autocast, no gradient checkpointing. The child records the median step time and tokens/s, and the peak resident
-memory of the training steps alone: after setup it resets the kernel's high-water mark (/proc/self/clear_refs)
-and reads VmHWM after the steps, less the resident memory after the imports (file-backed weight pages included,
+memory of the training steps alone: after setup it hands freed heap back (malloc_trim), resets the kernel's
+high-water mark (/proc/self/clear_refs) and reads VmHWM after the steps, less the resident memory after the imports (file-backed weight pages included,
 so a bf16 base loaded by mmap counts as much as one copied). On the CPU QLoRA uses torch AdamW (bitsandbytes'
 paged 8-bit AdamW needs CUDA), so all methods share one optimizer.
 
-    python benchmarks/quant.py --quick          # short sequences, few steps: ~10 min on 2 shared CPU cores
+    python benchmarks/quant.py --quick          # sequence 128, micro-batch 2, 1 + 2 steps: ~15 min on 2 busy cores
     python benchmarks/quant.py                   # longer sequences, more steps
 
 Writes ``benchmarks/results/quant-<mode>.json`` and prints the table as Markdown, ratios against full
@@ -43,7 +43,7 @@ RESULTS = HERE / "results"
 METHODS = ("full", "spectrum25", "spectrum25-int8", "spectrum25-nf4", "qlora-r64", "qlora-matched", "lora-matched")
 LOWBIT = {"spectrum25-int8", "spectrum25-nf4", "qlora-r64", "qlora-matched"}
 MODES = {
-    "quick": {"seq_len": 128, "micro_batch": 2, "warmup": 1, "steps": 3},
+    "quick": {"seq_len": 128, "micro_batch": 2, "warmup": 1, "steps": 2},
     "full": {"seq_len": 512, "micro_batch": 4, "warmup": 2, "steps": 8},
 }
 
@@ -70,6 +70,7 @@ def config_for(spec: dict) -> Any:
 
 def child(spec: dict, result_path: Path) -> None:
     """One method: set up, then time warmup + steps on one fixed micro-batch; the training steps' peak memory."""
+    import ctypes
     import gc
 
     import torch
@@ -100,7 +101,9 @@ def child(spec: dict, result_path: Path) -> None:
         lowbit=prepared.lowbit.to_json() if prepared.lowbit is not None else None,
         lora_rank=cfg.lora_rank if cfg.method in ("lora", "qlora") else None,
     )
+    del selection
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand back what setup freed (the 16-bit weights a low-bit base replaced)
     setup_kib = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark from here on: the training steps
     gen = torch.Generator().manual_seed(0)
