@@ -13,9 +13,9 @@ Each method runs in its own process (``benchlib.run_child``), is set up by ``spe
 exactly as `spectrum train` sets it up, and trains the same micro-batch of token ids with torch AdamW under bf16
 autocast, no gradient checkpointing. The child records the median step time and tokens/s, and the peak resident
 memory of the training steps alone: after setup it hands freed heap back (malloc_trim), resets the kernel's
-high-water mark (/proc/self/clear_refs) and reads VmHWM after the steps, less the resident memory after the imports (file-backed weight pages included,
-so a bf16 base loaded by mmap counts as much as one copied). On the CPU QLoRA uses torch AdamW (bitsandbytes'
-paged 8-bit AdamW needs CUDA), so all methods share one optimizer.
+high-water mark (/proc/self/clear_refs) and reads VmHWM after the steps, less the resident memory after the
+imports (file-backed weight pages included, so a bf16 base loaded by mmap counts as much as one copied).
+On the CPU QLoRA uses torch AdamW (bitsandbytes' paged 8-bit AdamW needs CUDA), so all methods share one optimizer.
 
     python benchmarks/quant.py --quick          # sequence 128, micro-batch 2, 1 + 2 steps: ~15 min on 2 busy cores
     python benchmarks/quant.py                   # longer sequences, more steps
