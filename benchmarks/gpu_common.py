@@ -63,7 +63,9 @@ SHAPES: dict[str, dict[str, Any]] = {
 TINY: dict[str, Any] = dict(
     hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=256
 )
-METHODS = ("full", "spectrum25", "spectrum50", "lora")
+# the low-bit bases need bitsandbytes (spectrum-llm[quant]); without it they are skipped with a note
+LOWBIT_METHODS = ("spectrum25-int8", "spectrum25-nf4", "qlora")
+METHODS = ("full", "spectrum25", "spectrum50", "lora", *LOWBIT_METHODS)
 
 
 def say(msg: str) -> None:

@@ -1,10 +1,12 @@
-"""(b) of the GPU benchmark: the training cost of each method (full, Spectrum-25/-50, LoRA) on Llama shapes,
-each method in a fresh process: peak memory and step time at a fixed micro-batch, then the largest that fits.
+"""(b) of the GPU benchmark: the training cost of each method (full, Spectrum-25/-50, LoRA; Spectrum-25 on an int8
+or NF4 frozen base and QLoRA where bitsandbytes is installed) on Llama shapes, each method in a fresh process: peak
+memory and step time at a fixed micro-batch, then the largest that fits.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import math
 import statistics
 import time
@@ -12,7 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.benchlib import lora_rank_for
-from benchmarks.gpu_common import DATA, SHAPES, TINY, child_save, peak_mib, reserved_mib, run_measurement, say, sync
+from benchmarks.gpu_common import (
+    DATA,
+    LOWBIT_METHODS,
+    SHAPES,
+    TINY,
+    child_save,
+    peak_mib,
+    reserved_mib,
+    run_measurement,
+    say,
+    sync,
+)
 from benchmarks.gpu_report import Report
 
 
@@ -44,29 +57,38 @@ def setup_method(model, method: str, scan_path: Path) -> tuple[Any, dict]:
     """
     from spectrum_llm import freeze, select
     from spectrum_llm.params import count_params
-    from spectrum_llm.training import TrainConfig, apply_lora, lora_kwargs, upcast_trainable
+    from spectrum_llm.training import TrainConfig, apply_lora, lora_kwargs, lowbit, upcast_trainable
 
     info: dict = {}
+    device = next(model.parameters()).device.type
+    total_before = count_params(model)[1]
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     elif method.startswith("spectrum"):
-        sel = select(scan_path, top_percent=float(method.removeprefix("spectrum")), model=model)
+        top, _, precision = method.removeprefix("spectrum").partition("-")
+        sel = select(scan_path, top_percent=float(top), model=model)
         summary = freeze(model, sel)
         info.update(selected_modules=len(sel.modules), trainable_params=summary.trainable_params)
-    elif method == "lora":
+        if precision:
+            info["lowbit"] = lowbit.frozen_linears(model, precision, device).to_json()
+    elif method in ("lora", "qlora"):
         sel = select(scan_path, top_percent=25.0, model=model)
         budget = sum(ts.selected_numel for ts in sel.types.values())
         rank, _ = lora_rank_for(decoder_linears(model), budget)
+        if method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            info["lowbit"] = lowbit.qlora_base(model, device).to_json()
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
         kwargs, _ = lora_kwargs(TrainConfig(method="lora", lora_rank=rank), "", model, resumed=False)
         model = apply_lora(model, kwargs)
         info.update(lora_rank=rank, lora_matched_to=budget)
     else:
         raise ValueError(method)
     upcast_trainable(model)
-    trainable, total = count_params(model)
-    info.setdefault("trainable_params", trainable)
-    info["total_params"] = total if method != "lora" else total - trainable
+    info.setdefault("trainable_params", count_params(model)[0])
+    info["total_params"] = total_before  # counted before adapters and quantization
     info["trainable_fraction"] = info["trainable_params"] / info["total_params"]
     return model, info
 
@@ -90,7 +112,14 @@ def child_train(spec: dict) -> None:
     out.update(info)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda", foreach=None if dev.type == "cuda" else True)
+    opt: Any
+    if spec["method"] == "qlora" and dev.type == "cuda":  # QLoRA's paged 8-bit AdamW, as the paper trains
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.PagedAdamW8bit(params, lr=1e-5)
+        out["optimizer"] = "paged_adamw_8bit"
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda", foreach=None if dev.type == "cuda" else True)
     out["build_s"] = round(time.monotonic() - t0, 2)
     seq, vocab = spec["seq_len"], cfg.vocab_size
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -214,6 +243,14 @@ def part_train(args, report: Report, deadline: float) -> None:
                 )
                 report.save()
                 say(f"skipping {key} {method}: budget")
+                continue
+            if method in LOWBIT_METHODS and importlib.util.find_spec("bitsandbytes") is None:
+                report.data["skipped"].append(
+                    f"train {SHAPES[key]['label']} {method}: bitsandbytes is not installed "
+                    "(pip install 'spectrum-llm[quant]')"
+                )
+                report.save()
+                say(f"skipping {key} {method}: no bitsandbytes")
                 continue
             spec = {
                 "model": key,

@@ -85,5 +85,19 @@ def test_budget_skips_what_would_not_finish(no_extras_env, tmp_path):
     proc = _bench(no_extras_env, "--tiny", "--out", str(tmp_path), "--parts", "train", "--budget-s", "0", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "gpu.json").read_text())
-    assert data["train"] == [] and len(data["skipped"]) == 8
+    assert data["train"] == [] and len(data["skipped"]) == 2 * 7  # 2 models x 7 methods (3 on a low-bit base)
     assert "## Skipped" in (tmp_path / "gpu.md").read_text()
+
+
+def test_low_bit_methods_are_skipped_with_a_note_without_bitsandbytes(no_extras_env, tmp_path):
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(f"import sys\nfor m in {(*BLOCKED, 'bitsandbytes')!r}:\n"
+                                            "    sys.modules[m] = None\n")
+    env = {**no_extras_env, "PYTHONPATH": f"{block}{os.pathsep}{ROOT / 'src'}"}
+    proc = _bench(env, "--tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--parts", "train",
+                  "--models", "1b", "--methods", "spectrum25-nf4,qlora", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert data["train"] == [] and len(data["skipped"]) == 2
+    assert all("bitsandbytes is not installed" in s and "spectrum-llm[quant]" in s for s in data["skipped"])

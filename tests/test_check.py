@@ -40,7 +40,7 @@ def test_every_layout_reports_each_pattern_and_the_trainable_share(llama_dir, ll
 
 def test_memory_counts_fp32_masters_gradients_and_adamw(llama_dir, llama_sel):
     report = check(llama_sel, llama_dir, seq_len=16, dtype="bfloat16")
-    full, mine, lora = report.memory
+    full, mine, lora, *_ = report.memory
     n, t = report.total_params, report.trainable_params
     assert full.trainable_params == n and full.static_bytes == 16 * n
     assert mine.static_bytes == 2 * (n - t) + 16 * t
@@ -144,3 +144,14 @@ def test_axolotl_count_on_the_meta_model(llama_dir, llama_sel):
     model = tiny_llama()
     unfrozen = axolotl_unfrozen(model.named_parameters(), llama_sel.patterns)
     assert report.trainable_params == sum(p.numel() for n, p in model.named_parameters() if n in unfrozen)
+
+
+def test_memory_has_each_frozen_precision_and_qlora_within_80_columns(llama_dir, llama_sel):
+    report = check(llama_sel, llama_dir, seq_len=16, dtype="bfloat16")
+    rows = {m.method: m for m in report.memory}
+    mine, int8, nf4 = rows["this selection"], rows["selection, int8 base"], rows["selection, nf4 base"]
+    assert mine.static_bytes > int8.static_bytes > nf4.static_bytes
+    assert int8.gradients == nf4.gradients == mine.gradients  # the same tensors train
+    assert any(m.startswith("QLoRA r=") and "nf4" in rows[m].weights for m in rows)
+    table = str(report).split("training memory")[1].splitlines()
+    assert len(table) > 7 and max(len(line) for line in table) <= 80

@@ -17,7 +17,7 @@ def _trainable(model) -> dict[str, torch.dtype]:
 
 
 def test_methods_are_the_registered_ones():
-    assert METHODS == ("spectrum", "full", "lora")
+    assert METHODS == ("spectrum", "full", "lora", "qlora")
 
 
 def test_spectrum_trains_the_selection_in_fp32_and_keeps_the_rest_as_loaded(tmp_path):

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .axolotl import AxolotlPattern, pattern_module
 from .errors import SpectrumError, require
 from .freezing import freeze
+from .lowbit_memory import lowbit_estimates
 from .models import from_config, tied_aliases
 from .selection import Selection, load_selection
 
@@ -111,21 +113,24 @@ class CheckReport:
         for n in self.notes:
             lines += _wrap(f"note: {n}")
         if self.memory:
-            lines += [
-                "",
-                *_wrap(
-                    "training memory (AdamW; what trains: fp32 weights, gradients and 2 states; frozen weights in "
-                    f"{self.dtype})"
-                ),
-            ]
-            lines += _memory_table(self.memory)
-            lines += _wrap(
-                f"activations: the per-token figure x batch x sequence (measured at sequence {self.seq_len}, "
-                "no gradient checkpointing); e.g. batch 8 x 2048 tokens: "
-                + ", ".join(
+            lines += ["", _MEMORY_HEAD.format(dtype=self.dtype)]
+            lines.append(
+                f"{'method':<24}{'trainable':>10}{'weights':>9}{'grads':>9}{'AdamW':>9}{'total':>9}{'act/tok':>9}"
+            )
+            for m in self.memory:
+                lines.append(
+                    f"{m.method[:24]:<24}{_count(m.trainable_params):>10}{_size(sum(m.weights.values()), 1):>9}"
+                    f"{_size(sum(m.gradients.values()), 1):>9}{_size(sum(m.optimizer.values()), 1):>9}"
+                    f"{_size(m.static_bytes, 1):>9}{_size(m.activations_per_token, 1):>9}"
+                )
+            lines += textwrap.wrap(
+                f"act/tok: activations per token x batch x sequence (measured at sequence {self.seq_len}, no "
+                "gradient checkpointing); e.g. batch 8 x 2048 tokens: "
+                + "; ".join(
                     f"{m.method} {_size(m.total_bytes(8 * 2048))}" for m in self.memory if m.total_bytes(1) is not None
                 )
-                + " in all"
+                + " in all",
+                80,
             )
         return "\n".join(lines)
 
@@ -146,37 +151,23 @@ def _wrap(text: str, indent: str = "") -> list[str]:
     ) or [""]
 
 
-def _memory_table(memory: list[MemoryEstimate]) -> list[str]:
-    """One row per quantity, one column per method (short names; a method's detail in parentheses goes below)."""
-    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
-    names = [m.method.split(" (")[0] for m in memory]
-    col = max([16] + [len(n) for n in names])
-    dtypes = list(dict.fromkeys(k for m in memory for k, v in m.weights.items() if v))
-    rows: list[tuple[str, list[str]]] = [("trainable", [f"{m.trainable_params:,}" for m in memory])]
-    rows += [
-        (f"weights {short.get(d, d)}", [_size(m.weights.get(d)) if m.weights.get(d) else "-" for m in memory])
-        for d in dtypes
-    ]
-    rows += [
-        ("gradients", [_size(sum(m.gradients.values())) for m in memory]),
-        ("AdamW states", [_size(sum(m.optimizer.values())) for m in memory]),
-        ("subtotal", [_size(m.static_bytes) for m in memory]),
-        ("activations/token", [_size(m.activations_per_token) for m in memory]),
-    ]
-    label = max(len(r[0]) for r in rows)
-    out = [" " * label + "".join(f"  {n:>{col}}" for n in names)]
-    out += [f"{r:<{label}}" + "".join(f"  {v:>{col}}" for v in vals) for r, vals in rows]
-    out += [f"{n}: target modules {m.method[len(n) :].strip(' ()')}" for n, m in zip(names, memory) if m.method != n]
-    return out
+_MEMORY_HEAD = (
+    "training memory (AdamW: what trains has fp32 weights, gradients and 2 states;\n"
+    "frozen weights in {dtype}, or int8/nf4 linear modules as the row says)"
+)
 
 
-def _size(n: int | None) -> str:
+def _size(n: int | None, digits: int = 2) -> str:
     if n is None:
         return "n/a"
     for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= div:
-            return f"{n / div:.2f} {unit}"
+            return f"{n / div:.{digits}f} {unit}" if digits == 2 else f"{n / div:.{digits}f}{unit[0]}"
     return f"{n} B"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 10**6 else f"{n:,}"
 
 
 def _by_dtype(d: dict[str, int]) -> str:
@@ -404,6 +395,7 @@ def check(
     lora = _lora_estimate(config, params, dtype, summary.trainable_params, lora_rank, seq_len, scale, activations)
     if lora is not None:
         memory.append(lora)
+    memory += lowbit_estimates(meta, params, trained, dtype, sel_act, lora)
     notes = list(summary.notes)
     if summary.partial:
         notes.append(

@@ -16,7 +16,8 @@ from .. import estimators
 from ..errors import SpectrumError
 from ..select_config import embedding_switches
 from ..selection import DEFAULT_TOP_PERCENT
-from .methods import METHODS
+from .lowbit import FROZEN_PRECISIONS
+from .methods import LORA_METHODS, METHODS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_SEQ_LEN = 512
@@ -60,8 +61,9 @@ class TrainConfig:
     )
     method: str = _setting(
         "spectrum",
-        "spectrum, full or lora (all linear layers; with --selection/--top-percent "
-        "only the selected ones, rank by score); default {default}.",
+        "spectrum, full, lora (all linear layers; with --selection/--top-percent "
+        "only the selected ones, rank by score) or qlora (lora on a 4-bit NF4 base; needs "
+        "spectrum-llm[quant]); default {default}.",
     )
     task: str = _setting(
         "cpt",
@@ -97,10 +99,21 @@ class TrainConfig:
         "Train the output head besides the selection (default: on; a "
         "head tied to the embeddings follows --train-embeddings).",
     )
+    frozen_precision: str = _setting(
+        "bf16",
+        "spectrum: hold the frozen linear modules in bf16 (the model's own dtype), int8 or nf4 "
+        "(bitsandbytes, spectrum-llm[quant]); the saved model's frozen tensors are the input's, bit for bit; "
+        "default {default}.",
+    )
     # lora
     lora_rank: int = _setting(16, "LoRA rank (default {default}).")
     lora_alpha: float | None = _setting(None, "LoRA alpha (default: twice the rank).", cli=False)
     lora_dropout: float = _setting(0.0, "LoRA dropout (default {default}).", cli=False)
+    merge: bool | None = _setting(
+        None,
+        "lora/qlora: also save the merged full model (default: on for lora, off for qlora, whose merge "
+        "loads the original 16-bit weights, never the 4-bit ones).",
+    )
     # data
     seq_len: int | None = _setting(
         None, f"Sequence length in tokens (default {DEFAULT_SEQ_LEN}, or the model's maximum when smaller)."
@@ -236,6 +249,7 @@ class TrainConfig:
         embedding_switches(self.embeddings, self.train_embeddings, self.train_lm_head)
         if self.resume and self.overwrite:
             raise SpectrumError("Give either --resume (continue the run in --output-dir) or --overwrite, not both.")
+        self._validate_lowbit()
         if self.fsdp and self.deepspeed:
             raise SpectrumError("Choose one engine: --fsdp or --deepspeed, not both.")
         for name in ("batch_size", "grad_accum", "lora_rank", "logging_steps", "save_steps"):
@@ -247,6 +261,27 @@ class TrainConfig:
         if self.max_steps < 1 and self.epochs <= 0:
             raise SpectrumError("Nothing to train: set --epochs above 0 or --max-steps to 1 or more.")
 
+    def _validate_lowbit(self) -> None:
+        if self.frozen_precision not in FROZEN_PRECISIONS:
+            raise SpectrumError(
+                f"Unknown --frozen-precision {self.frozen_precision!r}. Use one of: {', '.join(FROZEN_PRECISIONS)}."
+            )
+        if self.frozen_precision != "bf16" and self.method != "spectrum":
+            raise SpectrumError(
+                f"--frozen-precision {self.frozen_precision} applies to --method spectrum (for LoRA on a 4-bit "
+                "base use --method qlora). Drop it or use --method spectrum."
+            )
+        if self.method == "spectrum" and self.frozen_precision != "bf16" and self.resume:
+            raise SpectrumError(
+                f"--resume is not available with --frozen-precision {self.frozen_precision}: its checkpoints hold "
+                "the quantized base. Start again in an empty --output-dir, or resume with --frozen-precision bf16."
+            )
+        if (self.method == "qlora" or self.frozen_precision != "bf16") and (self.fsdp or self.deepspeed):
+            raise SpectrumError(
+                "A low-bit base (--method qlora, --frozen-precision int8/nf4) runs on one process or DDP, not "
+                "with --fsdp/--deepspeed. Drop those, or train a 16-bit base."
+            )
+
     @property
     def out(self) -> Path:
         """The output folder as a Path: the one place the ``output_dir`` setting (a string, as given) becomes one."""
@@ -256,7 +291,7 @@ class TrainConfig:
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return DEFAULT_LORA_LR if self.method == "lora" else DEFAULT_LR
+        return DEFAULT_LORA_LR if self.method in LORA_METHODS else DEFAULT_LR
 
 
 @dataclass
@@ -291,6 +326,8 @@ class TrainSummary:
     data: dict[str, Any]
     config: dict[str, Any]
     checkpoints: list[str] = field(default_factory=list)  # kept in output_dir (--keep-checkpoints)
+    frozen_precision: str = "bf16"  # how the frozen linear modules were held: bf16 (the model's dtype), int8, nf4
+    lowbit: dict[str, Any] | None = None  # a low-bit base: modules quantized, kept in 16-bit, the optimizer
 
     @property
     def trainable_fraction(self) -> float:

@@ -56,6 +56,10 @@ def training_args(cfg: TrainConfig, precision: str) -> Any:
         kw["fsdp_config"] = cfg.fsdp_config or {"version": 2}
     if cfg.deepspeed:
         kw["deepspeed"] = cfg.deepspeed
+    if cfg.method == "qlora":
+        from .lowbit import optimizer_name
+
+        kw["optim"] = optimizer_name(use_cpu)
     kw.update(cfg.extra_args)
     try:
         return TrainingArguments(**kw)

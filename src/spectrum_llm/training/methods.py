@@ -1,5 +1,6 @@
-"""The training methods, one registered object each: spectrum (train the selected modules, freeze the rest),
-full (train everything) and lora (adapters on all linear layers, or on the selected modules).
+"""The training methods, one registered object each: spectrum (train the selected modules, freeze the rest; the
+frozen linear modules optionally held in int8 or NF4), full (train everything), lora (adapters on all linear
+layers, or on the selected modules) and qlora (lora on a 4-bit NF4 base; the quantization is in ``lowbit``).
 
 ``prepare_model(config, model)`` does a method's setup on a model already loaded: it freezes or adds adapters,
 gives the trainable low-precision parameters fp32 master copies and says what trains. ``train`` calls it, and a
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ..results import ScanResult
     from ..selection import Selection
     from .config import TrainConfig
+    from .lowbit import LowBitReport
 
 LOG = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class Prepared:
     frozen: FreezeSummary | None = None  # spectrum: what freeze() left trainable
     lora_config: dict[str, Any] | None = None  # lora: the LoraConfig arguments
     upcast: int = 0  # parameters given fp32 master copies
+    lowbit: LowBitReport | None = None  # a low-bit base (qlora, spectrum --frozen-precision int8/nf4)
 
     @property
     def trainable_fraction(self) -> float:
@@ -69,7 +72,7 @@ def _spectrum(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prep
             "Set weight_decay: 0 (the default) to keep them bit-identical.",
             ", ".join(frozen.partial),
         )
-    return Prepared(
+    prepared = Prepared(
         model,
         "spectrum",
         selection,
@@ -78,6 +81,12 @@ def _spectrum(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prep
         always_trained=_always_trained(model),
         frozen=frozen,
     )
+    if cfg.frozen_precision != "bf16":
+        from . import lowbit
+
+        lowbit.check_trained_in_files(cfg.model, [n for n, p in model.named_parameters() if p.requires_grad])
+        prepared.lowbit = lowbit.frozen_linears(model, cfg.frozen_precision, lowbit.train_device(cfg.use_cpu))
+    return prepared
 
 
 def _full(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prepared:
@@ -106,6 +115,23 @@ def _lora(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prepared
     return Prepared(model, "lora", selection, *count_params(model), lora_config=kwargs)
 
 
+def _qlora(cfg: TrainConfig, model: Any, selection: Selection | None) -> Prepared:
+    """LoRA as the QLoRA paper trains it: an NF4 base (double quantization, 16-bit compute), peft's
+    prepare_model_for_kbit_training, then the lora method's adapters; counts are of the unquantized model."""
+    from peft import prepare_model_for_kbit_training
+
+    from . import lowbit
+
+    total = count_params(model)[1]
+    device = lowbit.train_device(cfg.use_cpu)
+    report = lowbit.qlora_base(model, device)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    prepared = _lora(cfg, model, selection)
+    prepared.method, prepared.total_params, prepared.lowbit = "qlora", total, report
+    prepared.trainable_params = count_params(prepared.model)[0]
+    return prepared
+
+
 def _lora_uses_selection(cfg: TrainConfig) -> bool:
     """A selection file or --top-percent puts the adapters on the selected modules; a PEFT file says it all."""
     from ..lora import is_lora_config
@@ -121,9 +147,11 @@ REGISTRY: dict[str, Method] = {
         Method("spectrum", (), lambda cfg: True, _spectrum),
         Method("full", (), lambda cfg: False, _full),
         Method("lora", ("peft",), _lora_uses_selection, _lora),
+        Method("qlora", ("peft",), _lora_uses_selection, _qlora),
     )
 }
 METHODS = tuple(REGISTRY)
+LORA_METHODS = ("lora", "qlora")  # adapters: the LoRA flags, learning rate and outputs
 
 
 def prepare_model(
@@ -143,6 +171,9 @@ def prepare_model(
     scanning ``source``, default ``config.model``). Raises SpectrumError when nothing is left trainable.
     """
     method = REGISTRY[config.method]
+    from .lowbit import check_job
+
+    check_job(config, source or config.model)
     if selection is None and method.uses_selection(config):
         selection = resolve_selection(config, source or config.model, resumed)
     prepared = method.setup(config, model, selection)

@@ -172,20 +172,40 @@ def _without_tied(model: Any, sd: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sd.items() if k not in aliases}
 
 
-def save_model(trainer: Any, out: Path, orig_dtypes: dict[str, Any], lora: bool) -> None:
+def save_model(
+    trainer: Any,
+    out: Path,
+    orig_dtypes: dict[str, Any],
+    lora: bool,
+    *,
+    merge: bool = True,
+    frozen_from: str | None = None,
+) -> None:
     """The trained model in the input's dtypes (so frozen tensors are bit-identical); for lora the adapter in
-    ``adapter/`` and the merged model, unless a sharded run keeps only the adapter."""
+    ``adapter/`` and, with ``merge``, the merged model, unless a sharded run keeps only the adapter.
+
+    ``frozen_from`` (a low-bit frozen base, which holds only an approximation of the frozen weights): the folder
+    whose safetensors the frozen tensors are copied from, bit for bit; for a lora run (QLoRA), the original
+    weights the adapter is merged into."""
     acc = trainer.accelerator
     model = acc.unwrap_model(trainer.model)
     if lora:
         trainer.save_model(str(out / "adapter"))
-        if acc.num_processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        if not merge or acc.num_processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
             return  # a sharded LoRA run keeps the adapter; merge it with `peft` on one device
-        if distributed.is_main():
+        if distributed.is_main() and frozen_from is not None:
+            from .lowbit import merge_from_original
+
+            merge_from_original(out / "adapter", frozen_from, out, orig_dtypes)
+        elif distributed.is_main():
             merged = model.merge_and_unload()
             sd = _in_dtypes(merged.state_dict(), orig_dtypes)
             merged.save_pretrained(out, state_dict=_without_tied(merged, sd))
             record_dtype(out, sd)
+        return
+    if frozen_from is not None:
+        if distributed.is_main():
+            model.save_pretrained(out, state_dict=_without_tied(model, _from_input(model, frozen_from, orig_dtypes)))
         return
     sd = _final_state_dict(trainer, orig_dtypes)
     if distributed.is_main():
@@ -211,11 +231,35 @@ def record_dtype(out: Path, sd: dict[str, Any]) -> None:
     write_json_atomic(path, config)
 
 
+def _from_input(model: Any, model_dir: str, orig_dtypes: dict[str, Any]) -> dict[str, Any]:
+    """Every tensor of the input's safetensors as stored there, the trained ones replaced by their new values."""
+    from safetensors import safe_open
+
+    from .lowbit import input_files
+
+    sd: dict[str, Any] = {}
+    for f in input_files(model_dir):
+        with safe_open(str(f), framework="pt") as h:
+            sd.update({k: h.get_tensor(k) for k in h.keys()})
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            sd[name] = p.detach().to(sd[name].dtype if name in sd else orig_dtypes.get(name, p.dtype)).cpu()
+    return sd
+
+
 def save_outputs(
-    trainer: Any, tokenizer: Any, out: Path, orig_dtypes: dict[str, Any], *, lora: bool, keep: bool
+    trainer: Any,
+    tokenizer: Any,
+    out: Path,
+    orig_dtypes: dict[str, Any],
+    *,
+    lora: bool,
+    keep: bool,
+    merge: bool = True,
+    frozen_from: str | None = None,
 ) -> None:
     """The model (or adapter), then the tokenizer; the checkpoints removed unless ``keep``."""
-    save_model(trainer, out, orig_dtypes, lora)
+    save_model(trainer, out, orig_dtypes, lora, merge=merge, frozen_from=frozen_from)
     trainer.accelerator.wait_for_everyone()
     if distributed.is_main():
         tokenizer.save_pretrained(out)

@@ -26,9 +26,9 @@ from ..data import DataConfig, PadCollator, build_datasets, check_seq_len
 from ..errors import require
 from ..models import tied_aliases
 from ..selection import Selection
-from . import engine, engines, interrupts, outputs
+from . import engine, engines, interrupts, lowbit, outputs
 from .config import DEFAULT_SEQ_LEN, TrainConfig, TrainSummary
-from .methods import REGISTRY, Prepared, prepare_model, resolve_selection
+from .methods import LORA_METHODS, REGISTRY, Prepared, prepare_model, resolve_selection
 
 LOG = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     with outputs.removed_on_failure(config.out), quiet(config.verbose), interrupts.signals_handled(stopper):
         try:
             job = resolve(config)
+            lowbit.check_job(job.cfg, job.source)
             args = engine.training_args(job.cfg, job.precision)  # sets up the distributed state first
             if distributed.is_main():
                 LOG.debug("settings: %s", json.dumps(_jsonable(dataclasses.asdict(job.cfg))))
@@ -87,7 +88,14 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
             raise _interrupted(stopper.signum or signal.SIGINT, config.out, trainer) from None
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_ds is not None else None
         outputs.save_outputs(
-            trainer, tokenizer, job.cfg.out, orig_dtypes, lora=job.cfg.method == "lora", keep=job.cfg.keep_checkpoints
+            trainer,
+            tokenizer,
+            job.cfg.out,
+            orig_dtypes,
+            lora=job.cfg.method in LORA_METHODS,
+            keep=job.cfg.keep_checkpoints,
+            merge=job.cfg.merge if job.cfg.merge is not None else job.cfg.method == "lora",
+            frozen_from=job.cfg.model if lowbit.uses_lowbit(job.cfg) else None,
         )
         return summarise(job, prepared, trainer, result, runtime, eval_loss, data_summary)
 
@@ -312,6 +320,8 @@ def summarise(
         data=dataclasses.asdict(data),
         config=_jsonable(dataclasses.asdict(_resolved(job, prepared.model))),
         checkpoints=outputs.kept_checkpoints(job.cfg.out) if cfg.keep_checkpoints else [],
+        frozen_precision="nf4" if cfg.method == "qlora" else cfg.frozen_precision,
+        lowbit=prepared.lowbit.to_json() if prepared.lowbit is not None else None,
     )
     if distributed.is_main():
         outputs.write_summary(job.cfg.out, summary)
