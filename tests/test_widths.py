@@ -20,5 +20,5 @@ def test_check_fits_80_columns(tmp_path, llama_dir, capsys, monkeypatch):
     assert run_cli(["check", str(sel), "--model", str(llama_dir)]) == 0
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
-    for needle in ("full fine-tuning", "this selection", "LoRA r=", "activations/token", "AdamW states", "subtotal"):
+    for needle in ("full fine-tuning", "this selection", "LoRA r=", "act/tok", "AdamW", "total", "nf4 base"):
         assert needle in out
