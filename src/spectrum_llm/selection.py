@@ -22,7 +22,16 @@ from .results import ScanResult
 from .rules import candidates, choose, order_key, parse_budget, rank
 from .select_config import DEFAULT_TOP_PERCENT, RULES, SelectConfig
 from .selection_file import FORMAT, FORMAT_VERSION, Selection, TypeSelection, load_selection
-from .selection_text import drop_flags, embedding_note, extras_text, rule_text, share_text, tied_note
+from .selection_text import (
+    backward_text,
+    drop_flags,
+    embedding_note,
+    extras_text,
+    rule_text,
+    selection_names,
+    share_text,
+    tied_note,
+)
 from .sources import resolve_scan
 
 if TYPE_CHECKING:
@@ -136,6 +145,8 @@ class SelectOutcome:
             out.append((note, False))
         if share := share_text(sel):
             out.append((share, True))
+        layers = {m.layer for m in self.scan.modules if m.layer is not None}
+        out.append((backward_text(selection_names(sel), max(layers) + 1 if layers else None), True))
         flags = drop_flags(sel, self.tied, cfg.train_embeddings, cfg.train_lm_head)
         if not cfg.compat and (note := embedding_note(sel.trainable_params, sel.extra_params, f"pass {flags}")):
             out.append((f"[yellow]{note}[/]", True))

@@ -74,3 +74,32 @@ def drop_flags(sel: Selection, tied: bool, train_embeddings: bool, train_lm_head
     on a tied model the head follows the embeddings, so ``--no-train-lm-head`` is named only if asked for."""
     head = train_lm_head is True if tied else sel.rule.get("train_lm_head", True)
     return " ".join(f for f, on in (("--no-train-embeddings", train_embeddings), ("--no-train-lm-head", head)) if on)
+
+
+def backward_text(names: list[str], layers: int | None) -> str:
+    """Where the backward pass stops for these trained tensor or module names: ``backward from layer 23 of 30``, or
+    ``backward through all 30 layers (the embeddings train)`` (``depth.lowest_layer``)."""
+    from .depth import lowest_layer
+
+    lowest = lowest_layer(names)
+    of = f" of {layers}" if layers else ""
+    if lowest is None:
+        return "backward through no decoder layer (only the head and final norm train)"
+    if lowest == 0:
+        why = "the embeddings train" if any(_is_embedding(n) for n in names) else "layer 0 trains"
+        return f"backward through all{f' {layers}' if layers else ''} layers ({why})"
+    return f"backward from layer {lowest}{of} (layers below it keep no activations)"
+
+
+def selection_names(sel: Selection) -> list[str]:
+    """The modules a selection trains, its extras included (a tied head as the embeddings it shares)."""
+    extras = [pattern_module(p) or p for p in sel.extras]
+    if sel.rule.get("lm_head_tied") and "lm_head" in extras:
+        extras.append("model.embed_tokens")
+    return list(sel.modules) + extras
+
+
+def _is_embedding(name: str) -> bool:
+    from .depth import embeddings_train
+
+    return embeddings_train([name])

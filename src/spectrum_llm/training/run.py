@@ -57,7 +57,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     method = REGISTRY.get(config.method)
     require("transformers", "accelerate", "datasets", *(method.packages if method else ()), extra="train")
     config.validate()
-    from .callbacks import quiet
+    from .callbacks import KeepBackwardShort, quiet
 
     with outputs.removed_on_failure(config.out), quiet(config.verbose):
         job = resolve(config)
@@ -69,7 +69,15 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
         selection = setup_selection(job)
         model, orig_dtypes = setup_model(job)
         prepared = setup_method(job, model, selection, args)
-        trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, callbacks)
+        extra = [KeepBackwardShort()] if job.cfg.method == "spectrum" else []
+        if job.cfg.cache_prefix:
+            from .prefix_cache import setup as setup_prefix_cache
+
+            train_ds, cached = setup_prefix_cache(job.cfg, prepared.model, train_ds, args, tokenizer.pad_token_id)
+            extra.append(cached)
+        trainer, bar = setup_trainer(
+            job, args, prepared.model, train_ds, eval_ds, tokenizer, [*extra, *(callbacks or [])]
+        )
         result, runtime = run(trainer, job, bar)
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_ds is not None else None
         outputs.save_outputs(
@@ -183,6 +191,10 @@ def _log_setup(job: Job, prepared: Prepared, world_size: int) -> None:
     )
     if prepared.selection is None:
         return
+    from ..depth import layer_count, trainable_names
+    from ..selection_text import backward_text
+
+    LOG.info("%s", backward_text(trainable_names(prepared.model), layer_count(prepared.model)))
     tied = bool(tied_aliases(prepared.model))  # a causal LM's one shared tensor is a head tied to the embeddings
     flags = (
         "select again with --no-train-embeddings --no-train-lm-head"
