@@ -63,7 +63,8 @@ SHAPES: dict[str, dict[str, Any]] = {
 TINY: dict[str, Any] = dict(
     hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=256
 )
-METHODS = ("full", "spectrum25", "spectrum50", "lora")
+# toplayers25: every linear module of the top layers at Spectrum-25's budget, embeddings frozen (backward stops there)
+METHODS = ("full", "spectrum25", "spectrum50", "toplayers25", "lora")
 
 
 def say(msg: str) -> None:

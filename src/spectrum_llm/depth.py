@@ -53,8 +53,8 @@ def layer_count(model: Any) -> int | None:
     n = getattr(getattr(cfg, "get_text_config", lambda: cfg)(), "num_hidden_layers", None)
     if isinstance(n, int):
         return n
-    layers = {parse(name).layer for name, _ in model.named_parameters()} - {None}
-    return max(layers) + 1 if layers else None  # type: ignore[type-var]
+    layers = [t.layer for t in (parse(name) for name, _ in model.named_parameters()) if t.layer is not None]
+    return max(layers) + 1 if layers else None
 
 
 def decoder_layers(model: Any) -> Any:

@@ -69,7 +69,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
         selection = setup_selection(job)
         model, orig_dtypes = setup_model(job)
         prepared = setup_method(job, model, selection, args)
-        extra = [KeepBackwardShort()] if job.cfg.method == "spectrum" else []
+        extra: list[Any] = [KeepBackwardShort()] if job.cfg.method == "spectrum" else []
         if job.cfg.cache_prefix:
             from .prefix_cache import setup as setup_prefix_cache
 
