@@ -176,11 +176,17 @@ def setup_method(job: Job, model: Any, selection: Selection | None, args: Any) -
 
 
 def _log_setup(job: Job, prepared: Prepared, world_size: int) -> None:
-    from ..selection_text import embedding_note
+    from ..depth import layer_count, trainable_names
+    from ..selection_text import backward_text, embedding_note
 
     trainable, total = prepared.trainable_params, prepared.total_params
+    backward = (
+        "; " + backward_text(trainable_names(prepared.model), layer_count(prepared.model))
+        if prepared.frozen is not None
+        else ""
+    )
     LOG.info(
-        "%s: training %s of %s parameters (%.1f%%), %s, %d process%s",
+        "%s: training %s of %s parameters (%.1f%%), %s, %d process%s%s",
         job.cfg.method,
         f"{trainable:,}",
         f"{total:,}",
@@ -188,13 +194,10 @@ def _log_setup(job: Job, prepared: Prepared, world_size: int) -> None:
         job.precision,
         world_size,
         "es" if world_size > 1 else "",
+        backward,
     )
     if prepared.selection is None:
         return
-    from ..depth import layer_count, trainable_names
-    from ..selection_text import backward_text
-
-    LOG.info("%s", backward_text(trainable_names(prepared.model), layer_count(prepared.model)))
     tied = bool(tied_aliases(prepared.model))  # a causal LM's one shared tensor is a head tied to the embeddings
     flags = (
         "select again with --no-train-embeddings --no-train-lm-head"
