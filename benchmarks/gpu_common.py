@@ -65,7 +65,8 @@ TINY: dict[str, Any] = dict(
 )
 # the low-bit bases need bitsandbytes (spectrum-llm[quant]); without it they are skipped with a note
 LOWBIT_METHODS = ("spectrum25-int8", "spectrum25-nf4", "qlora")
-METHODS = ("full", "spectrum25", "spectrum50", "lora", *LOWBIT_METHODS)
+# toplayers25: every linear module of the top layers at Spectrum-25's budget, embeddings frozen (backward stops there)
+METHODS = ("full", "spectrum25", "spectrum50", "toplayers25", "lora", *LOWBIT_METHODS)
 
 
 def say(msg: str) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.benchlib import lora_rank_for
+from benchmarks.benchlib import lora_rank_for, top_layers
 from benchmarks.gpu_common import (
     DATA,
     LOWBIT_METHODS,
@@ -50,6 +50,21 @@ def decoder_linears(model) -> list[dict]:
     ]
 
 
+def _layer_table(model) -> list[dict]:
+    """The decoder layers' linear modules as ``benchlib.top_layers`` reads them: layer, numel and pattern."""
+    from spectrum_llm.axolotl import tensor_pattern
+    from spectrum_llm.naming import parse
+
+    return [
+        {
+            "layer": parse(m["name"] + ".weight").layer,
+            "numel": m["shape"][0] * m["shape"][1],
+            "pattern": tensor_pattern(m["name"] + ".weight"),
+        }
+        for m in decoder_linears(model)
+    ]
+
+
 def setup_method(model, method: str, scan_path: Path) -> tuple[Any, dict]:
     """Make the method's parameters trainable, as spectrum_llm.train does; returns the model and what trains.
 
@@ -72,6 +87,12 @@ def setup_method(model, method: str, scan_path: Path) -> tuple[Any, dict]:
         info.update(selected_modules=len(sel.modules), trainable_params=summary.trainable_params)
         if precision:
             info["lowbit"] = lowbit.frozen_linears(model, precision, device).to_json()
+    elif method == "toplayers25":
+        sel = select(scan_path, top_percent=25.0, model=model)
+        budget = sum(ts.selected_numel for ts in sel.types.values())
+        layers, patterns, numel = top_layers(_layer_table(model), budget)
+        summary = freeze(model, patterns)
+        info.update(top_layers=sorted(layers), matched_to=budget, trainable_params=summary.trainable_params)
     elif method in ("lora", "qlora"):
         sel = select(scan_path, top_percent=25.0, model=model)
         budget = sum(ts.selected_numel for ts in sel.types.values())

@@ -44,7 +44,7 @@ def test_tiny_run_writes_scan_and_training_results(no_extras_env, tmp_path):
         "--models",
         "1b",
         "--methods",
-        "full,spectrum25,lora",
+        "full,spectrum25,toplayers25,lora",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "gpu.json").read_text())
@@ -56,12 +56,13 @@ def test_tiny_run_writes_scan_and_training_results(no_extras_env, tmp_path):
     assert scan["ours"]["accuracy"]["ours_max_rel"] < 1e-6
     assert scan["snr_max_rel_diff"] < 1e-4
     rows = {r["method"]: r for r in data["train"]}
-    assert set(rows) == {"full", "spectrum25", "lora"}
+    assert set(rows) == {"full", "spectrum25", "toplayers25", "lora"}
     for r in rows.values():
         assert r["status"] == "ok" and r["fixed"]["step_s"] > 0 and r["largest"]["micro_batch"] >= 2, r
     assert rows["full"]["trainable_fraction"] == 1.0
     assert 0 < rows["spectrum25"]["trainable_fraction"] < 0.5  # the published 1B scan's top 25% plus embeddings
     assert rows["lora"]["lora_rank"] >= 1
+    assert rows["toplayers25"]["top_layers"][-1] == 15 and 0 < rows["toplayers25"]["trainable_fraction"] < 0.5
     md = (out / "gpu.md").read_text()
     assert "## Scan" in md and "## Training cost" in md and "| Llama-3.2-1B | spectrum25 |" in md
     assert data["finished"]
@@ -85,7 +86,7 @@ def test_budget_skips_what_would_not_finish(no_extras_env, tmp_path):
     proc = _bench(no_extras_env, "--tiny", "--out", str(tmp_path), "--parts", "train", "--budget-s", "0", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "gpu.json").read_text())
-    assert data["train"] == [] and len(data["skipped"]) == 2 * 7  # 2 models x 7 methods (3 on a low-bit base)
+    assert data["train"] == [] and len(data["skipped"]) == 2 * 8  # 2 models x 8 methods (3 on a low-bit base)
     assert "## Skipped" in (tmp_path / "gpu.md").read_text()
 
 

@@ -158,16 +158,17 @@ def test_no_embeddings_no_head_trains_neither_on_a_tied_model(tied_dir):
     assert not model.model.embed_tokens.weight.requires_grad and not model.lm_head.weight.requires_grad
 
 
-def test_frozen_embeddings_enable_input_grads_for_checkpointing():
+def test_frozen_embeddings_enable_input_grads_for_reentrant_checkpointing_on_request():
     model = tiny_llama()
-    summary = freeze(model, ["^model.layers.1.mlp.down_proj"])
+    assert not freeze(model, ["^model.layers.1.mlp.down_proj"]).input_require_grads  # the backward pass stops early
+    summary = freeze(model, ["^model.layers.1.mlp.down_proj"], input_require_grads=True)
     assert summary.input_require_grads
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
     before = _snapshot(model)
     _sgd_step(model)  # reentrant checkpointing gives no gradient at all without input grads
     w = "model.layers.1.mlp.down_proj.weight"
     assert not torch.equal(_snapshot(model)[w], before[w])
-    assert freeze(model, ["^model.embed_tokens"]).input_require_grads is False
+    assert freeze(model, ["^model.embed_tokens"], input_require_grads=True).input_require_grads is False
 
 
 def test_refreezing_replaces_the_previous_masks():

@@ -427,8 +427,11 @@ class PadCollator:
         def pad(key, value):
             return torch.tensor([list(f[key]) + [value] * (n - len(f[key])) for f in features], dtype=torch.long)
 
-        return {
+        batch = {
             "input_ids": pad("input_ids", self.pad),
             "attention_mask": pad("attention_mask", 0),
             "labels": pad("labels", IGNORE),
         }
+        if "prefix_index" in features[0]:  # training.prefix_cache: each example's row in the cache
+            batch["prefix_index"] = torch.tensor([f["prefix_index"] for f in features], dtype=torch.long)
+        return batch

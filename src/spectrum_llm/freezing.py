@@ -10,8 +10,10 @@ weight once, by its first name: a tied ``lm_head.weight`` is ``model.embed_token
 Axolotl leaves out: it refuses a selection whose patterns match nothing (a selection made for another
 model), says when a pattern names only a tied alias, maps MoE checkpoint names (per-expert
 ``block_sparse_moe.experts.3.w1``, the router ``block_sparse_moe.gate``) onto the tensors transformers 5
-builds in memory (fused 3-D experts, ``mlp.gate``), and turns on input gradients when the embeddings are
-frozen, which gradient checkpointing needs.
+builds in memory (fused 3-D experts, ``mlp.gate``), and keeps the backward pass short: with the embeddings
+frozen nothing below the lowest trained layer requires grad (``backward.lowest_trained_layer``), so autograd records
+and keeps nothing there. Only reentrant gradient checkpointing needs the input to require grad
+(``input_require_grads=True``); the non-reentrant form, which ``train`` uses, does not.
 
 A gradient mask keeps frozen rows' gradients at zero; optimizers with weight decay still shrink
 those rows, so train partial tensors with ``weight_decay=0`` when frozen rows must stay bit-exact.
@@ -150,7 +152,7 @@ def freeze(
     selection: Selection | str | os.PathLike | list[str],
     *,
     strict: bool = True,
-    input_require_grads: bool = True,
+    input_require_grads: bool = False,
     allow_other_model: bool = False,
 ) -> FreezeSummary:
     """Set ``requires_grad`` on ``model`` so that exactly the selection trains; return what trains.
@@ -160,6 +162,11 @@ def freeze(
     Call it before the optimizer is built (before ``Trainer.train()``), so frozen tensors get no state.
     A selection that records another architecture than the model's (layers, module shapes) is an error unless
     ``allow_other_model``.
+
+    ``input_require_grads``: with the embeddings frozen, make their output require grad, which reentrant gradient
+    checkpointing (``use_reentrant=True``) needs to produce any gradient; it makes autograd record every layer,
+    so the backward pass crosses the whole network. Off (the default), an earlier ``enable_input_require_grads``
+    is undone, and the backward pass stops at the lowest trained layer.
     """
     import torch
 
@@ -284,6 +291,8 @@ def freeze(
     ):
         model.enable_input_require_grads()
         summary.input_require_grads = True
+    elif hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
     return summary
 
 

@@ -25,11 +25,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .axolotl import AxolotlPattern, pattern_module
+from .backward import layer_count
 from .errors import SpectrumError, require
 from .freezing import freeze
 from .lowbit_memory import lowbit_estimates
 from .models import from_config, tied_aliases
 from .selection import Selection, load_selection
+from .selection_text import backward_text
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 _ADAMW_STATES = 2
@@ -79,6 +81,7 @@ class CheckReport:
     total_params: int
     memory: list[MemoryEstimate] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    backward: str = ""  # where the backward pass stops (selection_text.backward_text)
 
     @property
     def fraction(self) -> float:
@@ -110,6 +113,8 @@ class CheckReport:
         lines.append(
             f"trainable: {self.trainable_params:,} of {self.total_params:,} parameters ({100 * self.fraction:.2f}%)"
         )
+        if self.backward:
+            lines += _wrap(self.backward)
         for n in self.notes:
             lines += _wrap(f"note: {n}")
         if self.memory:
@@ -414,6 +419,7 @@ def check(
         total_params=summary.total_params,
         memory=memory,
         notes=notes,
+        backward=backward_text(summary.trainable, layer_count(meta)),
     )
 
 

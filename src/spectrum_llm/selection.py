@@ -22,7 +22,15 @@ from .results import ScanResult
 from .rules import candidates, choose, order_key, parse_budget, rank
 from .select_config import DEFAULT_TOP_PERCENT, RULES, SelectConfig
 from .selection_file import FORMAT, FORMAT_VERSION, Selection, TypeSelection, load_selection
-from .selection_text import embeddings_line, extras_text, rule_text, share_text, tied_note
+from .selection_text import (
+    backward_text,
+    embeddings_line,
+    extras_text,
+    rule_text,
+    selection_names,
+    share_text,
+    tied_note,
+)
 from .sources import resolve_scan
 
 if TYPE_CHECKING:
@@ -141,6 +149,8 @@ class SelectOutcome:
             out.append((note, False))
         if share := share_text(sel):
             out.append((share, True))
+        layers = {m.layer for m in self.scan.modules if m.layer is not None}
+        out.append((backward_text(selection_names(sel), max(layers) + 1 if layers else None), True))
         if not cfg.compat and (line := embeddings_line(sel)):
             out.append((line, True))
         if self.summary is not None:

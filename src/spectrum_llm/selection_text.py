@@ -113,3 +113,32 @@ def embeddings_line(sel: Selection) -> str | None:
         "--embeddings freeze leaves them out"
     )
     return f"[yellow]{line}[/]" if 2 * extra > trainable else line
+
+
+def backward_text(names: list[str], layers: int | None) -> str:
+    """Where the backward pass stops for these trained tensor or module names: ``backward from layer 23 of 30``, or
+    ``backward through all 30 layers (the embeddings train)`` (``backward.lowest_layer``)."""
+    from .backward import lowest_layer
+
+    lowest = lowest_layer(names)
+    of = f" of {layers}" if layers else ""
+    if lowest is None:
+        return "backward through no decoder layer (only the head and final norm train)"
+    if lowest == 0:
+        why = "the embeddings train" if any(_is_embedding(n) for n in names) else "layer 0 trains"
+        return f"backward through all{f' {layers}' if layers else ''} layers ({why})"
+    return f"backward from layer {lowest}{of} (layers below it keep no activations)"
+
+
+def selection_names(sel: Selection) -> list[str]:
+    """The modules a selection trains, its extras included (a tied head as the embeddings it shares)."""
+    extras = [pattern_module(p) or p for p in sel.extras]
+    if sel.rule.get("lm_head_tied") and "lm_head" in extras:
+        extras.append("model.embed_tokens")
+    return list(sel.modules) + extras
+
+
+def _is_embedding(name: str) -> bool:
+    from .backward import embeddings_train
+
+    return embeddings_train([name])

@@ -26,6 +26,17 @@ class Finish(TrainerCallback):
                 control.should_save = False
 
 
+class KeepBackwardShort(TrainerCallback):
+    """Undo the input gradients transformers forces on with activation checkpointing (``Trainer.train`` calls
+    ``enable_input_require_grads`` for every causal LM): non-reentrant checkpointing does not need them, and
+    without them a frozen prefix records nothing, so the backward pass stops at the lowest trained layer."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        reentrant = (args.activation_checkpointing_kwargs or {}).get("use_reentrant", False)
+        if args.activation_checkpointing and not reentrant and hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
+
+
 class ProgressBar(TrainerCallback):
     """The training's progress bar (main process only): steps, and the last logged loss."""
 

@@ -158,6 +158,13 @@ class TrainConfig:
     # runtime
     precision: str = _setting("auto", "auto (the model's dtype), bf16, fp16 or fp32; default {default}.")
     gradient_checkpointing: bool = _setting(False, "Recompute activations to save memory.")
+    cache_prefix: bool = _setting(
+        False,
+        "spectrum: compute the frozen layers below the lowest trained one once and train from their cached output "
+        "(one process; the embeddings and those layers frozen; pays off from the second epoch).",
+        "--cache-prefix",
+    )
+    cache_prefix_max_gib: float = _setting(4.0, "Refuse a prefix cache larger than this many GiB (default {default}).")
     logging_steps: int = _setting(10, "Log every N steps (default {default}).")
     eval_steps: int | None = _setting(None, "Evaluate every N steps (default: every save).", cli=False)
     save_steps: int = _setting(
@@ -250,6 +257,8 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise SpectrumError("Give either --resume (continue the run in --output-dir) or --overwrite, not both.")
         self._validate_lowbit()
+        if self.cache_prefix and self.method != "spectrum":
+            raise SpectrumError(f"--cache-prefix needs --method spectrum (a frozen prefix), not {self.method}.")
         if self.fsdp and self.deepspeed:
             raise SpectrumError("Choose one engine: --fsdp or --deepspeed, not both.")
         for name in ("batch_size", "grad_accum", "lora_rank", "logging_steps", "save_steps"):

@@ -59,7 +59,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     require("transformers", "accelerate", "datasets", *(method.packages if method else ()), extra="train")
     config.validate()
     engines.check_engine(config)
-    from .callbacks import StopOnSignal, quiet
+    from .callbacks import KeepBackwardShort, StopOnSignal, quiet
 
     stopper = interrupts.SignalState()
     trainer = None
@@ -77,8 +77,17 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
             engines.start_engine(args)  # before the model: ZeRO-3 builds it partitioned
             model, orig_dtypes = setup_model(job)
             prepared = setup_method(job, model, selection, args)
-            own = [StopOnSignal(stopper), *(callbacks or [])]
-            trainer, bar = setup_trainer(job, args, prepared.model, train_ds, eval_ds, tokenizer, own)
+            own: list[Any] = [StopOnSignal(stopper)]
+            if job.cfg.method == "spectrum":
+                own.append(KeepBackwardShort())
+            if job.cfg.cache_prefix:
+                from .prefix_cache import setup as setup_prefix_cache
+
+                train_ds, cached = setup_prefix_cache(job.cfg, prepared.model, train_ds, args, tokenizer.pad_token_id)
+                own.append(cached)
+            trainer, bar = setup_trainer(
+                job, args, prepared.model, train_ds, eval_ds, tokenizer, [*own, *(callbacks or [])]
+            )
             if job.cfg.schedule == "dynamic":
                 from .dynamic import attach
 
@@ -214,11 +223,17 @@ def setup_method(job: Job, model: Any, selection: Selection | None, args: Any) -
 
 
 def _log_setup(job: Job, prepared: Prepared, world_size: int) -> None:
-    from ..selection_text import embedding_note
+    from ..backward import layer_count, trainable_names
+    from ..selection_text import backward_text, embedding_note
 
     trainable, total = prepared.trainable_params, prepared.total_params
+    backward = (
+        "; " + backward_text(trainable_names(prepared.model), layer_count(prepared.model))
+        if prepared.frozen is not None
+        else ""
+    )
     LOG.info(
-        "%s: training %s of %s parameters (%.1f%%), %s, %d process%s",
+        "%s: training %s of %s parameters (%.1f%%), %s, %d process%s%s",
         job.cfg.method,
         f"{trainable:,}",
         f"{total:,}",
@@ -226,6 +241,7 @@ def _log_setup(job: Job, prepared: Prepared, world_size: int) -> None:
         job.precision,
         world_size,
         "es" if world_size > 1 else "",
+        backward,
     )
     if prepared.selection is None:
         return
