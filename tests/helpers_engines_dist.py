@@ -68,7 +68,7 @@ def main(model: str, data: str, out: str, engine: str, method: str, selection: s
     import torch.distributed as dist
 
     from spectrum_llm.training import train
-    from spectrum_llm.training.engines import finish
+    from spectrum_llm.training.engine import finish
 
     if engine == "fsdp2":
         allow_fsdp_on_cpu()

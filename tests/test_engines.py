@@ -26,7 +26,7 @@ from helpers_models import build_tiny_llama, write_cpt_data
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.selection import Selection
 from spectrum_llm.training import SUMMARY_FILE, TrainConfig, train
-from spectrum_llm.training.engines import check_selection
+from spectrum_llm.training.engine import check_selection
 
 ROWS = ["^model.layers.0.self_attn.q_proj.weight$[0:8]", "^model.layers.1.mlp.down_proj.weight$"]
 TOP = [f"^model.layers.1.{m}.weight$" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",

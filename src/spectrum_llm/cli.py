@@ -376,8 +376,8 @@ def train_cmd(
     if cfg.verbose:
         logging.getLogger("spectrum_llm").setLevel(logging.DEBUG)
     train(cfg)  # logs one start line, shows the progress bars and logs one summary line
-    if distributed.world_size() > 1:  # see training/engines.py: a clean exit, not an abort at teardown
-        from .training.engines import finish
+    if distributed.world_size() > 1:  # see training/engine.py: a clean exit, not an abort at teardown
+        from .training.engine import finish
 
         finish()
         sys.stdout.flush()

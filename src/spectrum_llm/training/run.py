@@ -26,7 +26,7 @@ from ..data import DataConfig, PadCollator, build_datasets, check_seq_len
 from ..errors import require
 from ..models import tied_aliases
 from ..selection import Selection
-from . import engine, engines, interrupts, lowbit, outputs
+from . import engine, interrupts, lowbit, outputs
 from .config import DEFAULT_SEQ_LEN, TrainConfig, TrainSummary
 from .methods import LORA_METHODS, REGISTRY, Prepared, prepare_model, resolve_selection
 
@@ -58,7 +58,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
     method = REGISTRY.get(config.method)
     require("transformers", "accelerate", "datasets", *(method.packages if method else ()), extra="train")
     config.validate()
-    engines.check_engine(config)
+    engine.check_engine(config)
     from .callbacks import KeepBackwardShort, StopOnSignal, quiet
 
     stopper = interrupts.SignalState()
@@ -73,8 +73,8 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainSummary:
             tokenizer = load_tokenizer(job)
             train_ds, eval_ds, data_summary = setup_data(job, tokenizer, args)
             selection = setup_selection(job)
-            engines.check_selection(job.cfg, selection)
-            engines.start_engine(args)  # before the model: ZeRO-3 builds it partitioned
+            engine.check_selection(job.cfg, selection)
+            engine.start_engine(args)  # before the model: ZeRO-3 builds it partitioned
             model, orig_dtypes = setup_model(job)
             prepared = setup_method(job, model, selection, args)
             own: list[Any] = [StopOnSignal(stopper)]
