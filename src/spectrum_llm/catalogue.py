@@ -245,3 +245,39 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def listing(found: list[Entry], width: int = 80) -> list[str]:
+    """`spectrum catalogue`'s lines: one row per scan, grouped by source, within ``width`` columns (a defect's
+    explanation wraps under its row)."""
+    import textwrap
+
+    head = ("model (snr_results_<model>.json)", "modules", "estimator", "Axolotl", "status")
+    widths = [
+        max([len(head[0])] + [len(e.name) for e in found]),
+        7,
+        max([9] + [len(e.estimator or "-") for e in found]),
+        7,
+    ]
+    lines = [
+        "  ".join(h.ljust(w) if i != 1 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))) + "  " + head[4]
+    ]
+    group = None
+    for e in found:
+        source = e.describe_source(short=True)
+        if source != group:
+            group = source
+            n = sum(1 for x in found if x.describe_source(short=True) == source)
+            lines.append(f"-- from {source}: {n} scan{'s' if n != 1 else ''}")
+        cells = (
+            e.name,
+            str(e.modules) if e.modules else "-",
+            e.estimator or "-",
+            "yes" if e.axolotl_readable else "no",
+        )
+        row = "  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        lines.append(row + "  " + ("ok" if e.problem is None else "defective:"))
+        if e.problem is not None:
+            lines += textwrap.wrap(e.problem, width, initial_indent="    ", subsequent_indent="    ")
+    lines.append("Axolotl: whether Axolotl's Spectrum plugin can read the file as it is.")
+    return lines

@@ -241,40 +241,10 @@ def catalogue_cmd(
     ),
 ):
     """List the scans `spectrum select MODEL_ID` can use without scanning: yours first, then the published ones."""
-    import textwrap
+    from .catalogue import entries, listing
 
-    from .catalogue import entries
-
-    width = 80  # fits an 80-column terminal; a defect's explanation wraps under its row
-    head = ("model (snr_results_<model>.json)", "modules", "estimator", "Axolotl", "status")
-    found = entries(catalogue)
-    widths = [
-        max([len(head[0])] + [len(e.name) for e in found]),
-        7,
-        max([9] + [len(e.estimator or "-") for e in found]),
-        7,
-    ]
-    typer.echo(
-        "  ".join(h.ljust(w) if i != 1 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))) + "  " + head[4]
-    )
-    group = None
-    for e in found:
-        source = e.describe_source(short=True)
-        if source != group:
-            group = source
-            n = sum(1 for x in found if x.describe_source(short=True) == source)
-            typer.echo(f"-- from {source}: {n} scan{'s' if n != 1 else ''}")
-        cells = (
-            e.name,
-            str(e.modules) if e.modules else "-",
-            e.estimator or "-",
-            "yes" if e.axolotl_readable else "no",
-        )
-        row = "  ".join(c.rjust(w) if i == 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-        typer.echo(row + "  " + ("ok" if e.problem is None else "defective:"))
-        if e.problem is not None:
-            typer.echo(textwrap.fill(e.problem, width, initial_indent="    ", subsequent_indent="    "))
-    typer.echo("Axolotl: whether Axolotl's Spectrum plugin can read the file as it is.")
+    for line in listing(entries(catalogue)):
+        typer.echo(line)
 
 
 @app.command("show", short_help="Print a scan's modules sorted by score.")
