@@ -10,7 +10,8 @@ import torch
 
 from conftest import save_model, tiny_llama
 from helpers_selection import axolotl_unfrozen
-from spectrum_llm.preflight import activation_bytes, check
+from spectrum_llm.activations import activation_bytes
+from spectrum_llm.preflight import check
 from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.exports import write_selection

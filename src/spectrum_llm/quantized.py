@@ -30,12 +30,8 @@ from typing import Any
 
 import torch
 
-_FLOAT8 = {
-    "F8_E4M3": torch.float8_e4m3fn,
-    "FLOAT8_E4M3FN": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "FLOAT8_E5M2": torch.float8_e5m2,
-}
+_E4M3, _E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+_FLOAT8 = {"F8_E4M3": _E4M3, "FLOAT8_E4M3FN": _E4M3, "F8_E5M2": _E5M2, "FLOAT8_E5M2": _E5M2}
 _AUX = re.compile(
     r"\.(weight_scale_inv|weight_scale|weight_zero_point|weight_g_idx|weight_global_scale|weight_scale_2|"
     r"weight_shape|input_scale|input_global_scale|input_zero_point|activation_scale|output_scale|"
