@@ -25,11 +25,11 @@ demo: install
 	$(BIN)/spectrum select out/smollm2-scan.json --top-percent 25 -o out/smollm2-spectrum25.yaml
 	$(BIN)/spectrum report out/smollm2-scan.json --selection out/smollm2-spectrum25.yaml -o out/smollm2-report.html
 
-# ruff (lint and format) on src/, benchmarks/ and tools/, mypy on src/ and benchmarks/ (pyproject.toml's
+# ruff (lint and format) on src/, tests/, benchmarks/ and tools/, mypy on src/ and benchmarks/ (pyproject.toml's
 # [tool.mypy] files); part of make test, so CI runs them
 lint: install
-	$(BIN)/ruff check src benchmarks tools
-	$(BIN)/ruff format --check src benchmarks tools
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
 test: lint

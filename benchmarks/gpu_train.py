@@ -66,52 +66,51 @@ def _layer_table(model) -> list[dict]:
 
 
 def setup_method(model, method: str, scan_path: Path) -> tuple[Any, dict]:
-    """Make the method's parameters trainable, as spectrum_llm.train does; returns the model and what trains.
-
-    Seam: becomes one call of ``spectrum_llm.training.prepare_model(config, model, selection)`` once that exists.
-    """
-    from spectrum_llm import freeze, select
+    """Make the method's parameters trainable with ``spectrum_llm.training.prepare_model``, the set-up `spectrum
+    train` runs; returns the model and what trains. ``-int8``/``-nf4`` hold the frozen linear modules in low bit."""
+    from spectrum_llm import select
     from spectrum_llm.params import count_params
-    from spectrum_llm.training import TrainConfig, apply_lora, lora_kwargs, lowbit, upcast_trainable
+    from spectrum_llm.selection_file import Selection
+    from spectrum_llm.training import TrainConfig, lowbit, prepare_model
 
     info: dict = {}
     device = next(model.parameters()).device.type
     total_before = count_params(model)[1]
-    if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-    elif method.startswith("spectrum"):
-        top, _, precision = method.removeprefix("spectrum").partition("-")
-        sel = select(scan_path, top_percent=float(top), model=model)
-        summary = freeze(model, sel)
-        info.update(selected_modules=len(sel.modules), trainable_params=summary.trainable_params)
-        if precision:
-            info["lowbit"] = lowbit.frozen_linears(model, precision, device).to_json()
-    elif method == "toplayers25":
+    base, _, precision = method.partition("-")
+    selection = None
+    if base == "full":
+        cfg = TrainConfig(method="full")
+    elif base.startswith("spectrum"):
+        selection = select(scan_path, top_percent=float(base.removeprefix("spectrum")), model=model)
+        cfg = TrainConfig(method="spectrum")
+        info["selected_modules"] = len(selection.modules)
+    elif base == "toplayers25":
         sel = select(scan_path, top_percent=25.0, model=model)
         budget = sum(ts.selected_numel for ts in sel.types.values())
-        layers, patterns, numel = top_layers(_layer_table(model), budget)
-        summary = freeze(model, patterns)
-        info.update(top_layers=sorted(layers), matched_to=budget, trainable_params=summary.trainable_params)
-    elif method in ("lora", "qlora"):
+        layers, patterns, _ = top_layers(_layer_table(model), budget)
+        selection = Selection.from_patterns(patterns)
+        cfg = TrainConfig(method="spectrum")
+        info.update(top_layers=sorted(layers), matched_to=budget)
+    elif base in ("lora", "qlora"):
         sel = select(scan_path, top_percent=25.0, model=model)
         budget = sum(ts.selected_numel for ts in sel.types.values())
         rank, _ = lora_rank_for(decoder_linears(model), budget)
-        if method == "qlora":
+        if base == "qlora":
             from peft import prepare_model_for_kbit_training
 
             info["lowbit"] = lowbit.qlora_base(model, device).to_json()
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-        kwargs, _ = lora_kwargs(TrainConfig(method="lora", lora_rank=rank), "", model, resumed=False)
-        model = apply_lora(model, kwargs)
+        cfg = TrainConfig(method="lora", lora_rank=rank)
         info.update(lora_rank=rank, lora_matched_to=budget)
     else:
         raise ValueError(method)
-    upcast_trainable(model)
-    info.setdefault("trainable_params", count_params(model)[0])
+    prepared = prepare_model(cfg, model, selection, source="", upcast=True)
+    if precision:
+        info["lowbit"] = lowbit.frozen_linears(prepared.model, precision, device).to_json()
+    info["trainable_params"] = prepared.trainable_params
     info["total_params"] = total_before  # counted before adapters and quantization
     info["trainable_fraction"] = info["trainable_params"] / info["total_params"]
-    return model, info
+    return prepared.model, info
 
 
 def child_train(spec: dict) -> None:

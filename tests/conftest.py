@@ -19,9 +19,16 @@ from pathlib import Path
 
 _SANDBOX = Path(tempfile.mkdtemp(prefix="spectrum-llm-tests-"))
 atexit.register(shutil.rmtree, _SANDBOX, True)
-for _var, _sub in (("HOME", "home"), ("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"), ("HF_HOME", "hf"),
-                   ("MPLCONFIGDIR", "matplotlib"), ("SPECTRUM_CACHE", "spectrum-llm"),
-                   ("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+for _var, _sub in (
+    ("HOME", "home"),
+    ("XDG_CACHE_HOME", "cache"),
+    ("XDG_CONFIG_HOME", "config"),
+    ("HF_HOME", "hf"),
+    ("MPLCONFIGDIR", "matplotlib"),
+    ("SPECTRUM_CACHE", "spectrum-llm"),
+    ("TRITON_CACHE_DIR", "triton"),
+    ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+):
     os.environ[_var] = str(_SANDBOX / _sub)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -60,8 +67,16 @@ def save_model(model: torch.nn.Module, path: Path, dtype: torch.dtype | None = N
 def tiny_llama(**overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
+    cfg = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
     cfg.update(overrides)
     torch.manual_seed(0)
     return LlamaForCausalLM(LlamaConfig(**cfg))

@@ -43,13 +43,26 @@ def _local(t):
 def config(model, data, out, engine, method, selection, **kw):
     from spectrum_llm.training import TrainConfig
 
-    return TrainConfig(model=model, data=data, output_dir=out, method=method, selection=selection, seq_len=32,
-                       batch_size=2, learning_rate=1e-2, lr_scheduler="constant", logging_steps=1, lora_rank=4,
-                       use_cpu=True, fsdp=engine == "fsdp2",
-                       fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
-                       if engine == "fsdp2" else None,
-                       deepspeed=str(DEEPSPEED / f"deepspeed_{engine}.json") if engine.startswith("zero") else None,
-                       **kw)
+    return TrainConfig(
+        model=model,
+        data=data,
+        output_dir=out,
+        method=method,
+        selection=selection,
+        seq_len=32,
+        batch_size=2,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        logging_steps=1,
+        lora_rank=4,
+        use_cpu=True,
+        fsdp=engine == "fsdp2",
+        fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
+        if engine == "fsdp2"
+        else None,
+        deepspeed=str(DEEPSPEED / f"deepspeed_{engine}.json") if engine.startswith("zero") else None,
+        **kw,
+    )
 
 
 def gloo_only() -> None:
@@ -77,17 +90,28 @@ def main(model: str, data: str, out: str, engine: str, method: str, selection: s
     probe = OptimizerState()
     if engine == "fsdp2":  # a second train() in the same FSDP2-on-CPU process hangs in a collective: one run
         first = None
-        second = train(config(model, data, out, engine, method, selection, max_steps=3, save_steps=100),
-                       callbacks=[probe])
+        second = train(
+            config(model, data, out, engine, method, selection, max_steps=3, save_steps=100), callbacks=[probe]
+        )
     else:
-        first = train(config(model, data, out, engine, method, selection, max_steps=2, save_steps=2,
-                             keep_checkpoints=True))
-        second = train(config(model, data, out, engine, method, selection, max_steps=3, save_steps=2, resume=True),
-                       callbacks=[probe])
-    Path(out, f"rank{dist.get_rank()}.json").write_text(json.dumps({
-        "world": dist.get_world_size(), "first": vars(first) if first else None,
-        "second": vars(second), "optimizer_elements": probe.elements,
-    }, default=str))
+        first = train(
+            config(model, data, out, engine, method, selection, max_steps=2, save_steps=2, keep_checkpoints=True)
+        )
+        second = train(
+            config(model, data, out, engine, method, selection, max_steps=3, save_steps=2, resume=True),
+            callbacks=[probe],
+        )
+    Path(out, f"rank{dist.get_rank()}.json").write_text(
+        json.dumps(
+            {
+                "world": dist.get_world_size(),
+                "first": vars(first) if first else None,
+                "second": vars(second),
+                "optimizer_elements": probe.elements,
+            },
+            default=str,
+        )
+    )
     finish()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -17,8 +17,13 @@ SELECTED = ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_p
 def build_model(path: Path, intermediate_size: int = 128) -> Path:
     """A bf16 tiny Llama (hidden 64) whose MLP is ``intermediate_size`` wide, and the tiny tokenizer."""
     tok = build_tokenizer()
-    model = tiny_llama(vocab_size=len(tok), intermediate_size=intermediate_size, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).to(torch.bfloat16)
+    model = tiny_llama(
+        vocab_size=len(tok),
+        intermediate_size=intermediate_size,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    ).to(torch.bfloat16)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -42,15 +42,26 @@ def build_tokenizer(extra_text: list[str] | None = None):
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         additional_special_tokens=specials[4:],
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def build_tiny_llama(path: str | Path, dtype: str = "bfloat16", hidden_size: int = 32, layers: int = 2,
-                     max_positions: int = 128, seed: int = 0, tie_word_embeddings: bool = False) -> Path:
+def build_tiny_llama(
+    path: str | Path,
+    dtype: str = "bfloat16",
+    hidden_size: int = 32,
+    layers: int = 2,
+    max_positions: int = 128,
+    seed: int = 0,
+    tie_word_embeddings: bool = False,
+) -> Path:
     """Save a random tiny Llama (safetensors) plus the tiny tokenizer to ``path``; return the path."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -58,10 +69,17 @@ def build_tiny_llama(path: str | Path, dtype: str = "bfloat16", hidden_size: int
     path = Path(path)
     tok = build_tokenizer()
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=max_positions, tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))

@@ -18,7 +18,7 @@ import torch
 def _type(name: str) -> str:
     parts = name.split(".")
     i = next((k for k, p in enumerate(parts) if p.isdigit()), -1)
-    return ".".join(parts[i + 1:]) if i != -1 else name
+    return ".".join(parts[i + 1 :]) if i != -1 else name
 
 
 def _ratio(w: torch.Tensor) -> float:

@@ -6,28 +6,65 @@ import re
 
 from spectrum_llm.results import ModuleScore, ScanResult
 
-LLAMA_TYPES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+LLAMA_TYPES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 
 
-def synthetic_scan(scores: dict[str, list[float | None]], numel: int | dict[str, int] = 100,
-                   estimator: str = "mp", extras: bool = True) -> ScanResult:
+def synthetic_scan(
+    scores: dict[str, list[float | None]], numel: int | dict[str, int] = 100, estimator: str = "mp", extras: bool = True
+) -> ScanResult:
     """A Llama-like scan: ``scores[type][layer]`` is the SNR of ``model.layers.<layer>.<type>``."""
     mods: list[ModuleScore] = []
     if extras:
-        mods.append(ModuleScore(name="model.embed_tokens", type="embed_tokens", layer=None, shape=[10, 10], snr=1.0,
-                                kind="embedding", param="model.embed_tokens.weight", numel=100))
+        mods.append(
+            ModuleScore(
+                name="model.embed_tokens",
+                type="embed_tokens",
+                layer=None,
+                shape=[10, 10],
+                snr=1.0,
+                kind="embedding",
+                param="model.embed_tokens.weight",
+                numel=100,
+            )
+        )
     layers = max(len(v) for v in scores.values())
     for layer in range(layers):
         for t, vals in scores.items():
             if layer < len(vals):
                 n = numel if isinstance(numel, int) else numel[t]
-                mods.append(ModuleScore(name=f"model.layers.{layer}.{t}", type=t, layer=layer, shape=[10, 10],
-                                        snr=vals[layer], kind="linear", param=f"model.layers.{layer}.{t}.weight",
-                                        numel=n))
+                mods.append(
+                    ModuleScore(
+                        name=f"model.layers.{layer}.{t}",
+                        type=t,
+                        layer=layer,
+                        shape=[10, 10],
+                        snr=vals[layer],
+                        kind="linear",
+                        param=f"model.layers.{layer}.{t}.weight",
+                        numel=n,
+                    )
+                )
     if extras:
-        mods.append(ModuleScore(name="lm_head", type="lm_head", layer=None, shape=[10, 10], snr=1.0, kind="lm_head",
-                                param="lm_head.weight", numel=100))
+        mods.append(
+            ModuleScore(
+                name="lm_head",
+                type="lm_head",
+                layer=None,
+                shape=[10, 10],
+                snr=1.0,
+                kind="lm_head",
+                param="lm_head.weight",
+                numel=100,
+            )
+        )
     return ScanResult(model="synthetic", estimator=estimator, modules=mods)
 
 

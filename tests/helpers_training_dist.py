@@ -47,7 +47,9 @@ class Probe(TrainerCallback):
             self.dtypes[n] = str(p.dtype)
             self.sharded |= isinstance(p, DTensor)
             t = _full(p.detach()).contiguous().cpu()
-            self.hashes[n] = hashlib.sha256(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()).hexdigest()
+            self.hashes[n] = hashlib.sha256(
+                t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()
+            ).hexdigest()
 
 
 def allow_fsdp_on_cpu() -> None:
@@ -67,8 +69,16 @@ def allow_fsdp_on_cpu() -> None:
 
     original = AcceleratorState.__init__
 
-    def init(self, mixed_precision=None, cpu=False, dynamo_plugin=None, deepspeed_plugin=None, fsdp_plugin=None,
-             *args, **kwargs):
+    def init(
+        self,
+        mixed_precision=None,
+        cpu=False,
+        dynamo_plugin=None,
+        deepspeed_plugin=None,
+        fsdp_plugin=None,
+        *args,
+        **kwargs,
+    ):
         original(self, mixed_precision, cpu, dynamo_plugin, deepspeed_plugin, fsdp_plugin, *args, **kwargs)
         if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type = DistributedType.FSDP
@@ -95,21 +105,43 @@ def main(model: str, data: str, out: str, engine: str, selection: str) -> None:
 
     from spectrum_llm.training import TrainConfig, train
 
-    cfg = TrainConfig(model=model, data=data, output_dir=out, method="spectrum", selection=selection, seq_len=32,
-                      batch_size=2, max_steps=3, learning_rate=1e-2, logging_steps=1, save_steps=100, use_cpu=True,
-                      fsdp=engine == "fsdp2",
-                      fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
-                      if engine == "fsdp2" else None)
+    cfg = TrainConfig(
+        model=model,
+        data=data,
+        output_dir=out,
+        method="spectrum",
+        selection=selection,
+        seq_len=32,
+        batch_size=2,
+        max_steps=3,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_steps=100,
+        use_cpu=True,
+        fsdp=engine == "fsdp2",
+        fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
+        if engine == "fsdp2"
+        else None,
+    )
     if engine == "fsdp2":
         allow_fsdp_on_cpu()
     probe = Probe()
     train(cfg, callbacks=[probe])
     rank = dist.get_rank()
-    Path(out, f"rank{rank}.json").write_text(json.dumps({
-        "world": dist.get_world_size(), "hashes": probe.hashes, "steps_checked": probe.steps_checked,
-        "frozen_with_grad": sorted(probe.frozen_with_grad), "frozen_in_optimizer": sorted(probe.frozen_in_optimizer),
-        "trainable": sorted(probe.trainable), "dtypes": probe.dtypes, "sharded": probe.sharded,
-    }))
+    Path(out, f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "world": dist.get_world_size(),
+                "hashes": probe.hashes,
+                "steps_checked": probe.steps_checked,
+                "frozen_with_grad": sorted(probe.frozen_with_grad),
+                "frozen_in_optimizer": sorted(probe.frozen_in_optimizer),
+                "trainable": sorted(probe.trainable),
+                "dtypes": probe.dtypes,
+                "sharded": probe.sharded,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

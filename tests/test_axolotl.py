@@ -8,22 +8,49 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers_selection import axolotl_unfrozen
-from spectrum_llm.axolotl import (AxolotlPattern, check_patterns, from_txt, from_yaml, has_rows, module_pattern,
-                                  pattern_module, read, tensor_pattern, to_txt, to_yaml)
+from spectrum_llm.axolotl import (
+    AxolotlPattern,
+    check_patterns,
+    from_txt,
+    from_yaml,
+    has_rows,
+    module_pattern,
+    pattern_module,
+    read,
+    tensor_pattern,
+    to_txt,
+    to_yaml,
+)
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.results import ModuleScore
 
 part = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
-module_names = st.builds(lambda pre, layer, leaf: f"{pre}.layers.{layer}.{leaf}", part, st.integers(0, 99),
-                         st.lists(part, min_size=1, max_size=3).map(".".join))
+module_names = st.builds(
+    lambda pre, layer, leaf: f"{pre}.layers.{layer}.{leaf}",
+    part,
+    st.integers(0, 99),
+    st.lists(part, min_size=1, max_size=3).map(".".join),
+)
 
 
 def _whole(name: str) -> ModuleScore:
-    return ModuleScore(name=name, type="t", layer=0, shape=[8, 8], snr=1.0, kind="linear", param=name + ".weight", numel=64)
+    return ModuleScore(
+        name=name, type="t", layer=0, shape=[8, 8], snr=1.0, kind="linear", param=name + ".weight", numel=64
+    )
 
 
 def _rows(name: str, a: int, b: int) -> ModuleScore:
-    return ModuleScore(name=f"{name}.q", type="t.q", layer=0, shape=[b - a, 8], snr=1.0, kind="linear", param=name + ".weight", part="q", rows=[a, b])
+    return ModuleScore(
+        name=f"{name}.q",
+        type="t.q",
+        layer=0,
+        shape=[b - a, 8],
+        snr=1.0,
+        kind="linear",
+        param=name + ".weight",
+        part="q",
+        rows=[a, b],
+    )
 
 
 @given(module_names)
@@ -48,14 +75,32 @@ def test_a_row_range_pattern_trains_those_rows_of_the_shared_tensor(name, a, n):
 def test_a_tensor_of_its_own_name_gets_an_exact_pattern():
     m = ModuleScore(name="model.norm", type="norm", layer=None, shape=[8], snr=None, kind="norm", param="model.norm")
     assert module_pattern(m) == tensor_pattern("model.norm") == "^model.norm$"
-    fused = ModuleScore(name="model.layers.0.mlp.experts.3.down_proj", type="mlp.experts.down_proj", layer=0, shape=[8, 8], snr=1.0, kind="linear",
-                        param="model.layers.0.mlp.experts.down_proj", expert=3)
+    fused = ModuleScore(
+        name="model.layers.0.mlp.experts.3.down_proj",
+        type="mlp.experts.down_proj",
+        layer=0,
+        shape=[8, 8],
+        snr=1.0,
+        kind="linear",
+        param="model.layers.0.mlp.experts.down_proj",
+        expert=3,
+    )
     assert module_pattern(fused) == "^model.layers.0.mlp.experts.down_proj$"
 
 
 def test_column_ranges_cannot_be_written():
-    m = ModuleScore(name="h.0.attn.c_attn.q", type="attn.c_attn.q", layer=0, shape=[4, 4], snr=1.0, kind="linear", param="h.0.attn.c_attn.weight",
-                    part="q", rows=[0, 4], dim=1)
+    m = ModuleScore(
+        name="h.0.attn.c_attn.q",
+        type="attn.c_attn.q",
+        layer=0,
+        shape=[4, 4],
+        snr=1.0,
+        kind="linear",
+        param="h.0.attn.c_attn.weight",
+        part="q",
+        rows=[0, 4],
+        dim=1,
+    )
     with pytest.raises(SpectrumError, match="dimension 0"):
         module_pattern(m)
 
@@ -67,8 +112,10 @@ def test_pattern_module_reads_plain_patterns_only():
     assert pattern_module("layers.2[0-9]+.mlp") is None
 
 
-@pytest.mark.parametrize("pattern,rng", [("^w$[3]", (3, 4)), ("^w$[:8]", (0, 8)), ("^w$[4:]", (4, None)),
-                                         ("^w$[2:5]", (2, 5)), ("^w$", None)])
+@pytest.mark.parametrize(
+    "pattern,rng",
+    [("^w$[3]", (3, 4)), ("^w$[:8]", (0, 8)), ("^w$[4:]", (4, None)), ("^w$[2:5]", (2, 5)), ("^w$", None)],
+)
 def test_row_ranges_parse_as_axolotl_reads_them(pattern, rng):
     assert AxolotlPattern(pattern).range == rng
     assert has_rows(pattern) == (rng is not None)
@@ -86,8 +133,13 @@ def test_dots_are_literal_unless_a_plus_follows():
     assert not AxolotlPattern("^a.b").match("aXb")
 
 
-@given(st.lists(st.sampled_from(["^a.weight$", "^a.weight$[0:2]", "^b.(weight|bias)$", "^.+norm", "^c$[3]",
-                                 "^a.+"]), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.sampled_from(["^a.weight$", "^a.weight$[0:2]", "^b.(weight|bias)$", "^.+norm", "^c$[3]", "^a.+"]),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_matching_agrees_with_axolotl_restated(patterns):
     params = [("a.weight", [0] * 6), ("b.weight", [0] * 4), ("b.bias", [0] * 4), ("x.norm", [0]), ("c", [0] * 5)]
     axolotl = axolotl_unfrozen(params, patterns)
@@ -100,8 +152,12 @@ def test_first_match_names_the_alias_a_pattern_reaches():
     assert AxolotlPattern("^lm_head.weight$").first_match({}) is None
 
 
-patterns = st.lists(st.builds(lambda n, r: module_pattern(_rows(n, 0, r) if r else _whole(n)), module_names,
-                              st.integers(0, 64)), min_size=1, max_size=8, unique=True)
+patterns = st.lists(
+    st.builds(lambda n, r: module_pattern(_rows(n, 0, r) if r else _whole(n)), module_names, st.integers(0, 64)),
+    min_size=1,
+    max_size=8,
+    unique=True,
+)
 
 
 @given(patterns, st.integers(0, 3))
@@ -134,15 +190,22 @@ def test_read_dispatches_on_the_suffix(tmp_path, suffix):
     assert read(path) == pats
 
 
-@pytest.mark.parametrize("text,match", [("base_model: x\n", "unfrozen_parameters"), ("", "unfrozen_parameters"),
-                                        ("unfrozen_parameters: [\n", "not valid YAML")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("base_model: x\n", "unfrozen_parameters"),
+        ("", "unfrozen_parameters"),
+        ("unfrozen_parameters: [\n", "not valid YAML"),
+    ],
+)
 def test_foreign_yaml_is_refused(text, match):
     with pytest.raises(SpectrumError, match=match):
         from_yaml(text, "s.yaml")
 
 
-@pytest.mark.parametrize("pats,match", [([], "selects nothing"), (["^a$", " "], "not a pattern"),
-                                        (["^a$", 3], "not a pattern")])
+@pytest.mark.parametrize(
+    "pats,match", [([], "selects nothing"), (["^a$", " "], "not a pattern"), (["^a$", 3], "not a pattern")]
+)
 def test_check_patterns_refuses_empty_lists_and_non_patterns(pats, match):
     with pytest.raises(SpectrumError, match=match):
         check_patterns(pats, "s.yaml")

@@ -101,15 +101,31 @@ class TrainProbe(TrainerCallback):
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("bstop")
     (root / "sel.txt").write_text("\n".join(TOP) + "\n")
-    return {"root": root, "model": build_tiny_llama(root / "m", dtype="float32", layers=LAYERS),
-            "data": write_cpt_data(root / "cpt.jsonl"), "sel": root / "sel.txt"}
+    return {
+        "root": root,
+        "model": build_tiny_llama(root / "m", dtype="float32", layers=LAYERS),
+        "data": write_cpt_data(root / "cpt.jsonl"),
+        "sel": root / "sel.txt",
+    }
 
 
 def _train(work, name, callbacks=None, **kw):
     out = work["root"] / name
-    cfg = TrainConfig(model=str(work["model"]), data=str(work["data"]), output_dir=str(out), seq_len=16,
-                      batch_size=2, max_steps=3, learning_rate=1e-2, logging_steps=1, save_steps=100,
-                      lr_scheduler="constant", selection=str(work["sel"]), progress=False, **kw)
+    cfg = TrainConfig(
+        model=str(work["model"]),
+        data=str(work["data"]),
+        output_dir=str(out),
+        seq_len=16,
+        batch_size=2,
+        max_steps=3,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_steps=100,
+        lr_scheduler="constant",
+        selection=str(work["sel"]),
+        progress=False,
+        **kw,
+    )
     return train(cfg, callbacks=callbacks), out
 
 

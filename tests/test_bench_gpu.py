@@ -93,11 +93,25 @@ def test_budget_skips_what_would_not_finish(no_extras_env, tmp_path):
 def test_low_bit_methods_are_skipped_with_a_note_without_bitsandbytes(no_extras_env, tmp_path):
     block = tmp_path / "block"
     block.mkdir()
-    (block / "sitecustomize.py").write_text(f"import sys\nfor m in {(*BLOCKED, 'bitsandbytes')!r}:\n"
-                                            "    sys.modules[m] = None\n")
+    (block / "sitecustomize.py").write_text(
+        f"import sys\nfor m in {(*BLOCKED, 'bitsandbytes')!r}:\n    sys.modules[m] = None\n"
+    )
     env = {**no_extras_env, "PYTHONPATH": f"{block}{os.pathsep}{ROOT / 'src'}"}
-    proc = _bench(env, "--tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--parts", "train",
-                  "--models", "1b", "--methods", "spectrum25-nf4,qlora", timeout=300)
+    proc = _bench(
+        env,
+        "--tiny",
+        "--out",
+        str(tmp_path / "out"),
+        "--work",
+        str(tmp_path / "work"),
+        "--parts",
+        "train",
+        "--models",
+        "1b",
+        "--methods",
+        "spectrum25-nf4,qlora",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "out" / "gpu.json").read_text())
     assert data["train"] == [] and len(data["skipped"]) == 2

@@ -16,9 +16,24 @@ pytestmark = pytest.mark.slow  # two child processes, each loading torch and tra
 def test_tiny_run_writes_the_table_with_ratios(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "benchmarks/speed.py", "--tiny", "--steps", "2", "--methods", "full,top-layers-cached",
-         "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "benchmarks/speed.py",
+            "--tiny",
+            "--steps",
+            "2",
+            "--methods",
+            "full,top-layers-cached",
+            "--out",
+            str(tmp_path / "out"),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "speed-tiny.json").read_text())

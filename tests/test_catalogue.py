@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from helpers_cli import run_cli
 from spectrum_llm import catalogue
 from spectrum_llm.catalogue import builtin, entries, find, slug, validate_data
-from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.scan_files import load_scan
 from spectrum_llm.selection import select
@@ -35,8 +35,14 @@ def test_every_packaged_file_matches_its_index():
 
 def test_attribution_ships_beside_the_data():
     notice = (catalogue.DATA / "NOTICE.md").read_text()
-    for needle in ("QuixiAI/spectrum", "cognitivecomputations/spectrum", "axolotl-ai-cloud/axolotl", "Apache",
-                   catalogue.SOURCES["reference-tool"]["commit"], catalogue.SOURCES["axolotl"]["commit"]):
+    for needle in (
+        "QuixiAI/spectrum",
+        "cognitivecomputations/spectrum",
+        "axolotl-ai-cloud/axolotl",
+        "Apache",
+        catalogue.SOURCES["reference-tool"]["commit"],
+        catalogue.SOURCES["axolotl"]["commit"],
+    ):
         assert needle in notice
 
 
@@ -148,8 +154,14 @@ def test_cli_catalogue_lists_models_sources_and_defects(tmp_path, capsys):
     (tmp_path / "snr_results_me-mine.json").write_text(json.dumps(_flat(["model.layers.0.mlp.down_proj"])))
     assert run_cli(["catalogue", "--catalogue", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for needle in ("me-mine", "meta-llama-Meta-Llama-3.1-8B-Instruct", "QuixiAI/spectrum", "axolotl", "defective",
-                   "reference"):
+    for needle in (
+        "me-mine",
+        "meta-llama-Meta-Llama-3.1-8B-Instruct",
+        "QuixiAI/spectrum",
+        "axolotl",
+        "defective",
+        "reference",
+    ):
         assert needle in out
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import save_model, tiny_llama
+from helpers_cli import run_cli
 from helpers_selection import axolotl_unfrozen
 from spectrum_llm.activations import activation_bytes
-from spectrum_llm.preflight import check
-from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.exports import write_selection
 from spectrum_llm.freezing import freeze
+from spectrum_llm.preflight import check
 from spectrum_llm.selection import select
 
 
@@ -61,8 +61,21 @@ def test_unmatched_patterns_are_an_error_unless_allowed(llama_dir, tmp_path, cap
     captured = capsys.readouterr()
     assert "patterns matching nothing: ^transformer.h.0.attn.c_attn" in captured.out
     assert "error:" in captured.err
-    assert run_cli(["check", str(tmp_path / "s.txt"), "--model", str(llama_dir), "--no-activations",
-                 "--allow-unmatched", "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        run_cli(
+            [
+                "check",
+                str(tmp_path / "s.txt"),
+                "--model",
+                str(llama_dir),
+                "--no-activations",
+                "--allow-unmatched",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "r.json").read_text())["unmatched"] == [pats[1]]
 
 
@@ -86,9 +99,19 @@ def _qwen2_moe(path):
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-                         shared_expert_intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, tie_word_embeddings=True)
+    cfg = Qwen2MoeConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=24,
+        shared_expert_intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        tie_word_embeddings=True,
+    )
     Qwen2MoeForCausalLM(cfg).save_pretrained(path)
     return path
 
@@ -97,16 +120,25 @@ def _mixtral(path):
     from transformers import MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(0)
-    cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+    cfg = MixtralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
     MixtralForCausalLM(cfg).save_pretrained(path)
     return path
 
 
 @pytest.mark.parametrize("build", [_qwen2_moe, _mixtral], ids=["qwen2-moe", "mixtral"])
 def test_moe_checkpoint_selection_maps_onto_fused_experts(build, tmp_path):
-    import spectrum_llm
     from transformers import AutoModelForCausalLM
+
+    import spectrum_llm
 
     folder = build(tmp_path / "moe")
     sel = select(spectrum_llm.scan(folder, progress=False), top_percent=50)

@@ -1,19 +1,14 @@
 """Checkpoint formats and every kind of bad input: one clear message, and the other tensors still scanned."""
 
-import json
-import math
-import os
-
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import spectrum_llm
+from conftest import save_model, tiny_llama
 from spectrum_llm.checkpoint import open_checkpoint
 from spectrum_llm.errors import SpectrumError
-
-from conftest import save_model, tiny_llama
 
 
 def weights(seed=0):
@@ -37,7 +32,9 @@ def test_pytorch_bin_reads_like_safetensors(tmp_path):
     w = weights()
     torch.save(w, tmp_path / "pytorch_model.bin")
     save_file(w, tmp_path / "st.safetensors")
-    assert snrs(spectrum_llm.scan(tmp_path / "pytorch_model.bin")) == snrs(spectrum_llm.scan(tmp_path / "st.safetensors"))
+    assert snrs(spectrum_llm.scan(tmp_path / "pytorch_model.bin")) == snrs(
+        spectrum_llm.scan(tmp_path / "st.safetensors")
+    )
 
 
 class Payload:
@@ -58,8 +55,11 @@ def test_gguf_file_maps_llama_cpp_names(tmp_path):
     writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
     writer.add_block_count(1)
     writer.add_tensor("blk.0.attn_q.weight", q)
-    writer.add_tensor("blk.0.ffn_up.weight", gguf.quants.quantize(q, gguf.GGMLQuantizationType.Q8_0),
-                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor(
+        "blk.0.ffn_up.weight",
+        gguf.quants.quantize(q, gguf.GGMLQuantizationType.Q8_0),
+        raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+    )
     writer.add_tensor("blk.0.attn_norm.weight", np.ones(64, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -118,6 +118,7 @@ def test_hub_id_from_the_offline_cache(tmp_path, monkeypatch):
 
 
 # ---- bad input -------------------------------------------------------------------------------------------
+
 
 def test_missing_path(tmp_path):
     with pytest.raises(SpectrumError, match="no such file or folder"):

@@ -119,6 +119,9 @@ def test_train_prints_the_log_lines_plainly_and_verbose_adds_debug(monkeypatch, 
     before = (package.level, list(package.handlers))
     code, out, _ = _run(capsys, "train", "--model", "m", "--data", "d", "-o", "o", *(["--verbose"] if verbose else []))
     assert code == 0
-    assert out.splitlines() == [*(["[spectrum] details"] if verbose else []), "[spectrum] started",
-                                "[spectrum] warning: careful"]
+    assert out.splitlines() == [
+        *(["[spectrum] details"] if verbose else []),
+        "[spectrum] started",
+        "[spectrum] warning: careful",
+    ]
     assert (package.level, package.handlers) == before

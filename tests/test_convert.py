@@ -43,9 +43,16 @@ def test_train_converts_a_gguf_model_first(tmp_path, monkeypatch):
     folder = build_tiny_llama(tmp_path / "converted", dtype="float32")
     seen = []
     monkeypatch.setattr(convert, "gguf_to_folder", lambda m, *a, **k: seen.append(m) or folder)
-    cfg = TrainConfig(model=str(tmp_path / "model.Q4_K_M.gguf"), data=str(write_cpt_data(tmp_path / "d.jsonl")),
-                      output_dir=str(tmp_path / "out"), method="full", seq_len=32, batch_size=2, max_steps=1,
-                      save_steps=100)
+    cfg = TrainConfig(
+        model=str(tmp_path / "model.Q4_K_M.gguf"),
+        data=str(write_cpt_data(tmp_path / "d.jsonl")),
+        output_dir=str(tmp_path / "out"),
+        method="full",
+        seq_len=32,
+        batch_size=2,
+        max_steps=1,
+        save_steps=100,
+    )
     train(cfg)
     assert seen == [str(tmp_path / "model.Q4_K_M.gguf")]
     assert cfg.model.endswith(".gguf")  # the caller's config is not changed

@@ -18,10 +18,23 @@ pytestmark = pytest.mark.slow  # every test but the refusals trains
 
 
 def _cfg(work, out, **kw) -> TrainConfig:
-    base = dict(model=str(work["model"]), data=str(work["cpt"]), output_dir=str(out), seq_len=32, batch_size=4,
-                max_steps=8, learning_rate=1e-2, logging_steps=1, save_steps=100, lr_scheduler="constant",
-                top_percent=50, scan=str(work["root"] / "scan.json"), schedule="dynamic", switch_every=2,
-                progress=False)
+    base = dict(
+        model=str(work["model"]),
+        data=str(work["cpt"]),
+        output_dir=str(out),
+        seq_len=32,
+        batch_size=4,
+        max_steps=8,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_steps=100,
+        lr_scheduler="constant",
+        top_percent=50,
+        scan=str(work["root"] / "scan.json"),
+        schedule="dynamic",
+        switch_every=2,
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -42,8 +55,11 @@ class Record(TrainerCallback):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("dynamic")
-    return {"root": root, "model": build_tiny_llama(root / "m", dtype="bfloat16", layers=4),
-            "cpt": write_cpt_data(root / "cpt.jsonl")}
+    return {
+        "root": root,
+        "model": build_tiny_llama(root / "m", dtype="bfloat16", layers=4),
+        "cpt": write_cpt_data(root / "cpt.jsonl"),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,24 @@ from spectrum_llm.training import SUMMARY_FILE, TrainConfig, train
 from spectrum_llm.training.engine import check_selection
 
 ROWS = ["^model.layers.0.self_attn.q_proj.weight$[0:8]", "^model.layers.1.mlp.down_proj.weight$"]
-TOP = [f"^model.layers.1.{m}.weight$" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                 "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+TOP = [
+    f"^model.layers.1.{m}.weight$"
+    for m in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
+]
 SELECTIONS = {"rows": ROWS, "top": TOP, "lora": TOP}
-CHANGED = {"rows": {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"},
-           "top": {p.strip("^$") for p in TOP}, "lora": {p.strip("^$") for p in TOP}}
+CHANGED = {
+    "rows": {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"},
+    "top": {p.strip("^$") for p in TOP},
+    "lora": {p.strip("^$") for p in TOP},
+}
 ENGINES = {"ddp": "ddp", "fsdp2": "fsdp2", "zero2": "deepspeed-zero2", "zero3": "deepspeed-zero3"}
 REFUSED = {("zero3", "rows"), ("fsdp2", "rows")}
 # 2 processes x 2 rows vs 1 process x 4 rows, 3 Adam steps at lr 1e-2 in fp32: only the order of the sums differs
@@ -43,12 +56,18 @@ pytestmark = pytest.mark.slow
 
 
 def _torchrun(args: list[str], port: int, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path]),
+    }
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), *args]
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as proc:
+    with subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -65,8 +84,12 @@ def work(tmp_path_factory):
     for kind, pats in SELECTIONS.items():
         sel[kind] = root / f"{kind}.txt"
         sel[kind].write_text("\n".join(pats) + "\n")
-    return {"root": root, "model": build_tiny_llama(root / "fp32", dtype="float32"),
-            "data": write_cpt_data(root / "cpt.jsonl"), "sel": sel}
+    return {
+        "root": root,
+        "model": build_tiny_llama(root / "fp32", dtype="float32"),
+        "data": write_cpt_data(root / "cpt.jsonl"),
+        "sel": sel,
+    }
 
 
 def _weights(kind: str) -> str:
@@ -86,8 +109,15 @@ def reference(work):
     def get(kind: str) -> dict[str, torch.Tensor]:
         if kind not in runs:
             out = work["root"] / f"single-{kind}"
-            cfg = config(str(work["model"]), str(work["data"]), str(out), "single", _method(kind),
-                         str(work["sel"][kind]), max_steps=3)
+            cfg = config(
+                str(work["model"]),
+                str(work["data"]),
+                str(out),
+                "single",
+                _method(kind),
+                str(work["sel"][kind]),
+                max_steps=3,
+            )
             train(TrainConfig(**{**vars(cfg), "batch_size": 4}))
             runs[kind] = load_file(str(out / _weights(kind)))
         return runs[kind]
@@ -97,14 +127,28 @@ def reference(work):
 
 def _whole_numel(kind: str) -> int:
     """Elements of the tensors that train, whole (row ranges included) or, for LoRA, of the adapters."""
-    sizes = {"q_proj": 32 * 32, "k_proj": 16 * 32, "v_proj": 16 * 32, "o_proj": 32 * 32, "gate_proj": 64 * 32,
-             "up_proj": 64 * 32, "down_proj": 32 * 64}
+    sizes = {
+        "q_proj": 32 * 32,
+        "k_proj": 16 * 32,
+        "v_proj": 16 * 32,
+        "o_proj": 32 * 32,
+        "gate_proj": 64 * 32,
+        "up_proj": 64 * 32,
+        "down_proj": 32 * 64,
+    }
     if kind == "rows":
         return sizes["q_proj"] + sizes["down_proj"]
     if kind == "top":
         return sum(sizes.values())
-    shapes = {"q_proj": (32, 32), "k_proj": (32, 16), "v_proj": (32, 16), "o_proj": (32, 32),
-              "gate_proj": (32, 64), "up_proj": (32, 64), "down_proj": (64, 32)}  # (in, out)
+    shapes = {
+        "q_proj": (32, 32),
+        "k_proj": (32, 16),
+        "v_proj": (32, 16),
+        "o_proj": (32, 32),
+        "gate_proj": (32, 64),
+        "up_proj": (32, 64),
+        "down_proj": (64, 32),
+    }  # (in, out)
     return sum(4 * (i + o) for i, o in shapes.values())  # rank 4: A is 4 x in, B is out x 4
 
 
@@ -114,8 +158,18 @@ CELLS = [(e, k) for e in ENGINES for k in SELECTIONS if (e, k) not in REFUSED]
 @pytest.mark.parametrize("engine,kind", CELLS, ids=[f"{e}-{k}" for e, k in CELLS])
 def test_engine_cell(work, reference, engine, kind, free_port):
     out = work["root"] / f"{engine}-{kind}"
-    proc = _torchrun([str(Path(__file__).with_name("helpers_engines_dist.py")), str(work["model"]), str(work["data"]),
-                      str(out), engine, _method(kind), str(work["sel"][kind])], free_port)
+    proc = _torchrun(
+        [
+            str(Path(__file__).with_name("helpers_engines_dist.py")),
+            str(work["model"]),
+            str(work["data"]),
+            str(out),
+            engine,
+            _method(kind),
+            str(work["sel"][kind]),
+        ],
+        free_port,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == 2 and r0["second"]["engine"] == ENGINES[engine]
@@ -165,8 +219,13 @@ def test_engine_cell(work, reference, engine, kind, free_port):
 
 @pytest.mark.parametrize("engine", ["zero3", "fsdp2"])
 def test_row_ranges_are_refused_where_the_engine_shards_weights(engine):
-    cfg = TrainConfig(model="m", data="d", output_dir="o", fsdp=engine == "fsdp2",
-                      deepspeed=str(DEEPSPEED / f"deepspeed_{engine}.json") if engine == "zero3" else None)
+    cfg = TrainConfig(
+        model="m",
+        data="d",
+        output_dir="o",
+        fsdp=engine == "fsdp2",
+        deepspeed=str(DEEPSPEED / f"deepspeed_{engine}.json") if engine == "zero3" else None,
+    )
     with pytest.raises(SpectrumError, match="Row ranges .* cannot train under .*ZeRO-2"):
         check_selection(cfg, Selection(modules=[], patterns=ROWS))
 
@@ -178,9 +237,26 @@ def test_row_ranges_train_under_zero2():
 
 def test_cli_refuses_row_ranges_under_zero3_before_training_in_one_line(work, free_port):
     out = work["root"] / "refused"
-    proc = _torchrun(["-m", "spectrum_llm", "train", "--model", str(work["model"]), "--data", str(work["data"]),
-                      "--output-dir", str(out), "--selection", str(work["sel"]["rows"]), "--max-steps", "1",
-                      "--deepspeed", str(DEEPSPEED / "deepspeed_zero3.json")], free_port)
+    proc = _torchrun(
+        [
+            "-m",
+            "spectrum_llm",
+            "train",
+            "--model",
+            str(work["model"]),
+            "--data",
+            str(work["data"]),
+            "--output-dir",
+            str(out),
+            "--selection",
+            str(work["sel"]["rows"]),
+            "--max-steps",
+            "1",
+            "--deepspeed",
+            str(DEEPSPEED / "deepspeed_zero3.json"),
+        ],
+        free_port,
+    )
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors and all("cannot train under DeepSpeed ZeRO-3" in e for e in errors), proc.stderr[-3000:]
@@ -189,8 +265,12 @@ def test_cli_refuses_row_ranges_under_zero3_before_training_in_one_line(work, fr
 
 def test_missing_deepspeed_is_one_line_naming_the_extra(work, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "deepspeed", None)
-    cfg = TrainConfig(model=str(work["model"]), data=str(work["data"]), output_dir=str(tmp_path / "o"),
-                      deepspeed=str(DEEPSPEED / "deepspeed_zero2.json"))
+    cfg = TrainConfig(
+        model=str(work["model"]),
+        data=str(work["data"]),
+        output_dir=str(tmp_path / "o"),
+        deepspeed=str(DEEPSPEED / "deepspeed_zero2.json"),
+    )
     with pytest.raises(SpectrumError, match=r"pip install 'spectrum-llm\[deepspeed\]'"):
         train(cfg)
     assert not (tmp_path / "o").exists()

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.estimators import REGISTRY, get, mp_density, mp_median, mp_snr, reference_snr, score, unscorable
@@ -81,11 +82,14 @@ def test_stronger_signal_scores_higher():
     assert strong > weak > 0
 
 
-@pytest.mark.parametrize("w,reason", [
-    (torch.zeros(8, 8), "all-zero"),
-    (torch.ones(1, 1), "too few"),
-    (torch.ones(1, 9), "too few"),
-])
+@pytest.mark.parametrize(
+    "w,reason",
+    [
+        (torch.zeros(8, 8), "all-zero"),
+        (torch.ones(1, 1), "too few"),
+        (torch.ones(1, 9), "too few"),
+    ],
+)
 def test_unscorable_matrices_get_a_reason(w, reason):
     s = torch.linalg.svdvals(w.double())
     assert reason in unscorable(s, *w.shape, "mp")

@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
+from helpers_cli import run_cli
 from helpers_selection import synthetic_scan
 from spectrum_llm.cli import main
-from helpers_cli import run_cli
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.exports import to_yaml, write_selection
 from spectrum_llm.selection import select
@@ -28,8 +28,17 @@ def test_cli_compat_writes_the_published_bytes(reference_dir, tmp_path):
     model = PUBLISHED[0]
     out = tmp_path / "sel.yaml"
     with pytest.raises(SystemExit) as e:
-        main(["select", str(reference_dir / f"snr_results_{model}.json"), "--top-percent", "50", "--compat",
-              "-o", str(out)])
+        main(
+            [
+                "select",
+                str(reference_dir / f"snr_results_{model}.json"),
+                "--top-percent",
+                "50",
+                "--compat",
+                "-o",
+                str(out),
+            ]
+        )
     assert e.value.code in (0, None)
     assert out.read_bytes() == (reference_dir / f"snr_results_{model}_unfrozenparameters_50percent.yaml").read_bytes()
 
@@ -72,8 +81,9 @@ def test_unknown_extension_writes_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("args", [["--top-percent", "0"], ["--top-percent", "101"], ["--rule", "global"],
-                                  ["--budget", "lots"]])
+@pytest.mark.parametrize(
+    "args", [["--top-percent", "0"], ["--top-percent", "101"], ["--rule", "global"], ["--budget", "lots"]]
+)
 def test_cli_bad_input_exits_2_and_leaves_no_file(reference_dir, tmp_path, capsys, args):
     out = tmp_path / "sel.yaml"
     code = run_cli(["select", str(reference_dir / "snr_results_Qwen-Qwen2-7B.json"), *args, "-o", str(out)])
@@ -94,8 +104,9 @@ def test_cli_model_prints_the_freeze_summary(llama_dir, tmp_path, capsys):
     import spectrum_llm
 
     spectrum_llm.scan(llama_dir, output=tmp_path / "scan.json", progress=False)
-    code = run_cli(["select", str(tmp_path / "scan.json"), "-p", "50", "-o", str(tmp_path / "s.json"),
-                 "--model", str(llama_dir)])
+    code = run_cli(
+        ["select", str(tmp_path / "scan.json"), "-p", "50", "-o", str(tmp_path / "s.json"), "--model", str(llama_dir)]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "trainable" in err and "self_attn.q_proj" in err

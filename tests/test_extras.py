@@ -42,8 +42,9 @@ def core_env(tmp_path_factory):
 
 
 def _spectrum(env, *args):
-    return subprocess.run([sys.executable, "-m", "spectrum_llm", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "spectrum_llm", *map(str, args)], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_the_package_and_its_core_api_import_without_the_extras(core_env):
@@ -58,10 +59,13 @@ def test_scan_runs_without_the_extras(core_env, llama_dir, tmp_path):
     assert (tmp_path / "scan.json").is_file()
 
 
-@pytest.mark.parametrize("argv,extra", [
-    (["report", "scan.json"], "report"),
-    (["train", "--model", "m", "--data", "d.jsonl", "-o", "out"], "train"),
-])
+@pytest.mark.parametrize(
+    "argv,extra",
+    [
+        (["report", "scan.json"], "report"),
+        (["train", "--model", "m", "--data", "d.jsonl", "-o", "out"], "train"),
+    ],
+)
 def test_commands_that_need_an_extra_name_it(core_env, tmp_path, argv, extra):
     proc = _spectrum(core_env, *argv)
     assert proc.returncode == 2, proc.stderr

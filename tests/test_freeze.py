@@ -39,8 +39,15 @@ def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("kw", [{"top_percent": 50}, {"top_percent": 50, "compat": True},
-                                {"top_percent": 100, "train_norms": True}, {"budget": 0.5}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"top_percent": 50},
+        {"top_percent": 50, "compat": True},
+        {"top_percent": 100, "train_norms": True},
+        {"budget": 0.5},
+    ],
+)
 def test_axolotl_rule_freeze_and_selection_agree(llama_scan, kw, tmp_path):
     sel = select(llama_scan, **kw)
     write_selection(sel, tmp_path / "s.yaml")
@@ -103,8 +110,11 @@ def test_tied_head_pattern_alone_trains_nothing_like_axolotl():
     model = tiny_llama(tie_word_embeddings=True)
     pats = ["^lm_head.weight$", "^model.layers.0.mlp.down_proj"]
     summary = freeze(model, pats)
-    assert set(axolotl_unfrozen(model.named_parameters(), pats)) == set(summary.trainable) == \
-        {"model.layers.0.mlp.down_proj.weight"}
+    assert (
+        set(axolotl_unfrozen(model.named_parameters(), pats))
+        == set(summary.trainable)
+        == {"model.layers.0.mlp.down_proj.weight"}
+    )
     assert not model.model.embed_tokens.weight.requires_grad
     assert summary.trainable_params == 96 * 64
     assert "tied to model.embed_tokens.weight" in summary.notes[0]
@@ -115,7 +125,8 @@ def test_tied_weight_trains_by_its_embedding_name():
     summary = freeze(model, ["^lm_head.weight$", "^model.embed_tokens.weight$"])
     assert summary.trainable == ["model.embed_tokens.weight"] and not summary.notes
     assert summary.trainable_params == summary.total_params - sum(
-        p.numel() for n, p in model.named_parameters() if n != "model.embed_tokens.weight")
+        p.numel() for n, p in model.named_parameters() if n != "model.embed_tokens.weight"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +138,17 @@ def tied_dir(tmp_path_factory):
     return save_model(model, tmp_path_factory.mktemp("tied"))
 
 
-@pytest.mark.parametrize("emb,head,trains_shared", [(True, None, True), (False, None, False), (False, False, False),
-                                                    (False, True, True), (True, False, True), (True, True, True)])
+@pytest.mark.parametrize(
+    "emb,head,trains_shared",
+    [
+        (True, None, True),
+        (False, None, False),
+        (False, False, False),
+        (False, True, True),
+        (True, False, True),
+        (True, True, True),
+    ],
+)
 def test_tied_selection_select_freeze_and_axolotl_count_the_same(tied_dir, emb, head, trains_shared, tmp_path):
     import spectrum_llm
 
@@ -150,8 +170,9 @@ def test_tied_selection_select_freeze_and_axolotl_count_the_same(tied_dir, emb, 
 def test_no_embeddings_no_head_trains_neither_on_a_tied_model(tied_dir):
     import spectrum_llm
 
-    sel = select(spectrum_llm.scan(tied_dir, progress=False), top_percent=50, train_embeddings=False,
-                 train_lm_head=False)
+    sel = select(
+        spectrum_llm.scan(tied_dir, progress=False), top_percent=50, train_embeddings=False, train_lm_head=False
+    )
     assert not any("embed" in p or "lm_head" in p for p in sel.patterns)
     model = tiny_llama(tie_word_embeddings=True)
     freeze(model, sel)
@@ -185,9 +206,17 @@ def _tiny_mixtral(layers=1):
     from transformers import MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(0)
-    cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=4,
-                        max_position_embeddings=64)
+    cfg = MixtralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=4,
+        max_position_embeddings=64,
+    )
     return MixtralForCausalLM(cfg)
 
 
@@ -196,8 +225,13 @@ def test_mixtral_checkpoint_experts_map_to_fused_slices():
     gu = "model.layers.0.mlp.experts.gate_up_proj"
     down = "model.layers.0.mlp.experts.down_proj"
     assert gu in dict(model.named_parameters())
-    summary = freeze(model, ["^model.layers.0.block_sparse_moe.experts.1.w1.(weight|bias)$",
-                             "model.layers.0.block_sparse_moe.experts.2.w2"])
+    summary = freeze(
+        model,
+        [
+            "^model.layers.0.block_sparse_moe.experts.1.w1.(weight|bias)$",
+            "model.layers.0.block_sparse_moe.experts.2.w2",
+        ],
+    )
     assert summary.mapped["model.layers.0.block_sparse_moe.experts.2.w2"] == f"{down}[2, :]"
     assert summary.trainable_params == 48 * 32 + 32 * 48
     before = _snapshot(model)
@@ -211,7 +245,9 @@ def test_mixtral_checkpoint_experts_map_to_fused_slices():
 
 def test_mixtral_router_gate_maps_to_mlp_gate():
     model = _tiny_mixtral()
-    summary = freeze(model, ["model.layers.0.block_sparse_moe.gate", "^model.layers.0.block_sparse_moe.gate.(weight|bias)$"])
+    summary = freeze(
+        model, ["model.layers.0.block_sparse_moe.gate", "^model.layers.0.block_sparse_moe.gate.(weight|bias)$"]
+    )
     assert summary.trainable == ["model.layers.0.mlp.gate.weight"]
     assert summary.mapped["model.layers.0.block_sparse_moe.gate"] == "model.layers.0.mlp.gate.weight"
     assert summary.trainable_params == 4 * 32
@@ -261,30 +297,42 @@ def test_callback_freezes_at_the_end_of_trainer_init(tmp_path):
 
     model = tiny_llama()
     cb = SpectrumCallback(["^model.layers.1.mlp.down_proj"])
-    Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
-            callbacks=[cb])
+    Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True), callbacks=[cb])
     assert cb.summary is not None
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"model.layers.1.mlp.down_proj.weight"}
 
 
 def test_qwen2_moe_scan_select_freeze_end_to_end(tmp_path):
     """A checkpoint keeps per-expert keys; transformers 5 loads fused experts: counts must still agree."""
-    import spectrum_llm
     from transformers import AutoModelForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
 
+    import spectrum_llm
+
     torch.manual_seed(0)
-    cfg = Qwen2MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
-                         shared_expert_intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, num_experts=4, num_experts_per_tok=2)
+    cfg = Qwen2MoeConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=24,
+        shared_expert_intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
     Qwen2MoeForCausalLM(cfg).save_pretrained(tmp_path)
     sel = select(spectrum_llm.scan(tmp_path, progress=False), top_percent=50)
     assert any(".experts.3." in m or ".experts.0." in m for m in sel.modules)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     summary = freeze(model, sel)
-    assert summary.mapped and all("experts.gate_up_proj[" in v or "experts.down_proj[" in v
-                                  for v in summary.mapped.values())
-    assert "model.layers.0.self_attn.q_proj.bias" in summary.trainable or \
-        "model.layers.1.self_attn.q_proj.bias" in summary.trainable
+    assert summary.mapped and all(
+        "experts.gate_up_proj[" in v or "experts.down_proj[" in v for v in summary.mapped.values()
+    )
+    assert (
+        "model.layers.0.self_attn.q_proj.bias" in summary.trainable
+        or "model.layers.1.self_attn.q_proj.bias" in summary.trainable
+    )
     assert (summary.trainable_params, summary.total_params) == (sel.trainable_params, sel.total_params)
 
 
@@ -294,8 +342,16 @@ def test_cli_notes_a_tied_head_that_follows_the_embeddings(tied_dir, tmp_path, c
 
     spectrum_llm.scan(tied_dir, output=tmp_path / "scan.json", progress=False)
     with pytest.raises(SystemExit) as e:
-        main(["select", str(tmp_path / "scan.json"), "-o", str(tmp_path / "s.yaml"), "--no-train-embeddings",
-              "--train-lm-head"])
+        main(
+            [
+                "select",
+                str(tmp_path / "scan.json"),
+                "-o",
+                str(tmp_path / "s.yaml"),
+                "--no-train-embeddings",
+                "--train-lm-head",
+            ]
+        )
     assert e.value.code in (0, None)
     assert "lm_head is tied" in capsys.readouterr().err
     assert "- ^model.embed_tokens.weight$\n" in (tmp_path / "s.yaml").read_text()

@@ -25,9 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(model: Path, tmp: Path, precision: str, **kw) -> TrainConfig:
-    return TrainConfig(model=str(model), data=str(write_cpt_data(tmp / "d.jsonl")), output_dir=str(tmp / "out"),
-                       selection=str(write_selection(tmp / "sel.txt")), frozen_precision=precision, max_steps=3,
-                       seq_len=32, batch_size=2, learning_rate=1e-2, progress=False, **kw)
+    return TrainConfig(
+        model=str(model),
+        data=str(write_cpt_data(tmp / "d.jsonl")),
+        output_dir=str(tmp / "out"),
+        selection=str(write_selection(tmp / "sel.txt")),
+        frozen_precision=precision,
+        max_steps=3,
+        seq_len=32,
+        batch_size=2,
+        learning_rate=1e-2,
+        progress=False,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module", params=["nf4", "int8"])
@@ -74,8 +84,9 @@ def test_frozen_linears_are_held_by_bitsandbytes_and_the_selection_in_fp32(tmp_p
     assert isinstance(mods["model.layers.0.mlp.down_proj"], bnb.nn.Linear4bit)  # 688 -> 64
     assert type(mods["model.layers.0.self_attn.q_proj"]) is torch.nn.Linear  # it trains
     assert type(mods["lm_head"]) is torch.nn.Linear  # the head is never quantized
-    assert {n: p.dtype for n, p in model.named_parameters() if p.requires_grad} == dict.fromkeys(SELECTED,
-                                                                                                torch.float32)
+    assert {n: p.dtype for n, p in model.named_parameters() if p.requires_grad} == dict.fromkeys(
+        SELECTED, torch.float32
+    )
     assert prepared.lowbit.quantized == 12 and prepared.lowbit.kept == []
 
 
@@ -112,11 +123,14 @@ def test_an_already_quantized_checkpoint_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"method": "lora"}, "applies to --method spectrum"),
-    ({"frozen_precision": "int4"}, "Unknown --frozen-precision 'int4'"),
-    ({"resume": True}, "--resume is not available with --frozen-precision nf4"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"method": "lora"}, "applies to --method spectrum"),
+        ({"frozen_precision": "int4"}, "Unknown --frozen-precision 'int4'"),
+        ({"resume": True}, "--resume is not available with --frozen-precision nf4"),
+    ],
+)
 def test_bad_settings_are_one_clear_error(kw, match):
     cfg = TrainConfig(model="m", data="d", output_dir="o", frozen_precision="nf4")
     for k, v in kw.items():
@@ -133,10 +147,29 @@ def test_missing_bitsandbytes_is_one_line_naming_the_extra(tmp_path, flags):
     (block / "sitecustomize.py").write_text("import sys\nsys.modules['bitsandbytes'] = None\n")
     env = {**os.environ, "PYTHONPATH": f"{block}{os.pathsep}{ROOT / 'src'}", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "spectrum_llm", "train", "--model", str(model), "--data",
-         str(write_cpt_data(tmp_path / "d.jsonl")), "-o", str(tmp_path / "out"), "--max-steps", "1",
-         "--top-percent", "50", "--no-progress", *flags],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "spectrum_llm",
+            "train",
+            "--model",
+            str(model),
+            "--data",
+            str(write_cpt_data(tmp_path / "d.jsonl")),
+            "-o",
+            str(tmp_path / "out"),
+            "--max-steps",
+            "1",
+            "--top-percent",
+            "50",
+            "--no-progress",
+            *flags,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "pip install 'spectrum-llm[quant]'" in errors[0], proc.stderr

@@ -4,16 +4,20 @@ import re
 import pytest
 
 import spectrum_llm
+from helpers_report import assert_sane_png, synthetic_scan
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.html_report import heatmap_png, module_spectrum, report
 from spectrum_llm.results import ModuleScore, ScanResult
 from spectrum_llm.scan_files import load_scan
 
-from helpers_report import assert_sane_png, synthetic_scan
-
 LLAMA_31 = "snr_results_meta-llama-Meta-Llama-3.1-8B-Instruct"
-REFERENCE_FILES = [LLAMA_31, "snr_results_deepseek-ai-DeepSeek-V2", "snr_results_Qwen-Qwen2-MoE-57B-A14B",
-                   "snr_results_mistralai-Mixtral-8x22B-v0.1", "snr_results_microsoft-Phi-3-mini-4k-instruct"]
+REFERENCE_FILES = [
+    LLAMA_31,
+    "snr_results_deepseek-ai-DeepSeek-V2",
+    "snr_results_Qwen-Qwen2-MoE-57B-A14B",
+    "snr_results_mistralai-Mixtral-8x22B-v0.1",
+    "snr_results_microsoft-Phi-3-mini-4k-instruct",
+]
 
 
 def _images(html: str) -> list[bytes]:
@@ -67,8 +71,11 @@ def test_module_without_model_is_refused():
 
 
 def test_scan_without_layered_linear_modules_is_refused():
-    scan = ScanResult("norms", "mp", [ModuleScore(name="model.norm", type="norm", layer=None, shape=[8], snr=None,
-                                                  kind="norm", skipped="1-D")])
+    scan = ScanResult(
+        "norms",
+        "mp",
+        [ModuleScore(name="model.norm", type="norm", layer=None, shape=[8], snr=None, kind="norm", skipped="1-D")],
+    )
     with pytest.raises(SpectrumError, match="nothing to draw"):
         heatmap_png(scan)
 
@@ -76,8 +83,9 @@ def test_scan_without_layered_linear_modules_is_refused():
 def test_report_of_a_tiny_model_scan_with_its_spectrum(llama_dir, tmp_path):
     scan = spectrum_llm.scan(llama_dir, estimator="mp")
     name = "model.layers.1.mlp.down_proj"
-    files = report(scan, selection=[name], output=tmp_path / "r.html", png=tmp_path / "h.png", module=name,
-                   model=llama_dir)
+    files = report(
+        scan, selection=[name], output=tmp_path / "r.html", png=tmp_path / "h.png", module=name, model=llama_dir
+    )
     html = files.html.read_text()
     assert_sane_png(files.png)
     assert len(_images(html)) == 3  # heatmap, spectrum, trainable by type
@@ -102,8 +110,7 @@ def test_unknown_module_suggests_close_names(llama_dir):
 def test_reference_scans_render(reference_dir, tmp_path, stem):
     scan = load_scan(reference_dir / f"{stem}.json")
     yaml = reference_dir / f"{stem}_unfrozenparameters_50percent.yaml"
-    files = report(scan, selection=yaml if yaml.exists() else None, output=tmp_path / "r.html",
-                   png=tmp_path / "h.png")
+    files = report(scan, selection=yaml if yaml.exists() else None, output=tmp_path / "r.html", png=tmp_path / "h.png")
     assert_sane_png(files.png)
     html = files.html.read_text()
     for t in scan.types():

@@ -34,17 +34,51 @@ def work(tmp_path_factory):
 
 
 def _args(work, out: Path) -> list[str]:
-    return ["train", "--model", str(work["model"]), "--data", str(work["data"]), "-o", str(out),
-            "--seq-len", "32", "--batch-size", "2", "--max-steps", str(STEPS), "--save-steps", str(SAVE_STEPS),
-            "--lr", "1e-2", "--lr-scheduler", "linear", "--logging-steps", "1", "--top-percent", "50",
-            "--scan", str(work["root"] / "scan.json"), "--no-progress"]
+    return [
+        "train",
+        "--model",
+        str(work["model"]),
+        "--data",
+        str(work["data"]),
+        "-o",
+        str(out),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        str(STEPS),
+        "--save-steps",
+        str(SAVE_STEPS),
+        "--lr",
+        "1e-2",
+        "--lr-scheduler",
+        "linear",
+        "--logging-steps",
+        "1",
+        "--top-percent",
+        "50",
+        "--scan",
+        str(work["root"] / "scan.json"),
+        "--no-progress",
+    ]
 
 
 def _spawn(work, out: Path, *extra: str, slow: str = "", mark: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), *sys.path]),
-           "SPECTRUM_TEST_SLOW": slow, "SPECTRUM_TEST_AT": str(AT), "SPECTRUM_TEST_MARK": str(mark or os.devnull)}
-    return subprocess.Popen([sys.executable, str(WORKER), *_args(work, out), *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(WORKER.parent), *sys.path]),
+        "SPECTRUM_TEST_SLOW": slow,
+        "SPECTRUM_TEST_AT": str(AT),
+        "SPECTRUM_TEST_MARK": str(mark or os.devnull),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *_args(work, out), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _interrupt(work, out: Path, slow: str, *signals: int) -> tuple[int, str]:
@@ -101,5 +135,7 @@ def test_a_second_sigint_mid_save_leaves_an_incomplete_checkpoint_that_resume_sk
     assert f"last complete checkpoint {out / f'checkpoint-{AT - SAVE_STEPS}'}" in text.strip().splitlines()[-1]
     assert not (out / f"checkpoint-{AT}" / "trainer_state.json").exists()  # the save was cut short
     resumed = _resume(work, out)
-    assert f"checkpoint-{AT} is incomplete (a save was interrupted); resuming from checkpoint-{AT - SAVE_STEPS}" in resumed
+    assert (
+        f"checkpoint-{AT} is incomplete (a save was interrupted); resuming from checkpoint-{AT - SAVE_STEPS}" in resumed
+    )
     _same_weights(out, work["base"])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from helpers_selection import synthetic_scan
 from helpers_cli import run_cli
+from helpers_selection import synthetic_scan
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.lora import is_lora_config, lora_config
 from spectrum_llm.selection import Selection, select
@@ -53,8 +53,11 @@ def test_peft_takes_the_json_unchanged_and_adapts_exactly_the_selection(llama_se
     plan = lora_config(llama_sel, max_rank=16)
     plan.save(tmp_path / "lora.json")
     model = get_peft_model(tiny_llama(), LoraConfig(**json.loads((tmp_path / "lora.json").read_text())))
-    adapted = {n.removeprefix("base_model.model."): m.lora_A["default"].out_features
-               for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    adapted = {
+        n.removeprefix("base_model.model."): m.lora_A["default"].out_features
+        for n, m in model.named_modules()
+        if hasattr(m, "lora_A") and "default" in m.lora_A
+    }
     assert adapted == plan.ranks
     assert set(adapted) == set(llama_sel.modules)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -72,12 +75,23 @@ def test_model_gives_exact_sizes_and_drops_what_it_lacks(llama_sel, llama_dir):
 
 
 def test_embeddings_norms_and_per_expert_modules_are_left_out_and_listed():
-    sel = Selection.from_patterns(["^lm_head.weight$", "^model.embed_tokens.weight$", "model.layers.0.input_layernorm",
-                                   "model.layers.0.block_sparse_moe.experts.3.w1", "model.layers.0.self_attn.q_proj"])
+    sel = Selection.from_patterns(
+        [
+            "^lm_head.weight$",
+            "^model.embed_tokens.weight$",
+            "model.layers.0.input_layernorm",
+            "model.layers.0.block_sparse_moe.experts.3.w1",
+            "model.layers.0.self_attn.q_proj",
+        ]
+    )
     plan = lora_config(sel, max_rank=8)
     assert list(plan.ranks) == ["model.layers.0.self_attn.q_proj"]
-    assert set(plan.left_out) == {"lm_head", "model.embed_tokens", "model.layers.0.input_layernorm",
-                                  "model.layers.0.block_sparse_moe.experts.3.w1"}
+    assert set(plan.left_out) == {
+        "lm_head",
+        "model.embed_tokens",
+        "model.layers.0.input_layernorm",
+        "model.layers.0.block_sparse_moe.experts.3.w1",
+    }
 
 
 def test_nothing_adaptable_is_an_error():
@@ -90,8 +104,12 @@ def test_cli_select_format_peft(llama_dir, tmp_path, capsys):
 
     spectrum_llm.scan(llama_dir, output=tmp_path / "scan.json", progress=False)
     out = tmp_path / "lora.json"
-    assert run_cli(["select", str(tmp_path / "scan.json"), "-p", "100", "--format", "peft", "--max-rank", "12",
-                 "-o", str(out)]) == 0
+    assert (
+        run_cli(
+            ["select", str(tmp_path / "scan.json"), "-p", "100", "--format", "peft", "--max-rank", "12", "-o", str(out)]
+        )
+        == 0
+    )
     assert "adapter parameters" in capsys.readouterr().err
     assert is_lora_config(out)
     data = json.loads(out.read_text())

@@ -52,8 +52,16 @@ def test_builtin_gguf_config():
 
 def test_select_model_accepts_builtin_as_check_does(tmp_path, capsys):
     out = tmp_path / "sel.yaml"
-    args = ["select", "HuggingFaceTB/SmolLM-135M", "--top-percent", "25", "-o", str(out),
-            "--model", "builtin:smollm2-135m"]
+    args = [
+        "select",
+        "HuggingFaceTB/SmolLM-135M",
+        "--top-percent",
+        "25",
+        "-o",
+        str(out),
+        "--model",
+        "builtin:smollm2-135m",
+    ]
     assert run_cli(args) == 0
     assert out.is_file()
     assert "has no config.json" not in capsys.readouterr().err

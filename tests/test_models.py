@@ -15,8 +15,9 @@ def test_a_meta_model_has_the_checkpoints_names_and_shapes_and_no_weights(llama_
     real = tiny_llama()
     meta = load_meta_model(llama_dir)
     assert all(p.is_meta for p in meta.parameters())
-    assert {n: tuple(p.shape) for n, p in meta.named_parameters()} == \
-        {n: tuple(p.shape) for n, p in real.named_parameters()}
+    assert {n: tuple(p.shape) for n, p in meta.named_parameters()} == {
+        n: tuple(p.shape) for n, p in real.named_parameters()
+    }
 
 
 def test_from_config_takes_a_dtype():

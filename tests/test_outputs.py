@@ -36,8 +36,14 @@ def _argv(command: str, out: Path, ref: Path, llama: Path, data: Path) -> list:
         "scan": ["scan", llama, "-o", out.with_suffix(".json"), "--no-progress"],
         "select": ["select", ref / INSTRUCT, "-o", out.with_suffix(".yaml")],
         "report": ["report", ref / INSTRUCT, "-o", out.with_suffix(".html")],
-        "report-png": ["report", ref / INSTRUCT, "-o", out.parent.parent / "never.html", "--png",
-                       out.with_suffix(".png")],
+        "report-png": [
+            "report",
+            ref / INSTRUCT,
+            "-o",
+            out.parent.parent / "never.html",
+            "--png",
+            out.with_suffix(".png"),
+        ],
         "compare": ["compare", ref / BASE, ref / INSTRUCT, "--png", out.with_suffix(".png")],
         "convert": ["convert", "builtin:smollm2-135m", "-o", out],
         "train": ["train", "--model", llama, "--data", data, "-o", out, "--max-steps", "1", "--seq-len", "32"],
@@ -63,8 +69,9 @@ def _listing(root: Path) -> set[str]:
 
 @pytest.mark.parametrize("where", ["parent-is-a-file", "grandparent-is-a-file", "under-proc", "new-folder-under-proc"])
 @pytest.mark.parametrize("command", COMMANDS)
-def test_unwritable_output_is_one_error_line_exit_2_and_leaves_nothing(command, where, reference_dir, llama_dir,
-                                                                       tmp_path, capsys):
+def test_unwritable_output_is_one_error_line_exit_2_and_leaves_nothing(
+    command, where, reference_dir, llama_dir, tmp_path, capsys
+):
     data = write_cpt_data(tmp_path / "data.jsonl")
     out = _bad_paths(tmp_path)[where]
     before = _listing(tmp_path)
@@ -75,11 +82,13 @@ def test_unwritable_output_is_one_error_line_exit_2_and_leaves_nothing(command, 
     assert not Path("/proc/spectrum-llm-test").exists()
 
 
-@pytest.mark.parametrize("err,why", [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only"),
-                                     (errno.ENOSPC, "no space left")])
+@pytest.mark.parametrize(
+    "err,why", [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only"), (errno.ENOSPC, "no space left")]
+)
 @pytest.mark.parametrize("command", COMMANDS)
-def test_folder_without_permission_or_read_only(command, err, why, reference_dir, llama_dir, tmp_path, capsys,
-                                                monkeypatch):
+def test_folder_without_permission_or_read_only(
+    command, err, why, reference_dir, llama_dir, tmp_path, capsys, monkeypatch
+):
     """What a read-only mount or a folder without write permission answers (root ignores permission bits, so
     the answer is simulated where the probe asks the file system)."""
     from spectrum_llm import files
@@ -113,8 +122,24 @@ def test_failed_train_leaves_no_output_folder(small_model, tmp_path, capsys):
     (tmp_path / "rows.jsonl").write_text('{"content": "no text column"}\n')
     for data in (tmp_path / "missing.jsonl", tmp_path / "rows.jsonl"):
         out = tmp_path / "run"
-        code, err = _run(capsys, ["train", "--model", small_model, "--data", data, "-o", out, "--seq-len", "32",
-                                  "--max-steps", "1", "--method", "full"])
+        code, err = _run(
+            capsys,
+            [
+                "train",
+                "--model",
+                small_model,
+                "--data",
+                data,
+                "-o",
+                out,
+                "--seq-len",
+                "32",
+                "--max-steps",
+                "1",
+                "--method",
+                "full",
+            ],
+        )
         assert code == 2 and err.startswith("error:"), err
         assert not out.exists()
 
@@ -133,8 +158,9 @@ def test_train_failing_after_it_made_the_folder_removes_it_but_keeps_a_folder_it
         out = tmp_path / f"run-{existed}"
         if existed:
             out.mkdir()
-        cfg = TrainConfig(model=str(small_model), data=str(data), output_dir=str(out), method="full", seq_len=32,
-                          max_steps=1)
+        cfg = TrainConfig(
+            model=str(small_model), data=str(data), output_dir=str(out), method="full", seq_len=32, max_steps=1
+        )
         with pytest.raises(RuntimeError, match="boom"):
             train(cfg, callbacks=[Boom()])
         assert out.exists() == existed

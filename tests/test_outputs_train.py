@@ -23,16 +23,29 @@ pytestmark = pytest.mark.slow  # trains three tiny runs
 
 
 def _cfg(work, out, **kw) -> TrainConfig:
-    base = dict(model=str(work["model"]), data=str(work["data"]), output_dir=str(out), seq_len=32, batch_size=4,
-                max_steps=2, save_steps=100, progress=False, scan=str(work["root"] / "scan.json"))
+    base = dict(
+        model=str(work["model"]),
+        data=str(work["data"]),
+        output_dir=str(out),
+        seq_len=32,
+        batch_size=4,
+        max_steps=2,
+        save_steps=100,
+        progress=False,
+        scan=str(work["root"] / "scan.json"),
+    )
     return TrainConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("outputs")
-    work = {"root": root, "model": build_tiny_llama(root / "model", dtype="bfloat16"),
-            "wide": build_tiny_llama(root / "wide", hidden_size=64), "data": write_cpt_data(root / "cpt.jsonl")}
+    work = {
+        "root": root,
+        "model": build_tiny_llama(root / "model", dtype="bfloat16"),
+        "wide": build_tiny_llama(root / "wide", hidden_size=64),
+        "data": write_cpt_data(root / "cpt.jsonl"),
+    }
     sel = select(scan(work["model"], output=root / "scan.json"), top_percent=50)
     work["sel"] = root / "sel.json"
     work["sel"].write_text(json.dumps(sel.to_json()))
@@ -89,7 +102,10 @@ def test_a_selection_records_its_architecture(work):
 
 
 def test_train_refuses_a_selection_of_another_architecture(work):
-    with pytest.raises(SpectrumError, match=r"made for .*model, not for .*wide \(mlp.down_proj is 32x64, in this model 64x128\).*--allow-other-model"):
+    with pytest.raises(
+        SpectrumError,
+        match=r"made for .*model, not for .*wide \(mlp.down_proj is 32x64, in this model 64x128\).*--allow-other-model",
+    ):
         train(_cfg(work, work["root"] / "other", model=str(work["wide"]), selection=str(work["sel"])))
     assert not (work["root"] / "other").exists()
 
@@ -110,8 +126,10 @@ def test_the_same_architecture_under_another_name_is_accepted(work, tmp_path):
 
 def test_check_refuses_another_architecture_unless_allowed(work):
     assert run_cli(["check", str(work["sel"]), "--model", str(work["wide"]), "--no-activations"]) == 2
-    assert run_cli(["check", str(work["sel"]), "--model", str(work["wide"]), "--no-activations",
-                    "--allow-other-model"]) == 0
+    assert (
+        run_cli(["check", str(work["sel"]), "--model", str(work["wide"]), "--no-activations", "--allow-other-model"])
+        == 0
+    )
 
 
 def test_a_selection_without_an_architecture_still_loads_and_freezes(work, tmp_path):
@@ -124,8 +142,10 @@ def test_a_selection_without_an_architecture_still_loads_and_freezes(work, tmp_p
 
 
 def test_a_missing_model_is_one_line(work, capsys):
-    assert run_cli(["train", "--model", "/no/such/dir", "--data", str(work["data"]), "-o",
-                    str(work["root"] / "none")]) == 2
+    assert (
+        run_cli(["train", "--model", "/no/such/dir", "--data", str(work["data"]), "-o", str(work["root"] / "none")])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: /no/such/dir: no such file or folder") and len(err.splitlines()) == 1
 

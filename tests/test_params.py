@@ -1,9 +1,8 @@
 import dataclasses
 
+from helpers_report import synthetic_scan
 from spectrum_llm.params import count_params, part_params, trainable_by_type
 from spectrum_llm.results import ModuleScore, ScanResult
-
-from helpers_report import synthetic_scan
 
 
 def test_trainable_by_type_counts_parameters_and_selected_norm_types():
@@ -17,9 +16,22 @@ def test_trainable_by_type_counts_parameters_and_selected_norm_types():
 
 
 def test_trainable_by_type_counts_a_fused_projection_once():
-    whole = ModuleScore(name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0, shape=[48, 16], snr=1.0, numel=768)
-    parts = [ModuleScore(name=f"model.layers.0.self_attn.qkv_proj.{p}", type=f"self_attn.qkv_proj.{p}", layer=0, shape=[16, 16], snr=1.0,
-                         part=p, rows=[16 * i, 16 * (i + 1)], numel=256) for i, p in enumerate("qkv")]
+    whole = ModuleScore(
+        name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0, shape=[48, 16], snr=1.0, numel=768
+    )
+    parts = [
+        ModuleScore(
+            name=f"model.layers.0.self_attn.qkv_proj.{p}",
+            type=f"self_attn.qkv_proj.{p}",
+            layer=0,
+            shape=[16, 16],
+            snr=1.0,
+            part=p,
+            rows=[16 * i, 16 * (i + 1)],
+            numel=256,
+        )
+        for i, p in enumerate("qkv")
+    ]
     scan = ScanResult("fused", "mp", [whole, *parts])
     rows, _ = trainable_by_type(scan, ["model.layers.0.self_attn.qkv_proj.q"])
     assert sum(r[2] for r in rows) == 768 and sum(r[1] for r in rows) == 256
@@ -47,12 +59,34 @@ def test_part_params_counts_the_kept_rows_of_a_tensor():
 def test_scan_param_count_counts_a_whole_module_with_its_bias_and_none_without_shapes():
     from spectrum_llm.params import scan_param_count
 
-    weight = ModuleScore(name="model.layers.0.mlp.down_proj", type="mlp.down_proj", layer=0, shape=[4, 8], snr=1.0,
-                         param="model.layers.0.mlp.down_proj.weight", numel=32)
-    bias = ModuleScore(name="model.layers.0.mlp.down_proj.bias", type="mlp.down_proj.bias", layer=0, shape=[4],
-                       snr=None, kind="bias", param="model.layers.0.mlp.down_proj.bias", numel=4)
-    other = ModuleScore(name="model.layers.0.mlp.up_proj", type="mlp.up_proj", layer=0, shape=[8, 4], snr=1.0,
-                        param="model.layers.0.mlp.up_proj.weight", numel=32)
+    weight = ModuleScore(
+        name="model.layers.0.mlp.down_proj",
+        type="mlp.down_proj",
+        layer=0,
+        shape=[4, 8],
+        snr=1.0,
+        param="model.layers.0.mlp.down_proj.weight",
+        numel=32,
+    )
+    bias = ModuleScore(
+        name="model.layers.0.mlp.down_proj.bias",
+        type="mlp.down_proj.bias",
+        layer=0,
+        shape=[4],
+        snr=None,
+        kind="bias",
+        param="model.layers.0.mlp.down_proj.bias",
+        numel=4,
+    )
+    other = ModuleScore(
+        name="model.layers.0.mlp.up_proj",
+        type="mlp.up_proj",
+        layer=0,
+        shape=[8, 4],
+        snr=1.0,
+        param="model.layers.0.mlp.up_proj.weight",
+        numel=32,
+    )
     scan = ScanResult("m", "mp", [weight, bias, other])
     assert scan_param_count(scan, [weight.name]) == (36, 68)
     assert scan_param_count(scan, []) == (0, 68)

@@ -4,10 +4,9 @@ losses equal the uncached run's."""
 from __future__ import annotations
 
 import pytest
-
-from helpers_models import build_tiny_llama, write_cpt_data, write_sft_data
 from transformers import TrainerCallback
 
+from helpers_models import build_tiny_llama, write_cpt_data, write_sft_data
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.training import TrainConfig, train
 
@@ -29,14 +28,30 @@ def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("prefix")
     (root / "sel.txt").write_text("\n".join(TOP) + "\n")
     (root / "emb.txt").write_text("^model.embed_tokens.weight$\n" + "\n".join(TOP) + "\n")
-    return {"root": root, "model": build_tiny_llama(root / "m", dtype="float32", layers=4),
-            "sft": write_sft_data(root / "sft.jsonl", repeat=2), "cpt": write_cpt_data(root / "cpt.jsonl", repeat=2)}
+    return {
+        "root": root,
+        "model": build_tiny_llama(root / "m", dtype="float32", layers=4),
+        "sft": write_sft_data(root / "sft.jsonl", repeat=2),
+        "cpt": write_cpt_data(root / "cpt.jsonl", repeat=2),
+    }
 
 
 def _cfg(work, name, sel="sel.txt", **kw):
-    base = dict(model=str(work["model"]), data=str(work["sft"]), task="sft", output_dir=str(work["root"] / name),
-                seq_len=32, batch_size=2, epochs=2, learning_rate=1e-2, logging_steps=1, save_steps=1000,
-                lr_scheduler="constant", selection=str(work["root"] / sel), progress=False)
+    base = dict(
+        model=str(work["model"]),
+        data=str(work["sft"]),
+        task="sft",
+        output_dir=str(work["root"] / name),
+        seq_len=32,
+        batch_size=2,
+        epochs=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_steps=1000,
+        lr_scheduler="constant",
+        selection=str(work["root"] / sel),
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 

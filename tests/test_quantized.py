@@ -11,13 +11,27 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import spectrum_llm
+from helpers_quantized import (
+    fp8_block_llama,
+    fp8_block_quantize,
+    fp8_channel_llama,
+    gpt_oss_config,
+    gpt_oss_weights,
+    llama_config,
+    llama_weights,
+    mxfp4_gpt_oss,
+    mxfp4_quantize,
+    save_reference,
+)
 from spectrum_llm.checkpoint import open_checkpoint
-from spectrum_llm.quantized import (Float8Grid, MXFP4Blocks, QuantizedTensor, dequantize_fp8, dequantize_mxfp4,
-                                    e2m1_values)
-
-from helpers_quantized import (fp8_block_llama, fp8_block_quantize, fp8_channel_llama, gpt_oss_config,
-                               gpt_oss_weights, llama_config, llama_weights, mxfp4_gpt_oss, mxfp4_quantize,
-                               save_reference)
+from spectrum_llm.quantized import (
+    Float8Grid,
+    MXFP4Blocks,
+    QuantizedTensor,
+    dequantize_fp8,
+    dequantize_mxfp4,
+    e2m1_values,
+)
 
 
 def _fp8(shape, seed=0):
@@ -26,6 +40,7 @@ def _fp8(shape, seed=0):
 
 
 # ---- values, against transformers' own dequantizers --------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(576, 1000), (192, 576), (130, 129), (7, 300)])
 def test_fp8_block_with_partial_edge_blocks_matches_transformers(shape):
@@ -44,8 +59,9 @@ def test_fp8_block_divisible_matches_transformers_loader_op():
     assert torch.equal(dequantize_fp8(q, s, (128, 128)), ref)
 
 
-@pytest.mark.parametrize("scale_shape,block", [((), (96, 200)), ((1,), (96, 200)), ((96, 1), (1, 200)),
-                                               ((96, 5), (1, 40))])
+@pytest.mark.parametrize(
+    "scale_shape,block", [((), (96, 200)), ((1,), (96, 200)), ((96, 1), (1, 200)), ((96, 5), (1, 40))]
+)
 def test_fp8_tensor_channel_group_scales_are_the_broadcast_product(scale_shape, block):
     q = _fp8((96, 200))
     s = (torch.rand(scale_shape) + 0.01).to(torch.bfloat16)
@@ -94,6 +110,7 @@ def test_synthetic_checkpoints_load_in_transformers_to_our_values(tmp_path):
 
 # ---- the lazy tensor ----------------------------------------------------------------------------------------
 
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 300), st.integers(0, 300), st.integers(0, 200), st.integers(0, 200), st.booleans())
 def test_lazy_views_equal_slices_of_the_whole(a, b, c, d, transpose):
@@ -112,13 +129,16 @@ def test_lazy_tensor_acts_as_a_float32_tensor():
     lazy = QuantizedTensor(MXFP4Blocks(blocks, scales), (2, 96, 64), transposed=True)
     whole = dequantize_mxfp4(blocks, scales)
     assert lazy.shape == whole.shape and lazy.ndim == 3 and lazy.dtype == torch.float32
-    assert torch.equal(lazy[1].materialize(), whole[1]) and torch.equal(lazy[-1][3:9, 40:].materialize(), whole[1, 3:9, 40:])
+    assert torch.equal(lazy[1].materialize(), whole[1]) and torch.equal(
+        lazy[-1][3:9, 40:].materialize(), whole[1, 3:9, 40:]
+    )
     assert torch.equal(torch.isfinite(lazy), torch.isfinite(whole))
     assert torch.equal(torch.stack([lazy[0], lazy[1]]), whole)  # any torch function sees the values
     assert lazy[0].sum().item() == whole[0].sum().item() and lazy.narrow(1, 2, 5).shape == (2, 5, 96)
 
 
 # ---- scanning the three layouts -----------------------------------------------------------------------------
+
 
 def _llama_fp8(tmp):
     cfg = llama_config()
@@ -135,9 +155,11 @@ def _gpt_oss(tmp):
     return mxfp4_gpt_oss(tmp / "mxfp4", gpt_oss_weights(cfg), cfg)
 
 
-LAYOUTS = {"fp8-block": (_llama_fp8, "F8_E4M3", "fp8 block 128x128"),
-           "fp8-channel": (_llama_channel, "F8_E4M3", "fp8 per-channel"),
-           "mxfp4": (_gpt_oss, "MXFP4", "mxfp4")}
+LAYOUTS = {
+    "fp8-block": (_llama_fp8, "F8_E4M3", "fp8 block 128x128"),
+    "fp8-channel": (_llama_channel, "F8_E4M3", "fp8 per-channel"),
+    "mxfp4": (_gpt_oss, "MXFP4", "mxfp4"),
+}
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))
@@ -148,14 +170,17 @@ def layout(request, tmp_path_factory):
     folder, reference = build(tmp)
     fp32 = save_reference(tmp / "fp32", reference, json.loads((folder / "config.json").read_text()))
     scans = {"mp": (spectrum_llm.scan(folder, output=tmp / "scan.json"), spectrum_llm.scan(fp32))}
-    return dict(name=request.param, folder=folder, fp32=fp32, dtype=dtype, label=label, scans=scans,
-                scan_file=tmp / "scan.json")
+    return dict(
+        name=request.param, folder=folder, fp32=fp32, dtype=dtype, label=label, scans=scans, scan_file=tmp / "scan.json"
+    )
 
 
 @pytest.mark.parametrize("estimator", ["mp", "reference"])
 def test_scores_match_the_fp32_scan_of_the_same_weights(layout, estimator):
     if estimator not in layout["scans"]:
-        layout["scans"][estimator] = tuple(spectrum_llm.scan(layout[k], estimator=estimator) for k in ("folder", "fp32"))
+        layout["scans"][estimator] = tuple(
+            spectrum_llm.scan(layout[k], estimator=estimator) for k in ("folder", "fp32")
+        )
     quant, plain = ({m.name: m for m in r.modules} for r in layout["scans"][estimator])
     assert sorted(quant) == sorted(plain)
     scored = [n for n, m in plain.items() if m.ranked]
@@ -218,8 +243,10 @@ def test_select_freeze_and_report_on_a_quantized_scan(layout, tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any("scale" in n or "blocks" in n for n in trainable)
     if name == "mxfp4":
-        assert "model.layers.0.mlp.experts.gate_up_proj" in summary.partial or \
-            "model.layers.0.mlp.experts.down_proj" in summary.partial
+        assert (
+            "model.layers.0.mlp.experts.gate_up_proj" in summary.partial
+            or "model.layers.0.mlp.experts.down_proj" in summary.partial
+        )
     html = report(scan, selection=sel, output=tmp_path / "r.html").html.read_text()
     assert "dequantized to float32 from" in html
     from rich.console import Console
@@ -242,16 +269,22 @@ def test_module_spectrum_reads_a_quantized_module(tmp_path):
 
 # ---- formats we cannot read ---------------------------------------------------------------------------------
 
+
 def test_gptq_weights_are_skipped_naming_the_method_and_fix(tmp_path):
     g = torch.Generator().manual_seed(0)
-    w = {"model.layers.0.mlp.down_proj.weight": torch.randn(24, 40, generator=g),
-         "model.layers.0.self_attn.q_proj.qweight": torch.randint(0, 2**31 - 1, (8, 64), dtype=torch.int32),
-         "model.layers.0.self_attn.q_proj.qzeros": torch.zeros(1, 8, dtype=torch.int32),
-         "model.layers.0.self_attn.q_proj.scales": torch.ones(1, 64, dtype=torch.float16),
-         "model.layers.0.self_attn.q_proj.g_idx": torch.zeros(64, dtype=torch.int32)}
+    w = {
+        "model.layers.0.mlp.down_proj.weight": torch.randn(24, 40, generator=g),
+        "model.layers.0.self_attn.q_proj.qweight": torch.randint(0, 2**31 - 1, (8, 64), dtype=torch.int32),
+        "model.layers.0.self_attn.q_proj.qzeros": torch.zeros(1, 8, dtype=torch.int32),
+        "model.layers.0.self_attn.q_proj.scales": torch.ones(1, 64, dtype=torch.float16),
+        "model.layers.0.self_attn.q_proj.g_idx": torch.zeros(64, dtype=torch.int32),
+    }
     save_file(w, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
-        "quant_method": "gptq", "bits": 4, "group_size": 64}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 64}}
+        )
+    )
     mods = {m.name: m for m in spectrum_llm.scan(tmp_path).modules}
     assert set(mods) == {"model.layers.0.mlp.down_proj", "model.layers.0.self_attn.q_proj"}
     why = mods["model.layers.0.self_attn.q_proj"].skipped
@@ -259,13 +292,16 @@ def test_gptq_weights_are_skipped_naming_the_method_and_fix(tmp_path):
 
 
 def test_bitsandbytes_4bit_points_to_dequantize(tmp_path):
-    w = {"model.layers.0.mlp.up_proj.weight": torch.randint(0, 255, (512, 1), dtype=torch.uint8),
-         "model.layers.0.mlp.up_proj.weight.absmax": torch.ones(16),
-         "model.layers.0.mlp.up_proj.weight.quant_map": torch.ones(16),
-         "model.layers.0.mlp.up_proj.weight.quant_state.bitsandbytes__nf4": torch.zeros(40, dtype=torch.uint8)}
+    w = {
+        "model.layers.0.mlp.up_proj.weight": torch.randint(0, 255, (512, 1), dtype=torch.uint8),
+        "model.layers.0.mlp.up_proj.weight.absmax": torch.ones(16),
+        "model.layers.0.mlp.up_proj.weight.quant_map": torch.ones(16),
+        "model.layers.0.mlp.up_proj.weight.quant_state.bitsandbytes__nf4": torch.zeros(40, dtype=torch.uint8),
+    }
     save_file(w, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
-        "quant_method": "bitsandbytes", "load_in_4bit": True}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}})
+    )
     mods = spectrum_llm.scan(tmp_path).modules
     assert [m.name for m in mods] == ["model.layers.0.mlp.up_proj"]
     assert "bitsandbytes 4-bit" in mods[0].skipped and "model.dequantize()" in mods[0].skipped
@@ -273,8 +309,10 @@ def test_bitsandbytes_4bit_points_to_dequantize(tmp_path):
 
 def test_fp8_scale_grid_that_does_not_tile_the_weight_is_skipped(tmp_path):
     q, _ = fp8_block_quantize(torch.randn(300, 260))
-    save_file({"model.layers.0.mlp.up_proj.weight": q,
-               "model.layers.0.mlp.up_proj.weight_scale_inv": torch.ones(4, 3)}, tmp_path / "model.safetensors")
+    save_file(
+        {"model.layers.0.mlp.up_proj.weight": q, "model.layers.0.mlp.up_proj.weight_scale_inv": torch.ones(4, 3)},
+        tmp_path / "model.safetensors",
+    )
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8"}}))
     [m] = spectrum_llm.scan(tmp_path).modules
     assert "does not tile" in m.skipped and "bf16" in m.skipped
@@ -284,12 +322,22 @@ def test_compressed_tensors_block_strategy_takes_its_block_from_the_config(tmp_p
     from transformers.integrations.finegrained_fp8 import _dequantize_fp8_weight
 
     q, s = fp8_block_quantize(torch.randn(300, 260), (64, 128))
-    save_file({"model.layers.0.mlp.up_proj.weight": q, "model.layers.0.mlp.up_proj.weight_scale": s.bfloat16()},
-              tmp_path / "model.safetensors")
+    save_file(
+        {"model.layers.0.mlp.up_proj.weight": q, "model.layers.0.mlp.up_proj.weight_scale": s.bfloat16()},
+        tmp_path / "model.safetensors",
+    )
     weights = {"num_bits": 8, "type": "float", "strategy": "block", "block_structure": [64, 128]}
-    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
-        "quant_method": "compressed-tensors", "format": "float-quantized",
-        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}}}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "quantization_config": {
+                    "quant_method": "compressed-tensors",
+                    "format": "float-quantized",
+                    "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}},
+                }
+            }
+        )
+    )
     ckpt = open_checkpoint(tmp_path)
     [info] = ckpt.tensors
     assert info.scheme.label == "fp8 block 64x128" and info.dequantizable

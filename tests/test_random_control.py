@@ -7,8 +7,8 @@ import json
 from collections import Counter
 
 import pytest
-from helpers_selection import LLAMA_TYPES, synthetic_scan
 
+from helpers_selection import LLAMA_TYPES, synthetic_scan
 from spectrum_llm.cli import main
 from spectrum_llm.depth import depth_bin
 from spectrum_llm.errors import SpectrumError

@@ -47,8 +47,18 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
         code = run_cli(argv)
         captured = capsys.readouterr()
         assert code == 0, f"spectrum {shlex.join(argv)}\n{captured.out}\n{captured.err}"
-    for name in ("scan.json", "sel.yaml", "sel10.yaml", "compat.yaml", "llama.yaml", "lora.json", "report.html",
-                 "heatmap.png", "spectrum.html", "diff.png"):
+    for name in (
+        "scan.json",
+        "sel.yaml",
+        "sel10.yaml",
+        "compat.yaml",
+        "llama.yaml",
+        "lora.json",
+        "report.html",
+        "heatmap.png",
+        "spectrum.html",
+        "diff.png",
+    ):
         assert (tmp_path / name).is_file(), name
 
 

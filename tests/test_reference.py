@@ -30,9 +30,25 @@ def test_reference_types_and_order():
     assert reference_type("model.layers.3.self_attn.q_proj") == "self_attn.q_proj"
     assert reference_type("model.layers.3.mlp.experts.7.w1") == "mlp.experts.7.w1"
     assert reference_type("model.embed_tokens") == "model.embed_tokens" and reference_type("lm_head") == "lm_head"
-    assert sort_types(["self_attn.q_proj", "model.norm", "lm_head", "mlp.up_proj", "input_layernorm", "mlp.down_proj",
-                       "model.embed_tokens"]) == ["input_layernorm", "lm_head", "mlp.down_proj", "mlp.up_proj",
-                                                  "model.embed_tokens", "model.norm", "self_attn.q_proj"]
+    assert sort_types(
+        [
+            "self_attn.q_proj",
+            "model.norm",
+            "lm_head",
+            "mlp.up_proj",
+            "input_layernorm",
+            "mlp.down_proj",
+            "model.embed_tokens",
+        ]
+    ) == [
+        "input_layernorm",
+        "lm_head",
+        "mlp.down_proj",
+        "mlp.up_proj",
+        "model.embed_tokens",
+        "model.norm",
+        "self_attn.q_proj",
+    ]
 
 
 def test_reference_json_has_its_entries_types_order_and_values(model_and_scan):
@@ -79,8 +95,11 @@ def test_builtin_model_is_named_by_its_hub_id():
     assert file_name(model_id(scan)) == "snr_results_HuggingFaceTB-SmolLM2-135M-Instruct.json"
 
 
-FLAT = [e for e in __import__("spectrum_llm.catalogue", fromlist=["builtin"]).builtin()
-        if e.problem is None and e.layout == "reference-flat"]
+FLAT = [
+    e
+    for e in __import__("spectrum_llm.catalogue", fromlist=["builtin"]).builtin()
+    if e.problem is None and e.layout == "reference-flat"
+]
 
 
 @pytest.mark.parametrize("entry", FLAT, ids=[e.name for e in FLAT])

@@ -1,12 +1,10 @@
-
 import pytest
 
+from helpers_report import assert_sane_png, synthetic_scan
 from spectrum_llm.cli import main
 from spectrum_llm.comparison import compare
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.results import ModuleScore, ScanResult
-
-from helpers_report import assert_sane_png, synthetic_scan
 
 BASE = "snr_results_meta-llama-Meta-Llama-3.1-8B.json"
 INSTRUCT = "snr_results_meta-llama-Meta-Llama-3.1-8B-Instruct.json"
@@ -92,8 +90,9 @@ def test_compare_masks_inf_differences():
 
 
 def test_compare_cli_table_and_png(reference_dir, tmp_path, capsys):
-    code, out, err = _run(capsys, "compare", reference_dir / BASE, reference_dir / INSTRUCT, "-n", "4",
-                          "-o", tmp_path / "d.png")
+    code, out, err = _run(
+        capsys, "compare", reference_dir / BASE, reference_dir / INSTRUCT, "-n", "4", "-o", tmp_path / "d.png"
+    )
     assert code == 0 and "model.layers.3.self_attn.v_proj" in out and "+2.34%" in out
     assert_sane_png(tmp_path / "d.png")
 
@@ -108,9 +107,17 @@ def test_compare_cli_mismatch_exits_2(reference_dir, capsys):
 
 def test_report_cli_writes_html_and_png(reference_dir, tmp_path, capsys):
     stem = INSTRUCT.removesuffix(".json")
-    code, _, err = _run(capsys, "report", reference_dir / INSTRUCT, "--selection",
-                        reference_dir / f"{stem}_unfrozenparameters_50percent.yaml", "-o", tmp_path / "r.html",
-                        "--png", tmp_path / "h.png")
+    code, _, err = _run(
+        capsys,
+        "report",
+        reference_dir / INSTRUCT,
+        "--selection",
+        reference_dir / f"{stem}_unfrozenparameters_50percent.yaml",
+        "-o",
+        tmp_path / "r.html",
+        "--png",
+        tmp_path / "h.png",
+    )
     assert code == 0, err
     assert_sane_png(tmp_path / "h.png")
     html = (tmp_path / "r.html").read_text()
@@ -122,8 +129,11 @@ def test_report_cli_writes_html_and_png(reference_dir, tmp_path, capsys):
 
 
 def test_report_cli_module_without_model_exits_2(tmp_path, capsys):
-    scan = ScanResult("m", "mp", [ModuleScore(name="model.layers.0.mlp.down_proj", type="mlp.down_proj", layer=0,
-                                              shape=[4, 4], snr=1.0)])
+    scan = ScanResult(
+        "m",
+        "mp",
+        [ModuleScore(name="model.layers.0.mlp.down_proj", type="mlp.down_proj", layer=0, shape=[4, 4], snr=1.0)],
+    )
     path = scan.save(tmp_path / "scan.json")
     code, _, err = _run(capsys, "report", path, "--module", "model.layers.0.mlp.down_proj", "-o", tmp_path / "r.html")
     assert code == 2 and "--model" in err

@@ -4,10 +4,10 @@ the top, and --min-layer narrows every rule; bad input is one error line."""
 from __future__ import annotations
 
 import pytest
-from helpers_selection import LLAMA_TYPES, synthetic_scan
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers_selection import LLAMA_TYPES, synthetic_scan
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.selection import select
 
@@ -15,8 +15,9 @@ TYPES = ("self_attn.q_proj", "mlp.up_proj")
 
 
 def _scan(layers: int = 8, numel: int | dict[str, int] = 100):
-    return synthetic_scan({t: [float((3 * i + 5 * j) % 7) for i in range(layers)] for j, t in enumerate(TYPES)},
-                          numel=numel)
+    return synthetic_scan(
+        {t: [float((3 * i + 5 * j) % 7) for i in range(layers)] for j, t in enumerate(TYPES)}, numel=numel
+    )
 
 
 def _layers(sel) -> set[int]:
@@ -93,7 +94,8 @@ def test_min_layer_excludes_the_lower_layers_under_every_rule(options):
 def test_min_layer_ranks_by_score_inside_the_window():
     scan = synthetic_scan({"mlp.up_proj": [9.0, 8.0, 1.0, 2.0, 3.0, 4.0]})
     assert select(scan, top_percent=50, min_layer=2).modules == [
-        "model.layers.5.mlp.up_proj", "model.layers.4.mlp.up_proj"
+        "model.layers.5.mlp.up_proj",
+        "model.layers.4.mlp.up_proj",
     ]
 
 

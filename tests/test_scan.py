@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spectrum_llm
-from spectrum_llm import scan_cpu, scanning as scan_mod
+from conftest import save_model, tiny_llama
+from spectrum_llm import scan_cpu
+from spectrum_llm import scanning as scan_mod
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.scan_files import load_scan
-
-from conftest import save_model, tiny_llama
 from test_estimators import direct_reference
 
 
@@ -28,8 +28,13 @@ def test_reference_scan_matches_the_formula_for_every_module(llama_dir, tmp_path
 def test_llama_names_types_layers_and_kinds(llama_dir):
     by_name = {m.name: m for m in spectrum_llm.scan(llama_dir).modules}
     q = by_name["model.layers.1.self_attn.q_proj"]
-    assert (q.type, q.layer, q.kind, q.shape, q.param) == ("self_attn.q_proj", 1, "linear", [64, 64],
-                                                            "model.layers.1.self_attn.q_proj.weight")
+    assert (q.type, q.layer, q.kind, q.shape, q.param) == (
+        "self_attn.q_proj",
+        1,
+        "linear",
+        [64, 64],
+        "model.layers.1.self_attn.q_proj.weight",
+    )
     assert by_name["model.embed_tokens"].kind == "embedding"
     assert by_name["lm_head"].kind == "lm_head"
     norm = by_name["model.layers.0.input_layernorm"]
@@ -170,9 +175,13 @@ def test_in_memory_model_reports_offloaded_parameters_as_skipped():
 
 
 def test_dtype_conversion_is_per_tensor(tmp_path):
-    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(32, 48, dtype=torch.float16),
-               "model.layers.0.mlp.down_proj.weight": torch.randn(48, 32, dtype=torch.bfloat16)},
-              tmp_path / "model.safetensors")
+    save_file(
+        {
+            "model.layers.0.mlp.up_proj.weight": torch.randn(32, 48, dtype=torch.float16),
+            "model.layers.0.mlp.down_proj.weight": torch.randn(48, 32, dtype=torch.bfloat16),
+        },
+        tmp_path / "model.safetensors",
+    )
     assert all(m.ranked for m in spectrum_llm.scan(tmp_path).modules)
 
 
@@ -213,8 +222,10 @@ def test_a_converted_folder_finds_the_scan_of_its_gguf(llama_dir, tmp_path, monk
     writer.close()
     source = spectrum_llm.scan(tmp_path / "m.gguf")
     folder = tmp_path / "converted"
-    save_file({"model.layers.0.self_attn.q_proj.weight": torch.from_numpy(q).bfloat16()},
-              folder.mkdir() or folder / "model.safetensors")
+    save_file(
+        {"model.layers.0.self_attn.q_proj.weight": torch.from_numpy(q).bfloat16()},
+        folder.mkdir() or folder / "model.safetensors",
+    )
     (folder / cache.SOURCE_FILE).write_text(json.dumps({"fingerprint": source.fingerprint}))
     _no_scoring(monkeypatch)
     assert spectrum_llm.scan(folder).modules == source.modules
@@ -240,12 +251,16 @@ def test_cli_says_how_many_were_scored_and_skipped(llama_dir, tmp_path, capsys):
 def test_one_module_is_read_again_as_the_scan_cut_it(tmp_path):
     torch.manual_seed(0)
     experts, qkv = torch.randn(3, 16, 24), torch.randn(48, 16)
-    save_file({"model.layers.0.mlp.experts.down_proj": experts, "model.layers.0.self_attn.qkv_proj.weight": qkv},
-              tmp_path / "model.safetensors")
+    save_file(
+        {"model.layers.0.mlp.experts.down_proj": experts, "model.layers.0.self_attn.qkv_proj.weight": qkv},
+        tmp_path / "model.safetensors",
+    )
     (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 2, "hidden_size": 16}))
     by_name = {m.name: m for m in spectrum_llm.scan(tmp_path, resume=False).modules}
-    for name, w in (("model.layers.0.mlp.experts.1.down_proj", experts[1]),
-                    ("model.layers.0.self_attn.qkv_proj.k", qkv[16:32])):
+    for name, w in (
+        ("model.layers.0.mlp.experts.1.down_proj", experts[1]),
+        ("model.layers.0.self_attn.qkv_proj.k", qkv[16:32]),
+    ):
         shape, s = scan_mod.module_singular_values(tmp_path, by_name[name], "mp")
         assert shape == tuple(w.shape)
         np.testing.assert_allclose(s.numpy(), torch.linalg.svdvals(w.double()).numpy(), rtol=1e-6)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from spectrum_llm import spectra
-from spectrum_llm.scan_plan import finite
 from spectrum_llm.checkpoint import open_checkpoint
 from spectrum_llm.errors import SpectrumError
+from spectrum_llm.scan_plan import finite
 
 
 def test_eigensolver_runs_on_one_thread_on_few_cores_and_restores_the_count(monkeypatch):

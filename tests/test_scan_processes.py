@@ -20,8 +20,22 @@ pytestmark = pytest.mark.slow  # torchrun ranks and a killed-and-resumed scan, e
 def test_two_process_scan_matches_one_process(llama_dir, tmp_path, free_port):
     out = tmp_path / "dist.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
-           "-m", "spectrum_llm", "scan", str(llama_dir), "-o", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port),
+        "-m",
+        "spectrum_llm",
+        "scan",
+        str(llama_dir),
+        "-o",
+        str(out),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     merged = load_scan(out)
@@ -32,13 +46,19 @@ def test_two_process_scan_matches_one_process(llama_dir, tmp_path, free_port):
 
 def test_scan_killed_with_sigkill_resumes(tmp_path):
     g = torch.Generator().manual_seed(0)
-    save_file({f"model.layers.{i}.mlp.up_proj.weight": torch.randn(384, 768, generator=g) for i in range(40)},
-              tmp_path / "model.safetensors")
+    save_file(
+        {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(384, 768, generator=g) for i in range(40)},
+        tmp_path / "model.safetensors",
+    )
     out = tmp_path / "scan.json"
     journal = tmp_path / "scan.json.partial"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "spectrum_llm", "scan", str(tmp_path), "-o", str(out),
-                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spectrum_llm", "scan", str(tmp_path), "-o", str(out), "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if journal.exists() and len(journal.read_text().splitlines()) >= 4:

@@ -37,10 +37,14 @@ def test_staged_scan_equals_the_plain_scan(llama_dir, staged, estimator, monkeyp
 
 def test_staged_scan_of_experts_and_fused_projections(tmp_path, staged, monkeypatch):
     g = torch.Generator().manual_seed(0)
-    save_file({"model.layers.0.mlp.experts.gate_up_proj": torch.randn(4, 32, 16, generator=g),
-               "model.layers.0.self_attn.qkv_proj.weight": torch.randn(48, 16, generator=g),
-               "model.layers.0.mlp.experts.down_proj": torch.randn(4, 16, 16, generator=g)},
-              tmp_path / "model.safetensors")
+    save_file(
+        {
+            "model.layers.0.mlp.experts.gate_up_proj": torch.randn(4, 32, 16, generator=g),
+            "model.layers.0.self_attn.qkv_proj.weight": torch.randn(48, 16, generator=g),
+            "model.layers.0.mlp.experts.down_proj": torch.randn(4, 16, 16, generator=g),
+        },
+        tmp_path / "model.safetensors",
+    )
     (tmp_path / "config.json").write_text('{"num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 16}')
     a = spectrum_llm.scan(tmp_path, estimator="reference")
     assert sum(m.expert is not None for m in a.modules) == 8 and sum(m.part is not None for m in a.modules) == 3

@@ -19,14 +19,25 @@ from spectrum_llm.selection import select
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("score")
-    return {"root": root, "model": build_tiny_llama(root / "m", dtype="float32"), "sft": write_sft_data(root / "sft.jsonl")}
+    return {
+        "root": root,
+        "model": build_tiny_llama(root / "m", dtype="float32"),
+        "sft": write_sft_data(root / "sft.jsonl"),
+    }
 
 
 @pytest.fixture(scope="module")
 def scores(work):
     out = work["root"] / "scores.json"
-    cfg = ScoreConfig(model=str(work["model"]), data=str(work["sft"]), task="sft", batches=3, batch_size=2, seq_len=32,
-                      output=str(out))
+    cfg = ScoreConfig(
+        model=str(work["model"]),
+        data=str(work["sft"]),
+        task="sft",
+        batches=3,
+        batch_size=2,
+        seq_len=32,
+        output=str(out),
+    )
     return score_modules(cfg), out
 
 
@@ -47,8 +58,9 @@ def test_scores_are_the_relative_squared_gradient(scores):
 
 
 def test_scores_are_deterministic_for_fixed_data_and_seed(work, scores):
-    again = score_modules(ScoreConfig(model=str(work["model"]), data=str(work["sft"]), task="sft", batches=3,
-                                      batch_size=2, seq_len=32))
+    again = score_modules(
+        ScoreConfig(model=str(work["model"]), data=str(work["sft"]), task="sft", batches=3, batch_size=2, seq_len=32)
+    )
     assert {m.name: m.snr for m in again.modules} == {m.name: m.snr for m in scores[0].modules}
 
 
@@ -58,7 +70,9 @@ def test_at_most_one_gradient_is_alive_and_none_is_left(work):
     model = AutoModelForCausalLM.from_pretrained(work["model"])
     alive: list[int] = []
     for p in model.parameters():  # registered first, so it runs before the scorer's hook frees the gradient
-        p.register_post_accumulate_grad_hook(lambda _p: alive.append(sum(q.grad is not None for q in model.parameters())))
+        p.register_post_accumulate_grad_hook(
+            lambda _p: alive.append(sum(q.grad is not None for q in model.parameters()))
+        )
     ids = torch.randint(0, 50, (2, 16))
     module_scores(model, [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}])
     assert alive and max(alive) == 1
@@ -94,8 +108,25 @@ def test_combined_scores_average_the_rank_percentiles(work, scores):
 
 def test_cli_score_then_select(work, tmp_path):
     out, sel = tmp_path / "s.json", tmp_path / "sel.json"
-    assert run_cli(["score", str(work["model"]), "--data", str(work["sft"]), "--task", "sft", "--batches", "2",
-                    "--seq-len", "32", "-o", str(out)]) == 0
+    assert (
+        run_cli(
+            [
+                "score",
+                str(work["model"]),
+                "--data",
+                str(work["sft"]),
+                "--task",
+                "sft",
+                "--batches",
+                "2",
+                "--seq-len",
+                "32",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["estimator"] == "grad"
     assert run_cli(["select", str(out), "--top-percent", "25", "-o", str(sel)]) == 0
     assert json.loads(sel.read_text())["estimator"] == "grad"

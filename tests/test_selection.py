@@ -54,8 +54,18 @@ def test_compat_ranks_inf_first():
 
 def test_default_selection_trains_embeddings_and_head_not_norms():
     scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0]})
-    scan.modules.append(ModuleScore(name="model.norm", type="norm", layer=None, shape=[10], snr=None, kind="norm",
-                                    param="model.norm.weight", numel=10))
+    scan.modules.append(
+        ModuleScore(
+            name="model.norm",
+            type="norm",
+            layer=None,
+            shape=[10],
+            snr=None,
+            kind="norm",
+            param="model.norm.weight",
+            numel=10,
+        )
+    )
     sel = select(scan, top_percent=50)
     assert sel.extras == ["^lm_head.weight$", "^model.embed_tokens.weight$"]
     assert sel.modules == ["model.layers.1.mlp.down_proj"]
@@ -77,8 +87,7 @@ def test_global_rule_refused_on_reference_scores():
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.integers(1, 500), min_size=2, max_size=12), frac=st.floats(0.05, 1.0),
-       data=st.data())
+@given(sizes=st.lists(st.integers(1, 500), min_size=2, max_size=12), frac=st.floats(0.05, 1.0), data=st.data())
 def test_budget_is_met_to_within_one_module(sizes, frac, data):
     types = LLAMA_TYPES[:3]
     scores = {t: [data.draw(st.floats(0, 10)) for _ in sizes] for t in types}
@@ -106,8 +115,10 @@ def test_budget_as_a_count_and_percentiles_rise_together():
     sel = select(scan, budget="500")  # 200 in extras, then one module of each type, then a third
     assert sel.trainable_params == 500
     assert [t.kept for t in sel.types.values()] == [2, 1]
-    assert sel.types["self_attn.q_proj"].modules == ["model.layers.3.self_attn.q_proj",
-                                                     "model.layers.2.self_attn.q_proj"]
+    assert sel.types["self_attn.q_proj"].modules == [
+        "model.layers.3.self_attn.q_proj",
+        "model.layers.2.self_attn.q_proj",
+    ]
 
 
 def test_budget_needs_parameter_counts(reference_dir):
@@ -124,29 +135,68 @@ def test_budget_smaller_than_embeddings_is_refused():
 def test_include_and_exclude_narrow_the_candidates():
     scan = synthetic_scan({"mlp.down_proj": [1.0, 2.0], "self_attn.q_proj": [3.0, 4.0]})
     assert select(scan, top_percent=100, include="self_attn").modules == [
-        "model.layers.1.self_attn.q_proj", "model.layers.0.self_attn.q_proj"]
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.0.self_attn.q_proj",
+    ]
     assert all("layers.0" not in m for m in select(scan, top_percent=100, exclude=r"layers\.0\.").modules)
 
 
 def test_fused_parts_become_row_ranges_and_never_double_with_the_whole():
-    whole = ModuleScore(name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0,
-                        shape=[9216, 3072], snr=1.0, kind="linear", param="model.layers.0.self_attn.qkv_proj.weight",
-                        numel=9216 * 3072)
-    parts = [ModuleScore(name=f"{whole.name}.{p}", type=f"self_attn.qkv_proj.{p}", layer=0, shape=[3072, 3072], snr=s,
-                         kind="linear", param=whole.param, part=p, rows=[i * 3072, (i + 1) * 3072], numel=3072 * 3072)
-             for i, (p, s) in enumerate(zip("qkv", (5.0, 1.0, 2.0)))]
+    whole = ModuleScore(
+        name="model.layers.0.self_attn.qkv_proj",
+        type="self_attn.qkv_proj",
+        layer=0,
+        shape=[9216, 3072],
+        snr=1.0,
+        kind="linear",
+        param="model.layers.0.self_attn.qkv_proj.weight",
+        numel=9216 * 3072,
+    )
+    parts = [
+        ModuleScore(
+            name=f"{whole.name}.{p}",
+            type=f"self_attn.qkv_proj.{p}",
+            layer=0,
+            shape=[3072, 3072],
+            snr=s,
+            kind="linear",
+            param=whole.param,
+            part=p,
+            rows=[i * 3072, (i + 1) * 3072],
+            numel=3072 * 3072,
+        )
+        for i, (p, s) in enumerate(zip("qkv", (5.0, 1.0, 2.0)))
+    ]
     scan = ScanResult("phi", "mp", [whole, *parts])
     assert select(scan, top_percent=100).modules == [whole.name]
     sel = select(scan, top_percent=100, parts=True, train_embeddings=False, train_lm_head=False)
-    assert sel.patterns == [f"^{whole.param}$[0:3072]", f"^{whole.param}$[3072:6144]",
-                            f"^{whole.param}$[6144:9216]"]
+    assert sel.patterns == [f"^{whole.param}$[0:3072]", f"^{whole.param}$[3072:6144]", f"^{whole.param}$[6144:9216]"]
 
 
 def test_candidates_are_the_linear_modules_in_scan_order_parts_replacing_their_wholes():
-    whole = ModuleScore(name="model.layers.0.self_attn.qkv_proj", type="self_attn.qkv_proj", layer=0, shape=[6, 2], snr=1.0, kind="linear",
-                        param="model.layers.0.self_attn.qkv_proj.weight")
-    parts = [ModuleScore(name=f"{whole.name}.{p}", type=f"self_attn.qkv_proj.{p}", layer=0, shape=[2, 2], snr=1.0, kind="linear", param=whole.param,
-                         part=p, rows=[2 * i, 2 * i + 2]) for i, p in enumerate("qkv")]
+    whole = ModuleScore(
+        name="model.layers.0.self_attn.qkv_proj",
+        type="self_attn.qkv_proj",
+        layer=0,
+        shape=[6, 2],
+        snr=1.0,
+        kind="linear",
+        param="model.layers.0.self_attn.qkv_proj.weight",
+    )
+    parts = [
+        ModuleScore(
+            name=f"{whole.name}.{p}",
+            type=f"self_attn.qkv_proj.{p}",
+            layer=0,
+            shape=[2, 2],
+            snr=1.0,
+            kind="linear",
+            param=whole.param,
+            part=p,
+            rows=[2 * i, 2 * i + 2],
+        )
+        for i, p in enumerate("qkv")
+    ]
     scan = synthetic_scan({"mlp.down_proj": [2.0, 1.0]})
     scan.modules += [whole, *parts]
     linear = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
@@ -156,16 +206,39 @@ def test_candidates_are_the_linear_modules_in_scan_order_parts_replacing_their_w
 
 def test_experts_of_a_3d_tensor_become_row_ranges():
     p = "model.layers.0.mlp.experts.gate_up_proj"
-    mods = [ModuleScore(name=f"model.layers.0.mlp.experts.{e}.gate_up_proj", type="mlp.experts.gate_up_proj", layer=0,
-                        shape=[8, 4], snr=float(e), kind="linear", param=p, expert=e, rows=[e, e + 1],
-                        numel=32) for e in range(4)]
+    mods = [
+        ModuleScore(
+            name=f"model.layers.0.mlp.experts.{e}.gate_up_proj",
+            type="mlp.experts.gate_up_proj",
+            layer=0,
+            shape=[8, 4],
+            snr=float(e),
+            kind="linear",
+            param=p,
+            expert=e,
+            rows=[e, e + 1],
+            numel=32,
+        )
+        for e in range(4)
+    ]
     sel = select(ScanResult("moe", "mp", mods), top_percent=50, train_embeddings=False, train_lm_head=False)
     assert sel.patterns == [f"^{p}$[3:4]", f"^{p}$[2:3]"]
 
 
 def test_column_parts_cannot_be_exported():
-    m = ModuleScore(name="h.0.attn.c_attn.q", type="attn.c_attn.q", layer=0, shape=[4, 4], snr=1.0, kind="linear",
-                    param="h.0.attn.c_attn.weight", part="q", rows=[0, 4], dim=1, numel=16)
+    m = ModuleScore(
+        name="h.0.attn.c_attn.q",
+        type="attn.c_attn.q",
+        layer=0,
+        shape=[4, 4],
+        snr=1.0,
+        kind="linear",
+        param="h.0.attn.c_attn.weight",
+        part="q",
+        rows=[0, 4],
+        dim=1,
+        numel=16,
+    )
     with pytest.raises(SpectrumError, match="dimension 0"):
         select(ScanResult("gpt2", "mp", [m]), top_percent=100, parts=True)
 
@@ -210,8 +283,17 @@ def test_load_selection_accepts_every_form(tmp_path):
     assert load_selection(tmp_path / "s.json").types["mlp.down_proj"].kept == 1
 
 
-@pytest.mark.parametrize("name,text", [("a.yaml", ""), ("b.yaml", "base_model: x\n"), ("c.json", '{"x": 1}'),
-                                       ("d.txt", "# nothing\n"), ("e.toml", "x"), ("f.yaml", "unfrozen_parameters: [\n")])
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("a.yaml", ""),
+        ("b.yaml", "base_model: x\n"),
+        ("c.json", '{"x": 1}'),
+        ("d.txt", "# nothing\n"),
+        ("e.toml", "x"),
+        ("f.yaml", "unfrozen_parameters: [\n"),
+    ],
+)
 def test_load_selection_rejects_empty_or_foreign_files(tmp_path, name, text):
     (tmp_path / name).write_text(text)
     with pytest.raises(SpectrumError):

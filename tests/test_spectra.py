@@ -1,6 +1,7 @@
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.spectra import singular_values

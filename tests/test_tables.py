@@ -2,16 +2,20 @@ import math
 
 import pytest
 
+from helpers_report import synthetic_scan
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.scan_files import load_scan
 from spectrum_llm.tables import format_score, top_modules
 
-from helpers_report import synthetic_scan
-
 
 def test_format_score_spells_out_infinity_and_missing():
-    assert [format_score(x) for x in (12.345678, math.inf, -math.inf, None, math.nan)] == \
-        ["12.35", "+inf", "-inf", "–", "–"]
+    assert [format_score(x) for x in (12.345678, math.inf, -math.inf, None, math.nan)] == [
+        "12.35",
+        "+inf",
+        "-inf",
+        "–",
+        "–",
+    ]
 
 
 def test_top_modules_sorted_high_to_low_inf_first_skipped_last():
@@ -25,7 +29,10 @@ def test_top_modules_sorted_high_to_low_inf_first_skipped_last():
 
 def test_top_and_type_filter():
     mods = top_modules(synthetic_scan(), top=2, type="mlp.experts.down_proj")
-    assert [m.name for m in mods] == ["model.layers.2.mlp.experts.3.down_proj", "model.layers.2.mlp.experts.2.down_proj"]
+    assert [m.name for m in mods] == [
+        "model.layers.2.mlp.experts.3.down_proj",
+        "model.layers.2.mlp.experts.2.down_proj",
+    ]
 
 
 def test_type_filter_matches_reference_per_expert_types(reference_dir):

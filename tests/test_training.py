@@ -25,14 +25,27 @@ from spectrum_llm.training import SUMMARY_FILE, TrainConfig, train
 pytestmark = pytest.mark.slow  # every test here trains (the torchrun ones in two processes)
 
 # the embeddings stay frozen here, so gradient checkpointing must still reach layer 0
-SELECTION = ["^model.layers.0.self_attn.q_proj.(weight|bias)$", "^model.layers.1.mlp.down_proj.(weight|bias)$",
-             "^model.norm.weight$"]
+SELECTION = [
+    "^model.layers.0.self_attn.q_proj.(weight|bias)$",
+    "^model.layers.1.mlp.down_proj.(weight|bias)$",
+    "^model.norm.weight$",
+]
 SELECTED = {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight"}
 
 
 def _cfg(model, data, out, **kw) -> TrainConfig:
-    base = dict(model=str(model), data=str(data), output_dir=str(out), seq_len=32, batch_size=4, max_steps=8,
-                learning_rate=1e-2, logging_steps=1, save_steps=100, lr_scheduler="constant")
+    base = dict(
+        model=str(model),
+        data=str(data),
+        output_dir=str(out),
+        seq_len=32,
+        batch_size=4,
+        max_steps=8,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_steps=100,
+        lr_scheduler="constant",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -41,33 +54,45 @@ def _changed(a: Path, b: Path) -> set[str]:
     assert x.keys() == y.keys()
     for k in x:
         assert x[k].dtype == y[k].dtype, k
-    return {k for k in x if not torch.equal(x[k].view(torch.uint8) if x[k].dtype == torch.bfloat16 else x[k],
-                                            y[k].view(torch.uint8) if y[k].dtype == torch.bfloat16 else y[k])}
+    return {
+        k
+        for k in x
+        if not torch.equal(
+            x[k].view(torch.uint8) if x[k].dtype == torch.bfloat16 else x[k],
+            y[k].view(torch.uint8) if y[k].dtype == torch.bfloat16 else y[k],
+        )
+    }
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     (root / "sel.txt").write_text("\n".join(SELECTION) + "\n")
-    return {"root": root, "bf16": build_tiny_llama(root / "bf16", dtype="bfloat16"),
-            "fp32": build_tiny_llama(root / "fp32", dtype="float32"),
-            "cpt": write_cpt_data(root / "cpt.jsonl"), "sft": write_sft_data(root / "sft.jsonl"),
-            "sel": root / "sel.txt"}
+    return {
+        "root": root,
+        "bf16": build_tiny_llama(root / "bf16", dtype="bfloat16"),
+        "fp32": build_tiny_llama(root / "fp32", dtype="float32"),
+        "cpt": write_cpt_data(root / "cpt.jsonl"),
+        "sft": write_sft_data(root / "sft.jsonl"),
+        "sel": root / "sel.txt",
+    }
 
 
 @pytest.fixture(scope="module")
 def cpt_run(work):
     out = work["root"] / "cpt-spectrum"
-    summary = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), gradient_checkpointing=True,
-                         eval_split=0.1))
+    summary = train(
+        _cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), gradient_checkpointing=True, eval_split=0.1)
+    )
     return summary, out
 
 
 @pytest.fixture(scope="module")
 def sft_run(work):
     out = work["root"] / "sft-spectrum"
-    summary = train(_cfg(work["fp32"], work["sft"], out, task="sft", top_percent=50,
-                         scan=str(work["root"] / "scan-fp32.json")))
+    summary = train(
+        _cfg(work["fp32"], work["sft"], out, task="sft", top_percent=50, scan=str(work["root"] / "scan-fp32.json"))
+    )
     return summary, out
 
 
@@ -130,25 +155,32 @@ def test_full_and_lora_run_on_the_same_data(work, method):
 
 def test_lora_on_a_selection_adapts_only_the_selected_modules(work):
     out = work["root"] / "cpt-lora-selection"
-    summary = train(_cfg(work["bf16"], work["cpt"], out, method="lora", selection=str(work["sel"]), max_steps=4,
-                         lora_rank=8))
+    summary = train(
+        _cfg(work["bf16"], work["cpt"], out, method="lora", selection=str(work["sel"]), max_steps=4, lora_rank=8)
+    )
     cfg = json.loads((out / "lora_config.json").read_text())
     assert sorted(cfg["target_modules"]) == ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
     assert set(cfg["rank_pattern"].values()) == {8}  # a .txt selection has no scores: every target gets --lora-rank
-    assert _changed(work["bf16"], out) == {"model.layers.0.self_attn.q_proj.weight",
-                                           "model.layers.1.mlp.down_proj.weight"}
+    assert _changed(work["bf16"], out) == {
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    }
     assert summary.trainable_params == 8 * (32 + 32) + 8 * (64 + 32)
 
 
 def test_resume_continues_from_the_last_checkpoint(work):
     out = work["root"] / "resume"
-    first = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, save_steps=2,
-                       keep_checkpoints=True))
+    first = train(
+        _cfg(
+            work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, save_steps=2, keep_checkpoints=True
+        )
+    )
     assert first.steps == 2 and (out / "checkpoint-2").is_dir()
     with pytest.raises(SpectrumError, match="--resume"):
         train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=4, save_steps=2))
-    second = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=4, save_steps=2,
-                        resume=True))
+    second = train(
+        _cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=4, save_steps=2, resume=True)
+    )
     assert second.resumed_from and second.resumed_from.endswith("checkpoint-2")
     assert second.steps == 4 and len(second.losses) == 4  # log history carries over from the checkpoint
 
@@ -160,26 +192,41 @@ def test_cli_reads_a_config_file_and_flags_win(work, tmp_path):
 
     out = tmp_path / "cli"
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(yaml.safe_dump({"model": str(work["bf16"]), "data": str(work["cpt"]), "output-dir": str(out),
-                                   "method": "full", "max_steps": 50, "seq_len": 32, "batch_size": 4}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(work["bf16"]),
+                "data": str(work["cpt"]),
+                "output-dir": str(out),
+                "method": "full",
+                "max_steps": 50,
+                "seq_len": 32,
+                "batch_size": 4,
+            }
+        )
+    )
     try:
-        main(["train", "--config", str(cfg), "--max-steps", "1", "--selection", str(work["sel"]),
-              "--method", "spectrum"])
+        main(
+            ["train", "--config", str(cfg), "--max-steps", "1", "--selection", str(work["sel"]), "--method", "spectrum"]
+        )
     except SystemExit as e:  # typer exits 0 after a command
         assert not e.code
     data = json.loads((out / SUMMARY_FILE).read_text())
     assert data["steps"] == 1 and data["method"] == "spectrum"
 
 
-@pytest.mark.parametrize("case,match", [
-    ("missing-data", "does not exist"),
-    ("seq-len", "beyond .* maximum of 128"),
-    ("output-not-writable", "is a file, not a folder"),
-    ("no-space", "Not enough space"),
-    ("other-model-selection", "match no parameter"),
-    ("selection-with-full", "apply to --method spectrum"),
-    ("unknown-setting", "unknown setting"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing-data", "does not exist"),
+        ("seq-len", "beyond .* maximum of 128"),
+        ("output-not-writable", "is a file, not a folder"),
+        ("no-space", "Not enough space"),
+        ("other-model-selection", "match no parameter"),
+        ("selection-with-full", "apply to --method spectrum"),
+        ("unknown-setting", "unknown setting"),
+    ],
+)
 def test_bad_input_fails_before_training(work, tmp_path, monkeypatch, case, match):
     kw = {"selection": str(work["sel"])}
     data, out = work["cpt"], tmp_path / "out"
@@ -208,12 +255,31 @@ def test_bad_input_fails_before_training(work, tmp_path, monkeypatch, case, matc
 def test_two_process_cpu_run_keeps_ranks_identical_and_frozen_untouched(work, tmp_path, engine, free_port):
     out = tmp_path / engine
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port),
-                           str(Path(__file__).with_name("helpers_training_dist.py")), str(work["bf16"]),
-                           str(work["cpt"]), str(out), engine, str(work["sel"])],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path]),
+    }
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port),
+            str(Path(__file__).with_name("helpers_training_dist.py")),
+            str(work["bf16"]),
+            str(work["cpt"]),
+            str(out),
+            engine,
+            str(work["sel"]),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == 2 and r0["steps_checked"] == 3
@@ -254,8 +320,9 @@ def test_tied_embeddings_are_saved_once_like_the_input(tmp_path):
 
 def test_short_run_logs_the_last_steps_loss_and_keeps_no_checkpoint(work, tmp_path):
     out = tmp_path / "short"
-    summary = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, logging_steps=10,
-                         save_steps=1))
+    summary = train(
+        _cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=2, logging_steps=10, save_steps=1)
+    )
     assert summary.loss_steps == [2] and len(summary.losses) == 1
     data = json.loads((out / SUMMARY_FILE).read_text())
     assert data["losses"] == summary.losses and data["model"] == str(work["bf16"])
@@ -265,8 +332,11 @@ def test_short_run_logs_the_last_steps_loss_and_keeps_no_checkpoint(work, tmp_pa
 
 def test_keep_checkpoints_keeps_the_last_resumable_one(work, tmp_path):
     out = tmp_path / "kept"
-    summary = train(_cfg(work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=3, save_steps=1,
-                         keep_checkpoints=True))
+    summary = train(
+        _cfg(
+            work["bf16"], work["cpt"], out, selection=str(work["sel"]), max_steps=3, save_steps=1, keep_checkpoints=True
+        )
+    )
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"] == summary.checkpoints
     assert (out / "checkpoint-3" / "optimizer.pt").is_file()
 
@@ -282,8 +352,25 @@ def test_cli_train_is_quiet_one_bar_one_start_and_one_summary_line(work, tmp_pat
     from spectrum_llm.cli import main
 
     try:
-        main(["train", "--model", str(work["bf16"]), "--data", str(work["cpt"]), "-o", str(tmp_path / "q"),
-              "--seq-len", "32", "--max-steps", "3", "--logging-steps", "1", "--top-percent", "50"])
+        main(
+            [
+                "train",
+                "--model",
+                str(work["bf16"]),
+                "--data",
+                str(work["cpt"]),
+                "-o",
+                str(tmp_path / "q"),
+                "--seq-len",
+                "32",
+                "--max-steps",
+                "3",
+                "--logging-steps",
+                "1",
+                "--top-percent",
+                "50",
+            ]
+        )
     except SystemExit as e:
         assert not e.code
     cap = capsys.readouterr()
@@ -300,12 +387,23 @@ def test_cli_train_is_quiet_one_bar_one_start_and_one_summary_line(work, tmp_pat
 def test_embeddings_that_dominate_the_trainable_parameters_are_named(work, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="spectrum_llm"):
         train(_cfg(work["bf16"], work["cpt"], tmp_path / "e", top_percent=10, max_steps=1))
-    assert ("are embeddings/lm_head, which every selection trains; pass --no-train-embeddings --no-train-lm-head"
-            in caplog.text)
+    assert (
+        "are embeddings/lm_head, which every selection trains; pass --no-train-embeddings --no-train-lm-head"
+        in caplog.text
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="spectrum_llm"):
-        summary = train(_cfg(work["bf16"], work["cpt"], tmp_path / "n", top_percent=50, max_steps=1,
-                             train_embeddings=False, train_lm_head=False))
+        summary = train(
+            _cfg(
+                work["bf16"],
+                work["cpt"],
+                tmp_path / "n",
+                top_percent=50,
+                max_steps=1,
+                train_embeddings=False,
+                train_lm_head=False,
+            )
+        )
     assert "embeddings/lm_head" not in caplog.text
     selected = json.loads((tmp_path / "n" / "selection.json").read_text())
     assert selected["extras"] == [] and summary.trainable_params == selected["trainable_params"]
@@ -317,8 +415,9 @@ def test_select_and_train_count_a_tied_model_the_same_way(tmp_path):
     model = build_tiny_llama(tmp_path / "tied", dtype="float32", tie_word_embeddings=True)
     sel = spectrum_llm.select(spectrum_llm.scan(model), top_percent=50)
     assert sel.extras == ["^lm_head.weight$", "^model.embed_tokens.weight$"]
-    assert spectrum_llm.select(spectrum_llm.scan(model), top_percent=50, model=str(model)).total_params \
-        == sel.total_params
+    assert (
+        spectrum_llm.select(spectrum_llm.scan(model), top_percent=50, model=str(model)).total_params == sel.total_params
+    )
     summary = train(_cfg(model, write_cpt_data(tmp_path / "d.jsonl"), tmp_path / "out", top_percent=50, max_steps=1))
     assert (summary.trainable_params, summary.total_params) == (sel.trainable_params, sel.total_params)
     untied_head_only = spectrum_llm.select(spectrum_llm.scan(model), top_percent=50, train_embeddings=False)

@@ -33,8 +33,10 @@ def test_report_takes_a_catalogue_id(tmp_path):
 
 
 def test_report_of_a_hub_id_without_scan_says_how_to_scan_it(tmp_path, capsys):
-    for cmd in (["report", "HuggingFaceTB/SmolLM2-135M", "-o", str(tmp_path / "r.html")],
-                ["show", "HuggingFaceTB/SmolLM2-135M"]):
+    for cmd in (
+        ["report", "HuggingFaceTB/SmolLM2-135M", "-o", str(tmp_path / "r.html")],
+        ["show", "HuggingFaceTB/SmolLM2-135M"],
+    ):
         assert run_cli(cmd) == 2
         err = capsys.readouterr().err
         assert "spectrum scan HuggingFaceTB/SmolLM2-135M -o scan.json" in " ".join(err.split())

@@ -8,8 +8,13 @@ def test_catalogue_fits_80_columns(tmp_path, capsys, monkeypatch):
     assert run_cli(["catalogue"]) == 0
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 80
-    for needle in ("meta-llama-Meta-Llama-3.1-8B-Instruct", "QuixiAI/spectrum", "axolotl", "defective:",
-                   "the file is empty"):
+    for needle in (
+        "meta-llama-Meta-Llama-3.1-8B-Instruct",
+        "QuixiAI/spectrum",
+        "axolotl",
+        "defective:",
+        "the file is empty",
+    ):
         assert needle in out
 
 
