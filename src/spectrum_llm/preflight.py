@@ -28,13 +28,10 @@ from .axolotl import AxolotlPattern, pattern_module
 from .backward import layer_count
 from .errors import SpectrumError, require
 from .freezing import freeze
-from .lowbit_memory import lowbit_estimates
+from .memory import ADAMW_STATES, BYTES, MemoryEstimate, lowbit_estimates
 from .models import from_config, tied_aliases
 from .selection import Selection, load_selection
 from .selection_text import backward_text
-
-_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
-_ADAMW_STATES = 2
 
 
 @dataclass
@@ -44,28 +41,6 @@ class PatternReport:
     params: int
     mapped: str | None = None
     note: str | None = None
-
-
-@dataclass
-class MemoryEstimate:
-    """Training memory of one method, in bytes, by dtype; activations per token of batch x sequence."""
-
-    method: str
-    trainable_params: int
-    weights: dict[str, int]
-    gradients: dict[str, int]
-    optimizer: dict[str, int]
-    activations_per_token: int | None = None
-
-    @property
-    def static_bytes(self) -> int:
-        return sum(self.weights.values()) + sum(self.gradients.values()) + sum(self.optimizer.values())
-
-    def total_bytes(self, tokens: int) -> int | None:
-        """Weights, gradients and AdamW states plus activations for ``tokens`` = batch x sequence."""
-        if self.activations_per_token is None:
-            return None
-        return self.static_bytes + self.activations_per_token * tokens
 
 
 @dataclass
@@ -208,7 +183,7 @@ def _config(model: Any):
 def _dtype_name(config, fallback: str | None) -> str:
     d = getattr(config, "dtype", None) or fallback or "float32"
     name = str(d).removeprefix("torch.")
-    return name if name in _BYTES else "float32"
+    return name if name in BYTES else "float32"
 
 
 def meta_model(config):
@@ -249,9 +224,9 @@ def _missing_modules(sel: Selection, names: set[str], mapped: dict[str, str]) ->
 def _memory(method: str, params: dict[str, int], trainable: set[str], dtype: str, act: int | None) -> MemoryEstimate:
     frozen = sum(n for k, n in params.items() if k not in trainable)
     train = sum(n for k, n in params.items() if k in trainable)
-    weights = {dtype: frozen * _BYTES[dtype]}
+    weights = {dtype: frozen * BYTES[dtype]}
     weights["float32"] = weights.get("float32", 0) + train * 4
-    return MemoryEstimate(method, train, weights, {"float32": train * 4}, {"float32": train * 4 * _ADAMW_STATES}, act)
+    return MemoryEstimate(method, train, weights, {"float32": train * 4}, {"float32": train * 4 * ADAMW_STATES}, act)
 
 
 def check(
@@ -279,12 +254,12 @@ def check(
     sel = load_selection(selection)
     config, fallback = _config(model)
     dtype = dtype or _dtype_name(config, fallback)
-    if dtype not in _BYTES:
-        raise SpectrumError(f"--dtype {dtype!r} is not one of {', '.join(_BYTES)}.")
+    if dtype not in BYTES:
+        raise SpectrumError(f"--dtype {dtype!r} is not one of {', '.join(BYTES)}.")
     meta = meta_model(config)
     params = {n: p.numel() for n, p in meta.named_parameters()}
     aliases = tied_aliases(meta)
-    scale = _BYTES[dtype] / 2 if dtype == "float32" else 1
+    scale = BYTES[dtype] / 2 if dtype == "float32" else 1
 
     for p in meta.parameters():
         p.requires_grad_(True)
@@ -363,9 +338,9 @@ def _lora_estimate(
     model = build(rank)
     adapter = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     act = int(activation_bytes(model, seq_len) * scale / seq_len) if activations else None
-    weights = {dtype: sum(params.values()) * _BYTES[dtype]}
+    weights = {dtype: sum(params.values()) * BYTES[dtype]}
     weights["float32"] = weights.get("float32", 0) + sum(adapter.values()) * 4
     n = sum(adapter.values())
     return MemoryEstimate(
-        f"LoRA r={rank} (all-linear)", n, weights, {"float32": n * 4}, {"float32": n * 4 * _ADAMW_STATES}, act
+        f"LoRA r={rank} (all-linear)", n, weights, {"float32": n * 4}, {"float32": n * 4 * ADAMW_STATES}, act
     )

@@ -1,4 +1,5 @@
-"""Memory of a low-bit frozen base, for `spectrum check`: the frozen linear weights in int8 or NF4, and QLoRA.
+"""Training memory, for `spectrum check`: weights, gradients and AdamW states by dtype (``MemoryEstimate``), and
+the memory of a low-bit frozen base: the frozen linear weights in int8 or NF4, and QLoRA.
 
 Counted as bitsandbytes stores them (``training/lowbit.py`` swaps the modules): NF4 is 4 bits a weight plus one
 absmax per 64-weight block, double-quantized to 8 bits with an fp32 scale per 256 blocks (0.516 bytes a weight);
@@ -11,10 +12,34 @@ states in 2 bytes a parameter instead of 8). Pure arithmetic over the meta model
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:
-    from .preflight import MemoryEstimate
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+ADAMW_STATES = 2
+
+
+@dataclass
+class MemoryEstimate:
+    """Training memory of one method, in bytes, by dtype; activations per token of batch x sequence."""
+
+    method: str
+    trainable_params: int
+    weights: dict[str, int]
+    gradients: dict[str, int]
+    optimizer: dict[str, int]
+    activations_per_token: int | None = None
+
+    @property
+    def static_bytes(self) -> int:
+        return sum(self.weights.values()) + sum(self.gradients.values()) + sum(self.optimizer.values())
+
+    def total_bytes(self, tokens: int) -> int | None:
+        """Weights, gradients and AdamW states plus activations for ``tokens`` = batch x sequence."""
+        if self.activations_per_token is None:
+            return None
+        return self.static_bytes + self.activations_per_token * tokens
+
 
 NF4_BLOCK = 64
 NF4_BYTES = 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * 256)  # 4-bit codes, 8-bit absmax, fp32 second-level scales
@@ -65,15 +90,13 @@ def lowbit_estimates(
 ) -> list[MemoryEstimate]:
     """`spectrum check`'s rows: the selection with its frozen linear modules in int8 and in nf4
     (--frozen-precision), and QLoRA at the LoRA row's rank."""
-    from .preflight import _ADAMW_STATES, _BYTES, MemoryEstimate
-
     linears = linear_weights(meta)
     train = sum(n for k, n in params.items() if k in trained)
     out = []
     for precision in ("int8", "nf4"):
-        low, rest = frozen_base(precision, params, trained, linears, _BYTES[dtype])
+        low, rest = frozen_base(precision, params, trained, linears, BYTES[dtype])
         weights = {precision: low, dtype: rest, "float32": 4 * train}
-        grads, states = {"float32": 4 * train}, {"float32": 4 * train * _ADAMW_STATES}
+        grads, states = {"float32": 4 * train}, {"float32": 4 * train * ADAMW_STATES}
         out.append(MemoryEstimate(f"selection, {precision} base", train, weights, grads, states, act))
     if lora is not None:
         low, rest = qlora_base(params, linears)
