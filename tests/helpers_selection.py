@@ -89,3 +89,19 @@ def axolotl_unfrozen(named_parameters, patterns: list[str]) -> dict[str, list[tu
         if hit:
             out[name] = sorted(ranges) or None
     return out
+
+
+def module_table(layers: int = 4, types=(("self_attn.q_proj", (8, 8)), ("mlp.up_proj", (16, 8)))) -> list[dict]:
+    """Rows as the benchmarks' ``benchlib.module_table`` gives them: name, type, layer, shape, numel, pattern."""
+    return [
+        {
+            "name": f"model.layers.{i}.{t}",
+            "type": t,
+            "layer": i,
+            "shape": list(shape),
+            "numel": shape[0] * shape[1],
+            "pattern": f"^model.layers.{i}.{t}.(weight|bias)$",
+        }
+        for i in range(layers)
+        for t, shape in types
+    ]

@@ -5,21 +5,7 @@ import json
 import pytest
 
 from benchmarks import train as bench
-
-
-def _modules(layers=4, types=(("self_attn.q_proj", (8, 8)), ("mlp.up_proj", (16, 8)))):
-    return [
-        {
-            "name": f"model.layers.{i}.{t}",
-            "type": t,
-            "layer": i,
-            "shape": list(shape),
-            "numel": shape[0] * shape[1],
-            "pattern": f"^model.layers.{i}.{t}.(weight|bias)$",
-        }
-        for i in range(layers)
-        for t, shape in types
-    ]
+from helpers_selection import module_table
 
 
 def test_recover_json_items_stops_at_truncation():
@@ -53,7 +39,7 @@ def test_first_exchange_maps_roles_and_rejects_unusable_items():
 
 
 def test_random_patterns_keep_per_type_counts_and_vary_with_seed():
-    mods = _modules(layers=10)
+    mods = module_table(layers=10)
     kept = {"self_attn.q_proj": 2, "mlp.up_proj": 3}
     by_pattern = {m["pattern"]: m for m in mods}
     draws = []
@@ -69,7 +55,7 @@ def test_random_patterns_keep_per_type_counts_and_vary_with_seed():
 
 
 def test_top_layers_matches_budget_from_the_top():
-    mods = _modules(layers=4)  # each layer: 64 + 128 = 192 params
+    mods = module_table(layers=4)  # each layer: 64 + 128 = 192 params
     layers, pats, numel = bench.top_layers(mods, target_params=400)
     assert layers == [3, 2] and numel == 384
     assert all(".3." in p or ".2." in p for p in pats) and len(pats) == 4
@@ -77,6 +63,6 @@ def test_top_layers_matches_budget_from_the_top():
 
 
 def test_lora_rank_for_comparable_budget():
-    mods = _modules(layers=2)  # per rank: 2 * ((8 + 8) + (16 + 8)) = 80
+    mods = module_table(layers=2)  # per rank: 2 * ((8 + 8) + (16 + 8)) = 80
     assert bench.lora_rank_for(mods, 800) == (10, 800)
     assert bench.lora_rank_for(mods, 1) == (1, 80)

@@ -8,23 +8,7 @@ from hypothesis import strategies as st
 
 from benchmarks import benchlib, stats, study, study_arms, study_task
 from benchmarks import study_report as report
-
-
-def _modules(layers=4):
-    types = (("self_attn.q_proj", (8, 8)), ("mlp.up_proj", (16, 8)))
-    return [
-        {
-            "name": f"model.layers.{i}.{t}",
-            "type": t,
-            "layer": i,
-            "shape": list(shape),
-            "numel": shape[0] * shape[1],
-            "pattern": f"^model.layers.{i}.{t}.(weight|bias)$",
-        }
-        for i in range(layers)
-        for t, shape in types
-    ]
-
+from helpers_selection import module_table
 
 # ------------------------------------------------------------------------------------------ the task
 
@@ -71,7 +55,7 @@ def test_training_order_is_seeded():
 
 
 def test_random_draws_keep_the_per_type_counts_and_differ_by_seed():
-    mods = _modules(layers=8)
+    mods = module_table(layers=8)
     kept = {"self_attn.q_proj": 2, "mlp.up_proj": 3}
     draws = [benchlib.random_patterns(mods, kept, seed) for seed in range(5)]
     for d in draws:
@@ -81,7 +65,7 @@ def test_random_draws_keep_the_per_type_counts_and_differ_by_seed():
 
 
 def test_global_percent_reproduces_the_closest_budget():
-    mods = _modules(layers=4)  # q: 64 params each, up: 128 each; 8 modules
+    mods = module_table(layers=4)  # q: 64 params each, up: 128 each; 8 modules
     scores = {m["name"]: float(i) for i, m in enumerate(mods)}  # later modules score higher
     pct, numel = study_arms.matched_global_percent(mods, scores, target=300)
     k = int(len(mods) * pct / 100)
