@@ -241,3 +241,84 @@ def best_effect_for_runs(
             if best is None or e < best["effect"]:
                 best = {"effect": e, "pick_seeds": m, "draws": draws, "seeds": seeds, "runs": m + draws * seeds}
     return best
+
+
+# ------------------------------------------------------------------------------------------ seed-aware comparison
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A pick against random draws with every source of noise counted: its interval and a two-sided p."""
+
+    difference: Interval
+    p: float
+    pick_seeds: int
+    draws: int
+    runs: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {**self.difference.to_json(), "p": self.p, "pick_seeds": self.pick_seeds, "draws": self.draws}
+
+
+def _runs(x, n_items: int | None) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    a = a[None, :] if a.ndim == 1 else a
+    if a.ndim != 2 or a.shape[0] == 0 or (n_items is not None and a.shape[1] != n_items):
+        raise ValueError(f"every run needs one score per item ({n_items} items), got an array of shape {a.shape}")
+    return a
+
+
+def hierarchical_diff(
+    pick,
+    draws,
+    weights=None,
+    pick_seed_sd: float | None = None,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> Comparison:
+    """The pick's mean over its training seeds minus the mean over random draws (each over its seeds).
+
+    ``pick`` holds one row of per-item scores per training seed; ``draws`` one such array per random
+    draw. Scores are per item (1/0 exact match, or a block's loss sum with ``weights`` its token counts, so
+    a run's value is the token-weighted mean). The bootstrap resamples every level the result depends on:
+    the items (shared by all runs, so the comparison stays paired), the pick's seeds, the draws, and the
+    seeds within each draw. A pick that ran once has no seed spread of its own to resample: then
+    ``pick_seed_sd`` (the within-selection SD estimated elsewhere, in the score's units) must be given and is
+    added as normal noise, so that a single lucky run is not read as a property of the selection.
+    """
+    p = _runs(pick, None)
+    n = p.shape[1]
+    ds = [_runs(d, n) for d in draws]
+    if len(ds) < 2:
+        raise ValueError(f"hierarchical_diff needs at least 2 random draws, got {len(ds)}")
+    if p.shape[0] == 1 and pick_seed_sd is None:
+        raise ValueError("the pick ran once: pass pick_seed_sd (the within-selection SD) to count its seed noise")
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n,):
+        raise ValueError(f"weights need one value per item ({n}), got shape {w.shape}")
+
+    def value(runs: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return runs[:, items].sum(axis=1) / w[items].sum()
+
+    every = np.arange(n)
+    estimate = value(p, every).mean() - np.mean([value(d, every).mean() for d in ds])
+    rng = np.random.default_rng(seed)
+    samples = np.empty(n_boot)
+    for k in range(n_boot):
+        items = np.asarray(rng.integers(0, n, size=n))
+        mine = value(p[rng.integers(0, p.shape[0], size=p.shape[0])], items).mean()
+        if p.shape[0] == 1:
+            mine += rng.normal(0.0, float(pick_seed_sd or 0.0))
+        theirs = []
+        for i in rng.integers(0, len(ds), size=len(ds)):
+            d = ds[i]
+            theirs.append(value(d[rng.integers(0, d.shape[0], size=d.shape[0])], items).mean())
+        samples[k] = mine - np.mean(theirs)
+    p_two = float(min(1.0, 2 * min((samples <= 0).mean(), (samples >= 0).mean())))
+    return Comparison(
+        _percentiles(samples, float(estimate)),
+        p_two,
+        pick_seeds=p.shape[0],
+        draws=len(ds),
+        runs=p.shape[0] + sum(d.shape[0] for d in ds),
+    )

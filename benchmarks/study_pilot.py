@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.benchlib import module_table, random_patterns
-from benchmarks.stats import best_effect_for_runs, bootstrap_components, cheapest_design, variance_components
 from benchmarks.study_arms import MODES, Arm, Settings
+from benchmarks.study_primary import EARLY, analyse
+from benchmarks.study_primary import markdown as primary_markdown
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -168,14 +169,11 @@ def _final_loss(r: dict) -> float:
     return float(sum(tail) / len(tail))
 
 
-def pilot_statistics(p: Pilot, base: dict | None, rows: list[dict], first: list[dict]) -> dict[str, Any]:
-    """Variance decomposition of test exact match (points), convergence, and the main study's power."""
+def pilot_statistics(
+    p: Pilot, base: dict | None, rows: list[dict], first: list[dict], n_boot: int = 10_000
+) -> dict[str, Any]:
+    """The runs, convergence, and per primary metric the variance split, the comparison and the power."""
     pts = lambda r: 100 * r["test_exact_match"]  # noqa: E731
-    spec = sorted((r for r in rows if r["group"] == "pilot-spectrum25"), key=lambda r: r["data_seed"])
-    draws: dict[int, list[dict]] = {}
-    for r in rows:
-        if r["group"] == "pilot-random25":
-            draws.setdefault(r["selection_seed"], []).append(r)
     out: dict[str, Any] = {
         "operating_point": {"lr": p.lr, "steps": p.settings.steps, "eval_at": list(p.settings.eval_at)},
         "runs": [
@@ -187,6 +185,7 @@ def pilot_statistics(p: Pilot, base: dict | None, rows: list[dict], first: list[
                 "seen_exact_match": r["seen_exact_match"],
                 "final_train_loss": _final_loss(r),
                 "general_loss_change": r["general_loss"] - base["general_loss"] if base else None,
+                "general_loss_base": base["general_loss"] if base else None,
                 "chat_loss_change": r["chat_loss"] - base["chat_loss"] if base else None,
                 "wall_s": r.get("wall_s"),
                 "checkpoints": {
@@ -201,49 +200,10 @@ def pilot_statistics(p: Pilot, base: dict | None, rows: list[dict], first: list[
     out["stored_runs"] = len(rows)
     out["converged_share"] = float(np.mean([r["seen_exact_match"] >= 0.95 for r in rows])) if rows else None
     out["rho_test_em_vs_final_loss"] = _spearman([pts(r) for r in rows], [_final_loss(r) for r in rows])
-    groups = [[pts(r) for r in g] for g in draws.values() if g]
-    if spec:
-        out["spectrum_mean"] = float(np.mean([pts(r) for r in spec]))
-        out["spectrum_sd_seeds"] = float(np.std([pts(r) for r in spec], ddof=1)) if len(spec) > 1 else None
-    if groups:
-        out["random_mean"] = float(np.mean([x for g in groups for x in g]))
-    comp = None
-    if len(groups) >= 2 and any(len(g) >= 2 for g in groups):
-        comp = variance_components(groups)
-        ci = bootstrap_components(groups)
-        out["components_random"] = {**comp, **{k: v.to_json() for k, v in ci.items()}}
-    every = groups + ([[pts(r) for r in spec]] if spec else [])
-    if len(every) >= 2 and any(len(g) >= 2 for g in every):
-        out["components_all_selections"] = variance_components(every)  # Spectrum's pick as one more group
     out["first_study_sd"] = {
         f"{g}@{lr:g}": float(np.std(v, ddof=1)) for (g, lr), v in _first_groups(first).items() if len(v) > 1
     }
-    if comp is not None:
-        s2w = out.get("components_all_selections", comp)["sigma2_within"]  # pooled over every selection
-        out["single_run_sd_random"] = float(np.sqrt(comp["sigma2_between"] + comp["sigma2_within"]))
-        walls = [r["wall_s"] for r in rows if r.get("wall_s")]
-        budget_runs = int(p.budget_hours * 3600 / float(np.median(walls))) if walls else None
-        power: dict[str, Any] = {
-            "effect_points": 100 * p.effect,
-            "alpha": 0.05,
-            "power": 0.8,
-            "sigma2_within": s2w,
-            "budget_runs": budget_runs,
-            "scenarios": {},
-        }
-        for label, sd_b in (
-            ("point", np.sqrt(comp["sigma2_between"])),
-            ("upper", out["components_random"]["sd_between"]["high"]),
-        ):
-            if not np.isfinite(sd_b):
-                continue
-            s2b = float(sd_b) ** 2
-            power["scenarios"][label] = {
-                "sd_between": float(sd_b),
-                "cheapest_design": cheapest_design(s2b, s2w, 100 * p.effect),
-                "best_for_budget": best_effect_for_runs(s2b, s2w, budget_runs) if budget_runs else None,
-            }
-        out["power"] = power
+    out["primary"] = analyse(rows, "pilot-spectrum25", "pilot-random25", p.budget_hours, n_boot)
     return out
 
 
@@ -263,17 +223,22 @@ def markdown(st: dict[str, Any]) -> str:
     lines = [f"{n} of {want} pilot runs stored" + (" (partial: the pilot is still running)." if n < want else ".")]
     lines += [
         "",
-        "| run | selection seed | data seed | test EM | seen EM | final train loss | general loss change |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| run | selection seed | data seed | test EM @{EARLY} | test EM | seen EM | final train loss "
+        f"| general loss change @{EARLY} | at the end |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(
         st["runs"], key=lambda r: (r["selection_seed"] is not None, r["selection_seed"] or 0, r["data_seed"])
     ):
-        g = r["general_loss_change"]
+        g, early = r["general_loss_change"], r["checkpoints"].get(EARLY)
+        g_early = None if early is None or g is None else early["general_loss"] - r["general_loss_base"]
+        em_early = "-" if early is None else f"{100 * early['test_exact_match']:.1f}%"
         lines.append(
             f"| {r['name']} | {r['selection_seed'] if r['selection_seed'] is not None else '-'} | "
-            f"{r['data_seed']} | {100 * r['test_exact_match']:.1f}% | {100 * r['seen_exact_match']:.1f}% | "
-            f"{r['final_train_loss']:.3f} | {'-' if g is None else f'{g:+.2f}'} |"
+            f"{r['data_seed']} | {em_early} | "
+            f"{100 * r['test_exact_match']:.1f}% | {100 * r['seen_exact_match']:.1f}% | "
+            f"{r['final_train_loss']:.3f} | {'-' if g_early is None else f'{g_early:+.2f}'} | "
+            f"{'-' if g is None else f'{g:+.2f}'} |"
         )
     lines.append("")
     if st.get("converged_share") is not None:
@@ -281,47 +246,13 @@ def markdown(st: dict[str, Any]) -> str:
             f"- Converged (seen EM >= 95%): {100 * st['converged_share']:.0f}% of runs; Spearman rho of "
             f"test EM against final training loss: {st['rho_test_em_vs_final_loss']}."
         )
-    if "spectrum_mean" in st:
-        sd = st.get("spectrum_sd_seeds")
-        lines.append(
-            f"- Spectrum-25 over its seeds: mean {st['spectrum_mean']:.1f}%"
-            + (f", SD {sd:.1f} points." if sd is not None else ".")
-        )
-    c = st.get("components_random")
-    if c:
-        lines.append(
-            f"- Random draws ({c['groups']} draws, {c['runs']} runs): between-selection SD "
-            f"{c['sd_between']['estimate']:.1f} points [95% CI {c['sd_between']['low']:.1f}, "
-            f"{c['sd_between']['high']:.1f}], within-selection (seed) SD {c['sd_within']['estimate']:.1f} "
-            f"[{c['sd_within']['low']:.1f}, {c['sd_within']['high']:.1f}]; one run of a random draw: SD "
-            f"{st['single_run_sd_random']:.1f} points."
-        )
     if st["first_study_sd"]:
         lines.append(
-            "- First study, one run per draw: SD "
+            "- First study, one run per draw (final test EM at 100 steps): SD "
             + ", ".join(f"{v:.1f} points ({k})" for k, v in st["first_study_sd"].items())
             + "."
         )
-    pw = st.get("power")
-    if pw:
-        for label, sc in pw["scenarios"].items():
-            d, b = sc["cheapest_design"], sc["best_for_budget"]
-            lines.append(
-                f"- Power ({label} between-selection SD {sc['sd_between']:.1f}, "
-                f"within {np.sqrt(pw['sigma2_within']):.1f}): "
-                + (
-                    f"a {pw['effect_points']:.0f}-point difference needs {d['runs']} runs "
-                    f"({d['pick_seeds']} pick seeds + {d['draws']} draws x {d['seeds']} seeds)"
-                    if d
-                    else f"no design within the search limits detects {pw['effect_points']:.0f} points"
-                )
-                + (
-                    f"; {b['runs']} runs (the budget) detect {b['effect']:.1f} points at best "
-                    f"({b['pick_seeds']} + {b['draws']} x {b['seeds']})."
-                    if b
-                    else "."
-                )
-            )
+    lines += ["", *primary_markdown(st["primary"], "Spectrum-25")]
     return "\n".join(lines)
 
 

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.benchlib import pyplot, save_figure
-from benchmarks.stats import diff_to_population, empirical_p, paired_diff, rank_among, ratio_diff
+from benchmarks.stats import (
+    diff_to_population,
+    empirical_p,
+    hierarchical_diff,
+    paired_diff,
+    rank_among,
+    ratio_diff,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -64,10 +71,57 @@ def versus_random(arm: dict, draws: list[dict], base: dict) -> dict[str, Any]:
         "draws_general_loss": draw_gen,
         "rank_forgetting": rank_among(gen, draw_gen, higher_is_better=False),
         "p_forgetting": empirical_p(gen, draw_gen, higher_is_better=False),
+        "seed_counted": seed_counted(arm, draws) if len(draws) >= 2 else None,
         "test_loss": arm["test_loss"],
         "draws_test_loss": [d["test_loss"] for d in draws],
         "p_test_loss": empirical_p(arm["test_loss"], [d["test_loss"] for d in draws], higher_is_better=False),
     }
+
+
+def seed_counted(arm: dict, draws: list[dict], n_boot: int = 10_000) -> dict[str, Any]:
+    """The pick minus the draws' mean with the pick's own run-to-run noise counted (the first study's fix).
+
+    The pick ran once, so its seed spread is unknown; the draws' whole spread between runs (selection and
+    training order together, each draw run once) stands in for it. A typical pick's seed spread is part of
+    that spread, so this errs wide. Exact match in points, general-text loss in nats; "better"/"worse" only
+    where the interval excludes zero, as for every other comparison.
+    """
+    out: dict[str, Any] = {"pick_seed_sd_from": "the draws' SD between runs"}
+    em = np.stack([hits(d) for d in draws])
+    sd = float(np.std(em.mean(axis=1), ddof=1))
+    c = hierarchical_diff(hits(arm), list(em[:, None, :]), pick_seed_sd=sd, n_boot=n_boot)
+    out["exact_match"] = {**c.to_json(), "reading": _reading(c.difference, True)}
+    g = [np.asarray(d["eval"]["general"]["nll"], float) for d in draws]
+    tokens = np.asarray(arm["eval"]["general"]["tokens"], float)
+    sd_g = float(np.std([x.sum() / tokens.sum() for x in g], ddof=1))
+    c = hierarchical_diff(np.asarray(arm["eval"]["general"]["nll"], float), [x[None] for x in g], tokens, sd_g, n_boot)
+    out["general_loss"] = {**c.to_json(), "reading": _reading(c.difference, False)}
+    return out
+
+
+def _reading(iv, higher_is_better: bool) -> str:
+    if iv.excludes_zero:
+        return "better" if (iv.low > 0) == higher_is_better else "worse"
+    return "not shown"
+
+
+def distinct(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """The runs with one configuration each, and every duplicate's name -> the name of the run it repeats.
+
+    Two arms can resolve to the same configuration (the budget rule chose exactly Spectrum-25's modules):
+    the run key, a hash of the whole configuration, is the same, and such a pair is one result, counted once.
+    """
+    seen: dict[str, str] = {}
+    keep, dups = [], {}
+    for r in rows:
+        k = r.get("key")
+        if k is not None and k in seen:
+            dups[r["name"]] = seen[k]
+            continue
+        if k is not None:
+            seen[k] = r["name"]
+        keep.append(r)
+    return keep, dups
 
 
 def pair(a: dict, b: dict) -> dict[str, Any]:
@@ -83,11 +137,18 @@ def pair(a: dict, b: dict) -> dict[str, Any]:
 
 def statistics(base: dict, rows: list[dict], rates: dict[str, float]) -> dict[str, Any]:
     """Every comparison the evidence doc states, computed from the per-item results."""
+    rows, duplicates = distinct(rows)
     arms = headline_arms(rows, rates)
     groups: dict[str, list[dict]] = {}
     for r in arms.values():
         groups.setdefault(r["group"], []).append(r)
-    st: dict[str, Any] = {"forgetting_vs_base": {}, "vs_random": {}, "pairs": []}
+    st: dict[str, Any] = {
+        "forgetting_vs_base": {},
+        "vs_random": {},
+        "pairs": [],
+        "duplicates": duplicates,
+        "distinct_runs": len(rows),
+    }
     for name, r in arms.items():
         st["forgetting_vs_base"][name] = {
             split: _loss_change(r, base, split).to_json() for split in ("general", "chat")
@@ -144,8 +205,8 @@ def quiet_step(r: dict, timings: Sequence[dict]) -> float | None:
 
 
 def table(base: dict, rows: list[dict], rates: dict[str, float], st: dict, timings: Sequence[dict] = ()) -> str:
-    """Markdown: every headline arm with its size, metric, forgetting and cost."""
-    arms = headline_arms(rows, rates)
+    """Markdown: every headline arm with its size, metric, forgetting and cost (a duplicate configuration once)."""
+    arms = headline_arms(distinct(rows)[0], rates)
     timings = list(timings)
     full = next((quiet_step(r, timings) for r in arms.values() if r["group"] == "full"), None)
     head = [
@@ -175,6 +236,8 @@ def table(base: dict, rows: list[dict], rates: dict[str, float], st: dict, timin
             f"{_ci(f['chat'])} | {_step_cells(quiet_step(r, timings), full)} | "
             f"{r.get('peak_rss_anon_bytes', 0) / 2**20:,.0f} |"
         )
+    for dup, same in st.get("duplicates", {}).items():
+        lines.append(f"\n{dup} is the same configuration as {same} (the same run key): counted once, as {same}.")
     return "\n".join(lines)
 
 
@@ -211,17 +274,21 @@ def claims_table(st: dict) -> str:
     lines += [
         "",
         "| pick | random draws | exact match: pick / draws (min-max) | rank | p | diff to draws' mean, "
-        "points [95% CI] | general loss rank (lower better) | p |",
-        "|---|---|---|---|---|---|---|---|",
+        "points [95% CI] | the same, the pick's run-to-run noise counted: points [95% CI], p, reading "
+        "| general loss rank (lower better) | p | general loss diff, noise counted: nats [95% CI], reading |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in st["vs_random"].values():
         d = v["draws_exact_match"]
         diff = _ci(v["diff_exact_match"], 100, 1) if v["diff_exact_match"] else "-"
+        sc = v.get("seed_counted")
+        em_sc = f"{_ci(sc['exact_match'], 100, 1)}, {sc['exact_match']['p']:.2f}, {sc['exact_match']['reading']}"
+        gen_sc = f"{_ci(sc['general_loss'], 1, 2)}, {sc['general_loss']['reading']}"
         lines.append(
             f"| {v['arm']} | {len(d)} | {_pct(v['test_exact_match'])} / {_pct(float(np.mean(d)))} "
             f"({_pct(min(d))}-{_pct(max(d))}) | {v['rank_exact_match']} of {len(d) + 1} | "
-            f"{v['p_exact_match']:.2f} | {diff} | {v['rank_forgetting']} of {len(d) + 1} | "
-            f"{v['p_forgetting']:.2f} |"
+            f"{v['p_exact_match']:.2f} | {diff} | {em_sc if sc else '-'} | {v['rank_forgetting']} of {len(d) + 1} | "
+            f"{v['p_forgetting']:.2f} | {gen_sc if sc else '-'} |"
         )
     return "\n".join(lines)
 
@@ -344,5 +411,6 @@ def write_report(
     path = RESULTS / ("study.json" if mode == "full" else f"study-{mode}.json")
     write_json_atomic(path, report)
     print("\n" + sw + ("\n\n" + md if md else "") + ("\n\n" + cl if cl else ""))
-    print(f"\n[study] {len(rows)} runs -> {path}", flush=True)
+    distinct_note = f" ({st['distinct_runs']} distinct configurations)" if "distinct_runs" in st else ""
+    print(f"\n[study] {len(rows)} runs{distinct_note} -> {path}", flush=True)
     return path

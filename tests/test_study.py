@@ -471,7 +471,8 @@ def test_the_quick_pilot_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert {r["selection_seed"] for r in stored} == {None, 10, 11}
     report = __import__("json").loads((tmp_path / "results" / "study-pilot-quick.json").read_text())
     st = report["pilot"]["statistics"]
-    assert st["stored_runs"] == 6 and st["components_random"]["groups"] == 2 and "power" in st
+    assert st["stored_runs"] == 6 and st["primary"]["em_end"]["components"]["groups"] == 2
+    assert "power" in st["primary"]["em_end"] and "pick_minus_random" in st["primary"]["general_end"]
     study_pilot.report_pilot("pilot-quick", doc=doc)
     assert "6 of 6 pilot runs stored" in doc.read_text() and doc.read_text().endswith("tail\n")
 
@@ -516,6 +517,7 @@ def test_pilot_statistics_on_a_partial_pilot():
     from benchmarks import study_pilot
 
     def run(name, group, sel, d, em):
+        hits = "1" * int(round(10 * em)) + "0" * (10 - int(round(10 * em)))
         return {
             "name": name,
             "group": group,
@@ -527,6 +529,7 @@ def test_pilot_statistics_on_a_partial_pilot():
             "general_loss": 5.0,
             "chat_loss": 2.0,
             "wall_s": 600,
+            "eval": {"test": {"hits": hits}, "general": {"nll": [10.0, 5.0], "tokens": [2, 1]}},
         }
 
     rows = [
@@ -537,8 +540,12 @@ def test_pilot_statistics_on_a_partial_pilot():
         run("r11-d0", "pilot-random25", 11, 0, 0.9),
     ]
     base = {"general_loss": 4.0, "chat_loss": 1.5}
-    st = study_pilot.pilot_statistics(study_pilot.PILOTS["pilot"], base, rows, [])
-    assert st["stored_runs"] == 5 and st["components_random"]["groups"] == 2
-    assert st["spectrum_mean"] == pytest.approx(75.0) and st["runs"][0]["general_loss_change"] == 1.0
-    assert st["power"]["budget_runs"] == 150  # 25 h of 600 s runs
+    st = study_pilot.pilot_statistics(study_pilot.PILOTS["pilot"], base, rows, [], n_boot=200)
+    em = st["primary"]["em_end"]
+    assert st["stored_runs"] == 5 and em["components"]["groups"] == 2
+    assert em["pick_mean"] == pytest.approx(75.0) and st["runs"][0]["general_loss_change"] == 1.0
+    assert em["random_mean"] == pytest.approx((55.0 + 90.0) / 2)  # the mean of the draws' means
+    assert em["pick_minus_random"]["estimate"] == pytest.approx(75.0 - 72.5)
+    assert em["power"]["budget_runs"] == 150  # 25 h of 600 s runs
+    assert "em_early" not in st["primary"] or "components" not in st["primary"]["em_early"]
     assert "5 of 16 pilot runs stored (partial" in study_pilot.markdown(st)
