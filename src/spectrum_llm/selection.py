@@ -25,6 +25,7 @@ from .selection_file import FORMAT, FORMAT_VERSION, Selection, TypeSelection, lo
 from .selection_text import (
     backward_text,
     embeddings_line,
+    evidence_note,
     extras_text,
     rule_text,
     selection_names,
@@ -155,6 +156,8 @@ class SelectOutcome:
             out.append((line, True))
         if self.summary is not None:
             out.append((str(self.summary), True))
+        if note := evidence_note(sel):
+            out.append((note, False))
         return out
 
 

@@ -67,6 +67,20 @@ def _rule_words(rule: dict[str, Any]) -> str | None:
     return None
 
 
+#: What the study (docs/evidence.md) found so far, printed under every selection ranked by a score; it follows
+#: the evidence and changes when the evidence does.
+EVIDENCE = (
+    "[dim]evidence (docs/evidence.md): score-ranked picks are not shown to beat random\n"
+    "picks of their size; compare: --random --match SEL; faster: --rule top-layers[/]"
+)
+
+
+def evidence_note(sel: Any) -> str | None:
+    """The study's advice for a selection ranked by a score (the random and top-layers rules rank none)."""
+    rule = dict(getattr(sel, "rule", None) or {}).get("rule")
+    return EVIDENCE if rule in ("per-type", "global", "budget") else None
+
+
 def tied_note(sel: Selection) -> str | None:
     """A line when lm_head is tied and the embedding and head options disagree: which way the shared tensor went."""
     if not sel.rule.get("lm_head_tied") or sel.rule.get("train_embeddings") == sel.rule.get("train_lm_head"):
