@@ -31,6 +31,10 @@ done. ``study.json`` gathers every arm with its per-item results, so the statist
     python benchmarks/study.py --quick    # every code path on a few arms, < 15 min
     python benchmarks/study.py --report   # statistics, table and plots from the stored runs only
     python benchmarks/study.py --pilot    # the second study's pilot: seeds x selections (hours; resumable)
+    python benchmarks/study.py --task skill   # the same arms on arithmetic word problems (study_skill)
+    python benchmarks/study.py --task cpt     # ... on continued pretraining, Python source (study_cpt)
+
+Other tasks store their runs in ``study-runs/<mode>-<task>/`` and report to ``study-<mode>-<task>.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,7 @@ from benchmarks.benchlib import (
 from benchmarks.study_arms import (
     MODES,
     STUDY_VERSION,
+    TASKS,
     Arm,
     Settings,
     best_rates,
@@ -70,7 +75,9 @@ from benchmarks.study_arms import (
     run_key,
     timing_arms,
 )
-from benchmarks.study_task import evaluate, prepare, summarise
+from benchmarks.study_tasks import checkpoint_evals as _checkpoint_evals
+from benchmarks.study_tasks import headline, kind, label, write_task_report
+from benchmarks.study_tasks import heartbeat as _heartbeat
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -87,6 +94,8 @@ def worker(spec_path: Path, result_path: Path) -> None:
 
     logging.basicConfig(level=logging.INFO, format="[spectrum] %(message)s")  # train()'s lines, in the run's log
     spec = json.loads(spec_path.read_text())
+    task = spec["settings"].get("task", "facts")
+    evaluate, summarise = kind(task).evaluate, kind(task).summarise
     evals = json.loads(Path(spec["files"]["eval"]).read_text())
     amp = torch.bfloat16 if spec["settings"]["precision"] == "bf16" else None
     t0 = time.monotonic()
@@ -117,7 +126,7 @@ def worker(spec_path: Path, result_path: Path) -> None:
     callbacks = [probe]
     checkpoints: dict[str, Any] = {}
     if s.get("eval_at") and not timing:
-        callbacks.append(_checkpoint_evals(set(s["eval_at"]), evals, amp, checkpoints))
+        callbacks.append(_checkpoint_evals(set(s["eval_at"]), evals, amp, checkpoints, task))
         callbacks.append(_heartbeat(10))
     extra: dict[str, Any] = {"save_strategy": "no"}
     if spec.get("data_seed") is not None:  # the sampler's seed: the data order, nothing else
@@ -126,8 +135,8 @@ def worker(spec_path: Path, result_path: Path) -> None:
         model=spec["model"],
         data=spec["files"]["train"],
         output_dir=str(out_dir),
-        task="sft",
-        packing=False,
+        task=kind(task).trainer_task,
+        packing=kind(task).trainer_task == "cpt",
         seq_len=s["seq_len"],
         batch_size=s["batch_size"],
         max_steps=timing or s["steps"],
@@ -171,44 +180,6 @@ def worker(spec_path: Path, result_path: Path) -> None:
         res["checkpoints"] = checkpoints
     shutil.rmtree(out_dir, ignore_errors=True)  # the trained weights are not needed
     result_path.write_text(json.dumps(res))
-
-
-def _heartbeat(every: int) -> Any:
-    """A callback that writes the step, its training loss and the elapsed time to the run's log (stderr)."""
-    from transformers import TrainerCallback
-
-    t0 = time.monotonic()
-
-    class Heartbeat(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs and state.global_step % every == 0:
-                print(
-                    f"[run] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
-                    f"({time.monotonic() - t0:.0f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-    return Heartbeat()
-
-
-def _checkpoint_evals(steps: set[int], evals: dict, amp, out: dict[str, Any]) -> Any:
-    """A callback that evaluates the model at the given optimizer steps (headline numbers and test hits)."""
-    from transformers import TrainerCallback
-
-    class CheckpointEvals(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, **kw):
-            if state.global_step in steps and model is not None:
-                t = time.monotonic()
-                ev = evaluate(model, evals, amp)
-                out[str(state.global_step)] = {
-                    **summarise(ev),
-                    "test_hits": ev["test"]["hits"],
-                    "eval_s": round(time.monotonic() - t, 1),
-                }
-                print(f"[pilot] step {state.global_step}: " + json.dumps(summarise(ev)), file=sys.stderr, flush=True)
-
-    return CheckpointEvals()
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -285,10 +256,10 @@ def execute(arm: Arm, s: Settings, ctx: dict, store: Store) -> dict:
         "wall_s": round(time.monotonic() - t0, 1),
         **res,
     }
+    record.update(kind(s.task).versus_baseline(record, ctx.get("baseline")))
     store.put(arm.name, key, record)
     print(
-        f"[study] {arm.name:<22} lr={arm.lr:<7g} {record['trainable_params'] / 1e6:6.1f}M  "
-        f"val {record['val_exact_match']:.3f}  test {record['test_exact_match']:.3f}  "
+        f"[study] {arm.name:<22} lr={arm.lr:<7g} {record['trainable_params'] / 1e6:6.1f}M  {headline(record)}  "
         f"general {record['general_loss']:.3f}  chat {record['chat_loss']:.3f}  "
         f"step {record['median_step_s']:.2f} s  ({record['wall_s']:.0f} s)",
         flush=True,
@@ -359,6 +330,12 @@ def baseline(s: Settings, ctx: dict, store: Store) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few facts, steps and arms: every code path, < 15 min")
+    ap.add_argument(
+        "--task",
+        choices=TASKS,
+        default="facts",
+        help="what the model learns: fictional facts, arithmetic word problems, or Python source (CPT)",
+    )
     ap.add_argument("--work", default="/tmp/spectrum-study", help="cache folder: converted model, data, scans")
     ap.add_argument("--report", action="store_true", help="only gather stored runs into study.json and plots")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (resume later)")
@@ -380,13 +357,15 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     if a.pilot:
+        if a.task != "facts":
+            ap.error("the pilot runs the fact task only")
         from benchmarks.study_pilot import main_pilot
 
         main_pilot(a)
         return
     mode = "quick" if a.quick else "full"
-    s = MODES[mode]
-    store = Store(RESULTS / "study-runs" / mode)
+    s = replace(MODES[mode], task=a.task)
+    store = Store(RESULTS / "study-runs" / label(mode, a.task))
     ctx = setup(a.work, mode, s)
     work, model, fingerprint = ctx["work"], Path(ctx["model"]), ctx["fingerprint"]
     t_start = time.monotonic()
@@ -407,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         return rows
 
     base = _stored_baseline(store) if a.report else baseline(s, ctx, store)
+    ctx["baseline"] = base
     sweep_arms, info = plan(work, model, s, None)
     sweep = run_all(sweep_arms)
     rates = best_rates(sweep)
@@ -417,16 +397,14 @@ def main(argv: list[str] | None = None) -> None:
         rows += run_all(arms)
     else:
         print("[study] the learning-rate sweep is not finished; the other arms wait for it", flush=True)
-    timing_store = Store(RESULTS / "study-runs" / mode / "timing")
+    timing_store = Store(store.folder / "timing")
     chosen = [x for x in sweep_arms if rates.get(x.family) == x.lr] + arms
     if a.timing and not a.report:
         for arm in timing_arms(chosen):
             time_arm(arm, s, ctx, timing_store, a.timing)
     timings = [json.loads(p.read_text()) for p in sorted(timing_store.folder.glob("*.json"))]
-    from benchmarks.study_report import write_report
-
-    path = write_report(mode, s, base, rows, rates, info, t_start, machine(), timings)
-    if a.report and mode == "full" and path is not None:  # the pilot's analysis joins study.json and the doc
+    path = write_task_report(mode, s, base, rows, rates, info, t_start, machine(), timings)
+    if a.report and mode == "full" and a.task == "facts" and path is not None:  # the pilot joins study.json
         from benchmarks.study_pilot import report_pilot
 
         report_pilot("pilot", study_json=path)
@@ -440,7 +418,7 @@ def setup(work_root: str, mode: str, s: Settings) -> dict:
     model = convert_model(work.parent, "bfloat16")
     from spectrum_llm.checkpoint import open_checkpoint
 
-    files = prepare(work, pkgs, s, model)
+    files = kind(s.task).prepare(work, pkgs, s, model)
     fingerprint = hashlib.sha256(
         (
             open_checkpoint(model).fingerprint() + Path(files["train"]).read_text() + Path(files["eval"]).read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,12 @@ NOT_IN_KEY = (
     "arms",
 )  # which runs, not how
 
-LATER_SETTINGS: dict[str, Any] = {"eval_at": ()}  # added after the first study: out of its keys at these values
+LATER_SETTINGS: dict[str, Any] = {"eval_at": (), "task": "facts"}  # added later: out of keys at these values
+TASK_SETTINGS = {  # one task's sizes: out of every other task's keys, so fact keys stay as they were
+    "skill": ("skill_problems", "skill_eval", "skill_seed"),
+    "cpt": ("cpt_train_blocks", "cpt_eval_blocks"),
+}
+TASKS = ("facts", "skill", "cpt")
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -53,6 +59,12 @@ class Settings:
     precision: str = "bf16"
     seq_len: int = 64
     eval_at: tuple[int, ...] = ()  # also evaluate at these optimizer steps (the trajectory of a longer run)
+    task: str = "facts"  # facts | skill (arithmetic word problems) | cpt (Python standard-library source)
+    skill_problems: int = 1200  # training problems of the skill task (100 steps of 24: two epochs)
+    skill_eval: int = 240  # its validation and test problems each (40 per template family)
+    skill_seed: int = 7  # its number draws, wordings and nouns
+    cpt_train_blocks: int = 2400  # the CPT task's training text in blocks of seq_len tokens (one epoch of 100x24)
+    cpt_eval_blocks: int = 64  # its validation and test blocks each, block_len tokens, from held-out files
 
 
 MODES = {
@@ -88,6 +100,10 @@ MODES = {
         noemb_seeds=1,
         low_rate_seeds=1,
         arms=("spectrum25-ref", "global25-mp", "top-layers25", "spectrum25-mp-noemb"),
+        skill_problems=60,
+        skill_eval=12,
+        cpt_train_blocks=48,
+        cpt_eval_blocks=8,
     ),
 }
 
@@ -121,7 +137,15 @@ class Arm:
 
 def task_name(settings: Settings) -> str:
     """The task as a plain string: what a stored run learnt, readable without the code."""
-    return f"fictional-facts:{settings.countries}-countries:facts-seed-{settings.facts_seed}"
+    s = settings
+    if s.task == "skill":
+        return f"arithmetic-word-problems:{s.skill_problems}-problems:seed-{s.skill_seed}:held-out-wordings"
+    if s.task == "cpt":
+        version = "{}.{}".format(*sys.version_info[:2])  # the standard library's text depends on it
+        return f"cpt:python-stdlib-{version}:{s.cpt_train_blocks}-blocks-of-{s.seq_len}-tokens"
+    if s.task != "facts":
+        raise ValueError(f"unknown study task {s.task!r} (one of {', '.join(TASKS)})")
+    return f"fictional-facts:{s.countries}-countries:facts-seed-{s.facts_seed}"
 
 
 def run_fields(settings: Settings, arm: Arm) -> dict[str, Any]:
@@ -143,11 +167,16 @@ def run_key(settings: Settings, arm: Arm, fingerprint: str) -> str:
 
     The first study's runs (arms without a training-order seed) keep the exact payload of version 1, so
     they are found again under their stored keys: ``facts_seed`` is hashed under its old name ``data_seed``
-    and settings added later are left out while they hold their defaults. An arm with a training-order
+    and settings added later are left out while they hold their defaults, as are the sizes of the tasks a
+    run does not learn (:data:`TASK_SETTINGS`). An arm with a training-order
     seed (the second study) hashes a version-2 payload that adds the plain fields of :func:`run_fields`.
     """
     shaping = {k: v for k, v in asdict(settings).items() if k not in NOT_IN_KEY}
     shaping["data_seed"] = shaping.pop("facts_seed")
+    for task, names in TASK_SETTINGS.items():
+        if task != settings.task:
+            for k in names:
+                del shaping[k]
     for k, default in LATER_SETTINGS.items():
         if shaping[k] == default:
             del shaping[k]
@@ -316,12 +345,15 @@ def plan(work: Path, model: Path, s: Settings, best_lr: dict[str, float] | None)
 
 
 def best_rates(rows: list[dict]) -> dict[str, float]:
-    """Each family's learning rate with the best validation exact match (then lower validation loss)."""
+    """Each family's learning rate with the best validation exact match (then lower validation loss).
+
+    A task without exact match (CPT) ranks by validation loss alone.
+    """
     best: dict[str, tuple] = {}
     for r in rows:
         if not r.get("sweep"):
             continue
-        key = (r["val_exact_match"], -r["val_loss"])
+        key = (r.get("val_exact_match", 0.0), -r["val_loss"])
         if r["family"] not in best or key > best[r["family"]][0]:
             best[r["family"]] = (key, r["lr"])
     return {f: v[1] for f, v in best.items()}

