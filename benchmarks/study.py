@@ -349,6 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--pilot", action="store_true", help="the second study's pilot (seeds x selections; with --quick: tiny)"
     )
+    ap.add_argument(
+        "--main",
+        choices=("snr", "selectors", "skill", "cpt"),
+        help="a block of the second study's main runs (benchmarks/study_main.py; with --quick: tiny)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -356,6 +361,11 @@ def main(argv: list[str] | None = None) -> None:
         worker(Path(a.worker), Path(a.result))
         return
 
+    if a.main:
+        from benchmarks.study_main import main_study
+
+        main_study(a)
+        return
     if a.pilot:
         if a.task != "facts":
             ap.error("the pilot runs the fact task only")

@@ -125,12 +125,13 @@ class Arm:
     seed: int | None = None  # the random draw's seed (the stored runs' selection_seed); None for a named pick
     sweep: bool = False
     data_seed: int | None = None  # training-order seed (the sampler's); None: the first study's order, Settings.seed
+    options: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields (frozen_precision="nf4", ...)
 
     def train_fields(self, selection_path: str | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "learning_rate": self.lr}
+        out: dict[str, Any] = {"method": self.method, "learning_rate": self.lr, **self.options}
         if self.method == "spectrum":
             out["selection"] = selection_path
-        if self.method == "lora":
+        if self.method in ("lora", "qlora"):
             out["lora_rank"] = self.lora_rank
         return out
 
@@ -191,6 +192,8 @@ def run_key(settings: Settings, arm: Arm, fingerprint: str) -> str:
     }
     if arm.data_seed is not None:
         payload.update(version=2, **run_fields(settings, arm))
+    if arm.options:  # added with the main study: absent from every earlier key
+        payload["options"] = arm.options
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,175 @@
+"""The second study's main runs: which selection to train, for which kind of task, at the same budget.
+
+The pilot (``study_pilot``) fixed the operating point (300 steps, evaluations at steps 100 and 200) and the
+primary comparisons (``study_primary``). The main study runs in blocks, each answering one question, in the
+order below, so a partial study (the budget is about 25 hours of a 2-core machine, the pilot included) still
+answers the first questions fully rather than every question weakly:
+
+    snr        Q1 on the fact task: Spectrum-25 against more random per-type draws and against random draws
+               matched to its depth histogram (``--random --match-depth``); the pilot's runs are its first part.
+    selectors  Q2 on the fact task: the selectors and methods at Spectrum-25's budget, each over training-order
+               seeds, plus each family's learning-vs-forgetting curve over its rate grid (seed 0).
+    skill      the key arms on the skill task (exact answers that are not memorised facts).
+    cpt        the key arms on continued pretraining (held-out domain loss against forgetting).
+    gemma      the key arms on the second model, Gemma-3-270M.
+
+Every selection comes from the product (``spectrum_llm.select``: per-type, ``random=True`` with
+``match_depth``, ``rule="top-layers"``, ``min_layer``), LoRA's rank matches Spectrum-25's linear budget, and
+seeds pair across arms (arm X with data seed K sees the rows in the same order as arm Y with K). Runs are
+stored by the key of their whole configuration like every study run, so the study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks.benchlib import lora_rank_for, module_table
+from benchmarks.study_arms import Arm
+
+#: the rate grid of each family (the first study's sweep: full fine-tuning peaked at 3e-4, every partial-freeze
+#: arm and LoRA at 1e-3 once forgetting counts); the middle value is the family's operating rate.
+RATES = {"full": (1e-4, 3e-4, 1e-3), "partial": (3e-4, 1e-3, 3e-3), "lora": (3e-4, 1e-3, 3e-3)}
+OPERATING = {"full": 3e-4, "partial": 1e-3, "lora": 1e-3}
+
+
+@dataclass(frozen=True)
+class Block:
+    """How many runs one block makes: training-order seeds per arm, random draws and their seeds."""
+
+    name: str
+    arms: tuple[str, ...]
+    seeds: int  # training-order seeds of each named arm
+    draws: int = 0  # random per-type draws (and as many depth-matched ones when "random-depth" is an arm)
+    draw_seeds: int = 0
+    curves: bool = False  # also each family's rate grid at seed 0
+    task: str = "facts"
+
+
+BLOCKS = {
+    "snr": Block("snr", ("random", "random-depth"), seeds=0, draws=4, draw_seeds=2),
+    "selectors": Block(
+        "selectors",
+        ("full", "top-layers", "top-layers-noemb", "spectrum25-noemb", "hybrid", "lora", "qlora", "spectrum25-nf4"),
+        seeds=2,
+        curves=True,
+    ),
+    "skill": Block(
+        "skill", ("spectrum25", "full", "top-layers", "lora", "random"), seeds=2, draws=2, draw_seeds=2, task="skill"
+    ),
+    "cpt": Block(
+        "cpt", ("spectrum25", "full", "top-layers", "lora", "random"), seeds=2, draws=2, draw_seeds=2, task="cpt"
+    ),
+}
+#: fresh selection seeds per block (the first study drew 0-9 and 100-104, the pilot 10 and 11).
+DRAW_SEED_BASE = {"snr": 20, "selectors": 30, "skill": 40, "cpt": 60}
+DEPTH_SEED_OFFSET = 10
+
+
+def selections(scan: Any, model: str) -> dict[str, Any]:
+    """Every named pick of the main study, made by the product from one scan."""
+    import spectrum_llm
+
+    layers = 1 + max(m.layer for m in scan.modules if m.layer is not None)
+    s25 = spectrum_llm.select(scan, top_percent=25, model=model)
+    return {
+        "spectrum25": s25,
+        "spectrum25-noemb": spectrum_llm.select(scan, top_percent=25, embeddings="freeze", model=model),
+        # whole layers from the top, within Spectrum-25's size (with and without the embeddings it trains)
+        "top-layers": spectrum_llm.select(scan, rule="top-layers", top_percent=25, model=model),
+        "top-layers-noemb": spectrum_llm.select(
+            scan, rule="top-layers", top_percent=25, embeddings="freeze", model=model
+        ),
+        # SNR inside a depth window: Spectrum-25's size filled by SNR rank above the bottom third of the layers
+        "hybrid": spectrum_llm.select(
+            scan, rule="budget", budget=s25.trainable_params, min_layer=layers // 3, model=model
+        ),
+    }
+
+
+def draw(scan: Any, model: str, seed: int, depth: bool) -> Any:
+    """A random pick with Spectrum-25's count per type (and per depth quarter with ``depth``): the product's."""
+    import spectrum_llm
+
+    return spectrum_llm.select(scan, top_percent=25, random=True, seed=seed, match_depth=depth, model=model)
+
+
+def block_arms(block: Block, scan: Any, model: str) -> list[Arm]:
+    """The runs of ``block``, ordered by training-order seed so that a partial block stays balanced."""
+    picks = selections(scan, model)
+    modules = module_table(scan)
+    linear = [m for m in modules if m["layer"] is not None]
+    rank, _ = lora_rank_for(linear, sum(ts.selected_numel for ts in picks["spectrum25"].types.values()))
+
+    def named(arm: str, lr: float, d: int, sweep: bool = False) -> Arm:
+        tag = f"{block.name}-{arm}-lr{lr:g}-d{d}"
+        if arm == "full":
+            return Arm(tag, "full", arm, "full", lr, data_seed=d, sweep=sweep)
+        if arm in ("lora", "qlora"):
+            return Arm(tag, "lora", arm, arm, lr, lora_rank=rank, data_seed=d, sweep=sweep)
+        if arm == "spectrum25-nf4":
+            nf4 = {"frozen_precision": "nf4"}
+            pats = list(picks["spectrum25"].patterns)
+            return Arm(tag, "partial", arm, "spectrum", lr, pats, data_seed=d, sweep=sweep, options=nf4)
+        return Arm(tag, "partial", arm, "spectrum", lr, list(picks[arm].patterns), data_seed=d, sweep=sweep)
+
+    def family(arm: str) -> str:
+        return "full" if arm == "full" else "lora" if arm in ("lora", "qlora") else "partial"
+
+    runs: list[Arm] = []
+    fixed = [a for a in block.arms if not a.startswith("random")]
+    for d in range(max(block.seeds, block.draw_seeds)):
+        if d < block.seeds:
+            runs += [named(a, OPERATING[family(a)], d) for a in fixed]
+        if d < block.draw_seeds:
+            for i in range(block.draws):
+                for kind in (k for k in ("random", "random-depth") if k in block.arms):
+                    depth = kind == "random-depth"
+                    seed = DRAW_SEED_BASE[block.name] + i + (DEPTH_SEED_OFFSET if depth else 0)
+                    pats = list(draw(scan, model, seed, depth).patterns)
+                    runs.append(
+                        Arm(
+                            f"{block.name}-{kind}25-s{seed}-d{d}",
+                            "partial",
+                            f"{kind}25",
+                            "spectrum",
+                            OPERATING["partial"],
+                            pats,
+                            seed=seed,
+                            data_seed=d,
+                        )
+                    )
+    if block.curves:
+        for a in ("full", "spectrum25", "top-layers", "lora"):
+            runs += [named(a, lr, 0, sweep=True) for lr in RATES[family(a)] if lr != OPERATING[family(a)]]
+    return runs
+
+
+def results_folder(results: Path, block: str, quick: bool = False) -> Path:
+    return results / "study-runs" / f"main{'-quick' if quick else ''}-{block}"
+
+
+def main_study(a) -> None:
+    """``study.py --main BLOCK [--quick] [--max-runs N]``: the block's runs that are not stored yet, in order."""
+    import spectrum_llm
+    from benchmarks import study
+    from benchmarks.study_pilot import PILOTS
+
+    block = BLOCKS[a.main]
+    mode = "main-quick" if a.quick else "main"
+    s = replace(PILOTS["pilot-quick" if a.quick else "pilot"].settings, task=block.task)
+    store = study.Store(results_folder(study.RESULTS, block.name, a.quick))
+    ctx = study.setup(a.work, mode, s)
+    ctx["baseline"] = study.baseline(s, ctx, store)
+    model = ctx["model"]
+    scan = spectrum_llm.scan(model, output=ctx["work"] / f"scan-{Path(model).name}-mp.json", progress=False)
+    arms = block_arms(block, scan, model)
+    left = a.max_runs if a.max_runs is not None else len(arms)
+    print(f"[main] block {block.name}: {len(arms)} runs; stored in {store.folder}", flush=True)
+    for arm in arms:
+        if store.get(arm.name, study.run_key(s, arm, ctx["fingerprint"])) is None:
+            if left <= 0:
+                break
+            left -= 1
+        study.execute(arm, s, ctx, store)

@@ -1,0 +1,125 @@
+"""The second study's main blocks (benchmarks/study_main.py): which runs each block makes, and that they resume."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from benchmarks import study, study_main, study_task
+from benchmarks.study_arms import run_key
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory):
+    import spectrum_llm
+    from conftest import plant_signal, save_model, tiny_llama
+
+    folder = tmp_path_factory.mktemp("main")
+    model = tiny_llama(num_hidden_layers=8)
+    plant_signal(model)
+    path = save_model(model, folder / "model")
+    return spectrum_llm.scan(str(path), output=folder / "scan.json", progress=False), str(path)
+
+
+def _layers(patterns):
+    return {int(m.group(1)) for p in patterns if (m := re.search(r"layers\.(\d+)\.", p))}
+
+
+def _per_type_quarter(patterns, layers=8):
+    """How many modules of each type sit in each quarter of the layers."""
+    out: dict = {}
+    for p in patterns:
+        if m := re.search(r"layers\.(\d+)\.(\w+\.\w+)\.", p):
+            key = (m.group(2), min(3, int(m.group(1)) * 4 // layers))
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def test_every_block_pairs_training_order_seeds_across_its_arms(scanned):
+    scan, model = scanned
+    for block in study_main.BLOCKS.values():
+        arms = study_main.block_arms(block, scan, model)
+        assert len({a.name for a in arms}) == len(arms)
+        by_seed: dict = {}
+        for a in arms:
+            if not a.sweep:
+                by_seed.setdefault(a.data_seed, set()).add(a.group)
+        assert len({frozenset(g) for g in by_seed.values()}) <= 2  # the draws' seeds may stop earlier
+
+
+def test_random_draws_are_the_products_and_depth_matched_ones_keep_spectrums_depth(scanned):
+    import spectrum_llm
+
+    scan, model = scanned
+    arms = study_main.block_arms(study_main.BLOCKS["snr"], scan, model)
+    per_type = next(a for a in arms if a.group == "random25")
+    assert per_type.patterns == list(
+        spectrum_llm.select(scan, top_percent=25, random=True, seed=per_type.seed, model=model).patterns
+    )
+    s25 = spectrum_llm.select(scan, top_percent=25, model=model)
+    depth = [a for a in arms if a.group == "random-depth25"]
+    assert depth and all(a.seed >= 30 for a in depth)
+    assert all(_per_type_quarter(a.patterns) == _per_type_quarter(s25.patterns) for a in depth)
+    assert any(_per_type_quarter(a.patterns) != _per_type_quarter(s25.patterns) for a in arms if a.group == "random25")
+
+
+def test_selectors_share_spectrums_budget_and_methods_carry_their_options(scanned):
+    scan, model = scanned
+    arms = study_main.block_arms(study_main.BLOCKS["selectors"], scan, model)
+    by_group = {a.group: a for a in arms if not a.sweep}
+    top = by_group["top-layers"]
+    assert max(_layers(top.patterns)) == 7 and _layers(top.patterns) == set(range(min(_layers(top.patterns)), 8))
+    assert min(_layers(by_group["hybrid"].patterns)) >= 8 // 3
+    assert by_group["qlora"].method == "qlora" and by_group["qlora"].lora_rank == by_group["lora"].lora_rank
+    assert by_group["spectrum25-nf4"].options == {"frozen_precision": "nf4"}
+    assert by_group["spectrum25-nf4"].train_fields("s.txt")["frozen_precision"] == "nf4"
+    curves = [a for a in arms if a.sweep]
+    assert {a.group for a in curves} == {"full", "spectrum25", "top-layers", "lora"} and all(
+        a.data_seed == 0 for a in curves
+    )
+
+
+def test_options_enter_the_run_key_only_when_set(scanned):
+    scan, model = scanned
+    arms = study_main.block_arms(study_main.BLOCKS["selectors"], scan, model)
+    settings = study.MODES["quick"]
+    keys = {run_key(settings, a, "fp") for a in arms}
+    assert len(keys) == len(arms)
+    nf4 = next(a for a in arms if a.options)
+    plain = study_main.Arm(**{**nf4.__dict__, "options": {}})
+    assert run_key(settings, nf4, "fp") != run_key(settings, plain, "fp")
+
+
+def test_a_block_runs_stops_and_resumes(tmp_path, monkeypatch, scanned):
+    _, model = scanned
+    calls = []
+
+    def fake_child(script, spec, work, name):
+        calls.append(spec["name"])
+        rng = np.random.default_rng(len(calls))
+        hits = "".join("1" if x else "0" for x in rng.random(10) < 0.6)
+        ev = {split: {"hits": hits, "nll": [1.0] * 10, "tokens": [2] * 10} for split in ("seen", "val", "test")} | {
+            "general": {"nll": [4.0], "tokens": [2]},
+            "chat": {"nll": [2.0], "tokens": [2]},
+        }
+        out = {"eval": ev, **study_task.summarise(ev)}
+        if name != "baseline":
+            out |= {"trainable_params": 1, "total_params": 2, "median_step_s": 0.1, "losses": [1.0], "wall_s": 1.0}
+        return out
+
+    monkeypatch.setattr(study, "run_child", fake_child)
+    monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
+    ctx = {"work": tmp_path, "model": model, "files": {}, "fingerprint": "fp", "code": "abc"}
+    monkeypatch.setattr(study, "setup", lambda work, mode, s: dict(ctx))
+    study.main(["--main", "snr", "--quick", "--max-runs", "2"])
+    assert len(calls) == 1 + 2
+    study.main(["--main", "snr", "--quick"])
+    folder = tmp_path / "results" / "study-runs" / "main-quick-snr"
+    stored = [json.loads(p.read_text()) for p in folder.glob("snr-*.json")]
+    block = study_main.BLOCKS["snr"]
+    assert len(stored) == block.draws * 2 * block.draw_seeds
+    assert all(r["selection_seed"] is not None and r["data_seed"] in (0, 1) for r in stored)
+    n = len(calls)
+    study.main(["--main", "snr", "--quick"])
+    assert len(calls) == n
