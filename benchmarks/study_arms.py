@@ -129,7 +129,7 @@ class Arm:
 
     def train_fields(self, selection_path: str | None) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "learning_rate": self.lr, **self.options}
-        if self.method == "spectrum":
+        if self.method == "spectrum" and "scan" not in self.options:  # a dynamic arm draws from its scan
             out["selection"] = selection_path
         if self.method in ("lora", "qlora"):
             out["lora_rank"] = self.lora_rank

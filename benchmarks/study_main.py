@@ -51,7 +51,18 @@ BLOCKS = {
     "snr": Block("snr", ("random", "random-depth"), seeds=0, draws=4, draw_seeds=2),
     "selectors": Block(
         "selectors",
-        ("full", "top-layers", "top-layers-noemb", "spectrum25-noemb", "hybrid", "lora", "qlora", "spectrum25-nf4"),
+        (
+            "full",
+            "top-layers",
+            "top-layers-noemb",
+            "spectrum25-noemb",
+            "hybrid",
+            "task-aware",
+            "dynamic",
+            "lora",
+            "qlora",
+            "spectrum25-nf4",
+        ),
         seeds=2,
         curves=True,
     ),
@@ -67,8 +78,8 @@ DRAW_SEED_BASE = {"snr": 20, "selectors": 30, "skill": 40, "cpt": 60}
 DEPTH_SEED_OFFSET = 10
 
 
-def selections(scan: Any, model: str) -> dict[str, Any]:
-    """Every named pick of the main study, made by the product from one scan."""
+def selections(scan: Any, model: str, task_scores: Any = None) -> dict[str, Any]:
+    """Every named pick of the main study, made by the product from one scan (and `spectrum score`'s scores)."""
     import spectrum_llm
 
     layers = 1 + max(m.layer for m in scan.modules if m.layer is not None)
@@ -85,7 +96,19 @@ def selections(scan: Any, model: str) -> dict[str, Any]:
         "hybrid": spectrum_llm.select(
             scan, rule="budget", budget=s25.trainable_params, min_layer=layers // 3, model=model
         ),
+        # ranked by gradient signal on the task's own training data (`spectrum score`), Spectrum-25's counts
+        **({"task-aware": spectrum_llm.select(task_scores, top_percent=25, model=model)} if task_scores else {}),
     }
+
+
+def task_scores(model: str, data: str, trainer_task: str, out: Path) -> Any:
+    """`spectrum score` on the block's training data (cached in ``out``): the task-aware arm's ranking."""
+    from spectrum_llm.gradscore import ScoreConfig, score_modules
+    from spectrum_llm.scan_files import load_scan
+
+    if out.exists():
+        return load_scan(out)
+    return score_modules(ScoreConfig(model=model, data=data, task=trainer_task, batches=8, output=str(out)))
 
 
 def draw(scan: Any, model: str, seed: int, depth: bool) -> Any:
@@ -95,9 +118,12 @@ def draw(scan: Any, model: str, seed: int, depth: bool) -> Any:
     return spectrum_llm.select(scan, top_percent=25, random=True, seed=seed, match_depth=depth, model=model)
 
 
-def block_arms(block: Block, scan: Any, model: str) -> list[Arm]:
-    """The runs of ``block``, ordered by training-order seed so that a partial block stays balanced."""
-    picks = selections(scan, model)
+def block_arms(block: Block, scan: Any, model: str, scores: Any = None, scan_path: str | None = None) -> list[Arm]:
+    """The runs of ``block``, ordered by training-order seed so that a partial block stays balanced.
+
+    ``scores`` (`spectrum score`'s) make the task-aware pick; ``scan_path`` is what the dynamic arm draws from.
+    """
+    picks = selections(scan, model, scores)
     modules = module_table(scan)
     linear = [m for m in modules if m["layer"] is not None]
     rank, _ = lora_rank_for(linear, sum(ts.selected_numel for ts in picks["spectrum25"].types.values()))
@@ -108,6 +134,9 @@ def block_arms(block: Block, scan: Any, model: str) -> list[Arm]:
             return Arm(tag, "full", arm, "full", lr, data_seed=d, sweep=sweep)
         if arm in ("lora", "qlora"):
             return Arm(tag, "lora", arm, arm, lr, lora_rank=rank, data_seed=d, sweep=sweep)
+        if arm == "dynamic":  # a new draw every 50 steps, weighted by SNR, Spectrum-25's counts per type
+            dyn = {"schedule": "dynamic", "switch_every": 50, "scan": scan_path, "top_percent": 25}
+            return Arm(tag, "partial", arm, "spectrum", lr, data_seed=d, sweep=sweep, options=dyn)
         if arm == "spectrum25-nf4":
             nf4 = {"frozen_precision": "nf4"}
             pats = list(picks["spectrum25"].patterns)
@@ -118,7 +147,11 @@ def block_arms(block: Block, scan: Any, model: str) -> list[Arm]:
         return "full" if arm == "full" else "lora" if arm in ("lora", "qlora") else "partial"
 
     runs: list[Arm] = []
-    fixed = [a for a in block.arms if not a.startswith("random")]
+    fixed = [
+        a
+        for a in block.arms
+        if not a.startswith("random") and (a != "task-aware" or scores) and (a != "dynamic" or scan_path)
+    ]
     for d in range(max(block.seeds, block.draw_seeds)):
         if d < block.seeds:
             runs += [named(a, OPERATING[family(a)], d) for a in fixed]
@@ -155,6 +188,7 @@ def main_study(a) -> None:
     import spectrum_llm
     from benchmarks import study
     from benchmarks.study_pilot import PILOTS
+    from benchmarks.study_tasks import kind
 
     block = BLOCKS[a.main]
     mode = "main-quick" if a.quick else "main"
@@ -163,8 +197,13 @@ def main_study(a) -> None:
     ctx = study.setup(a.work, mode, s)
     ctx["baseline"] = study.baseline(s, ctx, store)
     model = ctx["model"]
-    scan = spectrum_llm.scan(model, output=ctx["work"] / f"scan-{Path(model).name}-mp.json", progress=False)
-    arms = block_arms(block, scan, model)
+    scan_path = ctx["work"] / f"scan-{Path(model).name}-mp.json"
+    scan = spectrum_llm.scan(model, output=scan_path, progress=False)
+    scores = None
+    if "task-aware" in block.arms:
+        trainer_task = kind(s.task).trainer_task
+        scores = task_scores(model, ctx["files"]["train"], trainer_task, ctx["work"] / "task-scores.json")
+    arms = block_arms(block, scan, model, scores, str(scan_path))
     left = a.max_runs if a.max_runs is not None else len(arms)
     print(f"[main] block {block.name}: {len(arms)} runs; stored in {store.folder}", flush=True)
     for arm in arms:

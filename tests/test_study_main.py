@@ -123,3 +123,15 @@ def test_a_block_runs_stops_and_resumes(tmp_path, monkeypatch, scanned):
     n = len(calls)
     study.main(["--main", "snr", "--quick"])
     assert len(calls) == n
+
+
+def test_task_aware_and_dynamic_arms_join_when_their_inputs_exist(scanned):
+    scan, model = scanned
+    block = study_main.BLOCKS["selectors"]
+    assert not {"task-aware", "dynamic"} & {a.group for a in study_main.block_arms(block, scan, model)}
+    arms = study_main.block_arms(block, scan, model, scores=scan, scan_path="/scan.json")
+    dyn = next(a for a in arms if a.group == "dynamic")
+    fields = dyn.train_fields("unused.txt")
+    assert fields["schedule"] == "dynamic" and fields["scan"] == "/scan.json" and "selection" not in fields
+    aware = next(a for a in arms if a.group == "task-aware")
+    assert aware.patterns and aware.method == "spectrum"
