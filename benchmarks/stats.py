@@ -282,15 +282,16 @@ def hierarchical_diff(
     draw. Scores are per item (1/0 exact match, or a block's loss sum with ``weights`` its token counts, so
     a run's value is the token-weighted mean). The bootstrap resamples every level the result depends on:
     the items (shared by all runs, so the comparison stays paired), the pick's seeds, the draws, and the
-    seeds within each draw. A pick that ran once has no seed spread of its own to resample: then
+    seeds within each draw. One "draw" compares two fixed selections, each over its seeds. A pick that ran
+    once has no seed spread of its own to resample: then
     ``pick_seed_sd`` (the within-selection SD estimated elsewhere, in the score's units) must be given and is
     added as normal noise, so that a single lucky run is not read as a property of the selection.
     """
     p = _runs(pick, None)
     n = p.shape[1]
     ds = [_runs(d, n) for d in draws]
-    if len(ds) < 2:
-        raise ValueError(f"hierarchical_diff needs at least 2 random draws, got {len(ds)}")
+    if not ds:
+        raise ValueError("hierarchical_diff needs at least one draw (one: a fixed selection over its seeds)")
     if p.shape[0] == 1 and pick_seed_sd is None:
         raise ValueError("the pick ran once: pass pick_seed_sd (the within-selection SD) to count its seed noise")
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)

@@ -418,6 +418,10 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.study_pilot import report_pilot
 
         report_pilot("pilot", study_json=path)
+        from benchmarks.study_main import report_kinds
+        from benchmarks.study_main_report import report_main
+
+        report_main(report_kinds())
 
 
 def setup(work_root: str, mode: str, s: Settings) -> dict:

@@ -183,8 +183,19 @@ def results_folder(results: Path, block: str, quick: bool = False) -> Path:
     return results / "study-runs" / f"main{'-quick' if quick else ''}-{block}"
 
 
+def report_kinds() -> dict[str, str]:
+    """Each block's outcome kind for the report: exact match (facts, skill) or held-out loss (cpt)."""
+    return {name: "cpt" if b.task == "cpt" else "exact" for name, b in BLOCKS.items()}
+
+
 def main_study(a) -> None:
-    """``study.py --main BLOCK [--quick] [--max-runs N]``: the block's runs that are not stored yet, in order."""
+    """``study.py --main BLOCK [--quick] [--max-runs N] [--report]``: the block's runs not stored yet, in order,
+    then the report of every block (``--report``: the report only)."""
+    from benchmarks.study_main_report import report_main
+
+    if a.report:
+        report_main(report_kinds())
+        return
     import spectrum_llm
     from benchmarks import study
     from benchmarks.study_pilot import PILOTS
@@ -212,3 +223,5 @@ def main_study(a) -> None:
                 break
             left -= 1
         study.execute(arm, s, ctx, store)
+    if not a.quick:
+        report_main(report_kinds())

@@ -95,7 +95,7 @@ def checkpoint_evals(steps: set[int], evals: dict, amp, out: dict[str, Any], tas
                 ev = k.evaluate(model, evals, amp)
                 out[str(state.global_step)] = {
                     **k.summarise(ev),
-                    **({"test_hits": ev["test"]["hits"]} if k.exact_match else {}),
+                    **({"test_hits": ev["test"]["hits"]} if k.exact_match else {"test_nll": ev["test"]["nll"]}),
                     "eval_s": round(time.monotonic() - t, 1),
                 }
                 print(f"[pilot] step {state.global_step}: " + json.dumps(k.summarise(ev)), file=sys.stderr, flush=True)

@@ -135,3 +135,43 @@ def test_task_aware_and_dynamic_arms_join_when_their_inputs_exist(scanned):
     assert fields["schedule"] == "dynamic" and fields["scan"] == "/scan.json" and "selection" not in fields
     aware = next(a for a in arms if a.group == "task-aware")
     assert aware.patterns and aware.method == "spectrum"
+
+
+def _stored(folder, name, group, d, rate, sel=None, sweep=False, lr=1e-3, general=5.0):
+    rng = np.random.default_rng(abs(hash((name, d))) % 2**32)
+    hits = "".join("1" if x else "0" for x in rng.random(40) < rate)
+    record = {
+        "name": name,
+        "group": group,
+        "data_seed": d,
+        "selection_seed": sel,
+        "sweep": sweep,
+        "lr": lr,
+        "eval": {"test": {"hits": hits}, "general": {"nll": [general * 2, general], "tokens": [2, 1]}},
+        "checkpoints": {"100": {"test_hits": hits}},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}-{d}.json").write_text(json.dumps(record))
+
+
+def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
+    from benchmarks import study_main_report as rep
+
+    runs = tmp_path / "study-runs"
+    for d in range(3):
+        _stored(runs / "pilot", f"pilot-spectrum25-mp-d{d}", "pilot-spectrum25", d, 0.5)
+        _stored(runs / "main-selectors", f"selectors-full-d{d}", "full", d, 0.95, general=4.5)
+        for sel in (10, 11):
+            _stored(runs / "pilot", f"pilot-random25-s{sel}-d{d}", "pilot-random25", d, 0.5, sel)
+    _stored(runs / "main-selectors", "selectors-full-lr0.001-d0", "full", 0, 0.9, sweep=True, general=6.0)
+    base = {"name": "baseline", "eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
+    (runs / "pilot" / "baseline.json").write_text(json.dumps(base))
+    out = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)
+    an = out["selectors"]
+    assert an["arms"]["spectrum25"]["runs"] == 3 and an["arms"]["random25"]["selections"] == 2
+    assert an["arms"]["full"]["runs"] == 3  # the rate curve's extra run is not one of the arm's seeds
+    full_vs_s25 = next(c for c in an["comparisons"] if c["arm"] == "full" and c["against"] == "spectrum25")
+    assert full_vs_s25["learning"]["reading"] == "better" and full_vs_s25["forgetting"]["reading"] == "better"
+    assert full_vs_s25["forgetting"]["estimate"] == pytest.approx(-0.5)
+    assert "| full - spectrum25 |" in an["markdown"] and an["figure"].endswith("study-main-selectors.png")
+    assert (tmp_path / "study-main.json").exists()
