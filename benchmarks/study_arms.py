@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.benchlib import lora_rank_for, module_table, random_patterns, top_layers
+from benchmarks.benchlib import MODELS, lora_rank_for, module_table, random_patterns, top_layers
 
 STUDY_VERSION = 1  # bump when a change to the code changes what a run computes
 MODEL = "SmolLM2-135M-Instruct"  # the study's model (its weights are in every key through the fingerprint)
+DEFAULT_MODEL = "smollm2-135m"  # Settings.model: the builtin the study trains (benchlib.MODELS)
 NOT_IN_KEY = (
     "lr_grid",
     "random25_seeds",
@@ -26,7 +27,8 @@ NOT_IN_KEY = (
     "arms",
 )  # which runs, not how
 
-LATER_SETTINGS: dict[str, Any] = {"eval_at": ()}  # added after the first study: out of its keys at these values
+# added after the first study: out of its keys at these values
+LATER_SETTINGS: dict[str, Any] = {"eval_at": (), "model": DEFAULT_MODEL}
 
 # ------------------------------------------------------------------------------------------ settings
 
@@ -53,6 +55,7 @@ class Settings:
     precision: str = "bf16"
     seq_len: int = 64
     eval_at: tuple[int, ...] = ()  # also evaluate at these optimizer steps (the trajectory of a longer run)
+    model: str = DEFAULT_MODEL  # builtin:<model>, a key of benchlib.MODELS
 
 
 MODES = {
@@ -132,7 +135,7 @@ def run_fields(settings: Settings, arm: Arm) -> dict[str, Any]:
     """
     return {
         "task": task_name(settings),
-        "model": MODEL,
+        "model": MODELS[settings.model],
         "data_seed": settings.seed if arm.data_seed is None else arm.data_seed,
         "selection_seed": arm.seed,
     }
