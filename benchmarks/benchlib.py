@@ -166,14 +166,23 @@ def module_table(scan) -> list[dict]:
     ]
 
 
-def convert_model(work: Path, dtype: str) -> Path:
-    """The GGUF model as an ordinary safetensors folder, converted once and cached (spectrum_llm.conversion)."""
-    from spectrum_llm.conversion import gguf_to_folder
+#: the builtin models a benchmark can run on (``builtin:<name>``) and the name they are published under
+MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
 
-    out = work / f"smollm2-135m-{dtype}"
+
+def convert_model(work: Path, dtype: str, model: str = "smollm2-135m") -> Path:
+    """A builtin GGUF model (``MODELS``) as an ordinary safetensors folder, converted once and cached
+    (spectrum_llm.conversion)."""
+    from spectrum_llm.conversion import gguf_to_folder
+    from spectrum_llm.errors import SpectrumError
+
+    out = work / f"{model}-{dtype}"
     if not (out / "config.json").exists():
-        print(f"[bench] converting the default model to {dtype} safetensors (once) ...", flush=True)
-    return gguf_to_folder("builtin:smollm2-135m", out, dtype)
+        print(f"[bench] converting builtin:{model} to {dtype} safetensors (once) ...", flush=True)
+    try:
+        return gguf_to_folder(f"builtin:{model}", out, dtype)
+    except SpectrumError as e:  # its package missing: the install line
+        sys.exit(str(e))
 
 
 def write_patterns(path: Path, patterns: list[str], header: str) -> Path:

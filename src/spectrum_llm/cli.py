@@ -93,7 +93,7 @@ def scan_cmd(
         ...,
         metavar="MODEL",
         help="Checkpoint folder, .safetensors/.bin/.gguf file, hub id "
-        "in the local Hugging Face cache, or builtin:smollm2-135m.",
+        "in the local Hugging Face cache, or builtin:smollm2-135m / builtin:gemma3-270m.",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the scan (JSON)."),
     estimator: str = typer.Option(
@@ -182,7 +182,7 @@ def check_cmd(
     model: str = typer.Option(
         ...,
         "--model",
-        help="Checkpoint folder, weight file, builtin:smollm2-135m or a hub "
+        help="Checkpoint folder, weight file, builtin:smollm2-135m, builtin:gemma3-270m or a hub "
         "id in the local cache; only its config is read (the model is built on the meta "
         "device).",
     ),
@@ -358,7 +358,9 @@ def train_cmd(
 
 @app.command("convert", short_help="Convert a GGUF model into a safetensors folder.")
 def convert_cmd(
-    model: str = typer.Argument(..., metavar="MODEL", help="A .gguf file or builtin:smollm2-135m."),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="A .gguf file, builtin:smollm2-135m or builtin:gemma3-270m."
+    ),
     output: Optional[Path] = typer.Option(
         None, "-o", "--output", help=f"Folder to write (default: the cache, {cache.WHERE}, in models/)."
     ),

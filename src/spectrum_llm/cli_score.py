@@ -27,7 +27,9 @@ def register(app: typer.Typer, options_from: Callable[..., Any]) -> None:
 
 def score_cmd(
     model: str = typer.Argument(
-        ..., metavar="MODEL", help="Checkpoint folder, hub id in the local cache, GGUF file or builtin:smollm2-135m."
+        ...,
+        metavar="MODEL",
+        help="Checkpoint folder, hub id in the local cache, GGUF file or builtin:<name> (smollm2-135m, gemma3-270m).",
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the scores (the scan format, JSON)."),
     **options: Any,

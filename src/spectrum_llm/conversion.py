@@ -16,8 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
-from . import cache
-from .checkpoint import open_checkpoint, resolve
+from . import cache, gguf_config
+from .checkpoint import files_fingerprint, resolve
 from .errors import SpectrumError, require
 from .files import check_writable, output_error
 
@@ -41,8 +41,8 @@ def cached_folder(model: str | os.PathLike, dtype: str = "bfloat16") -> Path | N
     """The cache's finished conversion of this GGUF model, or None when it still has to be made."""
     try:
         path = resolve(model)
-        out = _cached_name(path, open_checkpoint(path).fingerprint(), dtype)
-    except SpectrumError:
+        out = _cached_name(path, files_fingerprint([path]), dtype)
+    except (SpectrumError, OSError):
         return None
     return out if _complete(out) else None
 
@@ -59,7 +59,10 @@ def gguf_to_folder(model: str | os.PathLike, output: str | os.PathLike | None = 
     path = resolve(model)
     if path.suffix != ".gguf":
         raise SpectrumError(f"{path} is not a GGUF file; only GGUF models need converting.")
-    fingerprint = open_checkpoint(path).fingerprint()
+    try:
+        fingerprint = files_fingerprint([path])  # not open_checkpoint's: parsing a large vocabulary takes seconds
+    except OSError as e:
+        raise SpectrumError(f"{path} could not be read ({e}).") from e
     out = Path(output) if output else _cached_name(path, fingerprint, dtype)
     if _complete(out):
         return out
@@ -123,6 +126,11 @@ def _write_folder(path: Path, name: str, fingerprint: str, out: Path, dtype: str
     cfg = src.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
+    arch = gguf_config.architecture(path)
+    if arch in gguf_config.STATED:  # llama.cpp leaves part of its config implicit: stated there
+        cfg = gguf_config.transformers_config(path)
+    if not tok.chat_template and arch in gguf_config.CHAT_TEMPLATES:
+        tok.chat_template = gguf_config.CHAT_TEMPLATES[arch]
     model_ = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
     model_.load_state_dict(src.state_dict())
     model_.tie_weights()

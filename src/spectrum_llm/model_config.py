@@ -1,7 +1,7 @@
 """A model's transformers config from whatever names it, with one-line errors that name the file and the problem.
 
-``--model`` may be a checkpoint folder, a weight file, ``builtin:smollm2-135m``, a ``.gguf`` file or a hub id in
-the local cache. transformers' own messages for the ways this goes wrong name the wrong thing (a missing folder is
+``--model`` may be a checkpoint folder, a weight file, a builtin (``builtin:smollm2-135m``), a ``.gguf`` file or a hub
+id in the local cache. transformers' own messages for the ways this goes wrong name the wrong thing (a missing folder is
 "Repo id must be in the form ...", a weight file is "not a valid JSON file"); this reads the config itself first.
 """
 
@@ -24,12 +24,13 @@ def load_model_config(model: str | os.PathLike, *, folder_only: bool = False) ->
     """
     from transformers import AutoConfig
 
+    from . import gguf_config
     from .checkpoint import open_checkpoint, resolve
 
     path = resolve(model)  # a clear error for a missing folder or a hub id not in the cache
     if path.suffix == ".gguf":
         try:
-            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name), GGUF_DTYPE
+            return gguf_config.transformers_config(path), GGUF_DTYPE
         except (OSError, ValueError, KeyError) as e:
             raise SpectrumError(f"Could not read the GGUF metadata of {path} ({_first_line(e)}).") from None
     if path.is_file():

@@ -53,7 +53,7 @@ class TrainConfig:
     model: str = _setting(
         "",
         "Checkpoint folder, a hub id in the local cache, or a GGUF file / "
-        "builtin:smollm2-135m (converted once, cached).",
+        "builtin:smollm2-135m / builtin:gemma3-270m (converted once, cached).",
     )
     data: str = _setting("", "Training data: .jsonl/.json/.parquet/.txt or a datasets save_to_disk folder.")
     output_dir: str = _setting(
