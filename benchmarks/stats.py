@@ -323,3 +323,18 @@ def hierarchical_diff(
         draws=len(ds),
         runs=p.shape[0] + sum(d.shape[0] for d in ds),
     )
+
+
+#: the fewest random draws behind a verdict against random picks: resampling two or three draws cannot show how
+#: far the next draw may land, so such an interval is too narrow however many seeds each draw has.
+MIN_DRAWS = 5
+
+
+def reading(iv: Interval, higher_is_better: bool, draws: int = 1) -> str:
+    """The study's one wording rule: "better"/"worse" where the 95% interval excludes zero, else "not shown";
+    against random picks (``draws`` > 1) only with at least :data:`MIN_DRAWS` of them."""
+    if draws > 1 and draws < MIN_DRAWS:
+        return f"too few draws ({draws} of {MIN_DRAWS})"
+    if not iv.excludes_zero:
+        return "not shown"
+    return "better" if (iv.low > 0) == higher_is_better else "worse"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.benchlib import pyplot, save_figure
-from benchmarks.stats import hierarchical_diff
+from benchmarks.stats import hierarchical_diff, reading
 from benchmarks.study_primary import EARLY
 
 HERE = Path(__file__).resolve().parent
@@ -140,13 +140,11 @@ def difference(o: Outcome, a: list[list[dict]], b: list[list[dict]], n_boot: int
     w = o.weights(a[0][0]) if o.weights else None
     c = hierarchical_diff(pick, others, weights=w, n_boot=n_boot)
     d = c.difference
-    good = d.low > 0 if o.higher_is_better else d.high < 0
-    bad = d.high < 0 if o.higher_is_better else d.low > 0
     return {
         **{k: o.scale * v for k, v in d.to_json().items()},
         "p": c.p,
         "runs": c.runs,
-        "reading": "better" if good else "worse" if bad else "not shown",
+        "reading": reading(d, o.higher_is_better, c.draws),
     }
 
 

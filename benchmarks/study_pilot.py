@@ -164,6 +164,10 @@ def _spearman(x, y) -> float | None:
     return None if np.isnan(c) else float(c)
 
 
+def _rho(x: float | None) -> str:
+    return "- (fewer than 3 runs, or no spread)" if x is None else f"{x:+.2f}"
+
+
 def _final_loss(r: dict) -> float:
     tail = r["losses"][-5:]
     return float(sum(tail) / len(tail))
@@ -244,7 +248,7 @@ def markdown(st: dict[str, Any]) -> str:
     if st.get("converged_share") is not None:
         lines.append(
             f"- Converged (seen EM >= 95%): {100 * st['converged_share']:.0f}% of runs; Spearman rho of "
-            f"test EM against final training loss: {st['rho_test_em_vs_final_loss']}."
+            f"test EM against final training loss: {_rho(st['rho_test_em_vs_final_loss'])}."
         )
     if st["first_study_sd"]:
         lines.append(

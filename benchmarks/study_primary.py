@@ -26,6 +26,7 @@ from benchmarks.stats import (
     bootstrap_components,
     cheapest_design,
     hierarchical_diff,
+    reading,
     variance_components,
 )
 
@@ -106,14 +107,12 @@ def compare(
     )
     d = c.difference
     out: dict[str, Any] = {k: m.scale * v for k, v in d.to_json().items()}
-    good = d.low > 0 if m.higher_is_better else d.high < 0
-    bad = d.high < 0 if m.higher_is_better else d.low > 0
     out.update(
         p=c.p,
         pick_seeds=c.pick_seeds,
         draws=c.draws,
         runs=c.runs,
-        verdict="better" if good else "worse" if bad else "not shown",
+        verdict=reading(d, m.higher_is_better, c.draws),
     )
     return out
 

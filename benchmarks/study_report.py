@@ -23,6 +23,7 @@ from benchmarks.stats import (
     paired_diff,
     rank_among,
     ratio_diff,
+    reading,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -90,19 +91,13 @@ def seed_counted(arm: dict, draws: list[dict], n_boot: int = 10_000) -> dict[str
     em = np.stack([hits(d) for d in draws])
     sd = float(np.std(em.mean(axis=1), ddof=1))
     c = hierarchical_diff(hits(arm), list(em[:, None, :]), pick_seed_sd=sd, n_boot=n_boot)
-    out["exact_match"] = {**c.to_json(), "reading": _reading(c.difference, True)}
+    out["exact_match"] = {**c.to_json(), "reading": reading(c.difference, True, c.draws)}
     g = [np.asarray(d["eval"]["general"]["nll"], float) for d in draws]
     tokens = np.asarray(arm["eval"]["general"]["tokens"], float)
     sd_g = float(np.std([x.sum() / tokens.sum() for x in g], ddof=1))
     c = hierarchical_diff(np.asarray(arm["eval"]["general"]["nll"], float), [x[None] for x in g], tokens, sd_g, n_boot)
-    out["general_loss"] = {**c.to_json(), "reading": _reading(c.difference, False)}
+    out["general_loss"] = {**c.to_json(), "reading": reading(c.difference, False, c.draws)}
     return out
-
-
-def _reading(iv, higher_is_better: bool) -> str:
-    if iv.excludes_zero:
-        return "better" if (iv.low > 0) == higher_is_better else "worse"
-    return "not shown"
 
 
 def distinct(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.stats import hierarchical_diff, paired_diff
+from benchmarks.stats import MIN_DRAWS, Interval, hierarchical_diff, paired_diff, reading
 
 
 def _runs(rng, rate, seeds, items=60):
@@ -88,8 +88,16 @@ def test_a_single_run_pick_against_draws_counts_the_draws_spread_as_its_own():
         hits = "".join("1" if x else "0" for x in rng.random(100) < rate)
         return {"eval": {"test": {"hits": hits}, "general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
 
-    pick, draws = run(0.9), [run(r) for r in (0.3, 0.5, 0.7, 0.9)]
+    pick, draws = run(0.9), [run(r) for r in (0.3, 0.5, 0.6, 0.7, 0.9)]
     out = seed_counted(pick, draws, n_boot=2000)
     em = out["exact_match"]
     assert em["high"] - em["low"] > 0.5  # about four draws' SD (20 points) each side: wider than the items alone
     assert em["reading"] == "not shown" and out["general_loss"]["estimate"] == pytest.approx(0.0)
+
+
+def test_one_wording_rule_both_ways_and_enough_draws_against_random_picks():
+    up, down, across = Interval(3.0, 1.0, 5.0), Interval(-3.0, -5.0, -1.0), Interval(1.0, -1.0, 3.0)
+    assert reading(up, True) == "better" and reading(down, True) == "worse" and reading(across, True) == "not shown"
+    assert reading(up, False) == "worse" and reading(down, False) == "better"
+    assert reading(up, True, draws=MIN_DRAWS) == "better"
+    assert reading(up, True, draws=2) == f"too few draws (2 of {MIN_DRAWS})"
