@@ -135,7 +135,7 @@ def tiny_model(tmp_path_factory):
 
 def _quick_run(task, tmp_path, monkeypatch, model):
     """``study.py --quick --task TASK --max-runs 1`` on a tiny model: the baseline, one sweep run, the report."""
-    monkeypatch.setattr(study, "convert_model", lambda work, dtype: model)
+    monkeypatch.setattr(study, "convert_model", lambda work, dtype, name=None: model)
     monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(study_report, "RESULTS", tmp_path / "results")
     study.main(["--quick", "--task", task, "--work", str(tmp_path / "work"), "--max-runs", "1"])
