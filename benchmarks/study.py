@@ -44,12 +44,10 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # run as a file: the repository root on the path, for the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,9 +58,7 @@ from benchmarks.benchlib import (
     child_log,
     convert_model,
     machine,
-    median,
     run_child,
-    step_timer,
     write_patterns,
 )
 from benchmarks.study_arms import (
@@ -78,114 +74,11 @@ from benchmarks.study_arms import (
     run_key,
     timing_arms,
 )
-from benchmarks.study_tasks import checkpoint_evals as _checkpoint_evals
 from benchmarks.study_tasks import headline, kind, label, write_task_report
-from benchmarks.study_tasks import heartbeat as _heartbeat
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-
-# ------------------------------------------------------------------------------------------ worker
-
-
-def worker(spec_path: Path, result_path: Path) -> None:
-    """One run in its own process: train through spectrum_llm.train, evaluate the trained model, write a result."""
-    import logging
-
-    import torch
-
-    logging.basicConfig(level=logging.INFO, format="[spectrum] %(message)s")  # train()'s lines, in the run's log
-    spec = json.loads(spec_path.read_text())
-    task = spec["settings"].get("task", "facts")
-    evaluate, summarise = kind(task).evaluate, kind(task).summarise
-    evals = json.loads(Path(spec["files"]["eval"]).read_text())
-    amp = torch.bfloat16 if spec["settings"]["precision"] == "bf16" else None
-    t0 = time.monotonic()
-    if spec["name"] == "baseline":
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype="auto")
-        ev = evaluate(model, evals, amp)
-        result_path.write_text(json.dumps({"eval": ev, **summarise(ev), "eval_s": round(time.monotonic() - t0, 1)}))
-        return
-
-    from spectrum_llm.training import TrainConfig, train
-
-    s = spec["settings"]
-    timing = spec.get("timing_steps")
-    trained: dict[str, Any] = {"eval": {}, "eval_s": 0.0}
-
-    def evaluate_trained(model) -> None:  # before train() saves and returns
-        if timing:
-            return
-        t = time.monotonic()
-        trained["eval"] = evaluate(model, evals, amp)
-        trained["eval_s"] = time.monotonic() - t
-
-    out_dir = Path(spec["work"]) / "runs" / spec["name"]
-    shutil.rmtree(out_dir, ignore_errors=True)
-    probe = step_timer(on_train_end=evaluate_trained)
-    callbacks = [probe]
-    checkpoints: dict[str, Any] = {}
-    if s.get("eval_at") and not timing:
-        callbacks.append(_checkpoint_evals(set(s["eval_at"]), evals, amp, checkpoints, task))
-        callbacks.append(_heartbeat(10))
-    extra: dict[str, Any] = {"save_strategy": "no"}
-    if spec.get("data_seed") is not None:  # the sampler's seed: the data order, nothing else
-        extra["data_seed"] = spec["data_seed"]
-    cfg = TrainConfig(
-        model=spec["model"],
-        data=spec["files"]["train"],
-        output_dir=str(out_dir),
-        task=kind(task).trainer_task,
-        packing=kind(task).trainer_task == "cpt",
-        seq_len=s["seq_len"],
-        batch_size=s["batch_size"],
-        max_steps=timing or s["steps"],
-        lr_scheduler="cosine",
-        warmup_steps=s["warmup"],
-        seed=s["seed"],
-        logging_steps=1,
-        save_steps=10**6,
-        precision=s["precision"],
-        extra_args=extra,
-        **spec["train"],
-    )
-    summary = train(cfg, callbacks=callbacks)
-    steps = probe.times[1:] or probe.times
-    if timing:
-        result_path.write_text(
-            json.dumps(
-                {
-                    "median_step_s": median(steps),
-                    "step_times_s": [round(t, 4) for t in probe.times],
-                    "trainable_params": summary.trainable_params,
-                }
-            )
-        )
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return
-    res = {
-        "trainable_params": summary.trainable_params,
-        "total_params": summary.total_params,
-        "steps": summary.steps,
-        "losses": [round(x, 5) for x in summary.losses],
-        "median_step_s": median(steps),
-        "step_times_s": [round(t, 4) for t in probe.times],
-        "train_runtime_s": round(summary.runtime_s, 2),
-        "tokens": summary.tokens,
-        "eval_s": round(trained["eval_s"], 1),
-        "eval": trained["eval"],
-        **summarise(trained["eval"]),
-    }
-    if checkpoints:
-        res["checkpoints"] = checkpoints
-    shutil.rmtree(out_dir, ignore_errors=True)  # the trained weights are not needed
-    result_path.write_text(json.dumps(res))
-
-
-# ------------------------------------------------------------------------------------------ driver
 
 
 class Store:
@@ -367,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
+        from benchmarks.study_worker import worker
+
         worker(Path(a.worker), Path(a.result))
         return
 

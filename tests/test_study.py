@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks import benchlib, stats, study, study_arms, study_task
+from benchmarks import benchlib, stats, study, study_arms, study_task, study_tasks
 from benchmarks import study_report as report
 from helpers_selection import module_table
 
@@ -517,7 +517,7 @@ def test_the_data_seed_changes_only_the_training_order(tmp_path):
         return train(cfg, callbacks=callbacks).losses
 
     checkpoints: dict = {}
-    a = losses(0, "a", [study._checkpoint_evals({2}, evals, None, checkpoints)])
+    a = losses(0, "a", [study_tasks.checkpoint_evals({2}, evals, None, checkpoints)])
     b, c = losses(0, "b"), losses(1, "c")
     assert a == b and a != c
     assert list(checkpoints) == ["2"] and len(checkpoints["2"]["test_hits"]) == 3
