@@ -11,7 +11,6 @@ or "worse" only where the 95% interval excludes zero.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +18,11 @@ import numpy as np
 
 from benchmarks.benchlib import pyplot, save_figure
 from benchmarks.stats import hierarchical_diff, reading
-from benchmarks.study_primary import EARLY
+from benchmarks.study_primary import EARLY, METRICS, Metric
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 IMAGES = HERE.parent / "docs" / "images"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One number of a run, per item, so that comparisons can resample items: a task's learning or forgetting."""
-
-    label: str
-    unit: str
-    higher_is_better: bool
-    scale: float
-    items: Any  # run -> per-item values (None when the run lacks them)
-    weights: Any = None  # run -> per-item token counts (token-weighted losses)
-
-
-def _hits(r: dict, step: str | None) -> list[float] | None:
-    h = (
-        r.get("checkpoints", {}).get(step, {}).get("test_hits")
-        if step
-        else r.get("eval", {}).get("test", {}).get("hits")
-    )
-    return [float(c == "1") for c in h] if h else None
 
 
 def _split(r: dict, split: str, field: str) -> list[float] | None:
@@ -57,29 +35,23 @@ def _early_nll(r: dict) -> list[float] | None:
     return [float(v) for v in x] if x else None
 
 
-GENERAL = Outcome(
-    "general-text loss, end",
-    "nats",
-    False,
-    1.0,
-    lambda r: _split(r, "general", "nll"),
-    lambda r: _split(r, "general", "tokens"),
-)
+GENERAL = METRICS["general_end"]
 OUTCOMES = {
     "exact": {
-        "learning": Outcome(f"test EM @{EARLY}", "points", True, 100.0, lambda r: _hits(r, EARLY)),
-        "final": Outcome("test EM, end", "points", True, 100.0, lambda r: _hits(r, None)),
+        "learning": METRICS["em_early"],
+        "final": METRICS["em_end"],
         "forgetting": GENERAL,
     },
     "cpt": {
-        "learning": Outcome(
-            f"domain loss @{EARLY}", "nats", False, 1.0, _early_nll, lambda r: _split(r, "test", "tokens")
+        "learning": Metric(
+            f"domain loss @{EARLY}", "nats", False, 1.0, 0.2, _early_nll, lambda r: _split(r, "test", "tokens")
         ),
-        "final": Outcome(
+        "final": Metric(
             "domain loss, end",
             "nats",
             False,
             1.0,
+            0.2,  # a loss in nats: the same target difference as for forgetting
             lambda r: _split(r, "test", "nll"),
             lambda r: _split(r, "test", "tokens"),
         ),
@@ -88,11 +60,11 @@ OUTCOMES = {
 }
 
 
-def value(o: Outcome, r: dict) -> float | None:
+def value(o: Metric, r: dict) -> float | None:
     x = o.items(r)
     if x is None:
         return None
-    w = o.weights(r) if o.weights else None
+    w = o.weights(r)
     return o.scale * float(np.sum(x)) / float(np.sum(w) if w else len(x))
 
 
@@ -123,12 +95,12 @@ def groups(rows: list[dict]) -> dict[str, dict[Any, list[dict]]]:
     return out
 
 
-def _arrays(o: Outcome, runs: list[dict]) -> np.ndarray | None:
+def _arrays(o: Metric, runs: list[dict]) -> np.ndarray | None:
     xs = [o.items(r) for r in runs]
     return None if any(x is None for x in xs) else np.array(xs, dtype=float)
 
 
-def difference(o: Outcome, a: list[list[dict]], b: list[list[dict]], n_boot: int = 5000) -> dict[str, Any] | None:
+def difference(o: Metric, a: list[list[dict]], b: list[list[dict]], n_boot: int = 5000) -> dict[str, Any] | None:
     """``a`` (one fixed pick: one list of runs) minus ``b`` (one fixed pick, or several random draws)."""
     pick = _arrays(o, a[0])
     maybe = [_arrays(o, d) for d in b]
@@ -137,7 +109,7 @@ def difference(o: Outcome, a: list[list[dict]], b: list[list[dict]], n_boot: int
         return None
     if pick.shape[0] < 2 or (len(others) == 1 and others[0].shape[0] < 2):
         return None  # a fixed selection's seed noise needs two of its runs
-    w = o.weights(a[0][0]) if o.weights else None
+    w = o.weights(a[0][0])
     c = hierarchical_diff(pick, others, weights=w, n_boot=n_boot)
     d = c.difference
     return {
