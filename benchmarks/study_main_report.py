@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.benchlib import pyplot, save_figure
-from benchmarks.stats import hierarchical_diff, reading
-from benchmarks.study_primary import EARLY, METRICS, Metric
+from benchmarks.study_pilot import update_doc
+from benchmarks.study_primary import CHAT, EARLY, METRICS, Metric, compare, run_value
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 IMAGES = HERE.parent / "docs" / "images"
+DOC = HERE.parent / "docs" / "evidence.md"
+BEGIN, END = "<!-- main-results:begin -->", "<!-- main-results:end -->"
 
 
 def _split(r: dict, split: str, field: str) -> list[float] | None:
@@ -41,6 +43,7 @@ OUTCOMES = {
         "learning": METRICS["em_early"],
         "final": METRICS["em_end"],
         "forgetting": GENERAL,
+        "chat": CHAT,
     },
     "cpt": {
         "learning": Metric(
@@ -56,23 +59,23 @@ OUTCOMES = {
             lambda r: _split(r, "test", "tokens"),
         ),
         "forgetting": GENERAL,
+        "chat": CHAT,
     },
 }
 
 
 def value(o: Metric, r: dict) -> float | None:
-    x = o.items(r)
-    if x is None:
-        return None
-    w = o.weights(r)
-    return o.scale * float(np.sum(x)) / float(np.sum(w) if w else len(x))
+    return None if o.items(r) is None else run_value(o, r)
 
 
 def load_block(block: str, results: Path = RESULTS) -> tuple[dict | None, list[dict]]:
-    """A block's baseline and runs; the fact blocks add the pilot's runs (groups without ``pilot-``)."""
+    """A block's baseline and runs. The fact blocks share Spectrum-25 and the random draws: ``snr`` adds the
+    pilot's runs (groups without ``pilot-``), ``selectors`` those and ``snr``'s draws."""
     folders = [results / "study-runs" / f"main-{block}"]
     if block in ("snr", "selectors"):
         folders.insert(0, results / "study-runs" / "pilot")
+    if block == "selectors":
+        folders.insert(1, results / "study-runs" / "main-snr")
     base, rows = None, []
     for folder in folders:
         for f in sorted(folder.glob("*.json")):
@@ -93,31 +96,6 @@ def groups(rows: list[dict]) -> dict[str, dict[Any, list[dict]]]:
             continue
         out.setdefault(r["group"], {}).setdefault(r.get("selection_seed"), []).append(r)
     return out
-
-
-def _arrays(o: Metric, runs: list[dict]) -> np.ndarray | None:
-    xs = [o.items(r) for r in runs]
-    return None if any(x is None for x in xs) else np.array(xs, dtype=float)
-
-
-def difference(o: Metric, a: list[list[dict]], b: list[list[dict]], n_boot: int = 5000) -> dict[str, Any] | None:
-    """``a`` (one fixed pick: one list of runs) minus ``b`` (one fixed pick, or several random draws)."""
-    pick = _arrays(o, a[0])
-    maybe = [_arrays(o, d) for d in b]
-    others = [x for x in maybe if x is not None]
-    if pick is None or not others or len(others) < len(maybe):
-        return None
-    if pick.shape[0] < 2 or (len(others) == 1 and others[0].shape[0] < 2):
-        return None  # a fixed selection's seed noise needs two of its runs
-    w = o.weights(a[0][0])
-    c = hierarchical_diff(pick, others, weights=w, n_boot=n_boot)
-    d = c.difference
-    return {
-        **{k: o.scale * v for k, v in d.to_json().items()},
-        "p": c.p,
-        "runs": c.runs,
-        "reading": reading(d, o.higher_is_better, c.draws),
-    }
 
 
 def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: int = 5000) -> dict[str, Any]:
@@ -146,7 +124,7 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
     for name, by_sel in g.items():
         if name.startswith("random"):
             continue
-        pick = [by_sel[None]] if None in by_sel else None
+        pick = by_sel.get(None)
         if pick is None:
             continue
         refs: list[tuple[str, list[list[dict]]]] = [
@@ -156,74 +134,99 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
         for ref, other in refs:
             row: dict[str, Any] = {"arm": name, "against": ref}
             for k, o in outcomes.items():
-                row[k] = difference(o, pick, other, n_boot)
+                row[k] = compare(o, pick, other, n_boot=n_boot)
             comparisons.append(row)
     curves = [
-        {"group": r["group"], "lr": r["lr"], **{k: value(o, r) for k, o in outcomes.items()}}
+        {
+            "group": r["group"],
+            "lr": r["lr"],
+            "sweep": bool(r.get("sweep")),
+            "data_seed": r.get("data_seed"),
+            **{k: value(o, r) for k, o in outcomes.items()},
+        }
         for r in rows
-        if r.get("sweep") or r.get("data_seed") == 0
     ]
     return {"block": block, "baseline": base, "arms": arms, "comparisons": comparisons, "curves": curves}
 
 
+#: outcomes shown as the change over the base model (the loss of the untrained model on the same text)
+CHANGES = ("forgetting", "chat")
+
+
 def markdown(an: dict[str, Any], task_kind: str) -> str:
+    """The block's arms (mean ± SD over runs; losses as the change over the base) and its comparisons (the
+    difference, its 95% interval, the reading, and the smallest difference the design detects)."""
     outcomes = OUTCOMES[task_kind]
     if not an["arms"]:
         return f"_Block `{an['block']}`: no run stored yet._"
     base = an["baseline"]
-    forget0 = value(GENERAL, base) if base else None
-    head = ["arm", "runs (selections)"] + [outcomes[k].label for k in outcomes]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(outcomes)]
+    digits = {k: 1 if o.unit == "points" else 2 for k, o in outcomes.items()}
+    head = [o.label + (" (change)" if k in CHANGES else "") for k, o in outcomes.items()]
+    lines = ["| arm | runs (selections) | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(outcomes)]
     for name, a in sorted(an["arms"].items()):
         cells = []
         for k, o in outcomes.items():
-            m, sd = a[k]["mean"], a[k]["sd"]
-            if m is not None and k == "forgetting" and forget0 is not None:
-                m -= forget0
-            d = 1 if o.unit == "points" else 2
-            cells.append(
-                "-"
-                if m is None
-                else f"{m:+.{d}f}"
-                if k == "forgetting"
-                else f"{m:.{d}f}" + (f" ± {sd:.{d}f}" if sd else "")
-            )
+            m, sd, d = a[k]["mean"], a[k]["sd"], digits[k]
+            b0 = value(o, base) if base and k in CHANGES else None
+            if m is None or (k in CHANGES and b0 is None):
+                cells.append("-")
+                continue
+            text = f"{m - b0:+.{d}f}" if b0 is not None else f"{m:.{d}f}"
+            cells.append(text + (f" ± {sd:.{d}f}" if sd else ""))
         lines.append(f"| {name} | {a['runs']} ({a['selections']}) | " + " | ".join(cells) + " |")
-    lines += ["", "| arm - against | " + " | ".join(o.label + " [95% CI], reading" for o in outcomes.values()) + " |"]
+    lines += ["", "| arm - against | " + " | ".join(o.label for o in outcomes.values()) + " |"]
     lines.append("|---|" + "---|" * len(outcomes))
     for c in an["comparisons"]:
         cells = []
-        for k, o in outcomes.items():
-            x = c[k]
-            d = 1 if o.unit == "points" else 2
+        for k in outcomes:
+            x, d = c[k], digits[k]
             cells.append(
-                "-" if x is None else f"{x['estimate']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}], {x['reading']}"
+                "-"
+                if x is None
+                else f"{x['estimate']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}] {x['reading']} "
+                f"(detects {x['detectable']:.{d}f})"
             )
         lines.append(f"| {c['arm']} - {c['against']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Each cell: the difference [95% interval counting items, seeds and draws], the reading under the one rule, "
+        "and the smallest true difference this many runs detect (alpha 0.05, power 0.8).",
+    ]
     return "\n".join(lines)
 
 
 def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
-    """Learning against forgetting: one point per run at seed 0 or on a rate curve, one colour per arm."""
+    """Learning against forgetting: every run at its arm's rate (small), each arm's mean (large), and each
+    family's rate curve at seed 0 (a line through its rates)."""
     pts = [c for c in an["curves"] if c.get("learning") is not None and c.get("forgetting") is not None]
     if not pts or an["baseline"] is None:
         return None
     plt = pyplot()
     o = OUTCOMES[task_kind]
     f0 = value(GENERAL, an["baseline"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for gname in sorted({c["group"] for c in pts}):
-        cs = sorted((c for c in pts if c["group"] == gname), key=lambda c: c["lr"])
-        ax.plot([c["forgetting"] - f0 for c in cs], [c["learning"] for c in cs], "o-", label=gname, alpha=0.8)
+        mine = [c for c in pts if c["group"] == gname]
+        runs = [c for c in mine if not c["sweep"]]
+        x = [c["forgetting"] - f0 for c in runs]
+        y = [c["learning"] for c in runs]
+        (mean,) = ax.plot([np.mean(x)], [np.mean(y)], "o", ms=9, label=f"{gname} ({len(runs)})")
+        ax.scatter(x, y, s=12, color=mean.get_color(), alpha=0.5)
+        curve = sorted((c for c in mine if c["sweep"] or c["data_seed"] == 0), key=lambda c: c["lr"])
+        if any(c["sweep"] for c in curve):
+            ax.plot([c["forgetting"] - f0 for c in curve], [c["learning"] for c in curve], "-", color=mean.get_color())
     ax.set_xlabel("general-text loss change at the end (nats; lower: forgets less)")
     ax.set_ylabel(o["learning"].label + f" ({o['learning'].unit})")
-    ax.set_title(f"Block {an['block']}: learning against forgetting (seed 0 and rate curves)")
+    ax.set_title(f"Block {an['block']}: learning against forgetting (runs, arm means, rate curves)")
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
-def report_main(blocks: dict[str, str], results: Path = RESULTS, images: Path = IMAGES) -> dict[str, Any]:
-    """Every block with stored runs: its analysis (into ``study-main.json``), markdown and figure."""
+def report_main(
+    blocks: dict[str, str], results: Path = RESULTS, images: Path = IMAGES, doc: Path | None = DOC
+) -> dict[str, Any]:
+    """Every block with stored runs: its analysis (into ``study-main.json``), markdown and figure, and the
+    markdown of them all into ``doc`` between the ``main-results`` markers."""
     from spectrum_llm.files import write_json_atomic
 
     out: dict[str, Any] = {}
@@ -237,4 +240,15 @@ def report_main(blocks: dict[str, str], results: Path = RESULTS, images: Path = 
         print(f"\n[main] block {block}\n" + an["markdown"], flush=True)
     if out:
         write_json_atomic(results / "study-main.json", out)
+        if doc is not None:
+            update_doc("\n\n".join(_section(an) for an in out.values()), doc, BEGIN, END)
     return out
+
+
+def _section(an: dict[str, Any]) -> str:
+    figure = f"\n\n![Block {an['block']}](images/{Path(an['figure']).name})" if an.get("figure") else ""
+    return (
+        f"**Block `{an['block']}`** (stored runs: {sum(a['runs'] for a in an['arms'].values())})\n\n"
+        + an["markdown"]
+        + figure
+    )

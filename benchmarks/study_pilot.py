@@ -260,15 +260,15 @@ def markdown(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_doc(text: str, doc: Path) -> bool:
-    """Replace the block between the ``pilot-results`` markers of ``doc``; False if it has no markers."""
+def update_doc(text: str, doc: Path, begin: str = BEGIN, end: str = END) -> bool:
+    """Replace the block between the ``begin`` and ``end`` markers of ``doc``; False if it has no markers."""
     if not doc.exists():
         return False
     old = doc.read_text(encoding="utf-8")
-    if BEGIN not in old or END not in old:
+    if begin not in old or end not in old:
         return False
-    head, rest = old.split(BEGIN, 1)
-    doc.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1], encoding="utf-8")
+    head, rest = old.split(begin, 1)
+    doc.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
     return True
 
 

@@ -175,3 +175,18 @@ def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
     assert full_vs_s25["forgetting"]["estimate"] == pytest.approx(-0.5)
     assert "| full - spectrum25 |" in an["markdown"] and an["figure"].endswith("study-main-selectors.png")
     assert (tmp_path / "study-main.json").exists()
+
+
+def test_the_main_report_writes_its_tables_between_the_docs_markers(tmp_path):
+    from benchmarks import study_main_report as rep
+
+    runs = tmp_path / "study-runs"
+    for d in range(2):
+        _stored(runs / "pilot", f"pilot-spectrum25-mp-d{d}", "pilot-spectrum25", d, 0.5)
+        _stored(runs / "main-snr", f"snr-random-depth25-s3{d}-d0", "random-depth25", 0, 0.7, 30 + d)
+    doc = tmp_path / "evidence.md"
+    doc.write_text(f"before\n{rep.BEGIN}\nold\n{rep.END}\nafter\n")
+    rep.report_main({"snr": "exact"}, results=tmp_path, images=tmp_path, doc=doc)
+    text = doc.read_text()
+    assert "old" not in text and text.startswith("before\n") and text.endswith("after\n")
+    assert "**Block `snr`** (stored runs: 4)" in text and "| spectrum25 - random-depth25 |" in text
