@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.benchlib import pyplot, save_figure
+from benchmarks.study_matched import matched_table
 from benchmarks.study_pilot import update_doc
 from benchmarks.study_primary import CHAT, EARLY, METRICS, Metric, compare, run_value
 
@@ -146,7 +147,26 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
         }
         for r in rows
     ]
-    return {"block": block, "baseline": base, "arms": arms, "comparisons": comparisons, "curves": curves}
+    full = {
+        lr: [r for r in rows if r["group"] == "full" and r["lr"] == lr]
+        for lr in {r["lr"] for r in rows if r["group"] == "full"}
+    }
+    at_matched = matched_table(
+        outcomes["learning"],
+        outcomes["forgetting"],
+        {name: [r for rs in by_sel.values() for r in rs] for name, by_sel in g.items() if name != "full"},
+        full,
+        fixed={name for name, by_sel in g.items() if None in by_sel},
+        n_boot=n_boot,
+    )
+    return {
+        "block": block,
+        "baseline": base,
+        "arms": arms,
+        "comparisons": comparisons,
+        "matched": at_matched,
+        "curves": curves,
+    }
 
 
 #: outcomes shown as the change over the base model (the loss of the untrained model on the same text)
@@ -191,8 +211,34 @@ def markdown(an: dict[str, Any], task_kind: str) -> str:
         "",
         "Each cell: the difference [95% interval counting items, seeds and draws], the reading under the one rule, "
         "and the smallest true difference this many runs detect (alpha 0.05, power 0.8).",
+        *_matched_lines(an.get("matched") or {}, outcomes["learning"]),
     ]
     return "\n".join(lines)
+
+
+def _matched_lines(m: dict[str, Any], learn: Metric) -> list[str]:
+    """The arms at matched forgetting: learning minus full fine-tuning's curve at the arm's forgetting."""
+    rows = {k: v for k, v in m.get("arms", {}).items() if v is not None}
+    if not rows:
+        return []
+    d = 1 if learn.unit == "points" else 2
+    lines = [
+        "",
+        f"| arm - full FT at the arm's forgetting | {learn.label} [95% CI] | reading | resamples on the curve |",
+        "|---|---|---|---:|",
+    ]
+    for name, v in sorted(rows.items(), key=lambda kv: -kv[1]["estimate"] * (1 if learn.higher_is_better else -1)):
+        lines.append(
+            f"| {name} | {v['estimate']:+.{d}f} [{v['low']:+.{d}f}, {v['high']:+.{d}f}] | {v['reading']} "
+            f"| {100 * v['inside_curve']:.0f}% |"
+        )
+    b = m.get("best")
+    if b and "estimate" in b:
+        lines.append(
+            f"\nBest at matched forgetting: {b['arm']}, {b['estimate']:+.{d}f} [{b['low']:+.{d}f}, {b['high']:+.{d}f}] "
+            f"at the {100 * b['level']:.1f}% level (Bonferroni over {b['of']} arms): {b['reading']}."
+        )
+    return lines
 
 
 def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:

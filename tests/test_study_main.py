@@ -163,7 +163,7 @@ def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
         _stored(runs / "main-selectors", f"selectors-full-d{d}", "full", d, 0.95, general=4.5)
         for sel in (10, 11):
             _stored(runs / "pilot", f"pilot-random25-s{sel}-d{d}", "pilot-random25", d, 0.5, sel)
-    _stored(runs / "main-selectors", "selectors-full-lr0.001-d0", "full", 0, 0.9, sweep=True, general=6.0)
+    _stored(runs / "main-selectors", "selectors-full-lr0.003-d0", "full", 0, 0.9, sweep=True, lr=3e-3, general=6.0)
     base = {"name": "baseline", "eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
     (runs / "pilot" / "baseline.json").write_text(json.dumps(base))
     out = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)
@@ -174,6 +174,8 @@ def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
     assert full_vs_s25["learning"]["reading"] == "better" and full_vs_s25["forgetting"]["reading"] == "better"
     assert full_vs_s25["forgetting"]["estimate"] == pytest.approx(-0.5)
     assert "| full - spectrum25 |" in an["markdown"] and an["figure"].endswith("study-main-selectors.png")
+    # Spectrum's 50% sits far below full fine-tuning's curve (90-95%) at its forgetting
+    assert an["matched"]["arms"]["spectrum25"]["reading"] == "worse" and "Best at matched forgetting" in an["markdown"]
     assert (tmp_path / "study-main.json").exists()
 
 
