@@ -192,34 +192,34 @@ def time_arm(arm: Arm, s: Settings, ctx: dict, store: Store, steps: int) -> dict
     return record
 
 
-def baseline(s: Settings, ctx: dict, store: Store) -> dict:
-    key = hashlib.sha256(
-        json.dumps(
-            [
-                STUDY_VERSION,
-                ctx["fingerprint"],
-                asdict(s)["general_blocks"],
-                asdict(s)["chat_blocks"],
-                s.countries,
-                s.block_len,
-                s.precision,
-            ],
-            default=str,
-        ).encode()
-    ).hexdigest()[:16]
-    done = store.get("baseline", key)
+def baseline(s: Settings, ctx: dict, store: Store, quantize: str | None = None) -> dict:
+    """The untrained model's evaluation, stored like a run; ``quantize`` ("nf4"): with every linear module but
+    the head quantized as QLoRA's base is, so a 4-bit arm's forgetting can be split from its quantization."""
+    parts = [
+        STUDY_VERSION,
+        ctx["fingerprint"],
+        asdict(s)["general_blocks"],
+        asdict(s)["chat_blocks"],
+        s.countries,
+        s.block_len,
+        s.precision,
+    ]
+    name = "baseline" if quantize is None else f"baseline-{quantize}"
+    key = hashlib.sha256(json.dumps(parts + ([quantize] if quantize else []), default=str).encode()).hexdigest()[:16]
+    done = store.get(name, key)
     if done is not None:
         return done
     spec = {
-        "name": "baseline",
+        "name": name,
         "model": ctx["model"],
         "files": ctx["files"],
         "work": str(ctx["work"]),
         "settings": asdict(s),
+        "quantize": quantize,
     }
-    res = run_child(__file__, spec, ctx["work"], "baseline")
-    record = {"name": "baseline", "key": key, **res}
-    store.put("baseline", key, record)
+    res = run_child(__file__, spec, ctx["work"], name)
+    record = {"name": name, "key": key, **res}
+    store.put(name, key, record)
     return record
 
 

@@ -221,6 +221,8 @@ def main_study(a) -> None:
     store = study.Store(results_folder(study.RESULTS, block.name, a.quick))
     ctx = study.setup(a.work, mode, s)
     ctx["baseline"] = study.baseline(s, ctx, store)
+    if any(a in ("qlora", "spectrum25-nf4") for a in block.arms):
+        study.baseline(s, ctx, store, quantize="nf4")
     model = ctx["model"]
     scan_path = ctx["work"] / f"scan-{Path(model).name}-mp.json"
     scan = spectrum_llm.scan(model, output=scan_path, progress=False)

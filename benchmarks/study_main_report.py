@@ -69,7 +69,7 @@ def value(o: Metric, r: dict) -> float | None:
     return None if o.items(r) is None else run_value(o, r)
 
 
-def load_block(block: str, results: Path = RESULTS) -> tuple[dict | None, list[dict]]:
+def load_block(block: str, results: Path = RESULTS) -> tuple[dict[str, dict], list[dict]]:
     """A block's baseline and runs. The fact blocks share Spectrum-25 and the random draws: ``snr`` adds the
     pilot's runs (groups without ``pilot-``), ``selectors`` those and ``snr``'s draws."""
     folders = [results / "study-runs" / f"main-{block}"]
@@ -77,16 +77,17 @@ def load_block(block: str, results: Path = RESULTS) -> tuple[dict | None, list[d
         folders.insert(0, results / "study-runs" / "pilot")
     if block == "selectors":
         folders.insert(1, results / "study-runs" / "main-snr")
-    base, rows = None, []
+    bases: dict[str, dict] = {}
+    rows: list[dict] = []
     for folder in folders:
         for f in sorted(folder.glob("*.json")):
             r = json.loads(f.read_text())
-            if r.get("name") == "baseline":
-                base = base or r
+            if r.get("name", "").startswith("baseline"):  # the base model, and its nf4-quantized version
+                bases.setdefault(r["name"], r)
                 continue
             r["group"] = r["group"].removeprefix("pilot-")
             rows.append(r)
-    return base, rows
+    return bases, rows
 
 
 def groups(rows: list[dict]) -> dict[str, dict[Any, list[dict]]]:
@@ -101,7 +102,8 @@ def groups(rows: list[dict]) -> dict[str, dict[Any, list[dict]]]:
 
 def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: int = 5000) -> dict[str, Any]:
     """Per arm: runs and mean outcomes; each arm against Spectrum-25 and full FT (and random draws for picks)."""
-    base, rows = load_block(block, results)
+    bases, rows = load_block(block, results)
+    base = bases.get("baseline")
     outcomes = OUTCOMES[task_kind]
     g = groups(rows)
     arms: dict[str, Any] = {}
@@ -162,6 +164,7 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
     return {
         "block": block,
         "baseline": base,
+        "baseline_nf4": bases.get("baseline-nf4"),
         "arms": arms,
         "comparisons": comparisons,
         "matched": at_matched,
@@ -212,8 +215,29 @@ def markdown(an: dict[str, Any], task_kind: str) -> str:
         "Each cell: the difference [95% interval counting items, seeds and draws], the reading under the one rule, "
         "and the smallest true difference this many runs detect (alpha 0.05, power 0.8).",
         *_matched_lines(an.get("matched") or {}, outcomes["learning"]),
+        *_nf4_lines(an),
     ]
     return "\n".join(lines)
+
+
+def _nf4_lines(an: dict[str, Any]) -> list[str]:
+    """How much of a 4-bit arm's forgetting its base's quantization alone accounts for."""
+    q, base = an.get("baseline_nf4"), an.get("baseline")
+    if not q or not base:
+        return []
+    parts = []
+    for o in (GENERAL, CHAT):
+        vq, vb = value(o, q), value(o, base)
+        if vq is not None and vb is not None:
+            parts.append(f"{o.label.removesuffix(' at the end')} {vq - vb:+.2f} nats")
+    if not parts:
+        return []
+    return [
+        "",
+        "The base model with every linear module but the head in NF4 (QLoRA's base), untrained: "
+        + ", ".join(parts)
+        + " over the bf16 base: that much of the 4-bit arms' forgetting is the quantization's.",
+    ]
 
 
 def _matched_lines(m: dict[str, Any], learn: Metric) -> list[str]:

@@ -29,10 +29,14 @@ def worker(spec_path: Path, result_path: Path) -> None:
     evals = json.loads(Path(spec["files"]["eval"]).read_text())
     amp = torch.bfloat16 if spec["settings"]["precision"] == "bf16" else None
     t0 = time.monotonic()
-    if spec["name"] == "baseline":
+    if spec["name"].startswith("baseline"):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype="auto")
+        if spec.get("quantize"):
+            from spectrum_llm.training.lowbit import quantize_linears
+
+            quantize_linears(model, spec["quantize"], skip=lambda n, m: False)
         ev = evaluate(model, evals, amp)
         result_path.write_text(json.dumps({"eval": ev, **summarise(ev), "eval_s": round(time.monotonic() - t0, 1)}))
         return

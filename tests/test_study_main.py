@@ -186,9 +186,33 @@ def test_the_main_report_writes_its_tables_between_the_docs_markers(tmp_path):
     for d in range(2):
         _stored(runs / "pilot", f"pilot-spectrum25-mp-d{d}", "pilot-spectrum25", d, 0.5)
         _stored(runs / "main-snr", f"snr-random-depth25-s3{d}-d0", "random-depth25", 0, 0.7, 30 + d)
+    for name, g in (("baseline", 4.0), ("baseline-nf4", 5.0)):
+        base = {"name": name, "eval": {"general": {"nll": [2 * g, g], "tokens": [2, 1]}}}
+        (runs / "main-snr" / f"{name}--k.json").write_text(json.dumps(base))
     doc = tmp_path / "evidence.md"
     doc.write_text(f"before\n{rep.BEGIN}\nold\n{rep.END}\nafter\n")
     rep.report_main({"snr": "exact"}, results=tmp_path, images=tmp_path, doc=doc)
     text = doc.read_text()
     assert "old" not in text and text.startswith("before\n") and text.endswith("after\n")
     assert "**Block `snr`** (stored runs: 4)" in text and "| spectrum25 - random-depth25 |" in text
+    assert "in NF4 (QLoRA's base), untrained: general-text loss +1.00 nats" in text
+
+
+def test_the_nf4_baseline_is_stored_apart_from_the_bf16_one(tmp_path, monkeypatch):
+    specs = []
+
+    def fake_child(script, spec, work, name):
+        specs.append(spec)
+        return {"eval": {"general": {"nll": [4.0 + len(specs)], "tokens": [1]}}}
+
+    monkeypatch.setattr(study, "run_child", fake_child)
+    store = study.Store(tmp_path)
+    from benchmarks.study_pilot import PILOTS
+
+    s = PILOTS["pilot-quick"].settings
+    ctx = {"work": tmp_path, "model": "m", "files": {}, "fingerprint": "fp"}
+    plain = study.baseline(s, ctx, store)
+    nf4 = study.baseline(s, ctx, store, quantize="nf4")
+    assert [sp["quantize"] for sp in specs] == [None, "nf4"]
+    assert nf4["name"] == "baseline-nf4" and nf4["key"] != plain["key"]
+    assert study.baseline(s, ctx, store, quantize="nf4") == nf4 and len(specs) == 2  # stored, not run again
