@@ -74,6 +74,7 @@ from benchmarks.study_arms import (
     run_key,
     timing_arms,
 )
+from benchmarks.study_main import BLOCKS
 from benchmarks.study_tasks import headline, kind, label, write_task_report
 
 HERE = Path(__file__).resolve().parent
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--main",
-        choices=("snr", "selectors", "skill", "cpt", "gemma"),
+        choices=tuple(BLOCKS),
         help="a block of the second study's main runs (benchmarks/study_main.py; with --quick: tiny)",
     )
     ap.add_argument(

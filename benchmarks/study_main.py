@@ -12,6 +12,7 @@ answers the first questions fully rather than every question weakly:
     skill      the key arms on the skill task (exact answers that are not memorised facts).
     cpt        the key arms on continued pretraining (held-out domain loss against forgetting).
     gemma      the key arms on the second model, Gemma-3-270M.
+    facts-b/c  the key arms on two more independent fact sets (``facts_seed`` 2001, 2002).
 
 Every selection comes from the product (``spectrum_llm.select``: per-type, ``random=True`` with
 ``match_depth``, ``rule="top-layers"``, ``min_layer``), LoRA's rank matches Spectrum-25's linear budget, and
@@ -46,6 +47,7 @@ class Block:
     curves: bool = False  # also each family's rate grid at seed 0
     task: str = "facts"
     model: str = "smollm2-135m"  # a key of benchlib.MODELS
+    facts_seed: int = 1234  # the fact task's facts: another seed, another independent fact set
 
 
 BLOCKS = {
@@ -84,9 +86,21 @@ BLOCKS = {
         draw_seeds=2,
         model="gemma3-270m",
     ),
+    # the key arms on two more independent fact sets (new names, capitals, phrasings): does the answer hold?
+    **{
+        f"facts-{tag}": Block(
+            f"facts-{tag}",
+            ("spectrum25", "full", "top-layers", "lora", "random"),
+            seeds=2,
+            draws=2,
+            draw_seeds=2,
+            facts_seed=seed,
+        )
+        for tag, seed in (("b", 2001), ("c", 2002))
+    },
 }
 #: fresh selection seeds per block (the first study drew 0-9 and 100-104, the pilot 10 and 11).
-DRAW_SEED_BASE = {"snr": 20, "skill": 40, "cpt": 60, "gemma": 80}
+DRAW_SEED_BASE = {"snr": 20, "skill": 40, "cpt": 60, "gemma": 80, "facts-b": 100, "facts-c": 120}
 DEPTH_SEED_OFFSET = 10
 
 
@@ -215,9 +229,12 @@ def main_study(a) -> None:
 
     block = BLOCKS[a.main]
     mode = "main-quick" if a.quick else "main"
-    s = replace(PILOTS["pilot-quick" if a.quick else "pilot"].settings, task=block.task, model=block.model)
+    pilot = PILOTS["pilot-quick" if a.quick else "pilot"].settings
+    s = replace(pilot, task=block.task, model=block.model, facts_seed=block.facts_seed)
     if block.model != "smollm2-135m":
         mode += f"-{block.model}"  # its own work folder (converted model, data, scans)
+    if block.facts_seed != pilot.facts_seed:
+        mode += f"-facts{block.facts_seed}"
     store = study.Store(results_folder(study.RESULTS, block.name, a.quick))
     ctx = study.setup(a.work, mode, s)
     ctx["baseline"] = study.baseline(s, ctx, store)

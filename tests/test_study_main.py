@@ -216,3 +216,18 @@ def test_the_nf4_baseline_is_stored_apart_from_the_bf16_one(tmp_path, monkeypatc
     assert [sp["quantize"] for sp in specs] == [None, "nf4"]
     assert nf4["name"] == "baseline-nf4" and nf4["key"] != plain["key"]
     assert study.baseline(s, ctx, store, quantize="nf4") == nf4 and len(specs) == 2  # stored, not run again
+
+
+def test_a_fact_set_block_trains_on_its_own_facts_in_its_own_work_folder(monkeypatch):
+    seen = []
+
+    def fake_setup(work, mode, s):
+        seen.append((mode, s.facts_seed))
+        raise SystemExit(0)  # the block's settings are all this test needs
+
+    monkeypatch.setattr(study, "setup", fake_setup)
+    with pytest.raises(SystemExit):
+        study.main(["--main", "facts-b", "--quick"])
+    with pytest.raises(SystemExit):
+        study.main(["--main", "snr", "--quick"])
+    assert seen == [("main-quick-facts2001", 2001), ("main-quick", 1234)]
