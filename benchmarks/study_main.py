@@ -44,6 +44,7 @@ class Block:
     seeds: int  # training-order seeds of each named arm
     draws: int = 0  # random per-type draws (and as many depth-matched ones when "random-depth" is an arm)
     draw_seeds: int = 0
+    rotate: int = 0  # draw i's training-order seeds start at i mod rotate (0: every draw starts at seed 0)
     curves: bool = False  # also each family's rate grid at seed 0
     task: str = "facts"
     model: str = "smollm2-135m"  # a key of benchlib.MODELS
@@ -53,7 +54,9 @@ class Block:
 BLOCKS = {
     # sized from the pilot (5 runs): at step 100 the draws differ far more than a draw's seeds do (between-draw SD
     # 7.7 points, within 2.7-4.9), so new draws with one seed each buy more power than more seeds of few draws
-    "snr": Block("snr", ("random", "random-depth"), seeds=0, draws=8, draw_seeds=1),
+    # draw i trains with data seed i, so the draws cover Spectrum-25's eight pilot seeds once each: a data order
+    # that suits every selection cannot then favour one side
+    "snr": Block("snr", ("random", "random-depth"), seeds=0, draws=8, draw_seeds=1, rotate=8),
     "selectors": Block(
         "selectors",
         (
@@ -186,17 +189,18 @@ def block_arms(block: Block, scan: Any, model: str, scores: Any = None, scan_pat
                 for kind in (k for k in ("random", "random-depth") if k in block.arms):
                     depth = kind == "random-depth"
                     seed = DRAW_SEED_BASE[block.name] + i + (DEPTH_SEED_OFFSET if depth else 0)
+                    data_seed = (i % block.rotate if block.rotate else 0) + d
                     pats = list(draw(scan, model, seed, depth).patterns)
                     runs.append(
                         Arm(
-                            f"{block.name}-{kind}25-s{seed}-d{d}",
+                            f"{block.name}-{kind}25-s{seed}-d{data_seed}",
                             "partial",
                             f"{kind}25",
                             "spectrum",
                             OPERATING["partial"],
                             pats,
                             seed=seed,
-                            data_seed=d,
+                            data_seed=data_seed,
                         )
                     )
     if block.curves:

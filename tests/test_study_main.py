@@ -119,7 +119,9 @@ def test_a_block_runs_stops_and_resumes(tmp_path, monkeypatch, scanned):
     stored = [json.loads(p.read_text()) for p in folder.glob("snr-*.json")]
     block = study_main.BLOCKS["snr"]
     assert len(stored) == block.draws * 2 * block.draw_seeds
-    assert all(r["selection_seed"] is not None and r["data_seed"] in (0, 1) for r in stored)
+    assert all(r["selection_seed"] is not None for r in stored)
+    for group in ("random25", "random-depth25"):  # draw i trains with data seed i: the pick's seeds, once each
+        assert sorted(r["data_seed"] for r in stored if r["group"] == group) == list(range(block.draws))
     n = len(calls)
     study.main(["--main", "snr", "--quick"])
     assert len(calls) == n
