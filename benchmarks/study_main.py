@@ -7,8 +7,9 @@ answers the first questions fully rather than every question weakly:
 
     snr        Q1 on the fact task: Spectrum-25 against more random per-type draws and against random draws
                matched to its depth histogram (``--random --match-depth``); the pilot's runs are its first part.
-    selectors  Q2 on the fact task: the selectors and methods at Spectrum-25's budget, each over training-order
-               seeds, plus each family's learning-vs-forgetting curve over its rate grid (seed 0).
+    selectors  Q2 on the fact task: the selectors and methods at Spectrum-25's budget (and Spectrum-50 at twice
+               it), each over training-order seeds, plus each family's learning-vs-forgetting curve over its rate
+               grid (seed 0), which puts every family at its own rate by comparing at matched forgetting.
     skill      the key arms on the skill task (exact answers that are not memorised facts).
     cpt        the key arms on continued pretraining (held-out domain loss against forgetting).
     gemma      the key arms on the second model, Gemma-3-270M.
@@ -64,6 +65,7 @@ BLOCKS = {
             "top-layers",
             "top-layers-noemb",
             "spectrum25-noemb",
+            "spectrum50",
             "hybrid",
             "task-aware",
             "dynamic",
@@ -116,6 +118,8 @@ def selections(scan: Any, model: str, task_scores: Any = None) -> dict[str, Any]
     return {
         "spectrum25": s25,
         "spectrum25-noemb": spectrum_llm.select(scan, top_percent=25, embeddings="freeze", model=model),
+        # twice the budget; its rate curve puts it at its own rate (the first study ran it at 25%'s)
+        "spectrum50": spectrum_llm.select(scan, top_percent=50, model=model),
         # whole layers from the top, within Spectrum-25's size (with and without the embeddings it trains)
         "top-layers": spectrum_llm.select(scan, rule="top-layers", top_percent=25, model=model),
         "top-layers-noemb": spectrum_llm.select(
@@ -204,7 +208,7 @@ def block_arms(block: Block, scan: Any, model: str, scores: Any = None, scan_pat
                         )
                     )
     if block.curves:
-        for a in ("full", "spectrum25", "top-layers", "lora"):
+        for a in ("full", "spectrum25", "spectrum50", "top-layers", "lora"):
             runs += [named(a, lr, 0, sweep=True) for lr in RATES[family(a)] if lr != OPERATING[family(a)]]
     return runs
 

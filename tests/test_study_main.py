@@ -75,7 +75,7 @@ def test_selectors_share_spectrums_budget_and_methods_carry_their_options(scanne
     assert by_group["spectrum25-nf4"].options == {"frozen_precision": "nf4"}
     assert by_group["spectrum25-nf4"].train_fields("s.txt")["frozen_precision"] == "nf4"
     curves = [a for a in arms if a.sweep]
-    assert {a.group for a in curves} == {"full", "spectrum25", "top-layers", "lora"} and all(
+    assert {a.group for a in curves} == {"full", "spectrum25", "spectrum50", "top-layers", "lora"} and all(
         a.data_seed == 0 for a in curves
     )
 
