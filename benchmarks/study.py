@@ -328,9 +328,9 @@ def main(argv: list[str] | None = None) -> None:
 
         report_pilot("pilot", study_json=path)
         from benchmarks.study_main import report_kinds
-        from benchmarks.study_main_report import report_main
+        from benchmarks.study_main_report import DOC, report_main
 
-        report_main(report_kinds())
+        report_main(report_kinds(), doc=DOC)
 
 
 def setup(work_root: str, mode: str, s: Settings) -> dict:

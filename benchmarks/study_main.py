@@ -225,10 +225,10 @@ def report_kinds() -> dict[str, str]:
 def main_study(a) -> None:
     """``study.py --main BLOCK [--quick] [--max-runs N] [--report]``: the block's runs not stored yet, in order,
     then the report of every block (``--report``: the report only)."""
-    from benchmarks.study_main_report import report_main
+    from benchmarks.study_main_report import DOC, report_main
 
     if a.report:
-        report_main(report_kinds())
+        report_main(report_kinds(), doc=DOC)
         return
     import spectrum_llm
     from benchmarks import study
@@ -265,4 +265,4 @@ def main_study(a) -> None:
             left -= 1
         study.execute(arm, s, ctx, store)
     if not a.quick:
-        report_main(report_kinds())
+        report_main(report_kinds(), doc=DOC)

@@ -293,10 +293,10 @@ def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
 
 
 def report_main(
-    blocks: dict[str, str], results: Path = RESULTS, images: Path = IMAGES, doc: Path | None = DOC
+    blocks: dict[str, str], results: Path = RESULTS, images: Path = IMAGES, doc: Path | None = None
 ) -> dict[str, Any]:
     """Every block with stored runs: its analysis (into ``study-main.json``), markdown and figure, and the
-    markdown of them all into ``doc`` between the ``main-results`` markers."""
+    markdown of them all into ``doc`` (the study passes docs/evidence.md) between the ``main-results`` markers."""
     from spectrum_llm.files import write_json_atomic
 
     out: dict[str, Any] = {}
