@@ -54,3 +54,9 @@ def test_the_best_arm_is_read_at_the_bonferroni_level():
     assert out["best"]["arm"] == "a" and out["best"]["of"] == 3
     assert out["best"]["level"] == pytest.approx(1 - 0.05 / 3)
     assert out["seed_sd"]["learning"] > 0
+
+
+def test_an_arm_at_the_curves_end_gets_no_reading():
+    edge = [_run(0.95, 2.98, 40), _run(0.95, 2.98, 41)]  # full's last rate forgets 3.0 nats
+    out = matched(LEARN, FORGET, edge, _full(), (2.0, 0.05), n_boot=300)
+    assert out is not None and out["inside_curve"] < 0.95 and out["reading"].startswith("not shown")
