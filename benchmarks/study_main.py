@@ -208,8 +208,14 @@ def block_arms(block: Block, scan: Any, model: str, scores: Any = None, scan_pat
                         )
                     )
     if block.curves:
-        for a in ("full", "spectrum25", "spectrum50", "top-layers", "lora"):
-            runs += [named(a, lr, 0, sweep=True) for lr in RATES[family(a)] if lr != OPERATING[family(a)]]
+        curves = {
+            a: [named(a, lr, 0, sweep=True) for lr in RATES[family(a)] if lr != OPERATING[family(a)]]
+            for a in ("full", "spectrum25", "spectrum50", "top-layers", "lora")
+        }
+        # full fine-tuning's curve right after every arm's first seed: the primary comparison needs it
+        first = len(fixed) if block.seeds else 0
+        runs[first:first] = curves.pop("full")
+        runs += [arm for c in curves.values() for arm in c]
     return runs
 
 

@@ -78,6 +78,9 @@ def test_selectors_share_spectrums_budget_and_methods_carry_their_options(scanne
     assert {a.group for a in curves} == {"full", "spectrum25", "spectrum50", "top-layers", "lora"} and all(
         a.data_seed == 0 for a in curves
     )
+    # full fine-tuning's curve (the matched-forgetting reference) runs right after every arm's first seed
+    first_seed = [a for a in arms if not a.sweep and a.data_seed == 0]
+    assert all(a.group == "full" for a in arms[len(first_seed) : len(first_seed) + 2]) and arms[len(first_seed)].sweep
 
 
 def test_options_enter_the_run_key_only_when_set(scanned):
