@@ -196,7 +196,8 @@ def run_key(settings: Settings, arm: Arm, fingerprint: str) -> str:
     if arm.data_seed is not None:
         payload.update(version=2, **run_fields(settings, arm))
     if arm.options:  # added with the main study: absent from every earlier key
-        payload["options"] = arm.options
+        # the dynamic arm's scan by file name: its content follows from the fingerprint, its folder from --work
+        payload["options"] = {k: Path(v).name if k == "scan" else v for k, v in arm.options.items()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

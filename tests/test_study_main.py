@@ -92,6 +92,9 @@ def test_options_enter_the_run_key_only_when_set(scanned):
     nf4 = next(a for a in arms if a.options)
     plain = study_main.Arm(**{**nf4.__dict__, "options": {}})
     assert run_key(settings, nf4, "fp") != run_key(settings, plain, "fp")
+    dyn = study_main.Arm("d", "partial", "dynamic", "spectrum", 1e-3, options={"scan": "/work/a/scan.json"})
+    moved = study_main.Arm("d", "partial", "dynamic", "spectrum", 1e-3, options={"scan": "/tmp/b/scan.json"})
+    assert run_key(settings, dyn, "fp") == run_key(settings, moved, "fp")  # another --work folder, the same run
 
 
 def test_a_block_runs_stops_and_resumes(tmp_path, monkeypatch, scanned):
