@@ -19,18 +19,13 @@ import numpy as np
 from benchmarks.benchlib import pyplot, save_figure
 from benchmarks.study_matched import matched_table
 from benchmarks.study_pilot import update_doc
-from benchmarks.study_primary import CHAT, EARLY, METRICS, Metric, compare, run_value
+from benchmarks.study_primary import CHAT, EARLY, METRICS, Metric, compare, run_value, split_values
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 IMAGES = HERE.parent / "docs" / "images"
 DOC = HERE.parent / "docs" / "evidence.md"
 BEGIN, END = "<!-- main-results:begin -->", "<!-- main-results:end -->"
-
-
-def _split(r: dict, split: str, field: str) -> list[float] | None:
-    e = r.get("eval", {}).get(split)
-    return [float(x) for x in e[field]] if e else None
 
 
 def _early_nll(r: dict) -> list[float] | None:
@@ -48,7 +43,7 @@ OUTCOMES = {
     },
     "cpt": {
         "learning": Metric(
-            f"domain loss @{EARLY}", "nats", False, 1.0, 0.2, _early_nll, lambda r: _split(r, "test", "tokens")
+            f"domain loss @{EARLY}", "nats", False, 1.0, 0.2, _early_nll, lambda r: split_values(r, "test", "tokens")
         ),
         "final": Metric(
             "domain loss, end",
@@ -56,8 +51,8 @@ OUTCOMES = {
             False,
             1.0,
             0.2,  # a loss in nats: the same target difference as for forgetting
-            lambda r: _split(r, "test", "nll"),
-            lambda r: _split(r, "test", "tokens"),
+            lambda r: split_values(r, "test", "nll"),
+            lambda r: split_values(r, "test", "tokens"),
         ),
         "forgetting": GENERAL,
         "chat": CHAT,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.stats import Interval, reading
-from benchmarks.study_primary import Metric
+from benchmarks.study_primary import Metric, run_value
 
 #: the share of resamples whose forgetting must land on full fine-tuning's curve for a reading: nearer the curve's
 #: end the interval would be conditioned on the resamples that happen to stay inside it
@@ -48,11 +48,10 @@ def curve_at(forgetting: float, curve: list[tuple[float, float]]) -> float | Non
 
 def seed_sd(o: Metric, groups: list[list[dict]]) -> float:
     """The pooled SD between training-order seeds of fixed selections (groups of two or more runs)."""
-    every = np.arange(len(o.items(groups[0][0]) or []))
     ss, dof = 0.0, 0
     for runs in groups:
         if len(runs) >= 2:
-            v = _values(o, runs, every)
+            v = np.array([run_value(o, r) for r in runs])
             ss += float(np.sum((v - v.mean()) ** 2))
             dof += len(runs) - 1
     return float(np.sqrt(ss / dof)) if dof else 0.0

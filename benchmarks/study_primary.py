@@ -53,7 +53,8 @@ def _hits(r: dict, step: str | None) -> list[float] | None:
     return [float(c == "1") for c in h] if h else None
 
 
-def _loss(r: dict, split: str, key: str) -> list[float] | None:
+def split_values(r: dict, split: str, key: str) -> list[float] | None:
+    """A run's per-item ``key`` ("nll" or "tokens") of an evaluation ``split``; None if it has none."""
     g = r.get("eval", {}).get(split)
     return [float(x) for x in g[key]] if g else None
 
@@ -66,8 +67,8 @@ METRICS = {
         False,
         1.0,
         0.2,
-        lambda r: _loss(r, "general", "nll"),
-        lambda r: _loss(r, "general", "tokens"),
+        lambda r: split_values(r, "general", "nll"),
+        lambda r: split_values(r, "general", "tokens"),
     ),
     "em_end": Metric("test exact match at the end", "points", True, 100.0, 5.0, lambda r: _hits(r, None)),
 }
@@ -80,8 +81,8 @@ CHAT = Metric(
     False,
     1.0,
     0.2,
-    lambda r: _loss(r, "chat", "nll"),
-    lambda r: _loss(r, "chat", "tokens"),
+    lambda r: split_values(r, "chat", "nll"),
+    lambda r: split_values(r, "chat", "tokens"),
 )
 
 
