@@ -90,6 +90,25 @@ def test_frozen_linears_are_held_by_bitsandbytes_and_the_selection_in_fp32(tmp_p
     assert prepared.lowbit.quantized == 12 and prepared.lowbit.kept == []
 
 
+def test_gradients_still_reach_the_input_of_an_nf4_layer_after_an_evaluation_pass():
+    """bitsandbytes repacks 4-bit weights for inference on AVX512-BF16 CPUs, into a layout with no backward."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16))
+    lowbit.quantize_linears(model, "nf4", skip=lambda n, m: False)
+    layer = model[0]
+    weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    x = torch.randn(2, 8, 64, dtype=torch.bfloat16)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    model.train()
+    x.requires_grad_(True)
+    model(x).float().sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.ones(2, 8, 32, dtype=torch.bfloat16) @ weight)
+
+
 def test_a_module_the_kernel_rejects_stays_in_16_bit_and_is_counted(tmp_path, monkeypatch, caplog):
     from transformers import AutoModelForCausalLM
 

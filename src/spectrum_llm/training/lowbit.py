@@ -135,6 +135,9 @@ def _quantized(linear: Any, precision: str, device: str) -> Any:
         q.weight = bnb.nn.Params4bit(
             w, requires_grad=False, compress_statistics=True, quant_type="nf4", blocksize=NF4_BLOCK, module=q
         )
+        # On a CPU with AVX512-BF16, bitsandbytes repacks the weight for inference at the first evaluation and
+        # from then on runs a kernel with no backward: gradients through every frozen layer would be dropped.
+        q.support_avx512bf16_for_cpu = False
     else:
         q = bnb.nn.Linear8bitLt(
             linear.in_features,
