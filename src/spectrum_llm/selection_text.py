@@ -70,8 +70,10 @@ def _rule_words(rule: dict[str, Any]) -> str | None:
 #: What the study (docs/evidence.md) found so far, printed under every selection ranked by a score; it follows
 #: the evidence and changes when the evidence does.
 EVIDENCE = (
-    "[dim]evidence (docs/evidence.md): score-ranked picks are not shown to beat random\n"
-    "picks of their size; compare: --random --match SEL; faster: --rule top-layers[/]"
+    "[dim]evidence (docs/evidence.md): on the study's fact task the SNR pick learned\n"
+    "more slowly than random picks of its size per type and forgot no less; matched\n"
+    "to its depth, no different. Compare: --random --match SEL [--match-depth];\n"
+    "faster: --rule top-layers[/]"
 )
 
 
