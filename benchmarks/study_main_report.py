@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.benchlib import pyplot, save_figure
+from benchmarks.study_main import BLOCKS
 from benchmarks.study_matched import matched_table
 from benchmarks.study_pilot import update_doc
 from benchmarks.study_primary import CHAT, EARLY, METRICS, Metric, compare, run_value, split_values
@@ -96,7 +97,8 @@ def groups(rows: list[dict]) -> dict[str, dict[Any, list[dict]]]:
 
 
 def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: int = 5000) -> dict[str, Any]:
-    """Per arm: runs and mean outcomes; each arm against Spectrum-25 and full FT (and random draws for picks)."""
+    """Per arm: runs and mean outcomes; each arm against full FT and Spectrum-25, and against the random draws
+    where the block runs its own (the ``selectors`` block shows ``snr``'s draws but leaves that question to it)."""
     bases, rows = load_block(block, results)
     base = bases.get("baseline")
     outcomes = OUTCOMES[task_kind]
@@ -118,15 +120,19 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
             },
         }
     comparisons: list[dict[str, Any]] = []
-    random_groups = [n for n in g if n.startswith("random")]
+    own = BLOCKS[block].arms if block in BLOCKS else ("random", "random-depth")
+    random_groups = [n for n in g if n.startswith("random") and n.removesuffix("25") in own]
     for name, by_sel in g.items():
         if name.startswith("random"):
             continue
         pick = by_sel.get(None)
         if pick is None:
             continue
+        # each pick against full fine-tuning, then Spectrum-25 (once per pair), then the block's own random draws
         refs: list[tuple[str, list[list[dict]]]] = [
-            (ref, [g[ref][None]]) for ref in ("spectrum25", "full") if ref in g and ref != name and None in g[ref]
+            (ref, [g[ref][None]])
+            for ref in ("full", "spectrum25")
+            if ref in g and None in g[ref] and name not in ("full", ref)
         ]
         refs += [(ref, list(g[ref].values())) for ref in random_groups]
         for ref, other in refs:
