@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.benchlib import lora_rank_for, module_table
-from benchmarks.study_arms import Arm
+from benchmarks.study_arms import Arm, timing_arms
 
 #: the rate grid of each family (the first study's sweep: full fine-tuning peaked at 3e-4, every partial-freeze
 #: arm and LoRA at 1e-3 once forgetting counts); the middle value is the family's operating rate.
@@ -219,6 +219,19 @@ def block_arms(block: Block, scan: Any, model: str, scores: Any = None, scan_pat
     return runs
 
 
+def timing_plan(block: Block, arms: list[Arm], scan: Any, model: str) -> list[Arm]:
+    """One arm of each group at its operating rate (training-order seed 0) for the compute column, with
+    Spectrum-25 (the block's reference, run by the pilot when the block does not name it)."""
+    first = [a for a in arms if not a.sweep and a.data_seed == 0]
+    if not any(a.group == "spectrum25" for a in first):
+        pats = list(selections(scan, model)["spectrum25"].patterns)
+        lr = OPERATING["partial"]
+        first.append(
+            Arm(f"{block.name}-spectrum25-lr{lr:g}-d0", "partial", "spectrum25", "spectrum", lr, pats, data_seed=0)
+        )
+    return timing_arms(first)
+
+
 def results_folder(results: Path, block: str, quick: bool = False) -> Path:
     return results / "study-runs" / f"main{'-quick' if quick else ''}-{block}"
 
@@ -229,8 +242,9 @@ def report_kinds() -> dict[str, str]:
 
 
 def main_study(a) -> None:
-    """``study.py --main BLOCK [--quick] [--max-runs N] [--report]``: the block's runs not stored yet, in order,
-    then the report of every block (``--report``: the report only)."""
+    """``study.py --main BLOCK [--quick] [--max-runs N] [--timing STEPS] [--report]``: the block's runs not stored
+    yet, in order, then each arm's step time alone (``--timing``; ``--max-runs 0 --timing 10`` times only), then
+    the report of every block (``--report``: the report only)."""
     from benchmarks.study_main_report import DOC, report_main
 
     if a.report:
@@ -270,5 +284,8 @@ def main_study(a) -> None:
                 break
             left -= 1
         study.execute(arm, s, ctx, store)
+    if a.timing:
+        for arm in timing_plan(block, arms, scan, model):
+            study.time_arm(arm, s, ctx, study.Store(store.folder / "timing"), a.timing)
     if not a.quick:
         report_main(report_kinds(), doc=DOC)

@@ -164,6 +164,7 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
     )
     return {
         "block": block,
+        "cost": costs(block, g, results),
         "baseline": base,
         "baseline_nf4": bases.get("baseline-nf4"),
         "arms": arms,
@@ -171,6 +172,45 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
         "matched": at_matched,
         "curves": curves,
     }
+
+
+def costs(block: str, g: dict[str, dict[Any, list[dict]]], results: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """Per arm: trainable parameters and peak memory (medians over its runs: each run is its own process, so
+    memory does not depend on what else ran), and its step time alone from the timing pass (``--main BLOCK
+    --timing STEPS``: one arm after another on a quiet machine; the runs' own step times shared the cores)."""
+    folder = results / "study-runs" / f"main-{block}" / "timing"
+    timings = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    out: dict[str, dict[str, Any]] = {}
+    for name, by_sel in g.items():
+        runs = [r for rs in by_sel.values() for r in rs]
+        params = [r["trainable_params"] for r in runs if r.get("trainable_params")]
+        peaks = [r["peak_rss_anon_bytes"] / 2**20 for r in runs if r.get("peak_rss_anon_bytes")]
+        step = next((t["median_step_s"] for t in timings if t.get("group") == name), None)
+        out[name] = {
+            "trainable_params": float(np.median(params)) if params else None,
+            "peak_mib": float(np.median(peaks)) if peaks else None,
+            "step_s": step,
+        }
+    return out
+
+
+def _cost_lines(cost: dict[str, dict[str, Any]]) -> list[str]:
+    """The compute table: size, memory and step time alone (with its ratio to full fine-tuning's)."""
+    if not any(v["trainable_params"] or v["step_s"] for v in cost.values()):
+        return []
+    full = cost.get("full", {}).get("step_s")
+    lines = [
+        "",
+        "| arm | trainable parameters (M) | peak memory (MiB) | step time alone (s) | step time / full FT's |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, v in sorted(cost.items()):
+        n, mib, step = v["trainable_params"], v["peak_mib"], v["step_s"]
+        lines.append(
+            f"| {name} | {f'{n / 1e6:.1f}' if n else '-'} | {f'{mib:,.0f}' if mib else '-'} "
+            f"| {f'{step:.2f}' if step else '-'} | {f'{step / full:.2f}x' if step and full else '-'} |"
+        )
+    return lines
 
 
 #: outcomes shown as the change over the base model (the loss of the untrained model on the same text)
@@ -216,6 +256,7 @@ def markdown(an: dict[str, Any], task_kind: str) -> str:
         "Each cell: the difference [95% interval counting items, seeds and draws], the reading under the one rule, "
         "and the smallest true difference this many runs detect (alpha 0.05, power 0.8).",
         *_matched_lines(an.get("matched") or {}, outcomes["learning"]),
+        *_cost_lines(an.get("cost") or {}),
         *_nf4_lines(an),
     ]
     return "\n".join(lines)

@@ -241,3 +241,42 @@ def test_a_fact_set_block_trains_on_its_own_facts_in_its_own_work_folder(monkeyp
     with pytest.raises(SystemExit):
         study.main(["--main", "snr", "--quick"])
     assert seen == [("main-quick-facts2001", 2001), ("main-quick", 1234)]
+
+
+def test_the_timing_pass_times_each_group_once_with_spectrum25_beside_the_selectors(scanned):
+    scan, model = scanned
+    block = study_main.BLOCKS["selectors"]
+    arms = study_main.block_arms(block, scan, model)
+    timed = study_main.timing_plan(block, arms, scan, model)
+    groups = [a.group for a in timed]
+    assert len(groups) == len(set(groups)) and "spectrum25" in groups
+    assert set(groups) == {a.group for a in arms if not a.sweep} | {"spectrum25"}
+    assert all(not a.sweep and a.data_seed == 0 for a in timed)
+    snr = study_main.BLOCKS["snr"]
+    assert {a.group for a in study_main.timing_plan(snr, study_main.block_arms(snr, scan, model), scan, model)} == {
+        "random25",
+        "random-depth25",
+        "spectrum25",
+    }
+
+
+def test_the_main_report_shows_each_arms_size_memory_and_step_time_alone(tmp_path):
+    from benchmarks import study_main_report as rep
+
+    runs = tmp_path / "study-runs"
+    for d in range(2):
+        _stored(runs / "pilot", f"pilot-spectrum25-mp-d{d}", "pilot-spectrum25", d, 0.5)
+        _stored(runs / "main-selectors", f"selectors-full-d{d}", "full", d, 0.9)
+    for f in runs.rglob("*.json"):
+        r = json.loads(f.read_text())
+        full = r["group"] == "full"
+        r |= {"trainable_params": 8e6 if full else 2e6, "peak_rss_anon_bytes": (3 if full else 2) * 2**30}
+        f.write_text(json.dumps(r))
+    timing = runs / "main-selectors" / "timing"
+    timing.mkdir()
+    for group, step in (("full", 2.0), ("spectrum25", 1.5)):
+        (timing / f"{group}.json").write_text(json.dumps({"name": group, "group": group, "median_step_s": step}))
+    an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
+    assert an["cost"]["spectrum25"] == {"trainable_params": 2e6, "peak_mib": 2048.0, "step_s": 1.5}
+    assert "| spectrum25 | 2.0 | 2,048 | 1.50 | 0.75x |" in an["markdown"]
+    assert "| full | 8.0 | 3,072 | 2.00 | 1.00x |" in an["markdown"]
