@@ -317,12 +317,17 @@ def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
     o = OUTCOMES[task_kind]
     f0 = value(GENERAL, an["baseline"])
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for gname in sorted({c["group"] for c in pts}):
+    names = sorted({c["group"] for c in pts})
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    for i, gname in enumerate(names):  # a colour and a marker each: more arms than one colour cycle holds
         mine = [c for c in pts if c["group"] == gname]
         runs = [c for c in mine if not c["sweep"]]
         x = [c["forgetting"] - f0 for c in runs]
         y = [c["learning"] for c in runs]
-        (mean,) = ax.plot([np.mean(x)], [np.mean(y)], "o", ms=9, label=f"{gname} ({len(runs)})")
+        colour = colours[(2 * i) % 20 + (2 * i) // 20 % 2]
+        (mean,) = ax.plot(
+            [np.mean(x)], [np.mean(y)], "osD^v<>p"[i % 8], ms=9, color=colour, label=f"{gname} ({len(runs)})"
+        )
         ax.scatter(x, y, s=12, color=mean.get_color(), alpha=0.5)
         curve = sorted((c for c in mine if c["sweep"] or c["data_seed"] == 0), key=lambda c: c["lr"])
         if any(c["sweep"] for c in curve):
