@@ -224,11 +224,8 @@ def timing_plan(block: Block, arms: list[Arm], scan: Any, model: str) -> list[Ar
     Spectrum-25 (the block's reference, run by the pilot when the block does not name it)."""
     first = [a for a in arms if not a.sweep and a.data_seed == 0]
     if not any(a.group == "spectrum25" for a in first):
-        pats = list(selections(scan, model)["spectrum25"].patterns)
-        lr = OPERATING["partial"]
-        first.append(
-            Arm(f"{block.name}-spectrum25-lr{lr:g}-d0", "partial", "spectrum25", "spectrum", lr, pats, data_seed=0)
-        )
+        only = replace(block, arms=("spectrum25",), seeds=1, draws=0, draw_seeds=0, curves=False)
+        first += block_arms(only, scan, model)
     return timing_arms(first)
 
 
@@ -285,7 +282,8 @@ def main_study(a) -> None:
             left -= 1
         study.execute(arm, s, ctx, store)
     if a.timing:
+        timing = study.Store(store.folder / "timing")
         for arm in timing_plan(block, arms, scan, model):
-            study.time_arm(arm, s, ctx, study.Store(store.folder / "timing"), a.timing)
+            study.time_arm(arm, s, ctx, timing, a.timing)
     if not a.quick:
         report_main(report_kinds(), doc=DOC)

@@ -21,6 +21,7 @@ from benchmarks.study_main import BLOCKS
 from benchmarks.study_matched import matched_table
 from benchmarks.study_pilot import update_doc
 from benchmarks.study_primary import CHAT, EARLY, METRICS, Metric, compare, run_value, split_values
+from benchmarks.study_report import quiet_step
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -185,11 +186,10 @@ def costs(block: str, g: dict[str, dict[Any, list[dict]]], results: Path = RESUL
         runs = [r for rs in by_sel.values() for r in rs]
         params = [r["trainable_params"] for r in runs if r.get("trainable_params")]
         peaks = [r["peak_rss_anon_bytes"] / 2**20 for r in runs if r.get("peak_rss_anon_bytes")]
-        step = next((t["median_step_s"] for t in timings if t.get("group") == name), None)
         out[name] = {
             "trainable_params": float(np.median(params)) if params else None,
             "peak_mib": float(np.median(peaks)) if peaks else None,
-            "step_s": step,
+            "step_s": quiet_step(runs[0], timings),
         }
     return out
 
@@ -318,13 +318,13 @@ def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
     f0 = value(GENERAL, an["baseline"])
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     names = sorted({c["group"] for c in pts})
-    colours = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    tab20 = plt.get_cmap("tab20")  # ten hues in dark/light pairs: the dark ones first, then the light
     for i, gname in enumerate(names):  # a colour and a marker each: more arms than one colour cycle holds
         mine = [c for c in pts if c["group"] == gname]
         runs = [c for c in mine if not c["sweep"]]
         x = [c["forgetting"] - f0 for c in runs]
         y = [c["learning"] for c in runs]
-        colour = colours[(2 * i) % 20 + (2 * i) // 20 % 2]
+        colour = tab20(2 * i % 20 + i // 10 % 2)
         (mean,) = ax.plot(
             [np.mean(x)], [np.mean(y)], "osD^v<>p"[i % 8], ms=9, color=colour, label=f"{gname} ({len(runs)})"
         )
