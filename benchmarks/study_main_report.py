@@ -97,6 +97,11 @@ def groups(rows: list[dict]) -> dict[str, dict[Any, list[dict]]]:
     return out
 
 
+#: a 4-bit arm against its bf16 twin (the same method on a bf16 base): what the 4-bit base itself costs.
+#: Spectrum-25 on an nf4 base meets its twin as every arm's second reference.
+BF16_TWIN = {"qlora": "lora"}
+
+
 def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: int = 5000) -> dict[str, Any]:
     """Per arm: runs and mean outcomes; each arm against full FT and Spectrum-25, and against the random draws
     where the block runs its own (the ``selectors`` block shows ``snr``'s draws but leaves that question to it)."""
@@ -129,12 +134,16 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
         pick = by_sel.get(None)
         if pick is None:
             continue
-        # each pick against full fine-tuning, then Spectrum-25 (once per pair), then the block's own random draws
+        # each pick against full fine-tuning, then Spectrum-25 (once per pair), a 4-bit arm against its bf16
+        # twin, then the block's own random draws
         refs: list[tuple[str, list[list[dict]]]] = [
             (ref, [g[ref][None]])
             for ref in ("full", "spectrum25")
             if ref in g and None in g[ref] and name not in ("full", ref)
         ]
+        twin = BF16_TWIN.get(name)
+        if twin is not None and twin in g and None in g[twin]:
+            refs.append((twin, [g[twin][None]]))
         refs += [(ref, list(g[ref].values())) for ref in random_groups]
         for ref, other in refs:
             row: dict[str, Any] = {"arm": name, "against": ref}

@@ -189,6 +189,21 @@ def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
     assert (tmp_path / "study-main.json").exists()
 
 
+def test_qlora_meets_lora_its_bf16_twin_in_the_main_report(tmp_path):
+    from benchmarks import study_main_report as rep
+
+    runs = tmp_path / "study-runs" / "main-selectors"
+    for d in range(3):
+        _stored(runs, f"selectors-lora-d{d}", "lora", d, 0.9)
+        _stored(runs, f"selectors-qlora-d{d}", "qlora", d, 0.4)
+    base = {"name": "baseline", "eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
+    (runs / "baseline.json").write_text(json.dumps(base))
+    an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
+    [c] = an["comparisons"]
+    assert (c["arm"], c["against"]) == ("qlora", "lora") and c["learning"]["reading"] == "worse"
+    assert "| qlora - lora |" in an["markdown"]
+
+
 def test_the_main_report_writes_its_tables_between_the_docs_markers(tmp_path):
     from benchmarks import study_main_report as rep
 

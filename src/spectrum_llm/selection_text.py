@@ -71,9 +71,11 @@ def _rule_words(rule: dict[str, Any]) -> str | None:
 #: the evidence and changes when the evidence does.
 EVIDENCE = (
     "[dim]evidence (docs/evidence.md): on the study's fact task the SNR pick learned\n"
-    "more slowly than random picks of its size per type and forgot no less; matched\n"
-    "to its depth, no different. Compare: --random --match SEL [--match-depth];\n"
-    "faster: --rule top-layers[/]"
+    "more slowly than random picks of its size per type and forgot no less (matched\n"
+    "to its depth, no different); whole top layers of its size learned faster, as\n"
+    "fast as full fine-tuning, and forgot less. Recommended: --rule top-layers\n"
+    "(with --embeddings freeze: least forgetting, fastest steps, slower learning).\n"
+    "Compare your own pick: --random --match SEL [--match-depth][/]"
 )
 
 
