@@ -97,6 +97,18 @@ def groups(rows: list[dict]) -> dict[str, dict[Any, list[dict]]]:
     return out
 
 
+def rate_points(rows: list[dict]) -> dict[str, list[dict]]:
+    """``spectrum50 at 0.0003`` -> its runs: every family with a rate curve (full fine-tuning, the reference,
+    aside) at each of its rates, over its seeds at the operating rate and one run at each other rate."""
+    swept = sorted({r["group"] for r in rows if r.get("sweep") and r["group"] != "full"})
+    out: dict[str, list[dict]] = {}
+    for name in swept:
+        mine = [r for r in rows if r["group"] == name and r.get("selection_seed") is None]
+        for lr in sorted({r["lr"] for r in mine}):
+            out[f"{name} at {lr:g}"] = [r for r in mine if r["lr"] == lr]
+    return out
+
+
 #: a 4-bit arm against its bf16 twin (the same method on a bf16 base): what the 4-bit base itself costs.
 #: Spectrum-25 on an nf4 base meets its twin as every arm's second reference.
 BF16_TWIN = {"qlora": "lora"}
@@ -172,6 +184,26 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
         fixed={name for name, by_sel in g.items() if None in by_sel},
         n_boot=n_boot,
     )
+    points = rate_points(rows)
+    seed_sd = at_matched.get("seed_sd")
+    every_rate = (
+        matched_table(
+            outcomes["learning"],
+            outcomes["forgetting"],
+            points,
+            full,
+            n_boot=n_boot,
+            sd=(seed_sd["learning"], seed_sd["forgetting"]),
+        )
+        if points and seed_sd
+        else {}
+    )
+    if every_rate:
+        for name, runs in points.items():
+            every_rate["arms"][name] = {
+                **(every_rate["arms"][name] or {}),
+                **{k: float(np.mean([run_value(outcomes[k], r) for r in runs])) for k in ("learning", "forgetting")},
+            }
     return {
         "block": block,
         "cost": costs(block, g, results),
@@ -180,6 +212,7 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
         "arms": arms,
         "comparisons": comparisons,
         "matched": at_matched,
+        "every_rate": every_rate,
         "curves": curves,
     }
 
@@ -265,6 +298,7 @@ def markdown(an: dict[str, Any], task_kind: str) -> str:
         "Each cell: the difference [95% interval counting items, seeds and draws], the reading under the one rule, "
         "and the smallest true difference this many runs detect (alpha 0.05, power 0.8).",
         *_matched_lines(an.get("matched") or {}, outcomes["learning"]),
+        *_rate_lines(an, outcomes),
         *_cost_lines(an.get("cost") or {}),
         *_nf4_lines(an),
     ]
@@ -312,6 +346,36 @@ def _matched_lines(m: dict[str, Any], learn: Metric) -> list[str]:
         lines.append(
             f"\nBest at matched forgetting: {b['arm']}, {b['estimate']:+.{d}f} [{b['low']:+.{d}f}, {b['high']:+.{d}f}] "
             f"at the {100 * b['level']:.1f}% level (Bonferroni over {b['of']} arms): {b['reading']}."
+        )
+    return lines
+
+
+def _rate_lines(an: dict[str, Any], outcomes: dict[str, Metric]) -> list[str]:
+    """Each family at every rate of its curve against full fine-tuning at the point's forgetting: what the
+    family does at its own rate. The rates are looked at after the fact, so the best point is read at the
+    Bonferroni level over every point, and a point that ran once carries a seed's noise."""
+    pts = (an.get("every_rate") or {}).get("arms") or {}
+    base = value(outcomes["forgetting"], an["baseline"]) if an.get("baseline") else None
+    if not pts or base is None:
+        return []
+    learn = outcomes["learning"]
+    d = 1 if learn.unit == "points" else 2
+    lines = [
+        "",
+        f"| family at rate | {learn.label} | general-text loss (change) | minus full FT at its forgetting [95% CI] "
+        "| reading |",
+        "|---|---:|---:|---|---|",
+    ]
+    for name, v in pts.items():
+        vs = f"{v['estimate']:+.{d}f} [{v['low']:+.{d}f}, {v['high']:+.{d}f}]" if "estimate" in v else "-"
+        reading = v.get("reading", "off full FT's curve")
+        lines.append(f"| {name} | {v['learning']:.{d}f} | {v['forgetting'] - base:+.2f} | {vs} | {reading} |")
+    b = an["every_rate"].get("best")
+    if b and "estimate" in b:
+        lines.append(
+            f"\nBest point at matched forgetting: {b['arm']}, {b['estimate']:+.{d}f} [{b['low']:+.{d}f}, "
+            f"{b['high']:+.{d}f}] at the {100 * b['level']:.1f}% level (Bonferroni over {b['of']} points): "
+            f"{b['reading']}."
         )
     return lines
 

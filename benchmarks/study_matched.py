@@ -121,17 +121,20 @@ def matched_table(
     full: dict[float, list[dict]],
     fixed: set[str] | None = None,
     n_boot: int = 4000,
+    sd: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Every arm at matched forgetting, and the best of them read at the Bonferroni level for k arms.
 
     The seed SD is pooled over the ``fixed`` arms (one selection over its seeds; default: every arm) and full
-    fine-tuning's rates; a group of random draws mixes selections, so it is left out of the pool."""
-    fixed = set(arms) if fixed is None else fixed
-    groups = [rs for k, rs in arms.items() if k in fixed and len(rs) >= 2]
-    groups += [rs for rs in full.values() if len(rs) >= 2]
-    if not groups:
-        return {}
-    sd = (seed_sd(learn, groups), seed_sd(forget, groups))
+    fine-tuning's rates; a group of random draws mixes selections, so it is left out of the pool. ``sd`` (learning,
+    forgetting) takes another table's pooled SD instead, so the same noise is added to its single runs."""
+    if sd is None:
+        fixed = set(arms) if fixed is None else fixed
+        groups = [rs for k, rs in arms.items() if k in fixed and len(rs) >= 2]
+        groups += [rs for rs in full.values() if len(rs) >= 2]
+        if not groups:
+            return {}
+        sd = (seed_sd(learn, groups), seed_sd(forget, groups))
     rows = {name: matched(learn, forget, rs, full, sd, n_boot=n_boot) for name, rs in arms.items()}
     found = {k: v for k, v in rows.items() if v is not None}
     out: dict[str, Any] = {"seed_sd": {"learning": sd[0], "forgetting": sd[1]}, "arms": rows}

@@ -204,6 +204,27 @@ def test_qlora_meets_lora_its_bf16_twin_in_the_main_report(tmp_path):
     assert "| qlora - lora |" in an["markdown"]
 
 
+def test_each_family_with_a_rate_curve_meets_full_fts_curve_at_every_rate(tmp_path):
+    from benchmarks import study_main_report as rep
+
+    runs = tmp_path / "study-runs" / "main-selectors"
+    for d in range(2):
+        _stored(runs, f"selectors-full-d{d}", "full", d, 0.9, lr=3e-4)
+        _stored(runs, f"selectors-top-layers-d{d}", "top-layers", d, 0.9, general=6.0)
+    _stored(runs, "selectors-full-lr1e-4", "full", 0, 0.3, sweep=True, lr=1e-4, general=4.2)
+    _stored(runs, "selectors-full-lr1e-3", "full", 0, 0.9, sweep=True, lr=1e-3, general=7.0)
+    _stored(runs, "selectors-top-layers-lr3e-4", "top-layers", 0, 0.9, sweep=True, lr=3e-4, general=4.5)
+    base = {"name": "baseline", "eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
+    (runs / "baseline.json").write_text(json.dumps(base))
+    an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
+    points = an["every_rate"]["arms"]
+    assert list(points) == ["top-layers at 0.0003", "top-layers at 0.001"]
+    # at +0.5 nats full fine-tuning's curve learns about half; the top layers learned 90% of the items
+    assert points["top-layers at 0.0003"]["reading"] == "better"
+    assert points["top-layers at 0.0003"]["forgetting"] == pytest.approx(4.5)
+    assert "| top-layers at 0.0003 |" in an["markdown"] and "Bonferroni over 2 points" in an["markdown"]
+
+
 def test_the_main_report_writes_its_tables_between_the_docs_markers(tmp_path):
     from benchmarks import study_main_report as rep
 
