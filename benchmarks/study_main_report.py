@@ -150,12 +150,9 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
         # twin, then the block's own random draws
         refs: list[tuple[str, list[list[dict]]]] = [
             (ref, [g[ref][None]])
-            for ref in ("full", "spectrum25")
+            for ref in ("full", "spectrum25", BF16_TWIN.get(name, ""))
             if ref in g and None in g[ref] and name not in ("full", ref)
         ]
-        twin = BF16_TWIN.get(name)
-        if twin is not None and twin in g and None in g[twin]:
-            refs.append((twin, [g[twin][None]]))
         refs += [(ref, list(g[ref].values())) for ref in random_groups]
         for ref, other in refs:
             row: dict[str, Any] = {"arm": name, "against": ref}

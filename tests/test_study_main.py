@@ -162,6 +162,11 @@ def _stored(folder, name, group, d, rate, sel=None, sweep=False, lr=1e-3, genera
     (folder / f"{name}-{d}.json").write_text(json.dumps(record))
 
 
+def _stored_baseline(folder):
+    base = {"name": "baseline", "eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
+    (folder / "baseline.json").write_text(json.dumps(base))
+
+
 def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
     from benchmarks import study_main_report as rep
 
@@ -172,8 +177,7 @@ def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
         for sel in (10, 11):
             _stored(runs / "pilot", f"pilot-random25-s{sel}-d{d}", "pilot-random25", d, 0.5, sel)
     _stored(runs / "main-selectors", "selectors-full-lr0.003-d0", "full", 0, 0.9, sweep=True, lr=3e-3, general=6.0)
-    base = {"name": "baseline", "eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
-    (runs / "pilot" / "baseline.json").write_text(json.dumps(base))
+    _stored_baseline(runs / "pilot")
     out = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)
     an = out["selectors"]
     assert an["arms"]["spectrum25"]["runs"] == 3 and an["arms"]["random25"]["selections"] == 2
@@ -196,8 +200,7 @@ def test_qlora_meets_lora_its_bf16_twin_in_the_main_report(tmp_path):
     for d in range(3):
         _stored(runs, f"selectors-lora-d{d}", "lora", d, 0.9)
         _stored(runs, f"selectors-qlora-d{d}", "qlora", d, 0.4)
-    base = {"name": "baseline", "eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
-    (runs / "baseline.json").write_text(json.dumps(base))
+    _stored_baseline(runs)
     an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
     [c] = an["comparisons"]
     assert (c["arm"], c["against"]) == ("qlora", "lora") and c["learning"]["reading"] == "worse"
@@ -214,8 +217,7 @@ def test_each_family_with_a_rate_curve_meets_full_fts_curve_at_every_rate(tmp_pa
     _stored(runs, "selectors-full-lr1e-4", "full", 0, 0.3, sweep=True, lr=1e-4, general=4.2)
     _stored(runs, "selectors-full-lr1e-3", "full", 0, 0.9, sweep=True, lr=1e-3, general=7.0)
     _stored(runs, "selectors-top-layers-lr3e-4", "top-layers", 0, 0.9, sweep=True, lr=3e-4, general=4.5)
-    base = {"name": "baseline", "eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
-    (runs / "baseline.json").write_text(json.dumps(base))
+    _stored_baseline(runs)
     an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
     points = an["every_rate"]["arms"]
     assert list(points) == ["top-layers at 0.0003", "top-layers at 0.001"]
