@@ -237,6 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", action="store_true", help="only gather stored runs into study.json and plots")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (resume later)")
     ap.add_argument(
+        "--arms",
+        metavar="A,B",
+        help="with --main: only these arms of the block (groups such as full,top-layers,random25), in block order",
+    )
+    ap.add_argument(
         "--timing",
         type=int,
         default=0,

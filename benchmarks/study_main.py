@@ -229,6 +229,19 @@ def timing_plan(block: Block, arms: list[Arm], scan: Any, model: str) -> list[Ar
     return timing_arms(first)
 
 
+def only_groups(arms: list[Arm], names: str | None) -> list[Arm]:
+    """The block's runs of the named groups (``full,top-layers``), in block order: a partial block that answers
+    one comparison with two seeds first, where the whole block does not fit the time there is."""
+    if not names:
+        return arms
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = list(dict.fromkeys(a.group for a in arms))
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise SystemExit(f"--arms: {', '.join(unknown)} not in this block; its arms are: {', '.join(known)}")
+    return [a for a in arms if a.group in wanted]
+
+
 def results_folder(results: Path, block: str, quick: bool = False) -> Path:
     return results / "study-runs" / f"main{'-quick' if quick else ''}-{block}"
 
@@ -239,9 +252,10 @@ def report_kinds() -> dict[str, str]:
 
 
 def main_study(a) -> None:
-    """``study.py --main BLOCK [--quick] [--max-runs N] [--timing STEPS] [--report]``: the block's runs not stored
-    yet, in order, then each arm's step time alone (``--timing``; ``--max-runs 0 --timing 10`` times only), then
-    the report of every block (``--report``: the report only)."""
+    """``study.py --main BLOCK [--quick] [--arms A,B] [--max-runs N] [--timing STEPS] [--report]``: the block's
+    runs not stored yet (of the groups ``--arms`` names, else all), in order, then each arm's step time alone
+    (``--timing``; ``--max-runs 0 --timing 10`` times only), then the report of every block (``--report``: the
+    report only)."""
     from benchmarks.study_main_report import DOC, report_main
 
     if a.report:
@@ -272,7 +286,7 @@ def main_study(a) -> None:
     if "task-aware" in block.arms:
         trainer_task = kind(s.task).trainer_task
         scores = task_scores(model, ctx["files"]["train"], trainer_task, ctx["work"] / "task-scores.json")
-    arms = block_arms(block, scan, model, scores, str(scan_path))
+    arms = only_groups(block_arms(block, scan, model, scores, str(scan_path)), a.arms)
     left = a.max_runs if a.max_runs is not None else len(arms)
     print(f"[main] block {block.name}: {len(arms)} runs; stored in {store.folder}", flush=True)
     for arm in arms:

@@ -133,6 +133,21 @@ def test_a_block_runs_stops_and_resumes(tmp_path, monkeypatch, scanned):
     assert len(calls) == n
 
 
+def test_arms_keeps_the_named_groups_of_a_block_in_block_order(scanned):
+    scan, model = scanned
+    arms = study_main.block_arms(study_main.BLOCKS["cpt"], scan, model)
+    kept = study_main.only_groups(arms, "top-layers, full")
+    assert [(a.group, a.data_seed) for a in kept] == [("full", 0), ("top-layers", 0), ("full", 1), ("top-layers", 1)]
+    assert study_main.only_groups(arms, None) == arms
+
+
+def test_arms_naming_a_group_the_block_lacks_says_which_it_has(scanned):
+    scan, model = scanned
+    arms = study_main.block_arms(study_main.BLOCKS["cpt"], scan, model)
+    with pytest.raises(SystemExit, match="qlora not in this block; its arms are: spectrum25, full"):
+        study_main.only_groups(arms, "full,qlora")
+
+
 def test_task_aware_and_dynamic_arms_join_when_their_inputs_exist(scanned):
     scan, model = scanned
     block = study_main.BLOCKS["selectors"]
