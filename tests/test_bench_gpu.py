@@ -45,6 +45,8 @@ def test_tiny_run_writes_scan_and_training_results(no_extras_env, tmp_path):
         "1b",
         "--methods",
         "full,spectrum25,toplayers25,lora",
+        "--budget-s",
+        "3600",  # what it checks is the results, not the budget (its own test): a loaded machine must not skip
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "gpu.json").read_text())
