@@ -293,7 +293,8 @@ def markdown(an: dict[str, Any], task_kind: str) -> str:
     lines += [
         "",
         "Each cell: the difference [95% interval counting items, seeds and draws], the reading under the one rule, "
-        "and the smallest true difference this many runs detect (alpha 0.05, power 0.8).",
+        "and the smallest true difference this many runs detect (alpha 0.05, power 0.8); a dash where a side ran "
+        "once, so its seed noise cannot be counted.",
         *_matched_lines(an.get("matched") or {}, outcomes["learning"]),
         *_rate_lines(an, outcomes),
         *_cost_lines(an.get("cost") or {}),

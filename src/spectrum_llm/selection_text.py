@@ -73,8 +73,11 @@ EVIDENCE = (
     "[dim]evidence (docs/evidence.md): on the study's fact task the SNR pick learned\n"
     "more slowly than random picks of its size per type and forgot no less (matched\n"
     "to its depth, no different); whole top layers of its size learned faster, as\n"
-    "fast as full fine-tuning, and forgot less. Recommended: --rule top-layers\n"
+    "fast as full fine-tuning, and forgot less.\n"
+    "Recommended for SFT: --rule top-layers\n"
     "(with --embeddings freeze: least forgetting, fastest steps, slower learning).\n"
+    "For continued pretraining full fine-tuning learned more and forgot less than\n"
+    "top layers: prefer it where memory allows.\n"
     "Compare your own pick: --random --match SEL [--match-depth][/]"
 )
 
