@@ -196,11 +196,11 @@ def report_table(base: dict, rows: list[dict], rates: dict[str, float]) -> str:
     """Markdown: each headline arm's held-out domain loss and forgetting, changes from before training with
     95% intervals over blocks (paired, token-weighted)."""
     from benchmarks.stats import ratio_diff
-    from benchmarks.study_report import _ci, headline_arms
+    from benchmarks.study_report import ci_text, headline_arms
 
     def change(r: dict, split: str) -> str:
         e, b = r["eval"][split], base["eval"][split]
-        return _ci(ratio_diff(e["nll"], b["nll"], e["tokens"]).to_json()) if e["tokens"] == b["tokens"] else "-"
+        return ci_text(ratio_diff(e["nll"], b["nll"], e["tokens"]).to_json()) if e["tokens"] == b["tokens"] else "-"
 
     lines = [
         "| arm | lr | trainable | val domain loss | test domain loss | change [95% CI] | general loss change | "

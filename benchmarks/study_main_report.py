@@ -21,7 +21,7 @@ from benchmarks.study_main import BLOCKS
 from benchmarks.study_matched import matched_table
 from benchmarks.study_pilot import update_doc
 from benchmarks.study_primary import CHAT, EARLY, METRICS, Metric, compare, run_value, split_values
-from benchmarks.study_report import quiet_step
+from benchmarks.study_report import ci_text, quiet_step
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -284,10 +284,7 @@ def markdown(an: dict[str, Any], task_kind: str) -> str:
         for k in outcomes:
             x, d = c[k], digits[k]
             cells.append(
-                "-"
-                if x is None
-                else f"{x['estimate']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}] {x['reading']} "
-                f"(detects {x['detectable']:.{d}f})"
+                "-" if x is None else f"{ci_text(x, digits=d)} {x['reading']} (detects {x['detectable']:.{d}f})"
             )
         lines.append(f"| {c['arm']} - {c['against']} | " + " | ".join(cells) + " |")
     lines += [
@@ -335,17 +332,8 @@ def _matched_lines(m: dict[str, Any], learn: Metric) -> list[str]:
         "|---|---|---|---:|",
     ]
     for name, v in sorted(rows.items(), key=lambda kv: -kv[1]["estimate"] * (1 if learn.higher_is_better else -1)):
-        lines.append(
-            f"| {name} | {v['estimate']:+.{d}f} [{v['low']:+.{d}f}, {v['high']:+.{d}f}] | {v['reading']} "
-            f"| {100 * v['inside_curve']:.0f}% |"
-        )
-    b = m.get("best")
-    if b and "estimate" in b:
-        lines.append(
-            f"\nBest at matched forgetting: {b['arm']}, {b['estimate']:+.{d}f} [{b['low']:+.{d}f}, {b['high']:+.{d}f}] "
-            f"at the {100 * b['level']:.1f}% level (Bonferroni over {b['of']} arms): {b['reading']}."
-        )
-    return lines
+        lines.append(f"| {name} | {ci_text(v, digits=d)} | {v['reading']} | {100 * v['inside_curve']:.0f}% |")
+    return lines + _best_lines(m.get("best"), d, "Best", "arms")
 
 
 def _rate_lines(an: dict[str, Any], outcomes: dict[str, Metric]) -> list[str]:
@@ -365,17 +353,20 @@ def _rate_lines(an: dict[str, Any], outcomes: dict[str, Metric]) -> list[str]:
         "|---|---:|---:|---|---|",
     ]
     for name, v in pts.items():
-        vs = f"{v['estimate']:+.{d}f} [{v['low']:+.{d}f}, {v['high']:+.{d}f}]" if "estimate" in v else "-"
+        vs = ci_text(v, digits=d) if "estimate" in v else "-"
         reading = v.get("reading", "off full FT's curve")
         lines.append(f"| {name} | {v['learning']:.{d}f} | {v['forgetting'] - base:+.2f} | {vs} | {reading} |")
-    b = an["every_rate"].get("best")
-    if b and "estimate" in b:
-        lines.append(
-            f"\nBest point at matched forgetting: {b['arm']}, {b['estimate']:+.{d}f} [{b['low']:+.{d}f}, "
-            f"{b['high']:+.{d}f}] at the {100 * b['level']:.1f}% level (Bonferroni over {b['of']} points): "
-            f"{b['reading']}."
-        )
-    return lines
+    return lines + _best_lines(an["every_rate"].get("best"), d, "Best point", "points")
+
+
+def _best_lines(b: dict[str, Any] | None, d: int, lead: str, of: str) -> list[str]:
+    """The best of a matched table, read at the Bonferroni level over what it was chosen from."""
+    if not b or "estimate" not in b:
+        return []
+    return [
+        f"\n{lead} at matched forgetting: {b['arm']}, {ci_text(b, digits=d)} at the {100 * b['level']:.1f}% level "
+        f"(Bonferroni over {b['of']} {of}): {b['reading']}."
+    ]
 
 
 def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:

@@ -187,7 +187,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _ci(iv: dict, scale: float = 1.0, digits: int = 3) -> str:
+def ci_text(iv: dict, scale: float = 1.0, digits: int = 3) -> str:
+    """``+1.2 [-4.8, +7.4]``: an interval's estimate and bounds, times ``scale``, with a sign."""
     return f"{iv['estimate'] * scale:+.{digits}f} [{iv['low'] * scale:+.{digits}f}, {iv['high'] * scale:+.{digits}f}]"
 
 
@@ -227,8 +228,8 @@ def table(base: dict, rows: list[dict], rates: dict[str, float], st: dict, timin
         frac = r["trainable_params"] / (r["total_params"] - (r["trainable_params"] if r["method"] == "lora" else 0))
         lines.append(
             f"| {name} | {r['lr']:g} | {r['trainable_params'] / 1e6:.1f}M ({_pct(frac)}) | "
-            f"{_pct(r['test_exact_match'])} | {r['test_loss']:.3f} | {_ci(f['general'])} | "
-            f"{_ci(f['chat'])} | {_step_cells(quiet_step(r, timings), full)} | "
+            f"{_pct(r['test_exact_match'])} | {r['test_loss']:.3f} | {ci_text(f['general'])} | "
+            f"{ci_text(f['chat'])} | {_step_cells(quiet_step(r, timings), full)} | "
             f"{r.get('peak_rss_anon_bytes', 0) / 2**20:,.0f} |"
         )
     for dup, same in st.get("duplicates", {}).items():
@@ -263,8 +264,8 @@ def claims_table(st: dict) -> str:
     ]
     for p in st["pairs"]:
         lines.append(
-            f"| {p['a']} - {p['b']} | {_ci(p['exact_match'], 100, 1)} | {_ci(p['test_loss'])} | "
-            f"{_ci(p['general_loss'])} | {_ci(p['chat_loss'])} |"
+            f"| {p['a']} - {p['b']} | {ci_text(p['exact_match'], 100, 1)} | {ci_text(p['test_loss'])} | "
+            f"{ci_text(p['general_loss'])} | {ci_text(p['chat_loss'])} |"
         )
     lines += [
         "",
@@ -275,10 +276,10 @@ def claims_table(st: dict) -> str:
     ]
     for v in st["vs_random"].values():
         d = v["draws_exact_match"]
-        diff = _ci(v["diff_exact_match"], 100, 1) if v["diff_exact_match"] else "-"
+        diff = ci_text(v["diff_exact_match"], 100, 1) if v["diff_exact_match"] else "-"
         sc = v.get("seed_counted")
-        em_sc = f"{_ci(sc['exact_match'], 100, 1)}, {sc['exact_match']['p']:.2f}, {sc['exact_match']['reading']}"
-        gen_sc = f"{_ci(sc['general_loss'], 1, 2)}, {sc['general_loss']['reading']}"
+        em_sc = f"{ci_text(sc['exact_match'], 100, 1)}, {sc['exact_match']['p']:.2f}, {sc['exact_match']['reading']}"
+        gen_sc = f"{ci_text(sc['general_loss'], 1, 2)}, {sc['general_loss']['reading']}"
         lines.append(
             f"| {v['arm']} | {len(d)} | {_pct(v['test_exact_match'])} / {_pct(float(np.mean(d)))} "
             f"({_pct(min(d))}-{_pct(max(d))}) | {v['rank_exact_match']} of {len(d) + 1} | "
