@@ -47,6 +47,7 @@ class Block:
     draw_seeds: int = 0
     rotate: int = 0  # draw i's training-order seeds start at i mod rotate (0: every draw starts at seed 0)
     curves: bool = False  # also each family's rate grid at seed 0
+    rates: tuple[tuple[str, float], ...] = ()  # also these (arm, rate) runs at seed 0: rate apart from selection
     task: str = "facts"
     model: str = "smollm2-135m"  # a key of benchlib.MODELS
     facts_seed: int = 1234  # the fact task's facts: another seed, another independent fact set
@@ -79,8 +80,15 @@ BLOCKS = {
     "skill": Block(
         "skill", ("spectrum25", "full", "top-layers", "lora", "random"), seeds=2, draws=2, draw_seeds=2, task="skill"
     ),
+    # top layers at full fine-tuning's rate: whether its deficit on this task is its rate's or its selection's
     "cpt": Block(
-        "cpt", ("spectrum25", "full", "top-layers", "lora", "random"), seeds=2, draws=2, draw_seeds=2, task="cpt"
+        "cpt",
+        ("spectrum25", "full", "top-layers", "lora", "random"),
+        seeds=2,
+        draws=2,
+        draw_seeds=2,
+        task="cpt",
+        rates=(("top-layers", 3e-4),),
     ),
     # Gemma's tied embedding is 63% of the model, so Spectrum-25 with it trains 71%: the frozen-embedding arms matter
     "gemma": Block(
@@ -207,6 +215,8 @@ def block_arms(block: Block, scan: Any, model: str, scores: Any = None, scan_pat
                             data_seed=data_seed,
                         )
                     )
+        if d == 0:
+            runs += [named(a, lr, 0, sweep=True) for a, lr in block.rates]
     if block.curves:
         curves = {
             a: [named(a, lr, 0, sweep=True) for lr in RATES[family(a)] if lr != OPERATING[family(a)]]

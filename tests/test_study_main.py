@@ -136,9 +136,18 @@ def test_a_block_runs_stops_and_resumes(tmp_path, monkeypatch, scanned):
 def test_arms_keeps_the_named_groups_of_a_block_in_block_order(scanned):
     scan, model = scanned
     arms = study_main.block_arms(study_main.BLOCKS["cpt"], scan, model)
-    kept = study_main.only_groups(arms, "top-layers, full")
+    kept = [a for a in study_main.only_groups(arms, "top-layers, full") if not a.sweep]
     assert [(a.group, a.data_seed) for a in kept] == [("full", 0), ("top-layers", 0), ("full", 1), ("top-layers", 1)]
     assert study_main.only_groups(arms, None) == arms
+
+
+def test_a_blocks_extra_rates_run_once_after_its_first_seed(scanned):
+    scan, model = scanned
+    arms = study_main.block_arms(study_main.BLOCKS["cpt"], scan, model)
+    extra = [i for i, a in enumerate(arms) if a.sweep]
+    assert [(arms[i].group, arms[i].lr, arms[i].data_seed) for i in extra] == [("top-layers", 3e-4, 0)]
+    assert all(a.data_seed == 0 for a in arms[: extra[0]]) and arms[extra[0] + 1].data_seed == 1
+    assert arms[extra[0]].patterns == next(a for a in arms if a.group == "top-layers").patterns
 
 
 def test_arms_naming_a_group_the_block_lacks_says_which_it_has(scanned):
