@@ -17,6 +17,23 @@ LLAMA_TYPES = (
 )
 
 
+def column_part() -> ModuleScore:
+    """GPT-2's fused ``c_attn`` query part: a column range (dimension 1), which no export can write."""
+    return ModuleScore(
+        name="h.0.attn.c_attn.q",
+        type="attn.c_attn.q",
+        layer=0,
+        shape=[4, 4],
+        snr=1.0,
+        kind="linear",
+        param="h.0.attn.c_attn.weight",
+        part="q",
+        rows=[0, 4],
+        dim=1,
+        numel=16,
+    )
+
+
 def synthetic_scan(
     scores: dict[str, list[float | None]], numel: int | dict[str, int] = 100, estimator: str = "mp", extras: bool = True
 ) -> ScanResult:

@@ -7,7 +7,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers_selection import axolotl_unfrozen
+from helpers_selection import axolotl_unfrozen, column_part
 from spectrum_llm.axolotl import (
     AxolotlPattern,
     check_patterns,
@@ -89,20 +89,8 @@ def test_a_tensor_of_its_own_name_gets_an_exact_pattern():
 
 
 def test_column_ranges_cannot_be_written():
-    m = ModuleScore(
-        name="h.0.attn.c_attn.q",
-        type="attn.c_attn.q",
-        layer=0,
-        shape=[4, 4],
-        snr=1.0,
-        kind="linear",
-        param="h.0.attn.c_attn.weight",
-        part="q",
-        rows=[0, 4],
-        dim=1,
-    )
     with pytest.raises(SpectrumError, match="dimension 0"):
-        module_pattern(m)
+        module_pattern(column_part())
 
 
 def test_pattern_module_reads_plain_patterns_only():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from helpers_selection import LLAMA_TYPES, synthetic_scan
+from helpers_selection import LLAMA_TYPES, column_part, synthetic_scan
 from spectrum_llm.errors import SpectrumError
 from spectrum_llm.exports import write_selection
 from spectrum_llm.results import ModuleScore, ScanResult
@@ -226,21 +226,8 @@ def test_experts_of_a_3d_tensor_become_row_ranges():
 
 
 def test_column_parts_cannot_be_exported():
-    m = ModuleScore(
-        name="h.0.attn.c_attn.q",
-        type="attn.c_attn.q",
-        layer=0,
-        shape=[4, 4],
-        snr=1.0,
-        kind="linear",
-        param="h.0.attn.c_attn.weight",
-        part="q",
-        rows=[0, 4],
-        dim=1,
-        numel=16,
-    )
     with pytest.raises(SpectrumError, match="dimension 0"):
-        select(ScanResult("gpt2", "mp", [m]), top_percent=100, parts=True)
+        select(ScanResult("gpt2", "mp", [column_part()]), top_percent=100, parts=True)
 
 
 def test_every_reference_scan_selects(reference_dir):
