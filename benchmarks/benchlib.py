@@ -376,13 +376,20 @@ def pyplot() -> Any:
 
 
 def save_figure(fig, path: Path) -> str:
-    """Lay the figure out, write it as a PNG at the benchmarks' resolution, close it; its path as a string."""
+    """Lay the figure out, write it as a PNG at the benchmarks' resolution, close it; its path as a string,
+    relative to the repository when it lies inside it, so stored results name the same file in every clone."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return str(path)
+    return repo_relative(path)
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it, else as given."""
+    root, full = Path(__file__).resolve().parents[1], path.resolve()
+    return str(full.relative_to(root)) if full.is_relative_to(root) else str(path)
 
 
 def machine() -> dict:

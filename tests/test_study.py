@@ -1,5 +1,7 @@
 """The study's pure logic: the task, budget matching, seeding, resume keys, exact match and statistics."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -560,3 +562,9 @@ def test_pilot_statistics_on_a_partial_pilot():
     assert em["power"]["budget_runs"] == 150  # 25 h of 600 s runs
     assert "em_early" not in st["primary"] or "components" not in st["primary"]["em_early"]
     assert "5 of 16 pilot runs stored (partial" in study_pilot.markdown(st)
+
+
+def test_stored_figure_paths_are_relative_to_the_repository(tmp_path):
+    inside = Path(benchlib.__file__).parents[1] / "docs" / "images" / "x.png"
+    assert benchlib.repo_relative(inside) == "docs/images/x.png"
+    assert benchlib.repo_relative(tmp_path / "x.png") == str(tmp_path / "x.png")
