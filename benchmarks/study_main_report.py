@@ -371,7 +371,7 @@ def _best_lines(b: dict[str, Any] | None, d: int, lead: str, of: str) -> list[st
 
 def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
     """Learning against forgetting: every run at its arm's rate (small), each arm's mean (large), and each
-    family's rate curve at seed 0 (a line through its rates)."""
+    family's rate curve at seed 0 (a line through its rates). Up is learned more, left forgot less."""
     pts = [c for c in an["curves"] if c.get("learning") is not None and c.get("forgetting") is not None]
     if not pts or an["baseline"] is None:
         return None
@@ -395,7 +395,12 @@ def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
         if any(c["sweep"] for c in curve):
             ax.plot([c["forgetting"] - f0 for c in curve], [c["learning"] for c in curve], "-", color=mean.get_color())
     ax.set_xlabel("general-text loss change at the end (nats; lower: forgets less)")
-    ax.set_ylabel(o["learning"].label + f" ({o['learning'].unit})")
+    learn = o["learning"]
+    if learn.higher_is_better:
+        ax.set_ylabel(f"{learn.label} ({learn.unit})")
+    else:  # a loss: upside down, so that up means learned more on every block's figure
+        ax.set_ylabel(f"{learn.label} ({learn.unit}; lower, plotted up: learned more)")
+        ax.invert_yaxis()
     ax.set_title(f"Block {an['block']}: learning against forgetting (runs, arm means, rate curves)")
     ax.legend(fontsize=7)
     return save_figure(fig, path)

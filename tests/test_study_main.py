@@ -191,6 +191,20 @@ def _stored_baseline(folder):
     (folder / "baseline.json").write_text(json.dumps(base))
 
 
+@pytest.mark.parametrize("kind,flipped", [("exact", False), ("cpt", True)])
+def test_learning_points_up_on_every_blocks_figure(monkeypatch, tmp_path, kind, flipped):
+    from benchmarks import study_main_report as rep
+
+    shown = {}
+    monkeypatch.setattr(rep, "save_figure", lambda fig, path: shown.setdefault("ylim", fig.axes[0].get_ylim()))
+    curve = {"group": "full", "lr": 3e-4, "sweep": False, "data_seed": 0}
+    base = {"eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
+    curves = [{**curve, "learning": y, "forgetting": 4.1} for y in (2.5, 2.7)]
+    rep.figure({"block": "b", "baseline": base, "curves": curves}, kind, tmp_path / "f.png")
+    bottom, top = shown["ylim"]
+    assert (bottom > top) == flipped
+
+
 def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
     from benchmarks import study_main_report as rep
 
