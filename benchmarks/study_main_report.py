@@ -432,7 +432,7 @@ def report_main(
 def _section(an: dict[str, Any]) -> str:
     figure = f"\n\n![Block {an['block']}](images/{Path(an['figure']).name})" if an.get("figure") else ""
     return (
-        f"**Block `{an['block']}`** (stored runs: {sum(a['runs'] for a in an['arms'].values())})\n\n"
+        f"**Block `{an['block']}`** (stored runs: {len(an['curves'])}, rate curves included)\n\n"
         + an["markdown"]
         + figure
     )

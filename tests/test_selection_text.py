@@ -12,7 +12,7 @@ def test_score_ranked_picks_carry_the_studys_advice(rule):
     assert evidence_note(SimpleNamespace(rule={"rule": rule})) == EVIDENCE
     assert "docs/evidence.md" in EVIDENCE and "--random --match" in EVIDENCE
     assert "Recommended for SFT: --rule top-layers" in EVIDENCE
-    assert "For continued pretraining full fine-tuning" in EVIDENCE
+    assert "For continued pretraining train LoRA" in EVIDENCE
 
 
 @pytest.mark.parametrize("rule", ["random", "top-layers", "top-layers-per-type", None])

@@ -280,7 +280,8 @@ def test_the_main_report_writes_its_tables_between_the_docs_markers(tmp_path):
     rep.report_main({"snr": "exact"}, results=tmp_path, images=tmp_path, doc=doc)
     text = doc.read_text()
     assert "old" not in text and text.startswith("before\n") and text.endswith("after\n")
-    assert "**Block `snr`** (stored runs: 4)" in text and "| spectrum25 - random-depth25 |" in text
+    assert "**Block `snr`** (stored runs: 4, rate curves included)" in text
+    assert "| spectrum25 - random-depth25 |" in text
     assert "in NF4 (QLoRA's base), untrained: general-text loss +1.00 nats" in text
 
 
