@@ -136,8 +136,14 @@ def test_a_block_runs_stops_and_resumes(tmp_path, monkeypatch, scanned):
 def test_arms_keeps_the_named_groups_of_a_block_in_block_order(scanned):
     scan, model = scanned
     arms = study_main.block_arms(study_main.BLOCKS["cpt"], scan, model)
-    kept = [a for a in study_main.only_groups(arms, "top-layers, full") if not a.sweep]
-    assert [(a.group, a.data_seed) for a in kept] == [("full", 0), ("top-layers", 0), ("full", 1), ("top-layers", 1)]
+    kept = study_main.only_groups(arms, "top-layers, full")
+    assert [(a.group, a.data_seed, a.sweep) for a in kept] == [
+        ("full", 0, False),
+        ("top-layers", 0, False),
+        ("top-layers", 0, True),  # the block's extra rate
+        ("full", 1, False),
+        ("top-layers", 1, False),
+    ]
     assert study_main.only_groups(arms, None) == arms
 
 
