@@ -47,7 +47,8 @@ class Block:
     draw_seeds: int = 0
     rotate: int = 0  # draw i's training-order seeds start at i mod rotate (0: every draw starts at seed 0)
     curves: bool = False  # also each family's rate grid at seed 0
-    rates: tuple[tuple[str, float], ...] = ()  # also these (arm, rate) runs at seed 0: rate apart from selection
+    rates: tuple[tuple[str, float], ...] = ()  # also these (arm, rate) runs: rate apart from selection
+    rate_seeds: int = 1  # the extra rates' training-order seeds (two give them an interval)
     task: str = "facts"
     model: str = "smollm2-135m"  # a key of benchlib.MODELS
     facts_seed: int = 1234  # the fact task's facts: another seed, another independent fact set
@@ -81,6 +82,7 @@ BLOCKS = {
         "skill", ("spectrum25", "full", "top-layers", "lora", "random"), seeds=2, draws=2, draw_seeds=2, task="skill"
     ),
     # top layers at full fine-tuning's rate: whether its deficit on this task is its rate's or its selection's
+    # (its second seed was added after the first run led: the block's other runs were stored before it)
     "cpt": Block(
         "cpt",
         ("spectrum25", "full", "top-layers", "lora", "random"),
@@ -89,6 +91,7 @@ BLOCKS = {
         draw_seeds=2,
         task="cpt",
         rates=(("top-layers", 3e-4),),
+        rate_seeds=2,
     ),
     # Gemma's tied embedding is 63% of the model, so Spectrum-25 with it trains 71%: the frozen-embedding arms matter
     "gemma": Block(
@@ -193,7 +196,7 @@ def block_arms(block: Block, scan: Any, model: str, scores: Any = None, scan_pat
         for a in block.arms
         if not a.startswith("random") and (a != "task-aware" or scores) and (a != "dynamic" or scan_path)
     ]
-    for d in range(max(block.seeds, block.draw_seeds)):
+    for d in range(max(block.seeds, block.draw_seeds, block.rate_seeds if block.rates else 0)):
         if d < block.seeds:
             runs += [named(a, OPERATING[family(a)], d) for a in fixed]
         if d < block.draw_seeds:
@@ -215,8 +218,8 @@ def block_arms(block: Block, scan: Any, model: str, scores: Any = None, scan_pat
                             data_seed=data_seed,
                         )
                     )
-        if d == 0:
-            runs += [named(a, lr, 0, sweep=True) for a, lr in block.rates]
+        if d < block.rate_seeds:
+            runs += [named(a, lr, d, sweep=True) for a, lr in block.rates]
     if block.curves:
         curves = {
             a: [named(a, lr, 0, sweep=True) for lr in RATES[family(a)] if lr != OPERATING[family(a)]]

@@ -109,6 +109,28 @@ def rate_points(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def _rate_comparisons(
+    rows: list[dict], g: dict[str, dict[Any, list[dict]]], outcomes: dict[str, Metric], n_boot: int
+) -> list[dict[str, Any]]:
+    """A named pick at an extra rate over two or more seeds (``top-layers at 0.0003``) against every named pick at
+    its operating rate, its own arm among them: whether the rate, not the selection, made the difference."""
+    out: list[dict[str, Any]] = []
+    for point, runs in rate_points(rows).items():
+        if not all(r.get("sweep") for r in runs) or len({r["data_seed"] for r in runs}) < 2:
+            continue
+        own = runs[0]["group"]
+        named = [n for n in g if not n.startswith("random") and None in g[n]]
+        for ref in dict.fromkeys(n for n in ("full", "spectrum25", own, *named) if n in named):
+            out.append(
+                {
+                    "arm": point,
+                    "against": ref,
+                    **{k: compare(o, runs, [g[ref][None]], n_boot=n_boot) for k, o in outcomes.items()},
+                }
+            )
+    return out
+
+
 #: a 4-bit arm against its bf16 twin (the same method on a bf16 base): what the 4-bit base itself costs.
 #: Spectrum-25 on an nf4 base meets its twin as every arm's second reference.
 BF16_TWIN = {"qlora": "lora"}
@@ -159,6 +181,7 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
             for k, o in outcomes.items():
                 row[k] = compare(o, pick, other, n_boot=n_boot)
             comparisons.append(row)
+    comparisons += _rate_comparisons(rows, g, outcomes, n_boot)
     curves = [
         {
             "group": r["group"],

@@ -143,17 +143,53 @@ def test_arms_keeps_the_named_groups_of_a_block_in_block_order(scanned):
         ("top-layers", 0, True),  # the block's extra rate
         ("full", 1, False),
         ("top-layers", 1, False),
+        ("top-layers", 1, True),
     ]
     assert study_main.only_groups(arms, None) == arms
 
 
-def test_a_blocks_extra_rates_run_once_after_its_first_seed(scanned):
+def test_a_blocks_extra_rates_run_after_each_of_their_seeds(scanned):
     scan, model = scanned
     arms = study_main.block_arms(study_main.BLOCKS["cpt"], scan, model)
     extra = [i for i, a in enumerate(arms) if a.sweep]
-    assert [(arms[i].group, arms[i].lr, arms[i].data_seed) for i in extra] == [("top-layers", 3e-4, 0)]
+    assert [(arms[i].group, arms[i].lr, arms[i].data_seed) for i in extra] == [
+        ("top-layers", 3e-4, 0),
+        ("top-layers", 3e-4, 1),
+    ]
     assert all(a.data_seed == 0 for a in arms[: extra[0]]) and arms[extra[0] + 1].data_seed == 1
+    assert extra[1] == len(arms) - 1  # after every other run of seed 1
     assert arms[extra[0]].patterns == next(a for a in arms if a.group == "top-layers").patterns
+    # the first seed's key did not move when the second was added: its stored run still counts
+    assert arms[extra[0]].name == "cpt-top-layers-lr0.0003-d0"
+
+
+def test_a_rate_run_with_two_seeds_meets_every_named_pick_at_its_operating_rate(tmp_path):
+    from benchmarks import study_main_report as rep
+
+    runs = tmp_path / "study-runs" / "main-selectors"
+    for d in range(2):
+        _stored(runs, f"selectors-full-d{d}", "full", d, 0.9, lr=3e-4)
+        _stored(runs, f"selectors-top-layers-d{d}", "top-layers", d, 0.5)
+        _stored(runs, f"selectors-top-layers-lr3e-4-d{d}", "top-layers", d, 0.9, sweep=True, lr=3e-4, general=4.0)
+    _stored_baseline(runs)
+    an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
+    rate = [c for c in an["comparisons"] if c["arm"] == "top-layers at 0.0003"]
+    assert [c["against"] for c in rate] == ["full", "top-layers"]
+    assert rate[1]["learning"]["reading"] == "better" and rate[1]["forgetting"]["reading"] == "better"
+    assert "| top-layers at 0.0003 - top-layers |" in an["markdown"]
+
+
+def test_a_rate_run_with_one_seed_gets_no_interval(tmp_path):
+    from benchmarks import study_main_report as rep
+
+    runs = tmp_path / "study-runs" / "main-selectors"
+    for d in range(2):
+        _stored(runs, f"selectors-full-d{d}", "full", d, 0.9, lr=3e-4)
+        _stored(runs, f"selectors-top-layers-d{d}", "top-layers", d, 0.5)
+    _stored(runs, "selectors-top-layers-lr3e-4", "top-layers", 0, 0.9, sweep=True, lr=3e-4)
+    _stored_baseline(runs)
+    an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
+    assert [(c["arm"], c["against"]) for c in an["comparisons"]] == [("top-layers", "full")]
 
 
 def test_arms_naming_a_group_the_block_lacks_says_which_it_has(scanned):
