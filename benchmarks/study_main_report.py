@@ -375,9 +375,10 @@ def _rate_lines(an: dict[str, Any], outcomes: dict[str, Metric]) -> list[str]:
         "| reading |",
         "|---|---:|---:|---|---|",
     ]
+    one_rate = len({c["lr"] for c in an["curves"] if c["group"] == "full"}) < 2
     for name, v in pts.items():
         vs = ci_text(v, digits=d) if "estimate" in v else "-"
-        reading = v.get("reading", "off full FT's curve")
+        reading = v.get("reading", "no curve: full FT ran at one rate" if one_rate else "off full FT's curve")
         lines.append(f"| {name} | {v['learning']:.{d}f} | {v['forgetting'] - base:+.2f} | {vs} | {reading} |")
     return lines + _best_lines(an["every_rate"].get("best"), d, "Best point", "points")
 

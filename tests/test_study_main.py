@@ -192,6 +192,21 @@ def test_a_rate_run_with_one_seed_gets_no_interval(tmp_path):
     assert [(c["arm"], c["against"]) for c in an["comparisons"]] == [("top-layers", "full")]
 
 
+def test_a_rate_point_without_full_fts_curve_says_full_ft_ran_at_one_rate(tmp_path):
+    from benchmarks import study_main_report as rep
+
+    runs = tmp_path / "study-runs" / "main-selectors"
+    for d in range(2):
+        _stored(runs, f"selectors-full-d{d}", "full", d, 0.9, lr=3e-4)
+        _stored(runs, f"selectors-top-layers-d{d}", "top-layers", d, 0.5)
+    _stored(runs, "selectors-top-layers-lr3e-4", "top-layers", 0, 0.9, sweep=True, lr=3e-4)
+    _stored_baseline(runs)
+    an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
+    assert re.search(
+        r"\| top-layers at 0.0003 \| [\d.]+ \| \+1.00 \| - \| no curve: full FT ran at one rate \|", an["markdown"]
+    )
+
+
 def test_arms_naming_a_group_the_block_lacks_says_which_it_has(scanned):
     scan, model = scanned
     arms = study_main.block_arms(study_main.BLOCKS["cpt"], scan, model)
