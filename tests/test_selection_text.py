@@ -13,6 +13,7 @@ def test_score_ranked_picks_carry_the_studys_advice(rule):
     assert "docs/evidence.md" in EVIDENCE and "--random --match" in EVIDENCE
     assert "Recommended for SFT: --rule top-layers" in EVIDENCE
     assert "For continued pretraining train LoRA" in EVIDENCE
+    assert "--rule top-layers trained at --lr 3e-4" in EVIDENCE
 
 
 @pytest.mark.parametrize("rule", ["random", "top-layers", "top-layers-per-type", None])

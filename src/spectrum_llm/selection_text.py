@@ -77,8 +77,9 @@ EVIDENCE = (
     "Recommended for SFT: --rule top-layers\n"
     "(with --embeddings freeze: least forgetting, fastest steps, slower learning).\n"
     "For continued pretraining train LoRA of Spectrum-25's size (--method lora):\n"
-    "it ended below full fine-tuning's held-out loss and forgot less; top layers\n"
-    "did too only at a lower rate (--lr 3e-4, one run; at 1e-3 they lost to both).\n"
+    "it learned fastest, ended below full fine-tuning's held-out loss and forgot\n"
+    "less. Where forgetting matters most: --rule top-layers trained at --lr 3e-4\n"
+    "ended level with LoRA and forgot the least (at 1e-3 they lost to both).\n"
     "Compare your own pick: --random --match SEL [--match-depth][/]"
 )
 
