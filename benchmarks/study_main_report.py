@@ -395,7 +395,7 @@ def _best_lines(b: dict[str, Any] | None, d: int, lead: str, of: str) -> list[st
 
 def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
     """Learning against forgetting: every run at its arm's rate (small), each arm's mean (large), and each
-    family's rate curve at seed 0 (a line through its rates). Up is learned more, left forgot less."""
+    family's rate curve (a line through the mean of each rate's runs). Up is learned more, left forgot less."""
     pts = [c for c in an["curves"] if c.get("learning") is not None and c.get("forgetting") is not None]
     if not pts or an["baseline"] is None:
         return None
@@ -415,9 +415,11 @@ def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
             [np.mean(x)], [np.mean(y)], "osD^v<>p"[i % 8], ms=9, color=colour, label=f"{gname} ({len(runs)})"
         )
         ax.scatter(x, y, s=12, color=mean.get_color(), alpha=0.5)
-        curve = sorted((c for c in mine if c["sweep"] or c["data_seed"] == 0), key=lambda c: c["lr"])
-        if any(c["sweep"] for c in curve):
-            ax.plot([c["forgetting"] - f0 for c in curve], [c["learning"] for c in curve], "-", color=mean.get_color())
+        rates = sorted({c["lr"] for c in mine})
+        if len(rates) > 1:
+            at = [[c for c in mine if c["lr"] == lr] for lr in rates]
+            curve_x = [float(np.mean([c["forgetting"] - f0 for c in cs])) for cs in at]
+            ax.plot(curve_x, [float(np.mean([c["learning"] for c in cs])) for cs in at], "-", color=mean.get_color())
     ax.set_xlabel("general-text loss change at the end (nats; lower: forgets less)")
     learn = o["learning"]
     if learn.higher_is_better:

@@ -2,6 +2,7 @@
 
 import json
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -227,7 +228,7 @@ def test_task_aware_and_dynamic_arms_join_when_their_inputs_exist(scanned):
 
 
 def _stored(folder, name, group, d, rate, sel=None, sweep=False, lr=1e-3, general=5.0):
-    rng = np.random.default_rng(abs(hash((name, d))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{name}-{d}".encode()))  # hash() is salted per process
     hits = "".join("1" if x else "0" for x in rng.random(40) < rate)
     record = {
         "name": name,
@@ -260,6 +261,22 @@ def test_learning_points_up_on_every_blocks_figure(monkeypatch, tmp_path, kind, 
     rep.figure({"block": "b", "baseline": base, "curves": curves}, kind, tmp_path / "f.png")
     bottom, top = shown["ylim"]
     assert (bottom > top) == flipped
+
+
+def test_a_rate_curve_runs_through_each_rates_mean(monkeypatch, tmp_path):
+    from benchmarks import study_main_report as rep
+
+    shown = {}
+    monkeypatch.setattr(rep, "save_figure", lambda fig, path: shown.setdefault("lines", fig.axes[0].get_lines()))
+    base = {"eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
+    runs = [(1e-3, False, 0, 1.0), (1e-3, False, 1, 3.0), (3e-4, True, 0, 2.0), (3e-4, True, 1, 4.0)]
+    curves = [
+        {"group": "top-layers", "lr": lr, "sweep": sw, "data_seed": d, "learning": y, "forgetting": 4.1}
+        for lr, sw, d, y in runs
+    ]
+    rep.figure({"block": "b", "baseline": base, "curves": curves}, "exact", tmp_path / "f.png")
+    [curve] = [line for line in shown["lines"] if len(line.get_ydata()) > 1]
+    assert list(curve.get_ydata()) == [3.0, 2.0]  # 3e-4 then 1e-3, each over both seeds
 
 
 def test_the_main_report_compares_every_arm_over_its_seeds(tmp_path):
