@@ -180,7 +180,9 @@ def test_a_rate_run_with_two_seeds_meets_every_named_pick_at_its_operating_rate(
     assert "| top-layers at 0.0003 - top-layers |" in an["markdown"]
 
 
-def test_a_rate_run_with_one_seed_gets_no_interval(tmp_path):
+@pytest.fixture
+def one_seed_rate(tmp_path):
+    """Full FT at one rate, top layers at 1e-3 over two seeds and at 3e-4 once: the block's report."""
     from benchmarks import study_main_report as rep
 
     runs = tmp_path / "study-runs" / "main-selectors"
@@ -189,20 +191,15 @@ def test_a_rate_run_with_one_seed_gets_no_interval(tmp_path):
         _stored(runs, f"selectors-top-layers-d{d}", "top-layers", d, 0.5)
     _stored(runs, "selectors-top-layers-lr3e-4", "top-layers", 0, 0.9, sweep=True, lr=3e-4)
     _stored_baseline(runs)
-    an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
-    assert [(c["arm"], c["against"]) for c in an["comparisons"]] == [("top-layers", "full")]
+    return rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
 
 
-def test_a_rate_point_without_full_fts_curve_says_full_ft_ran_at_one_rate(tmp_path):
-    from benchmarks import study_main_report as rep
+def test_a_rate_run_with_one_seed_gets_no_interval(one_seed_rate):
+    assert [(c["arm"], c["against"]) for c in one_seed_rate["comparisons"]] == [("top-layers", "full")]
 
-    runs = tmp_path / "study-runs" / "main-selectors"
-    for d in range(2):
-        _stored(runs, f"selectors-full-d{d}", "full", d, 0.9, lr=3e-4)
-        _stored(runs, f"selectors-top-layers-d{d}", "top-layers", d, 0.5)
-    _stored(runs, "selectors-top-layers-lr3e-4", "top-layers", 0, 0.9, sweep=True, lr=3e-4)
-    _stored_baseline(runs)
-    an = rep.report_main({"selectors": "exact"}, results=tmp_path, images=tmp_path)["selectors"]
+
+def test_a_rate_point_without_full_fts_curve_says_full_ft_ran_at_one_rate(one_seed_rate):
+    an = one_seed_rate
     assert re.search(
         r"\| top-layers at 0.0003 \| [\d.]+ \| \+1.00 \| - \| no curve: full FT ran at one rate \|", an["markdown"]
     )
