@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.benchlib import pyplot, save_figure
 from benchmarks.study_main import BLOCKS
+from benchmarks.study_main_figure import figure
 from benchmarks.study_matched import matched_table
 from benchmarks.study_pilot import update_doc
 from benchmarks.study_primary import CHAT, EARLY, METRICS, Metric, compare, run_value, split_values
@@ -110,16 +110,17 @@ def rate_points(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def _rate_comparisons(
-    rows: list[dict], g: dict[str, dict[Any, list[dict]]], outcomes: dict[str, Metric], n_boot: int
+    points: dict[str, list[dict]], g: dict[str, dict[Any, list[dict]]], outcomes: dict[str, Metric], n_boot: int
 ) -> list[dict[str, Any]]:
-    """A named pick at an extra rate over two or more seeds (``top-layers at 0.0003``) against every named pick at
-    its operating rate, its own arm among them: whether the rate, not the selection, made the difference."""
+    """A named pick at an extra rate over two or more seeds (``top-layers at 0.0003``, from `rate_points`) against
+    every named pick at its operating rate, its own arm among them: whether the rate, not the selection, made the
+    difference."""
     out: list[dict[str, Any]] = []
-    for point, runs in rate_points(rows).items():
+    named = [n for n in g if not n.startswith("random") and None in g[n]]
+    for point, runs in points.items():
         if not all(r.get("sweep") for r in runs) or len({r["data_seed"] for r in runs}) < 2:
             continue
         own = runs[0]["group"]
-        named = [n for n in g if not n.startswith("random") and None in g[n]]
         for ref in dict.fromkeys(n for n in ("full", "spectrum25", own, *named) if n in named):
             out.append(
                 {
@@ -181,7 +182,8 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
             for k, o in outcomes.items():
                 row[k] = compare(o, pick, other, n_boot=n_boot)
             comparisons.append(row)
-    comparisons += _rate_comparisons(rows, g, outcomes, n_boot)
+    points = rate_points(rows)
+    comparisons += _rate_comparisons(points, g, outcomes, n_boot)
     curves = [
         {
             "group": r["group"],
@@ -204,7 +206,6 @@ def analyse_block(block: str, task_kind: str, results: Path = RESULTS, n_boot: i
         fixed={name for name, by_sel in g.items() if None in by_sel},
         n_boot=n_boot,
     )
-    points = rate_points(rows)
     seed_sd = at_matched.get("seed_sd")
     every_rate = (
         matched_table(
@@ -393,45 +394,6 @@ def _best_lines(b: dict[str, Any] | None, d: int, lead: str, of: str) -> list[st
     ]
 
 
-def figure(an: dict[str, Any], task_kind: str, path: Path) -> str | None:
-    """Learning against forgetting: every run at its arm's rate (small), each arm's mean (large), and each
-    family's rate curve (a line through the mean of each rate's runs). Up is learned more, left forgot less."""
-    pts = [c for c in an["curves"] if c.get("learning") is not None and c.get("forgetting") is not None]
-    if not pts or an["baseline"] is None:
-        return None
-    plt = pyplot()
-    o = OUTCOMES[task_kind]
-    f0 = value(GENERAL, an["baseline"])
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    names = sorted({c["group"] for c in pts})
-    tab20 = plt.get_cmap("tab20")  # ten hues in dark/light pairs: the dark ones first, then the light
-    for i, gname in enumerate(names):  # a colour and a marker each: more arms than one colour cycle holds
-        mine = [c for c in pts if c["group"] == gname]
-        runs = [c for c in mine if not c["sweep"]]
-        x = [c["forgetting"] - f0 for c in runs]
-        y = [c["learning"] for c in runs]
-        colour = tab20(2 * i % 20 + i // 10 % 2)
-        (mean,) = ax.plot(
-            [np.mean(x)], [np.mean(y)], "osD^v<>p"[i % 8], ms=9, color=colour, label=f"{gname} ({len(runs)})"
-        )
-        ax.scatter(x, y, s=12, color=mean.get_color(), alpha=0.5)
-        rates = sorted({c["lr"] for c in mine})
-        if len(rates) > 1:
-            at = [[c for c in mine if c["lr"] == lr] for lr in rates]
-            curve_x = [float(np.mean([c["forgetting"] - f0 for c in cs])) for cs in at]
-            ax.plot(curve_x, [float(np.mean([c["learning"] for c in cs])) for cs in at], "-", color=mean.get_color())
-    ax.set_xlabel("general-text loss change at the end (nats; lower: forgets less)")
-    learn = o["learning"]
-    if learn.higher_is_better:
-        ax.set_ylabel(f"{learn.label} ({learn.unit})")
-    else:  # a loss: upside down, so that up means learned more on every block's figure
-        ax.set_ylabel(f"{learn.label} ({learn.unit}; lower, plotted up: learned more)")
-        ax.invert_yaxis()
-    ax.set_title(f"Block {an['block']}: learning against forgetting (runs, arm means, rate curves)")
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
-
-
 def report_main(
     blocks: dict[str, str], results: Path = RESULTS, images: Path = IMAGES, doc: Path | None = None
 ) -> dict[str, Any]:
@@ -445,7 +407,7 @@ def report_main(
             continue
         an = analyse_block(block, task_kind, results)
         an["markdown"] = markdown(an, task_kind)
-        an["figure"] = figure(an, task_kind, images / f"study-main-{block}.png")
+        an["figure"] = figure(an, OUTCOMES[task_kind]["learning"], images / f"study-main-{block}.png")
         out[block] = an
         print(f"\n[main] block {block}\n" + an["markdown"], flush=True)
     if out:

@@ -248,30 +248,34 @@ def _stored_baseline(folder):
 
 @pytest.mark.parametrize("kind,flipped", [("exact", False), ("cpt", True)])
 def test_learning_points_up_on_every_blocks_figure(monkeypatch, tmp_path, kind, flipped):
+    from benchmarks import study_main_figure as fig_mod
     from benchmarks import study_main_report as rep
 
     shown = {}
-    monkeypatch.setattr(rep, "save_figure", lambda fig, path: shown.setdefault("ylim", fig.axes[0].get_ylim()))
+    monkeypatch.setattr(fig_mod, "save_figure", lambda fig, path: shown.setdefault("ylim", fig.axes[0].get_ylim()))
     curve = {"group": "full", "lr": 3e-4, "sweep": False, "data_seed": 0}
     base = {"eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
     curves = [{**curve, "learning": y, "forgetting": 4.1} for y in (2.5, 2.7)]
-    rep.figure({"block": "b", "baseline": base, "curves": curves}, kind, tmp_path / "f.png")
+    fig_mod.figure(
+        {"block": "b", "baseline": base, "curves": curves}, rep.OUTCOMES[kind]["learning"], tmp_path / "f.png"
+    )
     bottom, top = shown["ylim"]
     assert (bottom > top) == flipped
 
 
 def test_a_rate_curve_runs_through_each_rates_mean(monkeypatch, tmp_path):
-    from benchmarks import study_main_report as rep
+    from benchmarks import study_main_figure as fig_mod
+    from benchmarks.study_primary import METRICS
 
     shown = {}
-    monkeypatch.setattr(rep, "save_figure", lambda fig, path: shown.setdefault("lines", fig.axes[0].get_lines()))
+    monkeypatch.setattr(fig_mod, "save_figure", lambda fig, path: shown.setdefault("lines", fig.axes[0].get_lines()))
     base = {"eval": {"general": {"nll": [8.0, 4.0], "tokens": [2, 1]}}}
     runs = [(1e-3, False, 0, 1.0), (1e-3, False, 1, 3.0), (3e-4, True, 0, 2.0), (3e-4, True, 1, 4.0)]
     curves = [
         {"group": "top-layers", "lr": lr, "sweep": sw, "data_seed": d, "learning": y, "forgetting": 4.1}
         for lr, sw, d, y in runs
     ]
-    rep.figure({"block": "b", "baseline": base, "curves": curves}, "exact", tmp_path / "f.png")
+    fig_mod.figure({"block": "b", "baseline": base, "curves": curves}, METRICS["em_early"], tmp_path / "f.png")
     [curve] = [line for line in shown["lines"] if len(line.get_ydata()) > 1]
     assert list(curve.get_ydata()) == [3.0, 2.0]  # 3e-4 then 1e-3, each over both seeds
 
